@@ -1,0 +1,25 @@
+//! The vocabulary shared by rowlog's stages: what a change is, where it came from,
+//! and the two seams a connector implements.
+//!
+//! * [`ChangeEvent`] is plain data: a table schema version, an operation, typed
+//!   before/after images and the [`SourceMeta`] that says where in the source it was read.
+//! * [`BinlogPosition`] and [`ChangeId`] are totally ordered types, never strings: the
+//!   pipeline compares them to decide what is already stored and what must be re-read.
+//! * [`ChangeSource`] (a binlog reader) yields [`SourceEvent`]s; [`ChangeSink`] applies
+//!   batches of changes together with the log offset they reach, atomically.
+//!
+//! Connectors depend on this crate only; they never see the log or the pipeline.
+
+mod change;
+mod position;
+mod schema;
+mod traits;
+mod value;
+
+pub use change::{key_bytes, ChangeEvent, Op, SourceMeta};
+pub use position::{BinlogFileName, BinlogPosition, ChangeId, MariadbGtid, ParsePositionError};
+pub use schema::{Column, ColumnType, TableName, TableSchema};
+pub use traits::{
+    ApplyBatch, ChangeSink, ChangeSource, Retry, SinkProgress, SourceEvent, WorkerProgress,
+};
+pub use value::Value;

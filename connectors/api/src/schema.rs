@@ -1,0 +1,128 @@
+//! Table schemas as the source described them at a point in its stream.
+//!
+//! A [`TableSchema`] is immutable: when a table changes, the source produces a new
+//! value and the log stores it as a new schema version, so that old records are always
+//! decoded with the columns they were written with.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TableName {
+    pub db: String,
+    pub table: String,
+}
+
+impl TableName {
+    pub fn new(db: impl Into<String>, table: impl Into<String>) -> Self {
+        Self {
+            db: db.into(),
+            table: table.into(),
+        }
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.db, self.table)
+    }
+}
+
+/// Column types at the level the pipeline needs them: enough to decode, validate and
+/// bind values; lengths and precisions as the binlog's table map gives them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ColumnType {
+    TinyInt,
+    SmallInt,
+    MediumInt,
+    Int,
+    BigInt,
+    Float,
+    Double,
+    Decimal {
+        precision: u8,
+        scale: u8,
+    },
+    Date,
+    DateTime {
+        fsp: u8,
+    },
+    Timestamp {
+        fsp: u8,
+    },
+    Time {
+        fsp: u8,
+    },
+    Year,
+    Bit {
+        bits: u16,
+    },
+    /// CHAR(n) / BINARY(n): `max_bytes` is the column's length in bytes.
+    FixedString {
+        max_bytes: u16,
+    },
+    VarString {
+        max_bytes: u16,
+    },
+    Blob,
+    Enum,
+    Set,
+    Json,
+    Geometry,
+    /// A type the table map names that rowlog passes through as bytes (e.g. VECTOR).
+    Other(u8),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    pub ty: ColumnType,
+    pub unsigned: bool,
+    /// Collation id for character columns (63 = binary), when the source reported it.
+    pub charset: Option<u16>,
+    pub nullable: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TableSchema {
+    pub name: TableName,
+    pub columns: Vec<Column>,
+    /// Indexes into `columns` of the primary key, in key order. Never empty: the source
+    /// refuses tables without a primary key before any of their rows reach the log.
+    pub primary_key: Vec<usize>,
+    /// Secondary unique keys (column indexes each). Their changes must reach the
+    /// destination in source order, so such tables are routed whole (see
+    /// [`crate::ChangeEvent::routing_key_bytes`]).
+    #[serde(default)]
+    pub unique_keys: Vec<Vec<usize>>,
+}
+
+impl TableSchema {
+    pub fn pk_columns(&self) -> impl Iterator<Item = &Column> {
+        self.primary_key.iter().map(|&i| &self.columns[i])
+    }
+
+    /// Checks the invariants the rest of the pipeline relies on; used when a schema is
+    /// read back from disk, where it may have been damaged.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.columns.is_empty() {
+            return Err(format!("table {} has no columns", self.name));
+        }
+        if self.primary_key.is_empty() {
+            return Err(format!("table {} has no primary key", self.name));
+        }
+        if let Some(&i) = self
+            .primary_key
+            .iter()
+            .chain(self.unique_keys.iter().flatten())
+            .find(|&&i| i >= self.columns.len())
+        {
+            return Err(format!(
+                "table {}: primary key column index {i} out of range",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,85 @@
+//! The two seams a connector implements. Both are deliberately small: the pipeline owns
+//! ordering, batching across partitions, durability and offsets; connectors only read
+//! and apply.
+
+use std::future::Future;
+
+use crate::{BinlogPosition, ChangeEvent, MariadbGtid};
+
+/// Whether an error may go away by itself (lost connection, deadlock, lock wait timeout)
+/// or is definite (bad config, purged binlog, a value the destination rejects).
+pub trait Retry {
+    fn is_retryable(&self) -> bool;
+}
+
+/// What a source yields, in source order.
+#[derive(Debug, Clone)]
+pub enum SourceEvent {
+    Change(ChangeEvent),
+    /// A transaction or standalone statement ended. Every change before this event
+    /// belongs to it or an earlier one; restarting at `resume` repeats nothing before it.
+    Committed {
+        resume: BinlogPosition,
+        gtid: Option<MariadbGtid>,
+        commit_time_ms: u64,
+    },
+    /// The source is idle; `at_ms` is the server's clock as of the heartbeat.
+    Heartbeat {
+        at_ms: u64,
+    },
+}
+
+/// A stream of changes from a database.
+pub trait ChangeSource: Send {
+    type Error: std::error::Error + Retry + Send + Sync + 'static;
+
+    /// The next event. Cancel-safe only between events: the pipeline awaits it in a
+    /// `select!` with shutdown and then drops the source.
+    fn next_event(&mut self) -> impl Future<Output = Result<SourceEvent, Self::Error>> + Send;
+
+    /// Where a restart would resume: the end of the last complete transaction read (or
+    /// the start position, before any).
+    fn resume_position(&self) -> &BinlogPosition;
+}
+
+/// The position a sink worker reached, stored by the sink in the same destination
+/// transaction as the data it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerProgress {
+    /// The log these offsets belong to: offsets of another log are meaningless here.
+    pub log_id: u64,
+    pub partition: u32,
+    pub worker: u32,
+    /// How many workers the partition was split over when this was written: per-worker
+    /// offsets are only comparable under the same split.
+    pub workers: u32,
+    /// The log offset of the last change this worker applied.
+    pub offset: u64,
+}
+
+/// Everything a partition's workers stored on the destination.
+pub type SinkProgress = Vec<WorkerProgress>;
+
+/// One batch for one worker: changes in log order, all of the same partition.
+pub struct ApplyBatch<'a> {
+    pub changes: &'a [ChangeEvent],
+    pub progress: WorkerProgress,
+}
+
+/// A destination connection owned by one worker.
+pub trait ChangeSink: Send {
+    type Error: std::error::Error + Retry + Send + Sync + 'static;
+
+    /// Applies the batch and records `batch.progress`, both in one destination
+    /// transaction: after a crash either both are there or neither is.
+    fn apply(
+        &mut self,
+        batch: ApplyBatch<'_>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// The progress rows stored for `partition`.
+    fn load_progress(
+        &mut self,
+        partition: u32,
+    ) -> impl Future<Output = Result<SinkProgress, Self::Error>> + Send;
+}

@@ -1,0 +1,142 @@
+//! Typed column values as they travel from source to sink.
+//!
+//! Values keep the source's exact representation: integers with their signedness,
+//! decimals as the exact text the server prints, strings as bytes in the column's own
+//! charset (never transcoded), temporal values as fields. The sink sends them back as
+//! typed parameters, so nothing is rounded or reinterpreted on the way.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    Null,
+    Int(i64),
+    UInt(u64),
+    Float(f32),
+    Double(f64),
+    /// Exact decimal text, e.g. `-12345.678900`.
+    Decimal(String),
+    /// CHAR/VARCHAR/TEXT in the column charset, BINARY/BLOB, MariaDB JSON (LONGTEXT),
+    /// spatial values as stored (WKB with SRID prefix).
+    Bytes(Vec<u8>),
+    /// DATE; all-zero fields are the zero date `0000-00-00`.
+    Date {
+        year: u16,
+        month: u8,
+        day: u8,
+    },
+    /// DATETIME(fsp) in wall-clock fields, no time zone.
+    DateTime {
+        year: u16,
+        month: u8,
+        day: u8,
+        hour: u8,
+        minute: u8,
+        second: u8,
+        micros: u32,
+    },
+    /// TIMESTAMP(fsp): seconds since the Unix epoch in UTC; 0 is the zero timestamp.
+    Timestamp {
+        secs: u32,
+        micros: u32,
+    },
+    /// TIME(fsp), which may be negative and exceed 24 hours.
+    Time {
+        negative: bool,
+        hours: u32,
+        minutes: u8,
+        seconds: u8,
+        micros: u32,
+    },
+    /// YEAR; 0 is the zero year `0000`.
+    Year(u16),
+    /// BIT(n), right-aligned.
+    Bit(u64),
+    /// ENUM by 1-based index (0 is the empty error value).
+    Enum(u16),
+    /// SET as a bitmask of members.
+    Set(u64),
+    /// JSON as text (decoded from MySQL's binary JSON).
+    Json(String),
+}
+
+impl Value {
+    /// Roughly the memory the value takes.
+    pub fn approx_bytes(&self) -> usize {
+        match self {
+            Value::Bytes(b) => 24 + b.len(),
+            Value::Decimal(s) | Value::Json(s) => 24 + s.len(),
+            _ => 24,
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    /// Appends a canonical, unambiguous encoding of the value to `out`, used for
+    /// hashing keys: equal values give equal bytes, and values of different variants
+    /// never collide.
+    pub fn write_key_bytes(&self, out: &mut Vec<u8>) {
+        fn tagged(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+            out.push(tag);
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        match self {
+            Value::Null => out.push(0),
+            Value::Int(v) => tagged(out, 1, &v.to_le_bytes()),
+            Value::UInt(v) => tagged(out, 2, &v.to_le_bytes()),
+            Value::Float(v) => tagged(out, 3, &v.to_bits().to_le_bytes()),
+            Value::Double(v) => tagged(out, 4, &v.to_bits().to_le_bytes()),
+            Value::Decimal(s) => tagged(out, 5, s.as_bytes()),
+            Value::Bytes(b) => tagged(out, 6, b),
+            Value::Date { year, month, day } => {
+                tagged(out, 7, &[&year.to_le_bytes()[..], &[*month, *day]].concat())
+            }
+            Value::DateTime {
+                year,
+                month,
+                day,
+                hour,
+                minute,
+                second,
+                micros,
+            } => tagged(
+                out,
+                8,
+                &[
+                    &year.to_le_bytes()[..],
+                    &[*month, *day, *hour, *minute, *second],
+                    &micros.to_le_bytes(),
+                ]
+                .concat(),
+            ),
+            Value::Timestamp { secs, micros } => {
+                tagged(out, 9, &[secs.to_le_bytes(), micros.to_le_bytes()].concat())
+            }
+            Value::Time {
+                negative,
+                hours,
+                minutes,
+                seconds,
+                micros,
+            } => tagged(
+                out,
+                10,
+                &[
+                    &[*negative as u8][..],
+                    &hours.to_le_bytes(),
+                    &[*minutes, *seconds],
+                    &micros.to_le_bytes(),
+                ]
+                .concat(),
+            ),
+            Value::Year(v) => tagged(out, 11, &v.to_le_bytes()),
+            Value::Bit(v) => tagged(out, 12, &v.to_le_bytes()),
+            Value::Enum(v) => tagged(out, 13, &v.to_le_bytes()),
+            Value::Set(v) => tagged(out, 14, &v.to_le_bytes()),
+            Value::Json(s) => tagged(out, 15, s.as_bytes()),
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Errors of the binlog source. Each says what failed and where, keeps its cause, and
+//! says whether reconnecting may help ([`Retry`]).
+
+use rowlog_api::{BinlogPosition, Retry, TableName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source.url is not a valid mysql:// URL")]
+    BadUrl(#[source] mysql_async::UrlError),
+
+    #[error("cannot connect to the source at {addr}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: mysql_async::Error,
+    },
+
+    #[error("source query `{query}` failed")]
+    Query {
+        query: String,
+        #[source]
+        source: mysql_async::Error,
+    },
+
+    #[error("the source refused the login ({detail}); check the user and password in source.url")]
+    AccessDenied { detail: String },
+
+    #[error("the source user lacks a privilege rowlog needs ({detail}); grant it with: GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.* TO <user> (MariaDB: BINLOG MONITOR instead of REPLICATION CLIENT)")]
+    Privileges { detail: String },
+
+    #[error("the source has {variable}={actual}, rowlog needs {required}: {fix}")]
+    Setting {
+        variable: &'static str,
+        actual: String,
+        required: &'static str,
+        fix: &'static str,
+    },
+
+    #[error("binlog position {position} is no longer on the source (oldest binlog there: {oldest}); take a new snapshot, or restart from a later position with `source.start` after removing the stored checkpoint")]
+    PositionPurged {
+        position: BinlogPosition,
+        oldest: String,
+    },
+
+    #[error("the source refused to stream from {position}: {message} (error {code})")]
+    DumpRefused {
+        position: BinlogPosition,
+        code: u16,
+        message: String,
+    },
+
+    #[error("another replica registered with the same server_id {server_id} took over the stream; give rowlog a unique source.server_id")]
+    DuplicateServerId { server_id: u32 },
+
+    #[error("the binlog stream failed after {position}")]
+    Stream {
+        position: BinlogPosition,
+        #[source]
+        source: mysql_async::Error,
+    },
+
+    #[error("the source closed the binlog stream after {position}")]
+    StreamEnded { position: BinlogPosition },
+
+    #[error("cannot decode {event} event ending at {position}: {detail}")]
+    Decode {
+        event: &'static str,
+        position: BinlogPosition,
+        detail: String,
+    },
+
+    #[error("binlog event type {code} ({name}) ending at {position} is not supported: {hint}")]
+    UnsupportedEvent {
+        code: u8,
+        name: &'static str,
+        position: BinlogPosition,
+        hint: &'static str,
+    },
+
+    #[error(
+        "rows event ending at {position} refers to table id {table_id} with no preceding table map"
+    )]
+    MissingTableMap {
+        position: BinlogPosition,
+        table_id: u64,
+    },
+
+    #[error("table {table} has no primary key; rowlog keys every change by it. Add a primary key, or exclude the table with source.exclude = [\"{table}\"]")]
+    NoPrimaryKey { table: TableName },
+
+    #[error("rows event ending at {position} for {table} carries {got} of {expected} columns: the session that wrote it used binlog_row_image other than FULL")]
+    PartialRowImage {
+        position: BinlogPosition,
+        table: TableName,
+        got: usize,
+        expected: usize,
+    },
+
+    #[error("table {table} at {position}: {detail}")]
+    Schema {
+        table: TableName,
+        position: BinlogPosition,
+        detail: String,
+    },
+
+    #[error("statement-based change at {position} (`{statement}`) cannot be replicated row by row: the writing session used binlog_format=STATEMENT")]
+    StatementBased {
+        position: BinlogPosition,
+        statement: String,
+    },
+}
+
+/// Server error codes that mean the connection is fine to retry.
+fn retryable_server_code(code: u16) -> bool {
+    matches!(
+        code,
+        1040 /* too many connections */ | 1053 /* shutdown in progress */ | 1205 | 1213
+    )
+}
+
+pub(crate) fn mysql_error_is_retryable(e: &mysql_async::Error) -> bool {
+    match e {
+        mysql_async::Error::Io(_) => true,
+        mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed) => true,
+        mysql_async::Error::Driver(mysql_async::DriverError::PoolDisconnected) => true,
+        mysql_async::Error::Server(s) => retryable_server_code(s.code),
+        _ => false,
+    }
+}
+
+impl Retry for SourceError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            SourceError::Connect { source, .. }
+            | SourceError::Query { source, .. }
+            | SourceError::Stream { source, .. } => mysql_error_is_retryable(source),
+            SourceError::StreamEnded { .. } => true,
+            _ => false,
+        }
+    }
+}

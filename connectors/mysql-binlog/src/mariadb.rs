@@ -1,0 +1,193 @@
+//! MariaDB-specific binlog events (types 160–171), which mysql_common does not know:
+//! `read_data()` returns `None` for them and the body is parsed here by hand.
+//!
+//! Formats follow MariaDB's `log_event.h`; all integers are little-endian.
+
+use rowlog_api::MariadbGtid;
+
+pub const ANNOTATE_ROWS_EVENT: u8 = 160;
+pub const BINLOG_CHECKPOINT_EVENT: u8 = 161;
+pub const GTID_EVENT: u8 = 162;
+pub const GTID_LIST_EVENT: u8 = 163;
+pub const START_ENCRYPTION_EVENT: u8 = 164;
+pub const QUERY_COMPRESSED_EVENT: u8 = 165;
+/// 166–171: WRITE/UPDATE/DELETE_ROWS_COMPRESSED_EVENT v1 and v2 (`log_bin_compress=ON`).
+pub const FIRST_COMPRESSED_ROWS_EVENT: u8 = 166;
+pub const LAST_COMPRESSED_ROWS_EVENT: u8 = 171;
+
+/// The group is a single statement with no BEGIN/COMMIT around it (DDL).
+pub const FL_STANDALONE: u8 = 1;
+const FL_GROUP_COMMIT_ID: u8 = 2;
+
+/// A MariaDB GTID event: the start of an event group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GtidEvent {
+    pub gtid: MariadbGtid,
+    pub flags: u8,
+    pub commit_id: Option<u64>,
+}
+
+impl GtidEvent {
+    pub fn standalone(&self) -> bool {
+        self.flags & FL_STANDALONE != 0
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// Parses a GTID event body; `server_id` comes from the event header.
+pub fn parse_gtid(body: &[u8], server_id: u32) -> Option<GtidEvent> {
+    let seq = u64_at(body, 0)?;
+    let domain = u32_at(body, 8)?;
+    let flags = *body.get(12)?;
+    let commit_id = if flags & FL_GROUP_COMMIT_ID != 0 {
+        Some(u64_at(body, 13)?)
+    } else {
+        None
+    };
+    Some(GtidEvent {
+        gtid: MariadbGtid {
+            domain,
+            server: server_id,
+            seq,
+        },
+        flags,
+        commit_id,
+    })
+}
+
+/// Parses a GTID_LIST event body: the binlog state at the start of a file.
+pub fn parse_gtid_list(body: &[u8]) -> Option<Vec<MariadbGtid>> {
+    let count = (u32_at(body, 0)? & 0x0fff_ffff) as usize;
+    // Bound by the bytes actually present before allocating.
+    if body.len() < 4 + count.checked_mul(16)? {
+        return None;
+    }
+    (0..count)
+        .map(|i| {
+            let at = 4 + i * 16;
+            Some(MariadbGtid {
+                domain: u32_at(body, at)?,
+                server: u32_at(body, at + 4)?,
+                seq: u64_at(body, at + 8)?,
+            })
+        })
+        .collect()
+}
+
+/// Parses a BINLOG_CHECKPOINT event body: the oldest binlog file still needed for crash recovery.
+pub fn parse_binlog_checkpoint(body: &[u8]) -> Option<String> {
+    let len = u32_at(body, 0)? as usize;
+    let name = body.get(4..4usize.checked_add(len)?)?;
+    Some(String::from_utf8_lossy(name).into_owned())
+}
+
+/// A human name for any event type code, for error messages.
+pub fn event_name(code: u8) -> &'static str {
+    match code {
+        0 => "UNKNOWN",
+        1 => "START_V3",
+        2 => "QUERY",
+        3 => "STOP",
+        4 => "ROTATE",
+        5 => "INTVAR",
+        6 => "LOAD",
+        7 => "SLAVE",
+        8 => "CREATE_FILE",
+        9 => "APPEND_BLOCK",
+        10 => "EXEC_LOAD",
+        11 => "DELETE_FILE",
+        12 => "NEW_LOAD",
+        13 => "RAND",
+        14 => "USER_VAR",
+        15 => "FORMAT_DESCRIPTION",
+        16 => "XID",
+        17 => "BEGIN_LOAD_QUERY",
+        18 => "EXECUTE_LOAD_QUERY",
+        19 => "TABLE_MAP",
+        20 => "PRE_GA_WRITE_ROWS",
+        21 => "PRE_GA_UPDATE_ROWS",
+        22 => "PRE_GA_DELETE_ROWS",
+        23 => "WRITE_ROWS_V1",
+        24 => "UPDATE_ROWS_V1",
+        25 => "DELETE_ROWS_V1",
+        26 => "INCIDENT",
+        27 => "HEARTBEAT",
+        28 => "IGNORABLE",
+        29 => "ROWS_QUERY",
+        30 => "WRITE_ROWS",
+        31 => "UPDATE_ROWS",
+        32 => "DELETE_ROWS",
+        33 => "GTID",
+        34 => "ANONYMOUS_GTID",
+        35 => "PREVIOUS_GTIDS",
+        36 => "TRANSACTION_CONTEXT",
+        37 => "VIEW_CHANGE",
+        38 => "XA_PREPARE_LOG",
+        39 => "PARTIAL_UPDATE_ROWS",
+        40 => "TRANSACTION_PAYLOAD",
+        41 => "HEARTBEAT_V2",
+        42 => "GTID_TAGGED_LOG",
+        ANNOTATE_ROWS_EVENT => "MARIADB_ANNOTATE_ROWS",
+        BINLOG_CHECKPOINT_EVENT => "MARIADB_BINLOG_CHECKPOINT",
+        GTID_EVENT => "MARIADB_GTID",
+        GTID_LIST_EVENT => "MARIADB_GTID_LIST",
+        START_ENCRYPTION_EVENT => "MARIADB_START_ENCRYPTION",
+        QUERY_COMPRESSED_EVENT => "MARIADB_QUERY_COMPRESSED",
+        166 => "MARIADB_WRITE_ROWS_COMPRESSED_V1",
+        167 => "MARIADB_UPDATE_ROWS_COMPRESSED_V1",
+        168 => "MARIADB_DELETE_ROWS_COMPRESSED_V1",
+        169 => "MARIADB_WRITE_ROWS_COMPRESSED",
+        170 => "MARIADB_UPDATE_ROWS_COMPRESSED",
+        171 => "MARIADB_DELETE_ROWS_COMPRESSED",
+        _ => "UNKNOWN",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gtid_event_with_commit_id() {
+        let mut body = 42u64.to_le_bytes().to_vec();
+        body.extend_from_slice(&3u32.to_le_bytes());
+        body.push(FL_GROUP_COMMIT_ID | FL_STANDALONE);
+        body.extend_from_slice(&7u64.to_le_bytes());
+        let ev = parse_gtid(&body, 9).unwrap();
+        assert_eq!(ev.gtid.to_string(), "3-9-42");
+        assert!(ev.standalone());
+        assert_eq!(ev.commit_id, Some(7));
+        assert!(
+            parse_gtid(&body[..12], 9).is_none(),
+            "truncated body must not parse"
+        );
+    }
+
+    #[test]
+    fn gtid_list_rejects_counts_larger_than_the_body() {
+        let mut body = 2u32.to_le_bytes().to_vec();
+        for (d, s, n) in [(0u32, 1u32, 5u64), (1, 2, 6)] {
+            body.extend_from_slice(&d.to_le_bytes());
+            body.extend_from_slice(&s.to_le_bytes());
+            body.extend_from_slice(&n.to_le_bytes());
+        }
+        assert_eq!(parse_gtid_list(&body).unwrap().len(), 2);
+        let mut huge = 0x0fff_ffffu32.to_le_bytes().to_vec();
+        huge.extend_from_slice(&body[4..]);
+        assert!(parse_gtid_list(&huge).is_none());
+    }
+
+    #[test]
+    fn binlog_checkpoint_name() {
+        let mut body = 13u32.to_le_bytes().to_vec();
+        body.extend_from_slice(b"binlog.000001");
+        assert_eq!(parse_binlog_checkpoint(&body).unwrap(), "binlog.000001");
+        assert!(parse_binlog_checkpoint(&body[..10]).is_none());
+    }
+}

@@ -1,0 +1,89 @@
+//! The `[sink]` section of rowlog's configuration.
+
+use serde::Deserialize;
+
+fn default_workers() -> u32 {
+    4
+}
+fn default_batch_max_rows() -> usize {
+    2_000
+}
+fn default_batch_max_wait_ms() -> u64 {
+    20
+}
+fn default_batch_max_bytes() -> usize {
+    8 << 20
+}
+fn default_progress_database() -> String {
+    "rowlog".into()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// `mysql://user:password@host:port/` of the destination server.
+    pub url: String,
+    /// Worker queues (and destination connections) per log partition.
+    #[serde(default = "default_workers")]
+    pub workers: u32,
+    /// A worker's batch closes at this many changes…
+    #[serde(default = "default_batch_max_rows")]
+    pub batch_max_rows: usize,
+    /// …or when its oldest change has waited this long…
+    #[serde(default = "default_batch_max_wait_ms")]
+    pub batch_max_wait_ms: u64,
+    /// …or when its changes hold about this many bytes.
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: usize,
+    /// Off by default. When set, a change the destination rejects for good is written
+    /// to this file (one JSON line) and its partition goes on instead of halting.
+    #[serde(default)]
+    pub dead_letter_file: Option<std::path::PathBuf>,
+    /// Database on the destination holding `rowlog_progress`.
+    #[serde(default = "default_progress_database")]
+    pub progress_database: String,
+}
+
+impl SinkConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        mysql_async::Opts::from_url(&self.url)
+            .map_err(|e| format!("sink.url: not a valid mysql:// URL: {e}"))?;
+        if !(1..=256).contains(&self.workers) {
+            return Err(format!(
+                "sink.workers: must be between 1 and 256, got {}",
+                self.workers
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.batch_max_rows) {
+            return Err(format!(
+                "sink.batch_max_rows: must be between 1 and 1000000, got {}",
+                self.batch_max_rows
+            ));
+        }
+        if !(1024..=1 << 30).contains(&self.batch_max_bytes) {
+            return Err(format!(
+                "sink.batch_max_bytes: must be between 1024 and 1073741824, got {}",
+                self.batch_max_bytes
+            ));
+        }
+        if self
+            .dead_letter_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err("sink.dead_letter_file: must be a file path (or absent to halt on rejected changes)".into());
+        }
+        if self.batch_max_wait_ms > 60_000 {
+            return Err(format!(
+                "sink.batch_max_wait_ms: must be at most 60000, got {}",
+                self.batch_max_wait_ms
+            ));
+        }
+        if self.progress_database.is_empty() || self.progress_database.contains('`') {
+            return Err(
+                "sink.progress_database: must be a non-empty name without backquotes".into(),
+            );
+        }
+        Ok(())
+    }
+}

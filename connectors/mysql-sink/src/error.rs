@@ -1,0 +1,87 @@
+//! Errors of the MySQL sink, classified as retryable (the same batch may succeed later)
+//! or definite (the destination rejects it; retrying cannot help).
+
+use rowlog_api::{Retry, TableName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("sink.url is not a valid mysql:// URL")]
+    BadUrl(#[source] mysql_async::UrlError),
+
+    #[error("cannot connect to the destination at {addr}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: mysql_async::Error,
+    },
+
+    #[error("destination rejected changes to {table}{} (log offsets up to {offset}, source {source_position})", key.as_ref().map(|k| format!(" key {k}")).unwrap_or_default())]
+    Apply {
+        table: TableName,
+        /// The primary key of the rejected row, when it could be isolated.
+        key: Option<String>,
+        offset: u64,
+        source_position: String,
+        #[source]
+        source: mysql_async::Error,
+    },
+
+    #[error("destination progress table `{table}`: {action} failed")]
+    Progress {
+        table: String,
+        action: &'static str,
+        #[source]
+        source: mysql_async::Error,
+    },
+}
+
+/// Error codes after which the same statement may succeed: deadlock, lock wait timeout,
+/// too many connections, server shutting down, lost connection.
+fn retryable_code(code: u16) -> bool {
+    matches!(
+        code,
+        1205 | 1213 | 1040 | 1053 | 2006 | 2013 | 1927 /* connection killed */
+    )
+}
+
+fn is_retryable(e: &mysql_async::Error) -> bool {
+    match e {
+        mysql_async::Error::Io(_) => true,
+        mysql_async::Error::Driver(
+            mysql_async::DriverError::ConnectionClosed | mysql_async::DriverError::PoolDisconnected,
+        ) => true,
+        mysql_async::Error::Server(s) => retryable_code(s.code),
+        _ => false,
+    }
+}
+
+impl SinkError {
+    /// The server error code, when the destination answered with one.
+    pub fn server_code(&self) -> Option<u16> {
+        match self {
+            SinkError::Connect { source, .. }
+            | SinkError::Apply { source, .. }
+            | SinkError::Progress { source, .. } => match source {
+                mysql_async::Error::Server(s) => Some(s.code),
+                _ => None,
+            },
+            SinkError::BadUrl(_) => None,
+        }
+    }
+}
+
+impl Retry for SinkError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            SinkError::BadUrl(_) => false,
+            SinkError::Connect { source, .. } => match source {
+                // Wrong credentials will not fix themselves.
+                mysql_async::Error::Server(s) if s.code == 1045 || s.code == 1044 => false,
+                other => is_retryable(other) || matches!(other, mysql_async::Error::Server(_)),
+            },
+            SinkError::Apply { source, .. } | SinkError::Progress { source, .. } => {
+                is_retryable(source)
+            }
+        }
+    }
+}

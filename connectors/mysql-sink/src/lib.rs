@@ -1,0 +1,29 @@
+//! rowlog's MySQL/MariaDB sink: applies batches of change events to the destination
+//! with idempotent statements, and records how far it got in the same transaction.
+//!
+//! # Guarantees
+//! * **Idempotent**: inserts and updates are `INSERT … ON DUPLICATE KEY UPDATE` with the
+//!   full after-image, deletes are `DELETE … WHERE pk IN (…)`. Applying any stretch of
+//!   changes twice leaves the same rows as applying it once.
+//! * **Atomic progress**: each batch's data and the worker's progress row
+//!   (`<progress_database>.rowlog_progress`) commit in one destination transaction, so
+//!   after a crash the stored offset says exactly which changes are in.
+//! * **Per-key order**: within a batch, several changes of one key collapse to the last
+//!   state (see [`coalesce`]); batches of one worker are applied in log order.
+//!
+//! # What the destination must provide
+//! A user with `SELECT, INSERT, UPDATE, DELETE` on the replicated tables and
+//! `CREATE, INSERT, UPDATE, SELECT` on the progress database. Tables must exist with
+//! the source's columns and primary key.
+
+mod coalesce;
+mod config;
+mod error;
+mod params;
+mod sink;
+mod sql;
+
+pub use coalesce::{coalesce, Coalesced};
+pub use config::SinkConfig;
+pub use error::SinkError;
+pub use sink::{MySqlSink, Planned};

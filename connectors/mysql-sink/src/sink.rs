@@ -1,0 +1,463 @@
+//! One destination connection, owned by one sink worker.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder, TxOpts};
+use rowlog_api::{
+    ApplyBatch, ChangeEvent, ChangeSink, Retry, SinkProgress, TableSchema, Value, WorkerProgress,
+};
+
+use crate::params::to_param;
+use crate::sql::{self, quote};
+use crate::{coalesce, SinkConfig, SinkError};
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Upsert,
+    Replace,
+    Delete,
+}
+
+/// What a dry-run replay would do to one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub table: String,
+    pub key: String,
+    pub action: &'static str,
+}
+
+/// One multi-row statement of a batch, with the texts its error handling may need.
+struct Stmt<'a> {
+    table: &'a Arc<TableSchema>,
+    kind: Kind,
+    rows: Vec<&'a [Value]>,
+    text: Arc<str>,
+    /// The same statement for one row (to find the row a definite error is about).
+    one: Arc<str>,
+}
+
+impl Stmt<'_> {
+    fn row_params(&self, row: &[Value]) -> Vec<mysql_async::Value> {
+        match self.kind {
+            Kind::Delete => self
+                .table
+                .primary_key
+                .iter()
+                .map(|&i| to_param(&row[i]))
+                .collect(),
+            Kind::Upsert | Kind::Replace => row.iter().map(to_param).collect(),
+        }
+    }
+
+    fn params(&self) -> Vec<mysql_async::Value> {
+        self.rows
+            .iter()
+            .flat_map(|row| self.row_params(row))
+            .collect()
+    }
+}
+
+/// `id=5, region='eu'`: the primary key of a row, for error messages.
+fn render_key(t: &TableSchema, row: &[Value]) -> String {
+    t.primary_key
+        .iter()
+        .map(|&i| {
+            let v = match &row[i] {
+                Value::Bytes(b) => format!("'{}'", String::from_utf8_lossy(b)),
+                Value::Decimal(d) => d.clone(),
+                Value::Int(v) => v.to_string(),
+                Value::UInt(v) => v.to_string(),
+                other => format!("{other:?}"),
+            };
+            format!("{}={v}", t.columns[i].name)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Statement text by (schema, kind, rows). The schema `Arc` is kept in the value so its
+/// address cannot be reused by another schema while the entry exists.
+type SqlCache = HashMap<(usize, Kind, usize), (Arc<TableSchema>, Arc<str>)>;
+
+/// Bounds the statement-text cache; cleared wholesale when full (rare: one entry per
+/// schema version × kind × chunk size).
+const SQL_CACHE_LIMIT: usize = 4096;
+
+pub struct MySqlSink {
+    conn: Conn,
+    pipeline: String,
+    progress_table: String,
+    progress_db: String,
+    sql: SqlCache,
+}
+
+impl MySqlSink {
+    /// Opens a session configured for replication apply:
+    /// * `time_zone='+00:00'`: TIMESTAMP values travel as UTC fields;
+    /// * strict mode, so a value the table cannot hold is an error, never a silent
+    ///   truncation; `NO_AUTO_VALUE_ON_ZERO` so an id of 0 stays 0;
+    /// * READ COMMITTED: no gap locks, so concurrent workers upserting neighbouring
+    ///   keys of one table do not deadlock each other;
+    /// * `foreign_key_checks=0`: rows of different tables arrive through different
+    ///   partitions and workers, so a child may be applied before its parent (as with
+    ///   parallel native replication).
+    pub async fn connect(cfg: &SinkConfig, pipeline: &str) -> Result<Self, SinkError> {
+        let opts = Opts::from_url(&cfg.url).map_err(SinkError::BadUrl)?;
+        let addr = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
+        let opts = OptsBuilder::from_opts(opts).stmt_cache_size(256).init(vec![
+            "SET time_zone='+00:00'",
+            "SET sql_mode='STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION'",
+            "SET foreign_key_checks=0",
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        ]);
+        let conn = Conn::new(opts)
+            .await
+            .map_err(|source| SinkError::Connect { addr, source })?;
+        Ok(Self {
+            conn,
+            pipeline: pipeline.to_owned(),
+            progress_table: format!("{}.`rowlog_progress`", quote(&cfg.progress_database)),
+            progress_db: cfg.progress_database.clone(),
+            sql: HashMap::new(),
+        })
+    }
+
+    /// Creates the progress database and table when missing.
+    pub async fn ensure_progress_table(&mut self) -> Result<(), SinkError> {
+        let create_db = format!("CREATE DATABASE IF NOT EXISTS {}", quote(&self.progress_db));
+        let create_table = format!(
+            "CREATE TABLE IF NOT EXISTS {} (\
+               pipeline VARCHAR(128) NOT NULL,\
+               log_id BIGINT UNSIGNED NOT NULL,\
+               part INT UNSIGNED NOT NULL,\
+               worker INT UNSIGNED NOT NULL,\
+               workers INT UNSIGNED NOT NULL,\
+               log_offset BIGINT UNSIGNED NOT NULL,\
+               source_position VARCHAR(512) NOT NULL,\
+               source_commit_ms BIGINT UNSIGNED NOT NULL,\
+               updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),\
+               PRIMARY KEY (pipeline, part, worker)\
+             ) ENGINE=InnoDB",
+            self.progress_table
+        );
+        for q in [create_db, create_table] {
+            self.conn
+                .query_drop(&q)
+                .await
+                .map_err(|source| SinkError::Progress {
+                    table: self.progress_table.clone(),
+                    action: "create",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Applies `changes` (one partition's, in log order) in one transaction, recording
+    /// `progress` in it when given. Replays of a stretch of the log pass `None`: they
+    /// must not move any worker's stored offset.
+    async fn apply_changes(
+        &mut self,
+        changes: &[ChangeEvent],
+        progress: Option<WorkerProgress>,
+    ) -> Result<(), SinkError> {
+        let (source_position, commit_ms) = changes
+            .last()
+            .map(|c| (c.source.id.to_string(), c.source.commit_time_ms))
+            .unwrap_or_default();
+        let offset = progress.map(|p| p.offset).unwrap_or(u64::MAX);
+        let groups = coalesce(changes);
+
+        // Build every statement's text before the transaction borrows the connection.
+        let mut work: Vec<Stmt<'_>> = Vec::new();
+        for g in &groups {
+            // Tables with secondary unique keys take REPLACE instead of the upsert. With
+            // several unique keys, INSERT … ON DUPLICATE KEY UPDATE can update the row
+            // that holds a unique value instead of the row being written (MySQL's
+            // documented hazard). These tables are applied in source order (routed whole,
+            // see ChangeEvent::routing_key_bytes) and a batch's coalesced final states
+            // are mutually unique, so every row REPLACE evicts is itself in the batch and
+            // gets its own final state: the result is exactly the source's state. While
+            // replaying, an evicted row's newer change lies ahead in the replay.
+            let write = if g.table.unique_keys.is_empty() {
+                Kind::Upsert
+            } else {
+                Kind::Replace
+            };
+            for (kind, rows, width) in [
+                (Kind::Delete, &g.deletes, g.table.primary_key.len()),
+                (write, &g.upserts, g.table.columns.len()),
+            ] {
+                let mut rest: &[&[Value]] = rows;
+                for n in sql::chunks(rest.len(), width) {
+                    let (now, later) = rest.split_at(n);
+                    work.push(Stmt {
+                        table: g.table,
+                        kind,
+                        rows: now.to_vec(),
+                        text: self.statement(g.table, kind, n),
+                        one: self.statement(g.table, kind, 1),
+                    });
+                    rest = later;
+                }
+            }
+        }
+
+        let apply_error = |table: &TableSchema, key: Option<String>, source| SinkError::Apply {
+            table: table.name.clone(),
+            key,
+            offset,
+            source_position: source_position.clone(),
+            source,
+        };
+        let mut tx = self
+            .conn
+            .start_transaction(TxOpts::default())
+            .await
+            .map_err(|source| SinkError::Progress {
+                table: self.progress_table.clone(),
+                action: "begin",
+                source,
+            })?;
+        for stmt in &work {
+            let Err(err) = tx.exec_drop(&*stmt.text, stmt.params()).await else {
+                continue;
+            };
+            let failed = apply_error(stmt.table, None, err);
+            if failed.is_retryable() || stmt.rows.len() == 1 {
+                let key = (stmt.rows.len() == 1).then(|| render_key(stmt.table, stmt.rows[0]));
+                return Err(match failed {
+                    SinkError::Apply { source, .. } => apply_error(stmt.table, key, source),
+                    other => other,
+                });
+            }
+            // A definite error in a multi-row statement: find the row the destination
+            // rejects, so the error names its key (each try is rolled back on its own).
+            for row in &stmt.rows {
+                if let Err(e) = tx.exec_drop(&*stmt.one, stmt.row_params(row)).await {
+                    return Err(apply_error(
+                        stmt.table,
+                        Some(render_key(stmt.table, row)),
+                        e,
+                    ));
+                }
+            }
+            return Err(failed);
+        }
+        let progress_sql = format!(
+            "INSERT INTO {} (pipeline, log_id, part, worker, workers, log_offset, source_position, source_commit_ms, updated_at) \
+             VALUES (?,?,?,?,?,?,?,?,NOW(6)) ON DUPLICATE KEY UPDATE log_id=VALUES(log_id), workers=VALUES(workers), log_offset=VALUES(log_offset), \
+             source_position=VALUES(source_position), source_commit_ms=VALUES(source_commit_ms), updated_at=VALUES(updated_at)",
+            self.progress_table
+        );
+        let Some(WorkerProgress {
+            log_id,
+            partition,
+            worker,
+            workers,
+            offset,
+        }) = progress
+        else {
+            return tx.commit().await.map_err(|source| SinkError::Progress {
+                table: self.progress_table.clone(),
+                action: "commit",
+                source,
+            });
+        };
+        tx.exec_drop(
+            progress_sql,
+            (
+                &self.pipeline,
+                log_id,
+                partition,
+                worker,
+                workers,
+                offset,
+                &source_position,
+                commit_ms,
+            ),
+        )
+        .await
+        .map_err(|source| SinkError::Progress {
+            table: self.progress_table.clone(),
+            action: "update",
+            source,
+        })?;
+        tx.commit().await.map_err(|source| SinkError::Progress {
+            table: self.progress_table.clone(),
+            action: "commit",
+            source,
+        })
+    }
+
+    /// Applies a stretch of the log again without touching stored progress (`rowlog replay`).
+    pub async fn apply_without_progress(
+        &mut self,
+        changes: &[ChangeEvent],
+    ) -> Result<(), SinkError> {
+        self.apply_changes(changes, None).await
+    }
+
+    /// Replaces the progress rows of `partition` (`rowlog offsets set`): afterwards each
+    /// worker resumes after `rows[w].offset`; no rows means "from the log's committed offset".
+    pub async fn set_progress(
+        &mut self,
+        partition: u32,
+        rows: &[WorkerProgress],
+    ) -> Result<(), SinkError> {
+        let err = |action| {
+            let table = self.progress_table.clone();
+            move |source| SinkError::Progress {
+                table,
+                action,
+                source,
+            }
+        };
+        let mut tx = self
+            .conn
+            .start_transaction(TxOpts::default())
+            .await
+            .map_err(err("begin"))?;
+        tx.exec_drop(
+            format!(
+                "DELETE FROM {} WHERE pipeline = ? AND part = ?",
+                self.progress_table
+            ),
+            (&self.pipeline, partition),
+        )
+        .await
+        .map_err(err("delete"))?;
+        for r in rows {
+            tx.exec_drop(
+                format!(
+                    "INSERT INTO {} (pipeline, log_id, part, worker, workers, log_offset, source_position, source_commit_ms) \
+                     VALUES (?,?,?,?,?,?,'set by rowlog offsets set',0)",
+                    self.progress_table
+                ),
+                (&self.pipeline, r.log_id, partition, r.worker, r.workers, r.offset),
+            )
+            .await
+            .map_err(err("insert"))?;
+        }
+        tx.commit().await.map_err(err("commit"))
+    }
+
+    /// What applying `changes` would do to the destination now, key by key, without
+    /// changing anything (`rowlog replay --dry-run`).
+    pub async fn plan(&mut self, changes: &[ChangeEvent]) -> Result<Vec<Planned>, SinkError> {
+        let mut out = Vec::new();
+        for g in coalesce(changes) {
+            let t = g.table;
+            let select = format!(
+                "SELECT {} FROM {} WHERE {}",
+                t.columns
+                    .iter()
+                    .map(|c| quote(&c.name))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                sql::table_ident(t),
+                t.pk_columns()
+                    .map(|c| format!("{} = ?", quote(&c.name)))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            );
+            let items = g
+                .deletes
+                .iter()
+                .map(|r| (r, false))
+                .chain(g.upserts.iter().map(|r| (r, true)));
+            for (row, upsert) in items {
+                let key: Vec<mysql_async::Value> =
+                    t.primary_key.iter().map(|&i| to_param(&row[i])).collect();
+                let current: Option<mysql_async::Row> =
+                    self.conn.exec_first(&select, key).await.map_err(|source| {
+                        SinkError::Apply {
+                            table: t.name.clone(),
+                            key: Some(render_key(t, row)),
+                            offset: u64::MAX,
+                            source_position: "dry run".into(),
+                            source,
+                        }
+                    })?;
+                let action = match (current, upsert) {
+                    (None, true) => "insert",
+                    (None, false) => "absent (no change)",
+                    (Some(_), false) => "delete",
+                    (Some(cur), true) => {
+                        let same = row.iter().enumerate().all(|(i, v)| {
+                            cur.as_ref(i).map(|c| c.as_sql(false))
+                                == Some(to_param(v).as_sql(false))
+                        });
+                        if same {
+                            "unchanged"
+                        } else {
+                            "update"
+                        }
+                    }
+                };
+                out.push(Planned {
+                    table: t.name.to_string(),
+                    key: render_key(t, row),
+                    action,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn statement(&mut self, table: &Arc<TableSchema>, kind: Kind, rows: usize) -> Arc<str> {
+        if self.sql.len() >= SQL_CACHE_LIMIT {
+            self.sql.clear();
+        }
+        let key = (Arc::as_ptr(table) as usize, kind, rows);
+        self.sql
+            .entry(key)
+            .or_insert_with(|| {
+                let text = match kind {
+                    Kind::Upsert => sql::upsert(table, rows),
+                    Kind::Replace => sql::replace(table, rows),
+                    Kind::Delete => sql::delete(table, rows),
+                };
+                (table.clone(), text.into())
+            })
+            .1
+            .clone()
+    }
+}
+
+impl ChangeSink for MySqlSink {
+    type Error = SinkError;
+
+    async fn apply(&mut self, batch: ApplyBatch<'_>) -> Result<(), SinkError> {
+        self.apply_changes(batch.changes, Some(batch.progress))
+            .await
+    }
+
+    async fn load_progress(&mut self, partition: u32) -> Result<SinkProgress, SinkError> {
+        let q = format!(
+            "SELECT log_id, worker, workers, log_offset FROM {} WHERE pipeline = ? AND part = ?",
+            self.progress_table
+        );
+        let rows: Vec<(u64, u32, u32, u64)> = self
+            .conn
+            .exec(q, (&self.pipeline, partition))
+            .await
+            .map_err(|source| SinkError::Progress {
+                table: self.progress_table.clone(),
+                action: "read",
+                source,
+            })?;
+        Ok(rows
+            .into_iter()
+            .map(|(log_id, worker, workers, offset)| WorkerProgress {
+                log_id,
+                partition,
+                worker,
+                workers,
+                offset,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,466 @@
+//! rowlog's configuration: one TOML file, every key overridable by an environment
+//! variable `ROWLOG__<SECTION>__<KEY>` (e.g. `ROWLOG__SOURCE__URL`,
+//! `ROWLOG__SINK__WORKERS=8`). Unknown keys are errors, so a typo never silently falls
+//! back to a default; every error names the key.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rowlog_mysql_binlog::SourceConfig;
+use rowlog_mysql_sink::SinkConfig;
+use serde::Deserialize;
+
+use crate::pipeline::apply::ApplyConfig;
+use crate::pipeline::ingest::IngestConfig;
+
+fn default_name() -> String {
+    "rowlog".into()
+}
+fn default_shutdown_timeout_secs() -> u64 {
+    30
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Names this pipeline in the destination's progress table and the log's consumer
+    /// offsets; two pipelines sharing a destination need different names.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// After SIGTERM/SIGINT, how long draining may take before rowlog exits anyway
+    /// (nothing is lost then either: the next start replays).
+    #[serde(default = "default_shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: u64,
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    pub sink: SinkConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+fn default_dir() -> PathBuf {
+    PathBuf::from("rowlog-data")
+}
+fn default_partitions() -> u32 {
+    8
+}
+fn default_segment_bytes() -> u64 {
+    128 << 20
+}
+fn default_max_batch_changes() -> usize {
+    10_000
+}
+fn default_checkpoint_interval_ms() -> u64 {
+    200
+}
+fn default_fsync_interval_ms() -> u64 {
+    1000
+}
+fn default_retention_check_ms() -> u64 {
+    30_000
+}
+
+/// When appends become durable; see [`crate::log::FsyncPolicy`] for what each loses.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    /// fsync every append batch before it is acknowledged (default).
+    #[default]
+    Batch,
+    /// fsync every `log.fsync_interval_ms`; readers and checkpoints wait for it.
+    Interval,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Per-partition size above which the oldest sealed segments go; 0 = unlimited.
+    #[serde(default)]
+    pub max_bytes: u64,
+    /// Sealed segments whose newest record is older than this go; 0 = unlimited.
+    #[serde(default)]
+    pub max_age_secs: u64,
+    /// Delete even records a consumer has not committed (it then gets "offset out of range").
+    #[serde(default)]
+    pub force: bool,
+    /// How often retention runs.
+    #[serde(default = "default_retention_check_ms")]
+    pub check_interval_ms: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 0,
+            max_age_secs: 0,
+            force: false,
+            check_interval_ms: default_retention_check_ms(),
+        }
+    }
+}
+
+impl RetentionConfig {
+    pub fn policy(&self) -> crate::log::Retention {
+        crate::log::Retention {
+            max_bytes: self.max_bytes,
+            max_age: Duration::from_secs(self.max_age_secs),
+            force: self.force,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Directory of the embedded log (created if missing).
+    #[serde(default = "default_dir")]
+    pub dir: PathBuf,
+    /// Number of partitions; fixed once the log exists.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// A segment file rolls when it reaches this size.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// At most this many changes per durable append (one fsync per partition each).
+    #[serde(default = "default_max_batch_changes")]
+    pub max_batch_changes: usize,
+    /// How often the source checkpoint is stored while changes flow.
+    #[serde(default = "default_checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+    #[serde(default)]
+    pub fsync: FsyncMode,
+    /// With `fsync = "interval"`: how often the flusher fsyncs.
+    #[serde(default = "default_fsync_interval_ms")]
+    pub fsync_interval_ms: u64,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+impl LogConfig {
+    pub fn fsync_policy(&self) -> crate::log::FsyncPolicy {
+        match self.fsync {
+            FsyncMode::Batch => crate::log::FsyncPolicy::Batch,
+            FsyncMode::Interval => {
+                crate::log::FsyncPolicy::Interval(Duration::from_millis(self.fsync_interval_ms))
+            }
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_dir(),
+            partitions: default_partitions(),
+            segment_bytes: default_segment_bytes(),
+            max_batch_changes: default_max_batch_changes(),
+            checkpoint_interval_ms: default_checkpoint_interval_ms(),
+            fsync: FsyncMode::default(),
+            fsync_interval_ms: default_fsync_interval_ms(),
+            retention: RetentionConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// `text` or `json`. Levels come from `RUST_LOG` (default `info`).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+fn default_http_enabled() -> bool {
+    true
+}
+fn default_http_listen() -> String {
+    "127.0.0.1:9187".into()
+}
+fn default_stall_after_secs() -> u64 {
+    60
+}
+
+/// The operations port: `/metrics`, `/healthz`, `/readyz`, `/status`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `false` runs without the port (and without anything to scrape).
+    #[serde(default = "default_http_enabled")]
+    pub enabled: bool,
+    /// `host:port`; port 0 picks a free port (logged at start).
+    #[serde(default = "default_http_listen")]
+    pub listen: String,
+    /// A partition with a backlog whose committed offset has not moved for this long
+    /// marks the pipeline stalled (`rowlog_pipeline_stalled`, `/readyz` fails).
+    #[serde(default = "default_stall_after_secs")]
+    pub stall_after_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: default_http_enabled(),
+            listen: default_http_listen(),
+            stall_after_secs: default_stall_after_secs(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// No port: for embedded runs such as `rowlog demo`.
+    pub fn disabled() -> Self {
+        Self {
+            enabled: false,
+            ..Self::default()
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {detail}")]
+    Load { path: PathBuf, detail: String },
+    #[error("invalid config {path}: {detail}")]
+    Invalid { path: PathBuf, detail: String },
+}
+
+impl Config {
+    /// Loads `path` with `ROWLOG__…` overrides from the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, std::env::vars().collect())
+    }
+
+    /// Loads `path` with overrides from `env` (tests pass their own).
+    pub fn load_with_env(path: &Path, env: HashMap<String, String>) -> Result<Self, ConfigError> {
+        if !path.is_file() {
+            return Err(ConfigError::Load {
+                path: path.into(),
+                detail: "no such file".into(),
+            });
+        }
+        let env = config::Environment::with_prefix("ROWLOG")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("source.include")
+            .with_list_parse_key("source.exclude")
+            .source(Some(env));
+        let raw = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(env)
+            .build()
+            .map_err(|e| ConfigError::Load {
+                path: path.into(),
+                detail: e.to_string(),
+            })?;
+        let cfg: Config = raw.try_deserialize().map_err(|e| ConfigError::Invalid {
+            path: path.into(),
+            detail: e.to_string(),
+        })?;
+        cfg.validate().map_err(|detail| ConfigError::Invalid {
+            path: path.into(),
+            detail,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks what types cannot; messages name the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty()
+            || self.name.len() > 128
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(format!(
+                "name: `{}` must be 1-128 characters of [A-Za-z0-9._-]",
+                self.name
+            ));
+        }
+        self.source.validate()?;
+        self.sink.validate()?;
+        if !(1..=4096).contains(&self.log.partitions) {
+            return Err(format!(
+                "log.partitions: must be between 1 and 4096, got {}",
+                self.log.partitions
+            ));
+        }
+        if self.log.segment_bytes < 1 << 16 {
+            return Err(format!(
+                "log.segment_bytes: must be at least 65536, got {}",
+                self.log.segment_bytes
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.log.max_batch_changes) {
+            return Err(format!(
+                "log.max_batch_changes: must be between 1 and 1000000, got {}",
+                self.log.max_batch_changes
+            ));
+        }
+        if !(1..=60_000).contains(&self.log.fsync_interval_ms) {
+            return Err(format!(
+                "log.fsync_interval_ms: must be between 1 and 60000, got {}",
+                self.log.fsync_interval_ms
+            ));
+        }
+        if !(100..=86_400_000).contains(&self.log.retention.check_interval_ms) {
+            return Err(format!(
+                "log.retention.check_interval_ms: must be between 100 and 86400000, got {}",
+                self.log.retention.check_interval_ms
+            ));
+        }
+        if self.log.checkpoint_interval_ms > 60_000 {
+            return Err(format!(
+                "log.checkpoint_interval_ms: must be at most 60000, got {}",
+                self.log.checkpoint_interval_ms
+            ));
+        }
+        if self.http.enabled && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!(
+                "http.listen: `{}` is not an address of the form IP:PORT",
+                self.http.listen
+            ));
+        }
+        if !(1..=86_400).contains(&self.http.stall_after_secs) {
+            return Err(format!(
+                "http.stall_after_secs: must be between 1 and 86400, got {}",
+                self.http.stall_after_secs
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn ingest(&self) -> IngestConfig {
+        IngestConfig {
+            max_batch_changes: self.log.max_batch_changes,
+            checkpoint_interval: Duration::from_millis(self.log.checkpoint_interval_ms),
+            ..IngestConfig::default()
+        }
+    }
+
+    pub fn apply(&self) -> ApplyConfig {
+        ApplyConfig {
+            workers: self.sink.workers,
+            batch_max_rows: self.sink.batch_max_rows,
+            batch_max_wait: Duration::from_millis(self.sink.batch_max_wait_ms),
+            consumer: format!("sink-{}", self.name),
+            commit_interval: Duration::from_secs(1),
+            batch_max_bytes: self.sink.batch_max_bytes,
+            dead_letter: self
+                .sink
+                .dead_letter_file
+                .clone()
+                .map(|path| crate::pipeline::dead_letter::DeadLetter { path }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, body: &str) -> PathBuf {
+        let p = dir.join("rowlog.toml");
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    const MINIMAL: &str = "[source]\nurl = \"mysql://root@127.0.0.1:3306/\"\n[sink]\nurl = \"mysql://root@127.0.0.1:3307/\"\n";
+
+    #[test]
+    fn defaults_fill_what_the_file_leaves_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::load_with_env(&write(dir.path(), MINIMAL), HashMap::new()).unwrap();
+        assert_eq!(cfg.log.partitions, 8);
+        assert_eq!(cfg.sink.workers, 4);
+        assert_eq!(cfg.source.start, rowlog_mysql_binlog::StartFrom::Current);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = HashMap::from([
+            ("ROWLOG__SINK__WORKERS".to_string(), "7".to_string()),
+            (
+                "ROWLOG__SOURCE__URL".to_string(),
+                "mysql://u:p@10.0.0.1:3310/".to_string(),
+            ),
+            (
+                "ROWLOG__SOURCE__INCLUDE".to_string(),
+                "app.*,shop.orders".to_string(),
+            ),
+        ]);
+        let cfg = Config::load_with_env(&write(dir.path(), MINIMAL), env).unwrap();
+        assert_eq!(cfg.sink.workers, 7);
+        assert_eq!(cfg.source.url, "mysql://u:p@10.0.0.1:3310/");
+        assert_eq!(
+            cfg.source.include,
+            vec!["app.*".to_string(), "shop.orders".to_string()]
+        );
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/rowlog.example.toml");
+        let cfg = Config::load_with_env(&example, HashMap::new()).unwrap();
+        assert_eq!(cfg.log.partitions, 8);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                format!("{MINIMAL}[log]\npartitions = 0\n"),
+                "log.partitions",
+            ),
+            (
+                MINIMAL.replace("[sink]", "[sink]\nworkers = 0"),
+                "sink.workers",
+            ),
+            (
+                MINIMAL.replace("[source]", "[source]\nstart = \"yesterday\""),
+                "yesterday",
+            ),
+            (
+                MINIMAL.replace("[source]", "[source]\nurll = \"x\""),
+                "urll",
+            ),
+            (
+                MINIMAL.replace("mysql://root@127.0.0.1:3306/", "postgres://x"),
+                "source.url",
+            ),
+            (
+                "[sink]\nurl = \"mysql://root@127.0.0.1:3307/\"\n".to_string(),
+                "source",
+            ),
+            (
+                format!("{MINIMAL}[http]\nlisten = \"localhost\"\n"),
+                "http.listen",
+            ),
+        ];
+        for (body, needle) in cases {
+            let err = Config::load_with_env(&write(dir.path(), &body), HashMap::new())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(needle),
+                "error for {needle:?} does not name it: {err}"
+            );
+        }
+    }
+}

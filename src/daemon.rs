@@ -1,0 +1,348 @@
+//! `rowlog run`: wires source → log → sink and owns every task until shutdown.
+//!
+//! Start-up checks both servers once and fails fast on what will not fix itself (bad
+//! credentials, a non-ROW binlog, an unreachable host at start). Once running,
+//! transient faults are retried inside the stages; a definite error stops the whole
+//! pipeline loudly. On shutdown the source stops, what was read is appended and
+//! checkpointed, the workers apply what is queued, and offsets are committed.
+//!
+//! It also owns the observability side: one [`Metrics`] shared by every stage, a
+//! sampler that recomputes derived values (lags, stall state, process figures) every
+//! second, and the operations HTTP port. A stage that stops on an error sets
+//! `rowlog_pipeline_halted` and leaves the error in `/status` before the pipeline
+//! drains, so the failure is visible to whoever scrapes, not only in the log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rowlog_api::Retry;
+use rowlog_mysql_binlog::{preflight, BinlogReader, SourceError};
+use rowlog_mysql_sink::{MySqlSink, SinkError};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::http::{HttpError, OpsServer};
+use crate::log::{EmbeddedLog, LogError, PartitionedLog};
+use crate::metrics::{ErrorStage, Metrics};
+use crate::pipeline::apply::{self, ApplyError};
+use crate::pipeline::ingest::{self, IngestError};
+use crate::pipeline::Stats;
+pub use crate::report::error_chain;
+use crate::shutdown::{self, Shutdown};
+use crate::status::ErrorReport;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot open the log")]
+    Log(#[from] LogError),
+    #[error("source check failed")]
+    Source(#[from] SourceError),
+    #[error("destination check failed")]
+    Destination(#[from] SinkError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("a pipeline task panicked: {0}")]
+    Panic(String),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+}
+
+/// Runs the pipeline until `external` fires or a stage fails definitely.
+pub async fn run(cfg: Config, external: Shutdown) -> Result<Arc<Stats>, DaemonError> {
+    let metrics = Arc::new(Metrics::new(
+        cfg.log.partitions,
+        Duration::from_secs(cfg.http.stall_after_secs),
+    ));
+    run_with(cfg, external, metrics, Arc::new(Stats::default())).await
+}
+
+/// [`run`] with metrics the caller keeps, to read them after the pipeline stopped (a
+/// halted pipeline's error and counters). `metrics` must be made for
+/// `cfg.log.partitions` partitions, the only count the log opens with.
+pub async fn run_with_metrics(
+    cfg: Config,
+    external: Shutdown,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<Stats>, DaemonError> {
+    run_with(cfg, external, metrics, Arc::new(Stats::default())).await
+}
+
+/// [`run`], updating counters the caller can watch while it runs.
+pub async fn run_with_stats(
+    cfg: Config,
+    external: Shutdown,
+    stats: Arc<Stats>,
+) -> Result<Arc<Stats>, DaemonError> {
+    let metrics = Arc::new(Metrics::new(
+        cfg.log.partitions,
+        Duration::from_secs(cfg.http.stall_after_secs),
+    ));
+    run_with(cfg, external, metrics, stats).await
+}
+
+async fn run_with(
+    cfg: Config,
+    mut external: Shutdown,
+    metrics: Arc<Metrics>,
+    stats: Arc<Stats>,
+) -> Result<Arc<Stats>, DaemonError> {
+    let log = {
+        let (dir, p, seg, fsync) = (
+            cfg.log.dir.clone(),
+            cfg.log.partitions,
+            cfg.log.segment_bytes,
+            cfg.log.fsync_policy(),
+        );
+        tokio::task::spawn_blocking(move || EmbeddedLog::open_with(&dir, p, seg, fsync))
+            .await
+            .map_err(|e| DaemonError::Panic(e.to_string()))??
+    };
+
+    info!(dir = %cfg.log.dir.display(), partitions = log.partitions(), "log opened");
+    for p in 0..log.partitions() {
+        metrics.set_log_end(p, log.end_offset(p));
+    }
+
+    let settings = preflight(&cfg.source).await?;
+    info!(server = %settings.version, "source checked");
+    let mut sink = MySqlSink::connect(&cfg.sink, &cfg.name).await?;
+    sink.ensure_progress_table().await?;
+    drop(sink);
+    info!("destination checked");
+    // Bound after the checks: a port in use is reported, but not before the more
+    // fundamental problems a first run usually has.
+    let ops = if cfg.http.enabled {
+        let server = OpsServer::bind(&cfg.http.listen, metrics.clone(), cfg.name.clone()).await?;
+        if let Some(addr) = server.local_addr() {
+            info!(%addr, "serving /metrics, /healthz, /readyz, /status");
+        }
+        Some(server)
+    } else {
+        None
+    };
+
+    let (trigger, shutdown) = shutdown::channel();
+    let mut tasks: JoinSet<Result<(), DaemonError>> = JoinSet::new();
+
+    {
+        let (log, stats, metrics, shutdown, source_cfg, ingest_cfg) = (
+            log.clone(),
+            stats.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+            cfg.source.clone(),
+            cfg.ingest(),
+        );
+        tasks.spawn(async move {
+            let mut pause = crate::pipeline::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+            loop {
+                let source_cfg = source_cfg.clone();
+                let connect = move |resume| {
+                    let c = source_cfg.clone();
+                    async move { BinlogReader::connect(&c, resume).await }
+                };
+                let result = ingest::run(log.clone(), connect, ingest_cfg.clone(), stats.clone(), metrics.clone(), shutdown.clone()).await;
+                match result {
+                    // A full disk: appends were rolled back; restart from the checkpoint once space returns.
+                    Err(IngestError::Log(e)) if e.is_retryable() && !shutdown.is_triggered() => {
+                        let delay = pause.next_delay();
+                        warn!(error = %error_chain(&e), retry_in_ms = delay.as_millis() as u64, "log append failed; ingest pauses and resumes from the checkpoint");
+                        metrics.error(ErrorStage::Log, true);
+                        metrics.state.record_error(ErrorReport::new(ErrorStage::Log.as_str(), true, error_chain(&e)));
+                        // Paused is halted for an operator: nothing moves until space returns.
+                        metrics.pipeline_halted.set(1);
+                        let mut s = shutdown.clone();
+                        tokio::select! { _ = s.wait() => return Ok(()), _ = tokio::time::sleep(delay) => {} }
+                        metrics.pipeline_halted.set(0);
+                    }
+                    other => return other.map_err(DaemonError::from),
+                }
+            }
+        });
+    }
+    for p in 0..log.partitions() {
+        let sink_cfg = cfg.sink.clone();
+        let name = cfg.name.clone();
+        let connect = move || {
+            let (c, n) = (sink_cfg.clone(), name.clone());
+            async move { MySqlSink::connect(&c, &n).await }
+        };
+        let fut = apply::run_partition(
+            log.clone(),
+            p,
+            cfg.apply(),
+            connect,
+            stats.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move { fut.await.map_err(DaemonError::from) });
+    }
+    let reporter = tokio::spawn(report(stats.clone(), shutdown.clone()));
+    let retention = tokio::spawn(retain(
+        log.clone(),
+        cfg.log.retention.clone(),
+        shutdown.clone(),
+    ));
+    let sampler = tokio::spawn(sample(
+        metrics.clone(),
+        log.clone(),
+        cfg.log.dir.clone(),
+        shutdown.clone(),
+    ));
+    let http = ops.map(|server| tokio::spawn(server.serve(shutdown.clone())));
+
+    let mut first_error = None;
+    loop {
+        tokio::select! {
+            _ = external.wait(), if !shutdown.is_triggered() => {
+                info!("shutdown requested; draining");
+                trigger.trigger();
+            }
+            done = tasks.join_next() => match done {
+                None => break,
+                Some(Ok(Ok(()))) => {
+                    if !shutdown.is_triggered() {
+                        trigger.trigger();
+                    }
+                }
+                Some(Ok(Err(DaemonError::Apply(e @ ApplyError::Sink { .. })))) => {
+                    // The destination rejects a change for good: this partition stops
+                    // (its committed offset stays before the change), the others go on.
+                    let partition = match &e { ApplyError::Sink { partition, .. } => *partition, _ => u32::MAX };
+                    let text = error_chain(&e);
+                    error!(partition, error = %text, "partition halted; fix the destination and restart rowlog");
+                    stats.halt(partition, text);
+                    let e = DaemonError::Apply(e);
+                    note_halt(&metrics, &e);
+                    first_error.get_or_insert(e);
+                }
+                Some(Ok(Err(e))) => {
+                    error!(error = %error_chain(&e), "pipeline stopped");
+                    note_halt(&metrics, &e);
+                    first_error.get_or_insert(e);
+                    trigger.trigger();
+                }
+                Some(Err(join)) => {
+                    error!(error = %join, "pipeline task panicked");
+                    let e = DaemonError::Panic(join.to_string());
+                    note_halt(&metrics, &e);
+                    first_error.get_or_insert(e);
+                    trigger.trigger();
+                }
+            }
+        }
+    }
+    reporter.abort();
+    retention.abort();
+    let _ = sampler.await;
+    if let Some(http) = http {
+        // The server stops on shutdown; its failure (rare: the socket broke) is only
+        // reported, since the pipeline itself has already drained.
+        match http.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %error_chain(&e), "ops HTTP server failed"),
+            Err(e) => warn!(error = %e, "ops HTTP server panicked"),
+        }
+    }
+    log_progress(&stats);
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(stats),
+    }
+}
+
+/// Marks the pipeline halted and keeps the error for `/status`. Errors the stages
+/// already recorded with more detail (a rejected batch with its table and key, a
+/// source error) are counted where they happened and not overwritten here.
+fn note_halt(metrics: &Metrics, e: &DaemonError) {
+    metrics.pipeline_halted.set(1);
+    let stage = match e {
+        DaemonError::Apply(ApplyError::Sink { .. })
+        | DaemonError::Ingest(IngestError::Source(_)) => return,
+        DaemonError::Ingest(IngestError::Log(_)) | DaemonError::Log(_) => ErrorStage::Log,
+        DaemonError::Source(_) => ErrorStage::Source,
+        _ => ErrorStage::Sink,
+    };
+    metrics.error(stage, false);
+    metrics
+        .state
+        .record_error(ErrorReport::new(stage.as_str(), false, error_chain(e)));
+}
+
+/// Recomputes derived metrics every second so alerting on a stalled or lagging
+/// pipeline does not depend on someone scraping.
+async fn sample(
+    metrics: Arc<Metrics>,
+    log: EmbeddedLog,
+    log_dir: std::path::PathBuf,
+    mut shutdown: Shutdown,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => {
+                metrics.refresh();
+                for p in 0..log.partitions() {
+                    metrics.set_log_fsyncs(p, log.fsyncs(p));
+                }
+                // Directory walks are slower and the figures move slowly.
+                if n % 5 == 0 {
+                    metrics.refresh_log_usage(&log_dir);
+                }
+                n += 1;
+            }
+        }
+    }
+}
+
+fn log_progress(stats: &Stats) {
+    info!(
+        read = Stats::get(&stats.source_changes),
+        appended = Stats::get(&stats.appended),
+        duplicates_dropped = Stats::get(&stats.duplicates_dropped),
+        applied = Stats::get(&stats.applied),
+        checkpoint = %stats.checkpoint(),
+        "progress"
+    );
+}
+
+/// Applies the retention policy periodically. A failure is reported and retried next
+/// time: retention only frees space, it never blocks the pipeline.
+async fn retain(log: EmbeddedLog, cfg: crate::config::RetentionConfig, mut shutdown: Shutdown) {
+    let policy = cfg.policy();
+    if policy.max_bytes == 0 && policy.max_age.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(cfg.check_interval_ms));
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                if let Err(e) = log.enforce_retention(policy, now).await {
+                    warn!(error = %error_chain(&e), "log retention failed");
+                }
+            }
+        }
+    }
+}
+
+async fn report(stats: Arc<Stats>, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => log_progress(&stats),
+        }
+    }
+}

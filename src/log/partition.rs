@@ -1,0 +1,965 @@
+//! One partition of the embedded log: a directory of segment files named by their
+//! first offset (`{base:020}.log`), each a sequence of [frames](super::frame), with a
+//! sparse [index](super::index) beside it (`{base:020}.index`).
+//!
+//! # Invariants
+//! * Offsets are dense: the segment based at `b` holds offsets `b, b+1, …` and the next
+//!   segment is based where it ends. Retention removes whole segments from the front.
+//! * Only the last (active) segment is written. Bytes past the last fsync may be torn
+//!   by a crash; recovery truncates them, logging how many bytes it dropped, and
+//!   rebuilds the active segment's index from what remains.
+//! * `written` ≥ `durable`: appends advance `written`; an fsync advances `durable` to
+//!   everything written before it started, so one fsync covers every append that was
+//!   waiting (group commit). Readers only see records below `durable`.
+//! * A write that fails is rolled back to the last whole record; if even that fails
+//!   the partition refuses further writes until reopened (never appending after a hole).
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use rowlog_api::ChangeId;
+use tokio::sync::watch;
+use tracing::warn;
+
+use super::frame::{self, HEADER_LEN, MAX_PAYLOAD};
+use super::index::{self, Entry, SegmentIndex};
+use super::{atomic_file, io, record, LogError};
+
+pub(crate) fn segment_name(base: u64) -> String {
+    format!("{base:020}.log")
+}
+
+fn index_name(base: u64) -> String {
+    format!("{base:020}.index")
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded state is updated only after the I/O it describes succeeded, so a
+    // panic elsewhere cannot leave it inconsistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sorted base offsets of the segments in `dir`.
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u64>, LogError> {
+    let mut bases = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io("list", dir))? {
+        let entry = entry.map_err(io("list", dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(stem) = name.strip_suffix(".log") {
+            if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) {
+                bases.push(stem.parse().map_err(|_| LogError::Corrupt {
+                    path: entry.path(),
+                    byte: 0,
+                    detail: "segment name out of range".into(),
+                })?);
+            }
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+/// The result of scanning a segment.
+pub(crate) struct Scan {
+    pub records: u64,
+    /// Bytes of whole, valid records from the start.
+    pub valid_len: u64,
+    pub file_len: u64,
+    /// Why the scan stopped before the end of the file, if it did.
+    pub stop: Option<String>,
+    pub last_payload: Option<Vec<u8>>,
+    /// The index the scanned records call for.
+    pub index: SegmentIndex,
+}
+
+impl Scan {
+    /// A sealed segment must be whole: a damaged record in it is a hard error naming
+    /// the file and byte, never something to cut off.
+    pub fn require_whole(&self, path: &Path) -> Result<(), LogError> {
+        match &self.stop {
+            Some(why) => Err(LogError::Corrupt {
+                path: path.to_path_buf(),
+                byte: self.valid_len,
+                detail: why.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Reads every frame of the segment at `path` based at `base` from byte `from_byte`
+/// (offset `from_offset`), stopping at the first torn or damaged one. Streams the
+/// file: memory stays at one record.
+pub(crate) fn scan_segment(
+    path: &Path,
+    base: u64,
+    start: Option<(u64, u64, SegmentIndex)>,
+    keep_last: bool,
+) -> Result<Scan, LogError> {
+    let mut file = File::open(path).map_err(io("open", path))?;
+    let file_len = file.metadata().map_err(io("stat", path))?.len();
+    let (from_offset, from_byte, index) = start.unwrap_or((base, 0, SegmentIndex::default()));
+    file.seek(SeekFrom::Start(from_byte))
+        .map_err(io("seek", path))?;
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut scan = Scan {
+        records: from_offset - base,
+        valid_len: from_byte,
+        file_len,
+        stop: None,
+        last_payload: None,
+        index,
+    };
+    let mut payload = Vec::new();
+    loop {
+        let remaining = file_len.saturating_sub(scan.valid_len);
+        if remaining == 0 {
+            break;
+        }
+        if remaining < HEADER_LEN as u64 {
+            scan.stop = Some(format!("torn record header ({remaining} bytes)"));
+            break;
+        }
+        let mut h = [0u8; HEADER_LEN];
+        r.read_exact(&mut h).map_err(io("read", path))?;
+        let (len, crc, offset, time_ms) = frame::header(&h);
+        if len > MAX_PAYLOAD {
+            scan.stop = Some(format!("record length {len} exceeds the limit"));
+            break;
+        }
+        if remaining < (HEADER_LEN + len) as u64 {
+            scan.stop = Some(format!(
+                "torn record ({remaining} of {} bytes)",
+                HEADER_LEN + len
+            ));
+            break;
+        }
+        payload.resize(len, 0);
+        r.read_exact(&mut payload).map_err(io("read", path))?;
+        if !frame::check(crc, offset, time_ms, &payload) {
+            scan.stop = Some(format!("CRC mismatch in record claiming offset {offset}"));
+            break;
+        }
+        let expected = base + scan.records;
+        if offset != expected {
+            return Err(LogError::Corrupt {
+                path: path.to_path_buf(),
+                byte: scan.valid_len,
+                detail: format!("record has offset {offset} where {expected} was expected"),
+            });
+        }
+        scan.index.before_record(offset, scan.valid_len);
+        scan.index.after_record(time_ms);
+        scan.records += 1;
+        scan.valid_len += (HEADER_LEN + len) as u64;
+        if keep_last {
+            scan.last_payload = Some(payload.clone());
+        }
+    }
+    Ok(scan)
+}
+
+/// A segment's place in the partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SegmentInfo {
+    pub base: u64,
+    /// One past the last offset (for the active segment: as of the last write).
+    pub end: u64,
+    pub bytes: u64,
+    /// Largest commit time of its records.
+    pub max_time: u64,
+}
+
+struct Writer {
+    active: File,
+    active_path: PathBuf,
+    index_file: File,
+    index: SegmentIndex,
+    active_base: u64,
+    active_size: u64,
+    next: u64,
+    failed: Option<String>,
+}
+
+/// Read-only openers follow a writer in another process by rescanning the tail.
+struct Follow {
+    base: u64,
+    valid_len: u64,
+    records: u64,
+    index: SegmentIndex,
+}
+
+pub(crate) struct Partition {
+    pub id: u32,
+    dir: PathBuf,
+    segment_bytes: u64,
+    writer: Option<Mutex<Writer>>,
+    follow: Option<Mutex<Follow>>,
+    /// Serialises fsyncs; whoever holds it covers every append written before it syncs.
+    sync_lock: Mutex<()>,
+    segments: RwLock<Vec<SegmentInfo>>,
+    /// Indexes of sealed segments, loaded when first read (bounded cache).
+    sealed_indexes: Mutex<HashMap<u64, Arc<SegmentIndex>>>,
+    durable: watch::Sender<u64>,
+    last_change: Mutex<Option<ChangeId>>,
+    fsyncs: AtomicU64,
+}
+
+const SEALED_INDEX_CACHE: usize = 16;
+
+impl Partition {
+    /// Opens the partition directory, recovering the active segment's tail when writable.
+    pub fn open(dir: &Path, id: u32, segment_bytes: u64, writable: bool) -> Result<Self, LogError> {
+        if writable {
+            fs::create_dir_all(dir).map_err(io("create", dir))?;
+        }
+        let mut bases = list_segments(dir)?;
+        if bases.is_empty() && writable {
+            File::create(dir.join(segment_name(0))).map_err(io("create", dir))?;
+            atomic_file::sync_dir(dir)?;
+            bases.push(0);
+        }
+        let mut infos = Vec::with_capacity(bases.len());
+        let mut last_payload = None;
+        let mut active_scan = None;
+        // The active segment is scanned whole (its tail may be torn); sealed segments
+        // only need their seal entry. While the newest segments are empty, keep looking
+        // back for the last record, which de-duplication after a restart needs.
+        for (i, &base) in bases.iter().enumerate().rev() {
+            let path = dir.join(segment_name(base));
+            let is_active = i + 1 == bases.len();
+            if is_active || last_payload.is_none() {
+                let scan = scan_segment(&path, base, None, true)?;
+                if is_active {
+                    if let Some(why) = &scan.stop {
+                        if writable {
+                            warn!(
+                                file = %path.display(),
+                                dropped_bytes = scan.file_len - scan.valid_len,
+                                reason = %why,
+                                "truncating torn tail of log segment to the last whole record"
+                            );
+                            let f = OpenOptions::new()
+                                .write(true)
+                                .open(&path)
+                                .map_err(io("open", &path))?;
+                            f.set_len(scan.valid_len)
+                                .and_then(|_| f.sync_all())
+                                .map_err(io("truncate", &path))?;
+                        }
+                    }
+                } else {
+                    scan.require_whole(&path)?;
+                }
+                infos.push(SegmentInfo {
+                    base,
+                    end: base + scan.records,
+                    bytes: scan.valid_len,
+                    max_time: scan.index.max_time,
+                });
+                if scan.last_payload.is_some() && last_payload.is_none() {
+                    last_payload = scan.last_payload.clone();
+                }
+                if is_active {
+                    active_scan = Some(scan);
+                }
+            } else {
+                let (end, bytes, max_time) = sealed_summary(dir, base)?;
+                infos.push(SegmentInfo {
+                    base,
+                    end,
+                    bytes,
+                    max_time,
+                });
+            }
+        }
+        infos.reverse();
+        for w in infos.windows(2) {
+            if w[0].end != w[1].base {
+                return Err(LogError::Corrupt {
+                    path: dir.join(segment_name(w[0].base)),
+                    byte: w[0].bytes,
+                    detail: format!(
+                        "segment ends at offset {} but the next one starts at {}",
+                        w[0].end, w[1].base
+                    ),
+                });
+            }
+        }
+        let next = infos.last().map(|s| s.end).unwrap_or(0);
+        let last_change = match last_payload {
+            Some(p) => Some(
+                record::decode_source(&p)
+                    .map_err(|detail| LogError::Decode {
+                        partition: id,
+                        offset: next.saturating_sub(1),
+                        detail,
+                    })?
+                    .id,
+            ),
+            None => None,
+        };
+        let active_base = infos.last().map(|s| s.base).unwrap_or(0);
+        let (writer, follow) = match active_scan {
+            Some(scan) if writable => {
+                let active_path = dir.join(segment_name(active_base));
+                let active = OpenOptions::new()
+                    .append(true)
+                    .open(&active_path)
+                    .map_err(io("open", &active_path))?;
+                let index_path = dir.join(index_name(active_base));
+                index::write(&index_path, &scan.index.entries, true)
+                    .map_err(io("write", &index_path))?;
+                let index_file = OpenOptions::new()
+                    .append(true)
+                    .open(&index_path)
+                    .map_err(io("open", &index_path))?;
+                let w = Writer {
+                    active,
+                    active_path,
+                    index_file,
+                    index: scan.index,
+                    active_base,
+                    active_size: scan.valid_len,
+                    next,
+                    failed: None,
+                };
+                (Some(Mutex::new(w)), None)
+            }
+            Some(scan) => {
+                let f = Follow {
+                    base: active_base,
+                    valid_len: scan.valid_len,
+                    records: next - active_base,
+                    index: scan.index,
+                };
+                (None, Some(Mutex::new(f)))
+            }
+            None => (
+                None,
+                Some(Mutex::new(Follow {
+                    base: 0,
+                    valid_len: 0,
+                    records: 0,
+                    index: SegmentIndex::default(),
+                })),
+            ),
+        };
+        let (durable, _) = watch::channel(next);
+        Ok(Self {
+            id,
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            writer,
+            follow,
+            sync_lock: Mutex::new(()),
+            segments: RwLock::new(infos),
+            sealed_indexes: Mutex::new(HashMap::new()),
+            durable,
+            last_change: Mutex::new(last_change),
+            fsyncs: AtomicU64::new(0),
+        })
+    }
+
+    /// The durable end: one past the last record readers may see.
+    pub fn end(&self) -> u64 {
+        *self.durable.borrow()
+    }
+
+    /// One past the last record written (≥ `end()`; equal once synced).
+    pub fn written(&self) -> u64 {
+        match &self.writer {
+            Some(w) => lock(w).next,
+            None => self.end(),
+        }
+    }
+
+    pub fn start(&self) -> u64 {
+        self.segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .first()
+            .map(|s| s.base)
+            .unwrap_or(0)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.durable.subscribe()
+    }
+
+    pub fn last_change(&self) -> Option<ChangeId> {
+        lock(&self.last_change).clone()
+    }
+
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
+    }
+
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn segment_path(&self, base: u64) -> PathBuf {
+        self.dir.join(segment_name(base))
+    }
+
+    pub fn index_path(&self, base: u64) -> PathBuf {
+        self.dir.join(index_name(base))
+    }
+
+    /// Writes encoded payloads `(time_ms, payload)` at the end of the partition, not yet
+    /// synced; returns the new written end. Blocking.
+    pub fn write(
+        &self,
+        records: &[(u64, Vec<u8>)],
+        last: Option<ChangeId>,
+    ) -> Result<u64, LogError> {
+        let Some(writer) = &self.writer else {
+            return Err(LogError::Failed {
+                partition: self.id,
+                cause: "opened read-only".into(),
+            });
+        };
+        let mut w = lock(writer);
+        if records.is_empty() {
+            return Ok(w.next);
+        }
+        if let Some(cause) = &w.failed {
+            return Err(LogError::Failed {
+                partition: self.id,
+                cause: cause.clone(),
+            });
+        }
+        let before = (w.active_base, w.active_size, w.next, w.index.clone());
+        let mut buf = Vec::with_capacity(records.iter().map(|(_, p)| p.len() + HEADER_LEN).sum());
+        let mut index_buf = Vec::new();
+        let result = (|| -> Result<(), LogError> {
+            for (time_ms, payload) in records {
+                let at = w.active_size + buf.len() as u64;
+                if at >= self.segment_bytes && at > 0 {
+                    Self::write_out(&mut w, &mut buf, &mut index_buf)?;
+                    self.roll(&mut w)?;
+                }
+                let at = w.active_size + buf.len() as u64;
+                let offset = w.next;
+                if let Some(e) = w.index.before_record(offset, at) {
+                    e.encode(&mut index_buf);
+                }
+                frame::encode(offset, *time_ms, payload, &mut buf);
+                w.index.after_record(*time_ms);
+                w.next += 1;
+            }
+            Self::write_out(&mut w, &mut buf, &mut index_buf)
+        })();
+        if let Err(e) = result {
+            self.roll_back(&mut w, before, records, &e);
+            return Err(e);
+        }
+        self.update_active_info(&w);
+        *lock(&self.last_change) = last;
+        Ok(w.next)
+    }
+
+    /// Undoes a failed write so the active segment ends on a whole record.
+    ///
+    /// Two cases. No roll happened during the write: the active segment is cut back to
+    /// its size before the write. Segments were rolled: those sealed during the write
+    /// were synced when sealed and are kept (their records are whole and dense); the
+    /// new active segment is cut back to empty. If the cut itself fails, the partition
+    /// refuses further writes until it is reopened and recovered.
+    fn roll_back(
+        &self,
+        w: &mut Writer,
+        before: (u64, u64, u64, SegmentIndex),
+        records: &[(u64, Vec<u8>)],
+        e: &LogError,
+    ) {
+        let (start_base, start_size, start_next, start_index) = before;
+        let (keep_bytes, next, index) = if w.active_base == start_base {
+            (start_size, start_next, start_index)
+        } else {
+            (0, w.active_base, SegmentIndex::default())
+        };
+        match w
+            .active
+            .set_len(keep_bytes)
+            .and_then(|_| w.active.sync_data())
+        {
+            Ok(()) => {
+                w.active_size = keep_bytes;
+                w.next = next;
+                w.index = index;
+                let index_path = self.index_path(w.active_base);
+                let reopened = index::write(&index_path, &w.index.entries, false)
+                    .and_then(|_| OpenOptions::new().append(true).open(&index_path));
+                if let Ok(f) = reopened {
+                    w.index_file = f;
+                }
+                self.update_active_info(w);
+                // Records kept in sealed segments are part of the log now.
+                let kept = (next - start_next) as usize;
+                if kept > 0 {
+                    if let Some(id) = records
+                        .get(kept - 1)
+                        .and_then(|(_, p)| record::decode_source(p).ok())
+                        .map(|m| m.id)
+                    {
+                        *lock(&self.last_change) = Some(id);
+                    }
+                }
+            }
+            Err(re) => w.failed = Some(format!("{e}; rollback failed: {re}")),
+        }
+    }
+
+    fn update_active_info(&self, w: &Writer) {
+        let mut segs = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(last) = segs.last_mut() {
+            last.end = w.next;
+            last.bytes = w.active_size;
+            last.max_time = w.index.max_time;
+        }
+    }
+
+    /// Makes everything written so far durable; returns the durable end. Concurrent
+    /// callers share fsyncs: a caller whose records another fsync covered returns at once.
+    pub fn sync(&self, target: u64) -> Result<u64, LogError> {
+        let Some(writer) = &self.writer else {
+            return Ok(self.end());
+        };
+        let _guard = lock(&self.sync_lock);
+        if self.end() >= target {
+            return Ok(self.end());
+        }
+        let (file, index_file, path, end) = {
+            let w = lock(writer);
+            if let Some(cause) = &w.failed {
+                return Err(LogError::Failed {
+                    partition: self.id,
+                    cause: cause.clone(),
+                });
+            }
+            let f = w.active.try_clone().map_err(io("dup", &w.active_path))?;
+            let i = w
+                .index_file
+                .try_clone()
+                .map_err(io("dup", &w.active_path))?;
+            (f, i, w.active_path.clone(), w.next)
+        };
+        // Rolled segments were synced when they were sealed: syncing the active file
+        // makes every record below `end` durable.
+        file.sync_data().map_err(io("fsync", &path))?;
+        let _ = index_file.sync_data();
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.durable.send_if_modified(|d| {
+            let changed = end > *d;
+            *d = (*d).max(end);
+            changed
+        });
+        Ok(end)
+    }
+
+    fn write_out(
+        w: &mut Writer,
+        buf: &mut Vec<u8>,
+        index_buf: &mut Vec<u8>,
+    ) -> Result<(), LogError> {
+        if !buf.is_empty() {
+            let path = w.active_path.clone();
+            w.active.write_all(buf).map_err(io("append", &path))?;
+            w.active_size += buf.len() as u64;
+            buf.clear();
+        }
+        if !index_buf.is_empty() {
+            // The index is derived: a failure to extend it is repaired on reopen.
+            let _ = w.index_file.write_all(index_buf);
+            index_buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (its bytes and index synced, a seal entry appended)
+    /// and starts a new one at the next offset.
+    fn roll(&self, w: &mut Writer) -> Result<(), LogError> {
+        let seal = Entry {
+            offset: w.next,
+            byte: w.active_size,
+            max_time_before: w.index.max_time,
+        };
+        let mut seal_bytes = Vec::new();
+        seal.encode(&mut seal_bytes);
+        let sealed_path = w.active_path.clone();
+        w.active.sync_data().map_err(io("fsync", &sealed_path))?;
+        let index_path = self.index_path(w.active_base);
+        w.index_file
+            .write_all(&seal_bytes)
+            .and_then(|_| w.index_file.sync_data())
+            .map_err(io("append", &index_path))?;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.update_active_info(w);
+
+        let base = w.next;
+        let path = self.dir.join(segment_name(base));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(io("create", &path))?;
+        let index_path = self.index_path(base);
+        let index_file = File::create(&index_path)
+            .and_then(|_| OpenOptions::new().append(true).open(&index_path))
+            .map_err(io("create", &index_path))?;
+        atomic_file::sync_dir(&self.dir)?;
+        let mut sealed_index = std::mem::take(&mut w.index);
+        sealed_index.entries.push(seal);
+        self.cache_sealed(w.active_base, Arc::new(sealed_index));
+        w.active = file;
+        w.active_path = path;
+        w.index_file = index_file;
+        w.active_base = base;
+        w.active_size = 0;
+        self.segments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(SegmentInfo {
+                base,
+                end: base,
+                bytes: 0,
+                max_time: 0,
+            });
+        Ok(())
+    }
+
+    fn cache_sealed(&self, base: u64, idx: Arc<SegmentIndex>) {
+        let mut cache = lock(&self.sealed_indexes);
+        if cache.len() >= SEALED_INDEX_CACHE {
+            cache.clear();
+        }
+        cache.insert(base, idx);
+    }
+
+    /// The index of segment `base`: the writer's for the active segment, else the
+    /// sealed index file, rebuilt from the segment when missing or inconsistent.
+    pub fn index_of(&self, base: u64) -> Result<Arc<SegmentIndex>, LogError> {
+        if let Some(w) = &self.writer {
+            let w = lock(w);
+            if w.active_base == base {
+                return Ok(Arc::new(w.index.clone()));
+            }
+        }
+        if let Some(f) = &self.follow {
+            let f = lock(f);
+            if f.base == base {
+                return Ok(Arc::new(f.index.clone()));
+            }
+        }
+        if let Some(idx) = lock(&self.sealed_indexes).get(&base) {
+            return Ok(idx.clone());
+        }
+        let info = self.segments().into_iter().find(|s| s.base == base);
+        let idx = match (index::read(&self.index_path(base)), info) {
+            (Some(entries), Some(info))
+                if entries
+                    .last()
+                    .is_some_and(|e| e.offset == info.end && e.byte == info.bytes) =>
+            {
+                let max_time = entries.last().map(|e| e.max_time_before).unwrap_or(0);
+                SegmentIndex {
+                    last_byte: 0,
+                    max_time,
+                    entries,
+                }
+            }
+            _ => {
+                let path = self.segment_path(base);
+                warn!(file = %self.index_path(base).display(), "rebuilding missing or inconsistent segment index");
+                let scan = scan_segment(&path, base, None, false)?;
+                scan.require_whole(&path)?;
+                let mut idx = scan.index;
+                idx.entries.push(Entry {
+                    offset: base + scan.records,
+                    byte: scan.valid_len,
+                    max_time_before: idx.max_time,
+                });
+                if self.writer.is_some() {
+                    let _ = index::write(&self.index_path(base), &idx.entries, true);
+                }
+                idx
+            }
+        };
+        let idx = Arc::new(idx);
+        self.cache_sealed(base, idx.clone());
+        Ok(idx)
+    }
+
+    /// The first offset whose record's commit time is ≥ `t` (the durable end if none).
+    pub fn offset_for_time(&self, t: u64) -> Result<u64, LogError> {
+        for seg in self.segments() {
+            if seg.max_time < t {
+                continue;
+            }
+            let idx = self.index_of(seg.base)?;
+            let (offset, byte) = idx.seek_time(seg.base, t);
+            let mut c = Cursor::at(self.clone_handle(), seg.base, offset, byte)?;
+            while c.next < seg.end.min(self.end()) {
+                let (off, time, _) = c.read_frame_with_time()?;
+                if time >= t {
+                    return Ok(off);
+                }
+            }
+        }
+        Ok(self.end())
+    }
+
+    fn clone_handle(&self) -> PartitionRef<'_> {
+        PartitionRef(self)
+    }
+
+    /// Read-only view: picks up what the writing process appended since the last look.
+    pub fn refresh(&self) -> Result<u64, LogError> {
+        let Some(follow) = &self.follow else {
+            return Ok(self.end());
+        };
+        let mut f = lock(follow);
+        let bases = list_segments(&self.dir)?;
+        loop {
+            let path = self.segment_path(f.base);
+            let scan = scan_segment(
+                &path,
+                f.base,
+                Some((f.base + f.records, f.valid_len, f.index.clone())),
+                false,
+            )?;
+            f.valid_len = scan.valid_len;
+            f.records = scan.records;
+            f.index = scan.index;
+            let end = f.base + f.records;
+            {
+                let mut segs = self.segments.write().unwrap_or_else(|p| p.into_inner());
+                match segs.last_mut() {
+                    Some(last) if last.base == f.base => {
+                        last.end = end;
+                        last.bytes = f.valid_len;
+                        last.max_time = f.index.max_time;
+                    }
+                    _ => segs.push(SegmentInfo {
+                        base: f.base,
+                        end,
+                        bytes: f.valid_len,
+                        max_time: f.index.max_time,
+                    }),
+                }
+            }
+            // A newer segment starting exactly here means this one is sealed.
+            if bases.contains(&end) && end != f.base {
+                *f = Follow {
+                    base: end,
+                    valid_len: 0,
+                    records: 0,
+                    index: SegmentIndex::default(),
+                };
+                continue;
+            }
+            self.durable.send_if_modified(|d| {
+                let changed = end > *d;
+                *d = (*d).max(end);
+                changed
+            });
+            return Ok(end);
+        }
+    }
+
+    /// Removes the sealed segments wholly below `before` (never the active one).
+    /// Returns the number of segments and bytes removed.
+    pub fn remove_segments_below(&self, before: u64) -> Result<(usize, u64), LogError> {
+        let victims: Vec<SegmentInfo> = {
+            let segs = self.segments();
+            let active = segs.last().map(|s| s.base);
+            segs.into_iter()
+                .filter(|s| s.end <= before && Some(s.base) != active)
+                .collect()
+        };
+        let (mut n, mut bytes) = (0, 0);
+        for v in victims {
+            // Drop it from the list first: a reader opening now gets "out of range", and
+            // one already reading keeps its open file handle.
+            self.segments
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|s| s.base != v.base);
+            lock(&self.sealed_indexes).remove(&v.base);
+            fs::remove_file(self.segment_path(v.base))
+                .map_err(io("remove", &self.segment_path(v.base)))?;
+            let _ = fs::remove_file(self.index_path(v.base));
+            n += 1;
+            bytes += v.bytes;
+        }
+        if n > 0 {
+            atomic_file::sync_dir(&self.dir)?;
+        }
+        Ok((n, bytes))
+    }
+}
+
+/// (end offset, bytes, max time) of a sealed segment, from its seal entry, or by
+/// scanning the segment when the index cannot say.
+fn sealed_summary(dir: &Path, base: u64) -> Result<(u64, u64, u64), LogError> {
+    let path = dir.join(segment_name(base));
+    let len = fs::metadata(&path).map_err(io("stat", &path))?.len();
+    if let Some(entries) = index::read(&dir.join(index_name(base))) {
+        if let Some(seal) = entries.last().filter(|e| e.byte == len) {
+            return Ok((seal.offset, seal.byte, seal.max_time_before));
+        }
+    }
+    let scan = scan_segment(&path, base, None, false)?;
+    scan.require_whole(&path)?;
+    Ok((base + scan.records, scan.valid_len, scan.index.max_time))
+}
+
+/// A borrowed partition for cursors created inside the partition itself.
+pub(crate) struct PartitionRef<'a>(&'a Partition);
+
+pub(crate) trait PartitionAccess {
+    fn part(&self) -> &Partition;
+}
+impl PartitionAccess for Arc<Partition> {
+    fn part(&self) -> &Partition {
+        self
+    }
+}
+impl PartitionAccess for PartitionRef<'_> {
+    fn part(&self) -> &Partition {
+        self.0
+    }
+}
+
+/// A sequential reader position in one partition.
+pub(crate) struct Cursor<P: PartitionAccess> {
+    partition: P,
+    base: u64,
+    file: BufReader<File>,
+    path: PathBuf,
+    /// Byte position of `next` within the segment.
+    byte: u64,
+    pub next: u64,
+}
+
+impl<P: PartitionAccess> Cursor<P> {
+    /// Positions a cursor at offset `from`, via the segment's index.
+    pub fn open(partition: P, from: u64) -> Result<Self, LogError> {
+        let p = partition.part();
+        let segs = p.segments();
+        let (start, end) = (p.start(), p.end());
+        if from < start || from > end {
+            return Err(LogError::OffsetOutOfRange {
+                partition: p.id,
+                requested: from,
+                start,
+                end,
+            });
+        }
+        let base = segs
+            .iter()
+            .rev()
+            .find(|s| s.base <= from)
+            .map(|s| s.base)
+            .unwrap_or(start);
+        let (offset, byte) = p.index_of(base)?.seek_offset(base, from);
+        let mut c = Self::at(partition, base, offset, byte)?;
+        while c.next < from {
+            c.read_frame()?;
+        }
+        Ok(c)
+    }
+
+    fn at(partition: P, base: u64, offset: u64, byte: u64) -> Result<Self, LogError> {
+        let path = partition.part().segment_path(base);
+        let mut file = File::open(&path).map_err(io("open", &path))?;
+        file.seek(SeekFrom::Start(byte))
+            .map_err(io("seek", &path))?;
+        Ok(Self {
+            partition,
+            base,
+            file: BufReader::with_capacity(256 << 10, file),
+            path,
+            byte,
+            next: offset,
+        })
+    }
+
+    pub fn read_frame(&mut self) -> Result<(u64, Vec<u8>), LogError> {
+        self.read_frame_with_time().map(|(o, _, p)| (o, p))
+    }
+
+    /// Reads the frame at `self.next`; the caller guarantees it is durable.
+    pub fn read_frame_with_time(&mut self) -> Result<(u64, u64, Vec<u8>), LogError> {
+        let mut h = [0u8; HEADER_LEN];
+        match self.file.read_exact(&mut h) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                // The record is in the next segment, which must start exactly here.
+                let p = self.partition.part();
+                if !p.segments().iter().any(|s| s.base == self.next) || self.next == self.base {
+                    return Err(LogError::Corrupt {
+                        path: self.path.clone(),
+                        byte: self.byte,
+                        detail: format!("segment ends before durable offset {}", self.next),
+                    });
+                }
+                self.base = self.next;
+                self.path = p.segment_path(self.base);
+                self.file = BufReader::with_capacity(
+                    256 << 10,
+                    File::open(&self.path).map_err(io("open", &self.path))?,
+                );
+                self.byte = 0;
+                return self.read_frame_with_time();
+            }
+            Err(e) => return Err(io("read", &self.path)(e)),
+        }
+        let corrupt = |detail: String| LogError::Corrupt {
+            path: self.path.clone(),
+            byte: self.byte,
+            detail,
+        };
+        let (len, crc, offset, time_ms) = frame::header(&h);
+        if len > MAX_PAYLOAD {
+            return Err(corrupt(format!("record length {len} exceeds the limit")));
+        }
+        let mut payload = vec![0u8; len];
+        self.file
+            .read_exact(&mut payload)
+            .map_err(|e| corrupt(format!("record cut short: {e}")))?;
+        if !frame::check(crc, offset, time_ms, &payload) {
+            return Err(corrupt(format!(
+                "CRC mismatch in record claiming offset {offset}"
+            )));
+        }
+        if offset != self.next {
+            return Err(corrupt(format!(
+                "record has offset {offset} where {} was expected",
+                self.next
+            )));
+        }
+        self.byte += (HEADER_LEN + len) as u64;
+        self.next += 1;
+        Ok((offset, time_ms, payload))
+    }
+
+    /// Forgets read-ahead past the current position: bytes beyond the durable end may
+    /// still be rewritten (a failed append is rolled back and retried).
+    pub fn drop_read_ahead(&mut self) -> Result<(), LogError> {
+        self.file
+            .seek(SeekFrom::Start(self.byte))
+            .map_err(io("seek", &self.path))?;
+        Ok(())
+    }
+}

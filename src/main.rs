@@ -1,0 +1,543 @@
+//! The `rowlog` command. Exit codes: 0 success, 1 the pipeline failed (the log line
+//! says what and where), 2 invalid configuration or usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rowlog::config::{Config, LogFormat};
+use rowlog::daemon::{self, error_chain};
+use rowlog::shutdown;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "rowlog",
+    version,
+    about = "Change data capture from MySQL/MariaDB into MySQL/MariaDB"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline in the foreground until SIGINT or SIGTERM, then drain and exit.
+    Run {
+        /// The TOML config file; ROWLOG__SECTION__KEY environment variables override it.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file (with environment overrides) without connecting anywhere.
+    CheckConfig { file: PathBuf },
+    /// Inspect the embedded log (read-only; works while the daemon runs).
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+    /// Show or move the sink's positions (both the log's and the destination's).
+    Offsets {
+        #[command(subcommand)]
+        command: OffsetsCommand,
+    },
+    /// Re-apply a stretch of the log to the destination without moving any position
+    /// (the daemon must be stopped).
+    Replay {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Start at PARTITION:OFFSET (that partition only).
+        #[arg(
+            long,
+            conflicts_with = "from_time",
+            required_unless_present = "from_time"
+        )]
+        from_offset: Option<String>,
+        /// Start, in every partition, at the first record committed at or after this
+        /// time (UTC, 2026-11-24T15:00:00Z, or epoch milliseconds).
+        #[arg(long)]
+        from_time: Option<String>,
+        /// Stop before this offset (with --from-offset).
+        #[arg(long, conflicts_with = "to_time")]
+        to_offset: Option<u64>,
+        /// Stop before the first record committed at or after this time.
+        #[arg(long)]
+        to_time: Option<String>,
+        /// Print what would change, key by key, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The source's stored position.
+    Source {
+        #[command(subcommand)]
+        command: SourceCommand,
+    },
+    /// Benchmarks that print a ratio against a baseline measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+    /// Start two throw-away MariaDB servers, replicate a demo workload, print how far it got.
+    Demo {
+        /// Row changes the demo workload writes on the source.
+        #[arg(long, default_value_t = 50_000)]
+        changes: u64,
+    },
+}
+
+/// Where the log is: a directory, or the `log.dir` of a config file.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct LogLocation {
+    /// The log directory.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// A config file whose log.dir to use.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Per partition: start and end offsets, size, segments, consumers' committed offsets.
+    Partitions {
+        #[command(flatten)]
+        at: LogLocation,
+    },
+    /// Print a partition's records as JSON lines.
+    Tail {
+        #[command(flatten)]
+        at: LogLocation,
+        #[arg(long, short)]
+        partition: u32,
+        /// First offset to print.
+        #[arg(long, conflicts_with = "from_time")]
+        from: Option<u64>,
+        /// Print from the first record committed at or after this time (UTC,
+        /// 2026-11-24T15:00:00Z, or epoch milliseconds).
+        #[arg(long)]
+        from_time: Option<String>,
+        /// Keep printing new records as they are appended.
+        #[arg(long)]
+        follow: bool,
+        /// Stop after this many records.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Check every record's CRC and offset, every index entry, every schema reference.
+    Verify {
+        #[command(flatten)]
+        at: LogLocation,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// rowlog against native replication and raw upsert capacity, on private servers.
+    Replication {
+        /// Rows of the bulk shape (inserted in 1,000-row transactions, half updated).
+        #[arg(long, default_value_t = 200_000)]
+        bulk_rows: u64,
+        /// Single-row transactions of the oltp shape.
+        #[arg(long, default_value_t = 40_000)]
+        oltp_txns: u64,
+        /// Seconds of steady load for the lag measurement (0 to skip).
+        #[arg(long, default_value_t = 10)]
+        lag_secs: u64,
+        #[arg(long, default_value_t = 8)]
+        partitions: u32,
+        #[arg(long, default_value_t = 4)]
+        workers: u32,
+    },
+    /// Embedded log append and read speed against raw sequential write bandwidth.
+    Log {
+        /// Records to append and read (about 200 bytes each).
+        #[arg(long, default_value_t = 2_000_000)]
+        records: u64,
+        #[arg(long, default_value_t = 8)]
+        partitions: u32,
+        /// Records per append (one fsync per written partition each).
+        #[arg(long, default_value_t = 10_000)]
+        batch: u64,
+        /// Scratch directory (removed afterwards); its filesystem is what is measured.
+        #[arg(long, default_value = "rowlog-bench")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum OffsetsCommand {
+    /// Per partition: log start and end, committed offset, destination progress, lag.
+    Show {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Set where the sink resumes, in the log and on the destination (daemon stopped).
+    Set {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// One partition; all partitions when absent.
+        #[arg(long, short)]
+        partition: Option<u32>,
+        #[command(flatten)]
+        to: SetTarget,
+    },
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct SetTarget {
+    /// The next offset to apply.
+    #[arg(long)]
+    to: Option<u64>,
+    /// The first record committed at or after this time.
+    #[arg(long)]
+    to_time: Option<String>,
+    /// The oldest record the log still has.
+    #[arg(long)]
+    to_earliest: bool,
+    /// The end: skip everything not yet applied.
+    #[arg(long)]
+    to_end: bool,
+}
+
+#[derive(Subcommand)]
+enum SourceCommand {
+    /// Re-read the source's binlog from an earlier (or later) point (daemon stopped).
+    Reset {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A binlog position FILE.NNNNNN:POS at a transaction boundary.
+        #[arg(long, conflicts_with = "to_gtid", required_unless_present = "to_gtid")]
+        to: Option<String>,
+        /// A GTID position (not supported yet: rejected with an explanation).
+        #[arg(long)]
+        to_gtid: Option<String>,
+    },
+}
+
+const EXIT_FAILED: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("rowlog: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(cfg.logging.format);
+            match runtime().and_then(|rt| rt.block_on(run(cfg))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "rowlog stopped");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            }
+        }
+        Command::Log { command } => {
+            match runtime().and_then(|rt| rt.block_on(log_command(command))) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("rowlog: {e:#}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            }
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Log {
+                    records,
+                    partitions,
+                    batch,
+                    dir,
+                },
+        } => {
+            match runtime().and_then(|rt| {
+                rt.block_on(rowlog::tools::bench_log::run(
+                    &dir,
+                    records,
+                    partitions,
+                    batch.max(1),
+                ))
+                .map_err(anyhow::Error::from)
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("rowlog bench failed: {e:#}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            }
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Replication {
+                    bulk_rows,
+                    oltp_txns,
+                    lag_secs,
+                    partitions,
+                    workers,
+                },
+        } => {
+            let opts = rowlog::tools::bench_replication::BenchOptions {
+                bulk_rows,
+                oltp_txns,
+                lag_secs,
+                partitions,
+                workers,
+            };
+            match runtime().and_then(|rt| {
+                rt.block_on(rowlog::tools::bench_replication::run(opts))
+                    .map_err(|e| anyhow::anyhow!(e))
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("rowlog bench failed: {e:#}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            }
+        }
+        Command::Offsets { command } => {
+            let path = match &command {
+                OffsetsCommand::Show { config } | OffsetsCommand::Set { config, .. } => {
+                    config.clone()
+                }
+            };
+            let cfg = match load(&path) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            tool(async move {
+                use rowlog::tools::offsets::{self, Target};
+                match command {
+                    OffsetsCommand::Show { .. } => offsets::show(&cfg).await,
+                    OffsetsCommand::Set { partition, to, .. } => {
+                        let target = match (to.to, to.to_time, to.to_earliest) {
+                            (Some(o), _, _) => Target::Offset(o),
+                            (_, Some(t), _) => {
+                                Target::TimeMs(rowlog::tools::log_cmd::parse_time(&t)?)
+                            }
+                            (_, _, true) => Target::Earliest,
+                            _ => Target::End,
+                        };
+                        offsets::set(&cfg, partition, target).await
+                    }
+                }
+            })
+        }
+        Command::Replay {
+            config,
+            from_offset,
+            from_time,
+            to_offset,
+            to_time,
+            dry_run,
+        } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            tool(async move {
+                use rowlog::tools::log_cmd::parse_time;
+                use rowlog::tools::offsets::{self, Range, Target};
+                let (partition, from) = match (from_offset, from_time) {
+                    (Some(po), _) => {
+                        let (p, o) = po
+                            .split_once(':')
+                            .ok_or("--from-offset takes PARTITION:OFFSET")?;
+                        (Some(p.parse()?), Target::Offset(o.parse()?))
+                    }
+                    (None, Some(t)) => (None, Target::TimeMs(parse_time(&t)?)),
+                    (None, None) => return Err("give --from-offset or --from-time".into()),
+                };
+                let to = match (to_offset, to_time) {
+                    (Some(o), _) => Some(Target::Offset(o)),
+                    (None, Some(t)) => Some(Target::TimeMs(parse_time(&t)?)),
+                    (None, None) => None,
+                };
+                offsets::replay(
+                    &cfg,
+                    Range {
+                        partition,
+                        from,
+                        to,
+                    },
+                    dry_run,
+                )
+                .await
+            })
+        }
+        Command::Source {
+            command:
+                SourceCommand::Reset {
+                    config,
+                    to,
+                    to_gtid,
+                },
+        } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            tool(async move {
+                if let Some(g) = to_gtid {
+                    return Err(format!(
+                        "--to-gtid {g}: GTID positioning is not supported yet; use --to FILE.NNNNNN:POS \
+                         (SELECT BINLOG_GTID_POS('file', pos) on MariaDB maps between them)"
+                    )
+                    .into());
+                }
+                let position = to.ok_or("give --to")?.parse()?;
+                rowlog::tools::offsets::source_reset(&cfg, position).await
+            })
+        }
+        Command::Demo { changes } => {
+            init_logging(LogFormat::Text);
+            match runtime().and_then(|rt| rt.block_on(rowlog::demo::run(changes))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("rowlog demo failed: {e:#}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            }
+        }
+    }
+}
+
+fn log_dir(at: &LogLocation) -> anyhow::Result<PathBuf> {
+    match (&at.dir, &at.config) {
+        (Some(d), _) => Ok(d.clone()),
+        (None, Some(c)) => Ok(Config::load(c)?.log.dir),
+        (None, None) => anyhow::bail!("give --dir or --config"),
+    }
+}
+
+async fn log_command(command: LogCommand) -> anyhow::Result<ExitCode> {
+    use rowlog::tools::log_cmd;
+    match command {
+        LogCommand::Partitions { at } => log_cmd::partitions(&log_dir(&at)?).await?,
+        LogCommand::Tail {
+            at,
+            partition,
+            from,
+            from_time,
+            follow,
+            limit,
+        } => {
+            let from = match from_time {
+                Some(t) => {
+                    log_cmd::From::TimeMs(log_cmd::parse_time(&t).map_err(anyhow::Error::msg)?)
+                }
+                None => log_cmd::From::Offset(from.unwrap_or(0)),
+            };
+            log_cmd::tail(&log_dir(&at)?, partition, from, follow, limit).await?
+        }
+        LogCommand::Verify { at } => {
+            if !log_cmd::verify_cmd(&log_dir(&at)?)? {
+                return Ok(ExitCode::from(EXIT_FAILED));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a tool command; errors print on one line and exit 1.
+fn tool(
+    fut: impl std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+) -> ExitCode {
+    match runtime().and_then(|rt| {
+        rt.block_on(fut)
+            .map_err(|e| anyhow::anyhow!(rowlog::report::error_chain(&*e)))
+    }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rowlog: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let (trigger, shutdown) = shutdown::channel();
+    let deadline = std::time::Duration::from_secs(cfg.shutdown_timeout_secs);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        trigger.trigger();
+        tokio::select! {
+            // A second signal while draining means "now".
+            _ = wait_for_signal() => {
+                tracing::warn!("second signal: exiting without draining; the next start replays what was not committed");
+                std::process::exit(130);
+            }
+            _ = tokio::time::sleep(deadline) => {
+                tracing::error!(
+                    shutdown_timeout_secs = deadline.as_secs(),
+                    "draining did not finish in time; exiting without it (nothing is lost: the next start replays what was not committed)"
+                );
+                std::process::exit(EXIT_FAILED as i32);
+            }
+        }
+    });
+    daemon::run(cfg, shutdown)
+        .await
+        .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT. SIGHUP is answered with a log line: rowlog does not
+/// reload its configuration (a restart applies it, and loses nothing).
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        // Without signal handlers the process can still be killed; never return early.
+        std::future::pending::<()>().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return tracing::info!("SIGTERM received"),
+            _ = int.recv() => return tracing::info!("SIGINT received"),
+            _ = hup.recv() => tracing::warn!("SIGHUP ignored: rowlog does not reload its configuration; restart it to apply changes"),
+        }
+    }
+}

@@ -1,0 +1,659 @@
+//! Log → sink, one task per partition.
+//!
+//! The partition task reads its partition in offset order and dispatches each change by
+//! key hash to one of N workers through bounded queues; each worker batches, applies
+//! through its own sink connection and stores its last applied offset in the same
+//! destination transaction.
+//!
+//! # The watermark
+//! The partition's committed offset is the lowest offset not yet applied by every
+//! worker. Worker `w` has applied everything dispatched to it before `applied[w]`; if
+//! it has nothing in flight (`applied[w] == sent[w]`) it holds nothing back, so
+//!
+//! ```text
+//! committed = min over w of ( applied[w] if w has work in flight, else next_dispatch )
+//! ```
+//!
+//! Example with two workers: offsets 10 → w0, 11 → w1, 12 → w0; w1 has applied 11, w0
+//! has applied nothing: committed = 10. When w0 applies 10 and 12, committed = 13.
+//!
+//! # Restart
+//! Reading restarts from the log's committed offset (or, when every worker stored
+//! progress under the same worker count, from the lowest of those, whichever is later);
+//! each worker skips changes at or below the offset it stored itself. Progress stored
+//! under another worker count or another log is not used for skipping: keys moved
+//! between workers, so only the watermark is safe, and replay is idempotent.
+//!
+//! # Metrics
+//! The partition task publishes its watermark and queue depth after every dispatch
+//! round; workers publish per batch (rows by table and operation, batch size, apply
+//! time, end-to-end lag per change). A retryable failure is reported with the batch's
+//! first change and offsets; a definite one with the change the destination rejects,
+//! found by re-applying the batch change by change (`isolate`). `/status` shows
+//! the last of these.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rowlog_api::{ApplyBatch, ChangeEvent, ChangeSink, Retry, WorkerProgress};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::timeout_at;
+use tracing::{debug, info, warn};
+
+use super::backoff::Backoff;
+use super::partitioner::{key_hash, worker_of};
+use super::Stats;
+use crate::log::{LogError, PartitionReader, PartitionedLog};
+use crate::metrics::{ErrorStage, Metrics, RetryKind};
+use crate::report::error_chain;
+use crate::shutdown::Shutdown;
+use crate::status::ErrorReport;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("partition {partition} worker {worker}: the destination rejected a batch; the partition is halted")]
+    Sink {
+        partition: u32,
+        worker: u32,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("partition {partition}: cannot read progress from the destination")]
+    Progress {
+        partition: u32,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("partition {partition}: reading the log failed")]
+    Log {
+        partition: u32,
+        #[source]
+        source: LogError,
+    },
+    #[error("partition {partition}: worker {worker} ended unexpectedly: {detail}")]
+    WorkerLost {
+        partition: u32,
+        worker: u32,
+        detail: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct ApplyConfig {
+    pub workers: u32,
+    pub batch_max_rows: usize,
+    pub batch_max_wait: Duration,
+    /// Consumer name under which offsets are committed to the log.
+    pub consumer: String,
+    /// How often the watermark is committed to the log while applying.
+    pub commit_interval: Duration,
+    /// A worker's batch also closes once its changes hold about this many bytes.
+    pub batch_max_bytes: usize,
+    /// Where changes the destination rejects go instead of halting the partition.
+    pub dead_letter: Option<super::dead_letter::DeadLetter>,
+}
+
+struct WorkerShared {
+    /// Everything dispatched to this worker below this offset is applied.
+    applied: AtomicU64,
+}
+
+struct Worker {
+    tx: mpsc::Sender<(u64, ChangeEvent)>,
+    shared: Arc<WorkerShared>,
+    /// Next offset after the last one dispatched to this worker.
+    sent: u64,
+    skip_through: Option<u64>,
+    handle: JoinHandle<Result<(), ApplyError>>,
+}
+
+/// Runs one partition until shutdown (then drains the worker queues and commits) or
+/// until a worker fails definitely.
+pub async fn run_partition<L, S, F, Fut>(
+    log: L,
+    partition: u32,
+    cfg: ApplyConfig,
+    connect: F,
+    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+    mut shutdown: Shutdown,
+) -> Result<(), ApplyError>
+where
+    L: PartitionedLog,
+    S: ChangeSink + 'static,
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<S, S::Error>> + Send + 'static,
+{
+    let n = cfg.workers.max(1);
+    let partitions = log.partitions();
+    let log_id = log.log_id();
+
+    // What the destination says each worker applied.
+    let Some(mut first_sink) =
+        connect_with_retry(&connect, partition, u32::MAX, &metrics, &mut shutdown).await
+    else {
+        return Ok(());
+    };
+    let stored = loop {
+        match first_sink.load_progress(partition).await {
+            Ok(p) => break p,
+            Err(e) if e.is_retryable() => {
+                metrics.retry(RetryKind::Progress);
+                metrics.error(ErrorStage::Sink, true);
+                warn!(partition, error = %error_chain(&e), "cannot read progress; retrying");
+                tokio::select! { _ = shutdown.wait() => return Ok(()), _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
+            }
+            Err(e) => {
+                return Err(ApplyError::Progress {
+                    partition,
+                    source: Box::new(e),
+                })
+            }
+        }
+    };
+    let mine: Vec<&WorkerProgress> = stored.iter().filter(|p| p.log_id == log_id).collect();
+    if mine.len() != stored.len() {
+        warn!(partition, "ignoring destination progress written for another log; replaying from the log's committed offset");
+    }
+    let same_split = !mine.is_empty() && mine.iter().all(|p| p.workers == n);
+    if !mine.is_empty() && !same_split {
+        warn!(partition, workers = n, "destination progress was written with another worker count; replaying from the watermark");
+    }
+    let skip: Vec<Option<u64>> = (0..n)
+        .map(|w| {
+            if same_split {
+                mine.iter().find(|p| p.worker == w).map(|p| p.offset)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let committed = log
+        .committed(&cfg.consumer, partition)
+        .await
+        .map_err(|source| ApplyError::Log { partition, source })?;
+    let mut start = committed.unwrap_or(0);
+    if skip.iter().all(Option::is_some) {
+        let lowest = skip.iter().flatten().map(|o| o + 1).min().unwrap_or(0);
+        start = start.max(lowest);
+    }
+    start = start.min(log.end_offset(partition));
+    info!(partition, start, workers = n, "applying partition");
+    metrics.set_committed(partition, start);
+    let _applying = metrics.applying();
+
+    let notify = Arc::new(Notify::new());
+    // A worker that fails definitely reports here, then ends (at most one message each).
+    let (fail_tx, mut fail_rx) = mpsc::unbounded_channel();
+    let mut workers: Vec<Worker> = Vec::with_capacity(n as usize);
+    let mut first_sink = Some(first_sink);
+    for w in 0..n {
+        let (tx, rx) = mpsc::channel(cfg.batch_max_rows.max(1));
+        let shared = Arc::new(WorkerShared {
+            applied: AtomicU64::new(start),
+        });
+        let ctx = WorkerCtx {
+            partition,
+            worker: w,
+            workers: n,
+            log_id,
+            cfg: cfg.clone(),
+            shared: shared.clone(),
+            notify: notify.clone(),
+            stats: stats.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+            failures: fail_tx.clone(),
+        };
+        let handle = tokio::spawn(run_worker(ctx, rx, first_sink.take(), connect.clone()));
+        workers.push(Worker {
+            tx,
+            shared,
+            sent: start,
+            skip_through: skip[w as usize],
+            handle,
+        });
+    }
+
+    let mut reader = log
+        .reader(partition, start)
+        .await
+        .map_err(|source| ApplyError::Log { partition, source })?;
+    let mut next_dispatch = start;
+    let mut committed_at = committed;
+    let mut last_commit = Instant::now();
+    let read_max = cfg.batch_max_rows.clamp(64, 4096);
+    let mut failure: Option<ApplyError> = None;
+
+    'run: loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait() => break 'run,
+            Some(e) = fail_rx.recv() => {
+                failure = Some(e);
+                break 'run;
+            }
+            _ = notify.notified() => {}
+            batch = reader.next_batch(read_max) => {
+                let batch = match batch {
+                    Ok(b) => b,
+                    Err(source) => { failure = Some(ApplyError::Log { partition, source }); break 'run; }
+                };
+                for rec in batch {
+                    let w = &mut workers[worker_of(key_hash(&rec.change.routing_key_bytes()), partitions, n) as usize];
+                    next_dispatch = rec.offset + 1;
+                    if w.skip_through.is_some_and(|s| rec.offset <= s) {
+                        continue;
+                    }
+                    w.sent = rec.offset + 1;
+                    if w.tx.send((rec.offset, rec.change)).await.is_err() {
+                        // The worker ended: shutdown during a retry, or a failure it
+                        // reported (or a panic, which its join handle reports below).
+                        if let Ok(e) = fail_rx.try_recv() {
+                            failure = Some(e);
+                        }
+                        break 'run;
+                    }
+                }
+            }
+        }
+        let mark = watermark(&workers, next_dispatch);
+        metrics.set_committed(partition, mark);
+        metrics.set_queue_depth(
+            partition,
+            workers
+                .iter()
+                .map(|w| w.tx.max_capacity() - w.tx.capacity())
+                .sum(),
+        );
+        if committed_at.is_none_or(|c| mark > c) && last_commit.elapsed() >= cfg.commit_interval {
+            commit(&log, &cfg.consumer, partition, mark).await;
+            committed_at = Some(mark);
+            last_commit = Instant::now();
+        }
+    }
+
+    // Stop dispatching; workers apply what is queued (unless shutting down mid-retry) and end.
+    let mut handles = Vec::new();
+    for w in workers.iter_mut() {
+        let (closed_tx, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut w.tx, closed_tx));
+        handles.push(std::mem::replace(
+            &mut w.handle,
+            tokio::spawn(async { Ok(()) }),
+        ));
+    }
+    drop(fail_tx);
+    for (i, h) in handles.into_iter().enumerate() {
+        match h.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Err(e) => {
+                failure = failure.or(Some(ApplyError::WorkerLost {
+                    partition,
+                    worker: i as u32,
+                    detail: e.to_string(),
+                }))
+            }
+        }
+    }
+    while let Ok(e) = fail_rx.try_recv() {
+        failure = failure.or(Some(e));
+    }
+    let mark = watermark(&workers, next_dispatch);
+    metrics.set_committed(partition, mark);
+    metrics.set_queue_depth(partition, 0);
+    if committed_at.is_none_or(|c| mark > c) {
+        commit(&log, &cfg.consumer, partition, mark).await;
+    }
+    debug!(partition, committed = mark, "partition stopped");
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn watermark(workers: &[Worker], next_dispatch: u64) -> u64 {
+    workers
+        .iter()
+        .map(|w| {
+            let applied = w.shared.applied.load(Ordering::Acquire);
+            if applied >= w.sent {
+                next_dispatch
+            } else {
+                applied
+            }
+        })
+        .min()
+        .unwrap_or(next_dispatch)
+}
+
+async fn commit<L: PartitionedLog>(log: &L, consumer: &str, partition: u32, next: u64) {
+    // The destination's progress rows are the truth; a failed log commit only means
+    // more replay after a restart, so it is reported, not fatal.
+    if let Err(e) = log.commit(consumer, partition, next).await {
+        warn!(partition, error = %error_chain(&e), "cannot commit consumer offset to the log");
+    }
+}
+
+struct WorkerCtx {
+    partition: u32,
+    worker: u32,
+    workers: u32,
+    log_id: u64,
+    cfg: ApplyConfig,
+    shared: Arc<WorkerShared>,
+    notify: Arc<Notify>,
+    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    failures: mpsc::UnboundedSender<ApplyError>,
+}
+
+impl WorkerCtx {
+    /// Counts the error and keeps it, with the batch's first change and offsets, as the
+    /// last error `/status` shows.
+    fn record_error(
+        &self,
+        e: &dyn std::error::Error,
+        retryable: bool,
+        batch: &[ChangeEvent],
+        offsets: (u64, u64),
+    ) {
+        self.metrics.error(ErrorStage::Sink, retryable);
+        self.metrics.state.record_error(
+            ErrorReport::new(ErrorStage::Sink.as_str(), retryable, error_chain(e)).at_batch(
+                self.partition,
+                self.worker,
+                batch.first(),
+                offsets,
+            ),
+        );
+    }
+}
+
+async fn connect_with_retry<S, F, Fut>(
+    connect: &F,
+    partition: u32,
+    worker: u32,
+    metrics: &Metrics,
+    shutdown: &mut Shutdown,
+) -> Option<S>
+where
+    S: ChangeSink,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<S, S::Error>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        match connect().await {
+            Ok(s) => return Some(s),
+            Err(e) => {
+                metrics.retry(RetryKind::Connect);
+                metrics.error(ErrorStage::Sink, true);
+                let mut report = ErrorReport::new(ErrorStage::Sink.as_str(), true, error_chain(&e));
+                report.partition = Some(partition);
+                metrics.state.record_error(report);
+                let delay = backoff.next_delay();
+                warn!(partition, worker, error = %error_chain(&e), retry_in_ms = delay.as_millis() as u64, "cannot connect to the destination; retrying");
+                tokio::select! { _ = shutdown.wait() => return None, _ = tokio::time::sleep(delay) => {} }
+            }
+        }
+    }
+}
+
+/// What re-applying a rejected batch one change at a time found.
+enum Isolated<E> {
+    /// The change at `index` is rejected on its own; every change before it is applied.
+    Change {
+        index: usize,
+        error: E,
+    },
+    /// Every change is applied, or rejected and written to the dead-letter file.
+    Done {
+        dead_lettered: usize,
+    },
+    /// A transient error interrupted the one-by-one pass: retry the batch (what was
+    /// applied is recorded and applies idempotently again).
+    Transient(E),
+    Shutdown,
+}
+
+/// After a definite error on a batch, applies its changes one by one, each with its own
+/// progress row, to find the change the destination rejects. With a dead-letter file,
+/// a rejected change is written there, its offset recorded as passed, and the pass
+/// goes on; without one, the pass stops at it.
+async fn isolate<S, F, Fut>(
+    ctx: &mut WorkerCtx,
+    connect: &F,
+    batch: &[ChangeEvent],
+    offsets: &[u64],
+) -> Isolated<S::Error>
+where
+    S: ChangeSink,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<S, S::Error>>,
+{
+    // The failed transaction's connection may be unusable; start from a fresh one.
+    let Some(mut sink) = connect_with_retry(
+        connect,
+        ctx.partition,
+        ctx.worker,
+        &ctx.metrics,
+        &mut ctx.shutdown,
+    )
+    .await
+    else {
+        return Isolated::Shutdown;
+    };
+    let mut dead_lettered = 0;
+    for (index, (change, &offset)) in batch.iter().zip(offsets).enumerate() {
+        let one = std::slice::from_ref(change);
+        let progress = WorkerProgress {
+            log_id: ctx.log_id,
+            partition: ctx.partition,
+            worker: ctx.worker,
+            workers: ctx.workers,
+            offset,
+        };
+        let began = Instant::now();
+        match sink
+            .apply(ApplyBatch {
+                changes: one,
+                progress,
+            })
+            .await
+        {
+            Ok(()) => {
+                ctx.metrics.applied(ctx.partition, one, began.elapsed());
+                Stats::add(&ctx.stats.applied, 1);
+            }
+            Err(error) if error.is_retryable() => return Isolated::Transient(error),
+            Err(error) => {
+                let Some(dl) = ctx.cfg.dead_letter.clone() else {
+                    return Isolated::Change { index, error };
+                };
+                let text = error_chain(&error);
+                let (partition, rejected, why) = (ctx.partition, change.clone(), text.clone());
+                let dl_task = dl.clone();
+                let written = tokio::task::spawn_blocking(move || {
+                    dl_task.write(partition, offset, &rejected, &why)
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+                if let Err(io) = written {
+                    warn!(partition = ctx.partition, file = %dl.path.display(), error = %io, "cannot write the dead-letter file");
+                    return Isolated::Change { index, error };
+                }
+                // Record the offset as passed (no data), so a restart does not retry it.
+                if let Err(e) = sink
+                    .apply(ApplyBatch {
+                        changes: &[],
+                        progress,
+                    })
+                    .await
+                {
+                    return if e.is_retryable() {
+                        Isolated::Transient(e)
+                    } else {
+                        Isolated::Change { index, error: e }
+                    };
+                }
+                warn!(partition = ctx.partition, offset, table = %change.table.name, error = %text,
+                      "change rejected by the destination written to the dead-letter file");
+                Stats::add(&ctx.stats.dead_lettered, 1);
+                dead_lettered += 1;
+            }
+        }
+        ctx.shared.applied.store(offset + 1, Ordering::Release);
+    }
+    Isolated::Done { dead_lettered }
+}
+
+async fn run_worker<S, F, Fut>(
+    mut ctx: WorkerCtx,
+    mut rx: mpsc::Receiver<(u64, ChangeEvent)>,
+    sink: Option<S>,
+    connect: F,
+) -> Result<(), ApplyError>
+where
+    S: ChangeSink,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<S, S::Error>>,
+{
+    let mut sink = sink;
+    let mut batch: Vec<ChangeEvent> = Vec::with_capacity(ctx.cfg.batch_max_rows);
+    let mut offsets: Vec<u64> = Vec::with_capacity(ctx.cfg.batch_max_rows);
+    loop {
+        let Some((mut last, first)) = rx.recv().await else {
+            return Ok(());
+        };
+        let first_offset = last;
+        let mut bytes = first.approx_bytes();
+        batch.push(first);
+        offsets.push(last);
+        let deadline = tokio::time::Instant::now() + ctx.cfg.batch_max_wait;
+        while batch.len() < ctx.cfg.batch_max_rows && bytes < ctx.cfg.batch_max_bytes {
+            let next = match rx.try_recv() {
+                Ok(item) => Some(item),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    timeout_at(deadline, rx.recv()).await.ok().flatten()
+                }
+            };
+            match next {
+                Some((offset, change)) => {
+                    last = offset;
+                    bytes += change.approx_bytes();
+                    batch.push(change);
+                    offsets.push(offset);
+                }
+                None => break,
+            }
+        }
+        let progress = WorkerProgress {
+            log_id: ctx.log_id,
+            partition: ctx.partition,
+            worker: ctx.worker,
+            workers: ctx.workers,
+            offset: last,
+        };
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut counted = false;
+        loop {
+            let s = match sink.as_mut() {
+                Some(s) => s,
+                None => {
+                    match connect_with_retry(
+                        &connect,
+                        ctx.partition,
+                        ctx.worker,
+                        &ctx.metrics,
+                        &mut ctx.shutdown,
+                    )
+                    .await
+                    {
+                        Some(s) => sink.insert(s),
+                        None => return Ok(()),
+                    }
+                }
+            };
+            let began = Instant::now();
+            match s
+                .apply(ApplyBatch {
+                    changes: &batch,
+                    progress,
+                })
+                .await
+            {
+                Ok(()) => {
+                    ctx.metrics.applied(ctx.partition, &batch, began.elapsed());
+                    break;
+                }
+                Err(e) if e.is_retryable() => {
+                    Stats::add(&ctx.stats.apply_retries, 1);
+                    ctx.metrics.retry(RetryKind::Apply);
+                    ctx.record_error(&e, true, &batch, (first_offset, last));
+                    let delay = backoff.next_delay();
+                    warn!(partition = ctx.partition, worker = ctx.worker, error = %error_chain(&e), attempt = backoff.attempts(),
+                          retry_in_ms = delay.as_millis() as u64, "apply failed; retrying");
+                    // Reconnect: the failed transaction was rolled back, and the
+                    // connection may be gone.
+                    sink = None;
+                    tokio::select! {
+                        _ = ctx.shutdown.wait() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(e) => {
+                    // The destination rejected the batch; find the change it rejects so
+                    // the report names its table, key and position, not just the batch's.
+                    sink = None;
+                    match isolate(&mut ctx, &connect, &batch, &offsets).await {
+                        Isolated::Shutdown => return Ok(()),
+                        Isolated::Done { dead_lettered } => {
+                            if dead_lettered == 0 {
+                                warn!(partition = ctx.partition, worker = ctx.worker, error = %error_chain(&e), rows = batch.len(),
+                                      "the destination rejected a batch but accepted each of its changes alone; continuing");
+                            }
+                            counted = true;
+                            break;
+                        }
+                        Isolated::Transient(t) => {
+                            Stats::add(&ctx.stats.apply_retries, 1);
+                            ctx.metrics.retry(RetryKind::Apply);
+                            ctx.record_error(&t, true, &batch, (first_offset, last));
+                            let delay = backoff.next_delay();
+                            warn!(partition = ctx.partition, worker = ctx.worker, error = %error_chain(&t),
+                                  retry_in_ms = delay.as_millis() as u64, "apply failed while isolating a rejected change; retrying");
+                            tokio::select! {
+                                _ = ctx.shutdown.wait() => return Ok(()),
+                                _ = tokio::time::sleep(delay) => {}
+                            }
+                        }
+                        Isolated::Change { index, error } => {
+                            let range = (offsets[index], offsets[index]);
+                            ctx.record_error(&error, false, &batch[index..], range);
+                            let _ = ctx.failures.send(ApplyError::Sink {
+                                partition: ctx.partition,
+                                worker: ctx.worker,
+                                source: Box::new(error),
+                            });
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        if !counted {
+            Stats::add(&ctx.stats.applied, batch.len() as u64);
+        }
+        batch.clear();
+        offsets.clear();
+        ctx.shared.applied.store(last + 1, Ordering::Release);
+        ctx.notify.notify_one();
+    }
+}

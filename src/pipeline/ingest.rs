@@ -1,0 +1,354 @@
+//! Source → log.
+//!
+//! Two tasks: the *reader* owns the source connection and pushes [`SourceEvent`]s into
+//! a bounded channel (so a slow log back-pressures the source), reconnecting from the
+//! last transaction boundary on transient errors; the *appender* drains the channel
+//! into batches, appends each batch durably, then stores the source checkpoint.
+//!
+//! # Why nothing is lost or duplicated
+//! The checkpoint is stored only after the appends covering it returned, so the log
+//! holds at least everything before it. After a crash or reconnect the source re-reads
+//! from the checkpoint; the appender drops every change whose [`ChangeId`] is not
+//! greater than the last one its partition already holds (or has buffered). Change ids
+//! increase along the binlog, so what is dropped is exactly what is already there.
+//!
+//! # Metrics
+//! Rows read are counted per run of (table, operation) and published per batch, not per
+//! row; source time (commit times, heartbeats) feeds the lag gauge, which is computed
+//! at scrape time so an idle or silent source cannot freeze it (see [`crate::metrics`]).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rowlog_api::{
+    BinlogPosition, ChangeId, ChangeSource, MariadbGtid, Op, Retry, SourceEvent, TableSchema,
+};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::backoff::Backoff;
+use super::partitioner::{key_hash, partition_of};
+use super::Stats;
+use crate::log::{AppendBatch, LogError, PartitionedLog};
+use crate::metrics::{ErrorStage, Metrics};
+use crate::report::error_chain;
+use crate::shutdown::Shutdown;
+use crate::status::ErrorReport;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("source failed")]
+    Source(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("log append failed")]
+    Log(#[from] LogError),
+}
+
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    /// At most this many changes per durable append.
+    pub max_batch_changes: usize,
+    /// How often the checkpoint is stored while changes flow.
+    pub checkpoint_interval: Duration,
+    /// Capacity of the reader → appender channel, in events.
+    pub channel_capacity: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_changes: 10_000,
+            checkpoint_interval: Duration::from_millis(200),
+            channel_capacity: 8_192,
+        }
+    }
+}
+
+/// Runs ingest until shutdown or a definite error. `connect(resume)` opens the source
+/// at a stored position, or at its configured start when `None`.
+pub async fn run<L, S, F, Fut>(
+    log: L,
+    connect: F,
+    cfg: IngestConfig,
+    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) -> Result<(), IngestError>
+where
+    L: PartitionedLog + Clone,
+    S: ChangeSource + 'static,
+    F: FnMut(Option<BinlogPosition>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<S, S::Error>> + Send + 'static,
+{
+    let checkpoint = log.checkpoint().await?;
+    let reset = checkpoint.as_ref().is_some_and(|c| c.reset);
+    let start = checkpoint.map(|c| c.position);
+    let (tx, rx) = mpsc::channel(cfg.channel_capacity);
+    let reader = tokio::spawn(read_source(
+        connect,
+        start.clone(),
+        tx,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let appended = append_loop(log, rx, start, reset, cfg, stats, metrics.clone()).await;
+    // The appender only stops early on an error; then the reader must stop too.
+    reader.abort();
+    let read = match reader.await {
+        Ok(r) => r,
+        Err(e) if e.is_cancelled() => Ok(()),
+        Err(e) => Err(IngestError::Source(Box::new(e))),
+    };
+    metrics.set_source_connected(false);
+    appended.and(read)
+}
+
+async fn read_source<S, F, Fut>(
+    mut connect: F,
+    mut resume: Option<BinlogPosition>,
+    tx: mpsc::Sender<SourceEvent>,
+    metrics: Arc<Metrics>,
+    mut shutdown: Shutdown,
+) -> Result<(), IngestError>
+where
+    S: ChangeSource,
+    F: FnMut(Option<BinlogPosition>) -> Fut,
+    Fut: Future<Output = Result<S, S::Error>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let connected = tokio::select! {
+            _ = shutdown.wait() => return Ok(()),
+            r = connect(resume.clone()) => r,
+        };
+        let mut source = match connected {
+            Ok(s) => s,
+            Err(e) if e.is_retryable() => {
+                source_error(&metrics, &e, true);
+                let delay = backoff.next_delay();
+                warn!(error = %error_chain(&e), attempt = backoff.attempts(), retry_in_ms = delay.as_millis() as u64, "cannot reach the source; retrying");
+                tokio::select! { _ = shutdown.wait() => return Ok(()), _ = tokio::time::sleep(delay) => {} }
+                continue;
+            }
+            Err(e) => {
+                source_error(&metrics, &e, false);
+                return Err(IngestError::Source(Box::new(e)));
+            }
+        };
+        metrics.set_source_connected(true);
+        // The position the source starts at is a valid resume point: announce it so it
+        // is checkpointed even before the first transaction (a restart must not fall
+        // back to "current" and skip what was written in between).
+        let start = source.resume_position().clone();
+        resume = Some(start.clone());
+        let announce = SourceEvent::Committed {
+            resume: start,
+            gtid: None,
+            commit_time_ms: 0,
+        };
+        if tx.send(announce).await.is_err() {
+            return Ok(());
+        }
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = shutdown.wait() => return Ok(()),
+                ev = source.next_event() => ev,
+            };
+            match event {
+                Ok(ev) => {
+                    backoff.reset();
+                    if let SourceEvent::Committed { resume: r, .. } = &ev {
+                        resume = Some(r.clone());
+                    }
+                    if tx.send(ev).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.is_retryable() => {
+                    source_error(&metrics, &e, true);
+                    metrics.set_source_connected(false);
+                    metrics.source_reconnects.inc();
+                    warn!(error = %error_chain(&e), resume = ?resume.as_ref().map(|p| p.to_string()), "source stream interrupted; reconnecting");
+                    break;
+                }
+                Err(e) => {
+                    source_error(&metrics, &e, false);
+                    return Err(IngestError::Source(Box::new(e)));
+                }
+            }
+        }
+    }
+}
+
+fn source_error(metrics: &Metrics, e: &dyn std::error::Error, retryable: bool) {
+    metrics.error(ErrorStage::Source, retryable);
+    metrics.state.record_error(ErrorReport::new(
+        ErrorStage::Source.as_str(),
+        retryable,
+        error_chain(e),
+    ));
+}
+
+/// Rows read, counted per run of the same table and operation until published.
+#[derive(Default)]
+struct RowsRead {
+    run: Option<(Arc<TableSchema>, Op, u64)>,
+    /// Newest source commit time seen, ms.
+    commit_time_ms: u64,
+}
+
+impl RowsRead {
+    fn add(&mut self, table: &Arc<TableSchema>, op: Op, metrics: &Metrics) {
+        match &mut self.run {
+            Some((t, o, n)) if *o == op && (Arc::ptr_eq(t, table) || t.name == table.name) => {
+                *n += 1
+            }
+            _ => {
+                self.publish(metrics);
+                self.run = Some((table.clone(), op, 1));
+            }
+        }
+    }
+
+    fn publish(&mut self, metrics: &Metrics) {
+        if let Some((t, op, n)) = self.run.take() {
+            metrics.source_rows_read(&t.name, op, n);
+        }
+    }
+}
+
+struct Appender<L> {
+    log: L,
+    partitions: u32,
+    /// Last change id held (appended or buffered) per partition.
+    last_ids: Vec<Option<ChangeId>>,
+    /// The newest resume position covered by what is buffered or appended.
+    position: Option<BinlogPosition>,
+    stored: Option<BinlogPosition>,
+    stored_at: Instant,
+    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+    gtid: Option<MariadbGtid>,
+    rows: RowsRead,
+    /// The position last published to the metrics (the info gauge is reset on change).
+    published: Option<BinlogPosition>,
+}
+
+impl<L: PartitionedLog> Appender<L> {
+    fn accept(&mut self, ev: SourceEvent, batch: &mut AppendBatch) {
+        match ev {
+            SourceEvent::Change(c) => {
+                Stats::add(&self.stats.source_changes, 1);
+                self.rows.add(&c.table, c.op, &self.metrics);
+                self.rows.commit_time_ms = self.rows.commit_time_ms.max(c.source.commit_time_ms);
+                let p = partition_of(key_hash(&c.routing_key_bytes()), self.partitions) as usize;
+                if self.last_ids[p]
+                    .as_ref()
+                    .is_some_and(|last| c.source.id <= *last)
+                {
+                    Stats::add(&self.stats.duplicates_dropped, 1);
+                    self.metrics.source_duplicates_dropped.inc();
+                    return;
+                }
+                self.last_ids[p] = Some(c.source.id.clone());
+                batch.partitions[p].push(c);
+            }
+            SourceEvent::Committed {
+                resume,
+                gtid,
+                commit_time_ms,
+            } => {
+                self.metrics.source_commit(commit_time_ms);
+                if self.position.as_ref().is_none_or(|p| resume > *p) {
+                    self.position = Some(resume);
+                    self.gtid = gtid.or(self.gtid);
+                }
+            }
+            SourceEvent::Heartbeat { at_ms } => self.metrics.source_heartbeat(at_ms),
+        }
+    }
+
+    async fn flush(&mut self, batch: AppendBatch, checkpoint: bool) -> Result<(), LogError> {
+        let n = batch.len() as u64;
+        self.rows.publish(&self.metrics);
+        self.metrics.source_change_time(self.rows.commit_time_ms);
+        if n > 0 {
+            let counts: Vec<usize> = batch.partitions.iter().map(Vec::len).collect();
+            let began = Instant::now();
+            // Errors are counted and reported by the daemon, which decides what they mean.
+            self.log.append(batch).await?;
+            self.metrics
+                .appended(&counts, |p| self.log.end_offset(p), began.elapsed());
+            Stats::add(&self.stats.appended, n);
+        }
+        if let Some(position) = &self.position {
+            if self.published.as_ref() != Some(position) {
+                self.metrics.source_position(position, self.gtid);
+                self.published = Some(position.clone());
+            }
+        }
+        if checkpoint && self.position != self.stored {
+            if let Some(position) = self.position.clone() {
+                self.log.store_checkpoint(position.clone()).await?;
+                self.stats.set_checkpoint(position.to_string());
+                self.metrics.log_checkpoints.inc();
+                self.metrics.state.set_checkpoint(&position);
+                self.stored = Some(position);
+                self.stored_at = Instant::now();
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn append_loop<L: PartitionedLog>(
+    log: L,
+    mut rx: mpsc::Receiver<SourceEvent>,
+    start: Option<BinlogPosition>,
+    reset: bool,
+    cfg: IngestConfig,
+    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+) -> Result<(), IngestError> {
+    let partitions = log.partitions();
+    // After `rowlog source reset` what is re-read is wanted again: no de-duplication
+    // against what the log holds.
+    let last_ids = (0..partitions)
+        .map(|p| if reset { None } else { log.last_change(p) })
+        .collect();
+    let mut app = Appender {
+        log,
+        partitions,
+        last_ids,
+        position: start.clone(),
+        stored: start,
+        stored_at: Instant::now(),
+        stats,
+        metrics,
+        gtid: None,
+        rows: RowsRead::default(),
+        published: None,
+    };
+    loop {
+        let Some(first) = rx.recv().await else { break };
+        let mut batch = AppendBatch::new(partitions);
+        app.accept(first, &mut batch);
+        let mut taken = 1;
+        while taken < cfg.max_batch_changes {
+            match rx.try_recv() {
+                Ok(ev) => {
+                    app.accept(ev, &mut batch);
+                    taken += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        let checkpoint_due = app.stored_at.elapsed() >= cfg.checkpoint_interval;
+        app.flush(batch, checkpoint_due).await?;
+    }
+    // The reader is gone (shutdown): everything received is appended; store the final checkpoint.
+    app.flush(AppendBatch::new(partitions), true).await?;
+    info!(checkpoint = %app.stats.checkpoint(), "ingest stopped");
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! The stages' wiring: [`ingest`] moves changes from a source into the log, [`apply`]
+//! moves them from each log partition into a sink. [`partitioner`] decides where a key
+//! goes in both.
+
+pub mod apply;
+pub mod backoff;
+pub mod dead_letter;
+pub mod ingest;
+pub mod partitioner;
+mod stats;
+
+pub use stats::Stats;

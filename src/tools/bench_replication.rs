@@ -1,0 +1,453 @@
+//! `rowlog bench replication`: rowlog against MariaDB's own replication and against the
+//! destination's raw upsert capacity, on private servers started for the run.
+//!
+//! For each workload shape — *bulk* (transactions of 1,000 rows) and *oltp* (single-row
+//! transactions from 4 clients: index updates, non-index updates, delete + insert) —
+//! the same binlog stretch is applied three ways, each timed from empty:
+//! (a) raw: the final rows upserted into a fresh server, 1,000-row prepared
+//!     `INSERT … ON DUPLICATE KEY UPDATE` from 4 connections;
+//! (b) native: a fresh MariaDB replica (`CHANGE MASTER TO` the stretch's start,
+//!     default settings) until it has executed the stretch's end;
+//! (c) rowlog: the pipeline, from the stretch's start, until every change is applied.
+//! Then (d) end-to-end lag: single-row inserts at half of rowlog's measured oltp rate
+//! for a few seconds, each row's source `NOW(6)` against the destination's insert time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row};
+
+use crate::config::Config;
+use crate::pipeline::Stats;
+use crate::shutdown;
+use crate::testkit::{MariaDb, ServerOptions};
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+pub struct BenchOptions {
+    pub bulk_rows: u64,
+    pub oltp_txns: u64,
+    pub lag_secs: u64,
+    pub partitions: u32,
+    pub workers: u32,
+}
+
+const TABLE: &str =
+    "CREATE TABLE bench.t (id BIGINT PRIMARY KEY, k INT NOT NULL, c CHAR(120) NOT NULL, \
+                     pad CHAR(60) NOT NULL, KEY k (k))";
+
+fn vm_hwm_mib() -> u64 {
+    crate::report::proc_status_kib("self", "VmHWM:") / 1024
+}
+
+async fn master_status(c: &mut Conn) -> BenchResult<(String, u64)> {
+    let row: Row = c
+        .query_first("SHOW MASTER STATUS")
+        .await?
+        .ok_or("no binlog on the source")?;
+    Ok((row.get(0).ok_or("file")?, row.get(1).ok_or("position")?))
+}
+
+/// Writes the shape's workload on the source; returns the row changes it made.
+async fn workload(src: &MariaDb, shape: &str, opts: &BenchOptions) -> BenchResult<u64> {
+    let mut c = src.conn().await?;
+    let mut changes = 0;
+    if shape == "bulk" {
+        for chunk in 0..opts.bulk_rows / 1000 {
+            let lo = chunk * 1000 + 1;
+            c.query_drop(format!(
+                "INSERT INTO bench.t SELECT seq, seq % 1000, REPEAT(CHAR(65 + seq % 26), 120), REPEAT('p', 60) FROM bench.seq_{lo}_to_{}",
+                lo + 999
+            ))
+            .await?;
+            changes += c.affected_rows();
+        }
+        for chunk in 0..opts.bulk_rows / 2000 {
+            let lo = chunk * 1000 + 1;
+            c.query_drop(format!(
+                "UPDATE bench.t SET k = k + 1 WHERE id BETWEEN {lo} AND {}",
+                lo + 999
+            ))
+            .await?;
+            changes += c.affected_rows();
+        }
+        return Ok(changes);
+    }
+    let clients = 4u64;
+    let per_client = opts.oltp_txns / clients;
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let opts_url = src.opts();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::new(opts_url).await?;
+            let mut changes = 0u64;
+            for i in 0..per_client {
+                let id = (i * 7919 + client * 104_729) % 20_000 + 1;
+                match i % 4 {
+                    0 => {
+                        c.exec_drop("UPDATE bench.t SET k = k + 1 WHERE id = ?", (id,))
+                            .await?
+                    }
+                    1 => {
+                        c.exec_drop(
+                            "UPDATE bench.t SET c = REPEAT(CHAR(65 + ? % 26), 120) WHERE id = ?",
+                            (i, id),
+                        )
+                        .await?
+                    }
+                    _ => {
+                        let mut tx = c.start_transaction(Default::default()).await?;
+                        tx.exec_drop("DELETE FROM bench.t WHERE id = ?", (id,))
+                            .await?;
+                        changes += tx.affected_rows();
+                        tx.exec_drop(
+                            "INSERT INTO bench.t VALUES (?, ?, REPEAT('x', 120), REPEAT('p', 60))",
+                            (id, i % 1000),
+                        )
+                        .await?;
+                        changes += tx.affected_rows();
+                        tx.commit().await?;
+                        continue;
+                    }
+                }
+                changes += c.affected_rows();
+            }
+            Ok::<u64, mysql_async::Error>(changes)
+        }));
+    }
+    for t in tasks {
+        changes += t.await??;
+    }
+    Ok(changes)
+}
+
+/// Upserts the source's final rows into `dst` from 4 connections, 1,000 rows a statement.
+async fn raw_upsert(src: &MariaDb, dst: &MariaDb) -> BenchResult<(u64, f64)> {
+    let mut c = src.conn().await?;
+    let rows: Vec<(i64, i32, String, String)> =
+        c.query("SELECT id, k, c, pad FROM bench.t").await?;
+    let n = rows.len() as u64;
+    let rows = Arc::new(rows);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for part in 0..4usize {
+        let (rows, opts) = (rows.clone(), dst.opts());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::new(opts).await?;
+            let mine: Vec<&(i64, i32, String, String)> = rows.iter().skip(part).step_by(4).collect();
+            for chunk in mine.chunks(1000) {
+                let sql = format!(
+                    "INSERT INTO bench.t VALUES {} ON DUPLICATE KEY UPDATE k = VALUES(k), c = VALUES(c), pad = VALUES(pad)",
+                    vec!["(?,?,?,?)"; chunk.len()].join(",")
+                );
+                let params: Vec<mysql_async::Value> =
+                    chunk.iter().flat_map(|(id, k, cc, pad)| [(*id).into(), (*k).into(), cc.as_str().into(), pad.as_str().into()]).collect();
+                c.exec_drop(sql, params).await?;
+            }
+            Ok::<(), mysql_async::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok((n, started.elapsed().as_secs_f64()))
+}
+
+async fn native(
+    src: &MariaDb,
+    replica: &MariaDb,
+    from: &(String, u64),
+    to: &(String, u64),
+) -> BenchResult<f64> {
+    let mut r = replica.conn().await?;
+    r.query_drop(format!(
+        "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='root', MASTER_PASSWORD='', \
+         MASTER_LOG_FILE='{}', MASTER_LOG_POS={}",
+        src.port, from.0, from.1
+    ))
+    .await?;
+    let started = Instant::now();
+    r.query_drop("START SLAVE").await?;
+    loop {
+        let row: Row = r
+            .query_first("SHOW SLAVE STATUS")
+            .await?
+            .ok_or("replica has no status")?;
+        let file: String = row.get("Relay_Master_Log_File").unwrap_or_default();
+        let pos: u64 = row.get("Exec_Master_Log_Pos").unwrap_or(0);
+        let sql_error: String = row.get("Last_SQL_Error").unwrap_or_default();
+        if !sql_error.is_empty() {
+            return Err(format!("native replica failed: {sql_error}").into());
+        }
+        if file == to.0 && pos >= to.1 {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            return Err("native replica did not catch up in 30 minutes".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn rowlog_config(
+    src: &MariaDb,
+    dst: &MariaDb,
+    from: &(String, u64),
+    dir: &std::path::Path,
+    opts: &BenchOptions,
+) -> BenchResult<Config> {
+    let path = dir.join("bench.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"bench\"\n[source]\nurl = \"{}\"\nstart = \"{}:{}\"\nserver_id = 4280777\n\
+             [log]\ndir = \"{}\"\npartitions = {}\n[sink]\nurl = \"{}\"\nworkers = {}\n",
+            src.url(),
+            from.0,
+            from.1,
+            dir.join("log").display(),
+            opts.partitions,
+            dst.url(),
+            opts.workers
+        ),
+    )?;
+    Ok(Config::load_with_env(&path, Default::default())?)
+}
+
+async fn checksum(s: &MariaDb, table: &str) -> BenchResult<Option<i64>> {
+    let row: Option<(String, Option<i64>)> = s
+        .conn()
+        .await?
+        .query_first(format!("CHECKSUM TABLE {table}"))
+        .await?;
+    Ok(row.and_then(|(_, c)| c))
+}
+
+struct ShapeResult {
+    shape: &'static str,
+    changes: u64,
+    raw: f64,
+    native: f64,
+    rowlog: f64,
+}
+
+async fn shape(
+    name: &'static str,
+    opts: &BenchOptions,
+    lag: bool,
+) -> BenchResult<(ShapeResult, Option<(f64, f64, f64)>)> {
+    let (src, native_dst, rowlog_dst, raw_dst) = tokio::join!(
+        MariaDb::start(ServerOptions::source(1)),
+        MariaDb::start(ServerOptions::destination(2)),
+        MariaDb::start(ServerOptions::destination(3)),
+        MariaDb::start(ServerOptions::destination(4)),
+    );
+    let (src, native_dst, rowlog_dst, raw_dst) = (src?, native_dst?, rowlog_dst?, raw_dst?);
+    let prepare = ["CREATE DATABASE bench", TABLE];
+    for s in [&src, &native_dst, &rowlog_dst, &raw_dst] {
+        s.exec(&prepare).await?;
+    }
+    if name == "oltp" {
+        // The same 20,000 starting rows everywhere, written outside the measured stretch.
+        let fill = "INSERT INTO bench.t SELECT seq, seq % 1000, REPEAT('s', 120), REPEAT('p', 60) FROM bench.seq_1_to_20000";
+        for s in [&native_dst, &rowlog_dst] {
+            s.exec(&[fill]).await?;
+        }
+        src.exec(&["SET sql_log_bin = 0", fill]).await?;
+    }
+    // The source's own durability is not what is measured: let it write fast.
+    src.exec(&[
+        "SET GLOBAL innodb_flush_log_at_trx_commit = 0",
+        "SET GLOBAL sync_binlog = 0",
+    ])
+    .await?;
+    let from = master_status(&mut src.conn().await?).await?;
+    println!("[{name}] writing the workload on the source…");
+    let changes = workload(&src, name, opts).await?;
+    let to = master_status(&mut src.conn().await?).await?;
+    println!(
+        "[{name}] {changes} row changes, binlog {}:{} → {}:{}",
+        from.0, from.1, to.0, to.1
+    );
+
+    let (raw_rows, raw_secs) = raw_upsert(&src, &raw_dst).await?;
+    let raw = raw_rows as f64 / raw_secs;
+    println!(
+        "[{name}] (a) raw upsert capacity: {raw_rows} rows in {raw_secs:.2} s = {raw:.0} rows/s"
+    );
+
+    let native_secs = native(&src, &native_dst, &from, &to).await?;
+    let native = changes as f64 / native_secs;
+    println!("[{name}] (b) native replication: {native_secs:.2} s = {native:.0} row changes/s");
+
+    let dir = std::env::temp_dir().join(format!("rowlog-bench-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let cfg = rowlog_config(&src, &rowlog_dst, &from, &dir, opts)?;
+    let (trigger, stop) = shutdown::channel();
+    let stats = Arc::new(Stats::default());
+    let started = Instant::now();
+    let pipeline = tokio::spawn(crate::daemon::run_with_stats(cfg, stop, stats.clone()));
+    while Stats::get(&stats.applied) < changes {
+        if pipeline.is_finished() {
+            return Err("rowlog stopped during the benchmark".into());
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            return Err("rowlog did not catch up in 30 minutes".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rowlog_secs = started.elapsed().as_secs_f64();
+    let rowlog_rate = changes as f64 / rowlog_secs;
+    let (a, b) = (
+        checksum(&src, "bench.t").await?,
+        checksum(&rowlog_dst, "bench.t").await?,
+    );
+    if a != b {
+        return Err(format!(
+            "[{name}] rowlog's destination differs from the source: CHECKSUM TABLE {a:?} vs {b:?}"
+        )
+        .into());
+    }
+    println!("[{name}] (c) rowlog: {rowlog_secs:.2} s = {rowlog_rate:.0} row changes/s (destination equal by CHECKSUM TABLE)");
+
+    let mut lag_result = None;
+    if lag {
+        lag_result = Some(measure_lag(&src, &rowlog_dst, rowlog_rate / 2.0, opts.lag_secs).await?);
+    }
+    trigger.trigger();
+    let _ = pipeline.await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((
+        ShapeResult {
+            shape: name,
+            changes,
+            raw,
+            native,
+            rowlog: rowlog_rate,
+        },
+        lag_result,
+    ))
+}
+
+/// Inserts rows at `rate` per second for `secs`, each stamped with the source's
+/// `NOW(6)`; the destination stamps its own insert time. Returns (achieved rate, p50 ms, p99 ms).
+async fn measure_lag(
+    src: &MariaDb,
+    dst: &MariaDb,
+    rate: f64,
+    secs: u64,
+) -> BenchResult<(f64, f64, f64)> {
+    src.exec(&["CREATE TABLE bench.lag (id BIGINT PRIMARY KEY, ts DATETIME(6) NOT NULL)"])
+        .await?;
+    dst.exec(&["CREATE TABLE bench.lag (id BIGINT PRIMARY KEY, ts DATETIME(6) NOT NULL, arrived DATETIME(6) NOT NULL DEFAULT NOW(6))"])
+        .await?;
+    let clients = 4u64;
+    let per_client = (rate / clients as f64).max(1.0);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let opts = src.opts();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::new(opts).await?;
+            let mut n = 0u64;
+            while started.elapsed().as_secs_f64() < secs as f64 {
+                // Pace: the n-th insert of this client is due at n / per_client seconds.
+                let due = Duration::from_secs_f64(n as f64 / per_client);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+                c.exec_drop(
+                    "INSERT INTO bench.lag VALUES (?, NOW(6))",
+                    (n * clients + client,),
+                )
+                .await?;
+                n += 1;
+            }
+            Ok::<u64, mysql_async::Error>(n)
+        }));
+    }
+    let mut written = 0;
+    for t in tasks {
+        written += t.await??;
+    }
+    let achieved = written as f64 / started.elapsed().as_secs_f64();
+    let mut d = dst.conn().await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: u64 = d
+            .query_first("SELECT COUNT(*) FROM bench.lag")
+            .await?
+            .unwrap_or(0);
+        if n >= written || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut lags: Vec<i64> = d
+        .query("SELECT TIMESTAMPDIFF(MICROSECOND, ts, arrived) FROM bench.lag")
+        .await?;
+    lags.sort_unstable();
+    if lags.len() as u64 != written {
+        return Err(format!("only {} of {written} lag rows arrived", lags.len()).into());
+    }
+    let pct = |p: f64| lags[((lags.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
+    Ok((achieved, pct(0.50), pct(0.99)))
+}
+
+pub async fn run(opts: BenchOptions) -> BenchResult<()> {
+    let (bulk, _) = shape("bulk", &opts, false).await?;
+    let (oltp, lag) = shape("oltp", &opts, opts.lag_secs > 0).await?;
+    println!();
+    println!(
+        "rowlog bench replication ({} partitions × {} workers, 2-core machine, same run):",
+        opts.partitions, opts.workers
+    );
+    println!(
+        "{:<6} {:>10} {:>14} {:>14} {:>14} {:>14} {:>14}",
+        "shape",
+        "changes",
+        "raw rows/s",
+        "native rows/s",
+        "rowlog rows/s",
+        "rowlog/native",
+        "rowlog/raw"
+    );
+    for r in [&bulk, &oltp] {
+        println!(
+            "{:<6} {:>10} {:>14.0} {:>14.0} {:>14.0} {:>14.2} {:>14.2}",
+            r.shape,
+            r.changes,
+            r.raw,
+            r.native,
+            r.rowlog,
+            r.rowlog / r.native,
+            r.rowlog / r.raw
+        );
+    }
+    if let Some((rate, p50, p99)) = lag {
+        println!("end-to-end lag at {rate:.0} rows/s (half of rowlog's oltp rate): p50 {p50:.1} ms, p99 {p99:.1} ms");
+    }
+    println!(
+        "peak RSS of this process (rowlog + bench clients): {} MiB",
+        vm_hwm_mib()
+    );
+    println!(
+        "targets: oltp rowlog/native >= 5: {}; bulk rowlog/native >= 1: {}; rowlog/raw >= 0.8: bulk {}, oltp {}; p99 lag < 500 ms: {}",
+        yes(oltp.rowlog / oltp.native >= 5.0),
+        yes(bulk.rowlog / bulk.native >= 1.0),
+        yes(bulk.rowlog / bulk.raw >= 0.8),
+        yes(oltp.rowlog / oltp.raw >= 0.8),
+        lag.map(|(_, _, p99)| yes(p99 < 500.0)).unwrap_or("not measured")
+    );
+    Ok(())
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "met"
+    } else {
+        "NOT met"
+    }
+}

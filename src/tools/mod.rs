@@ -1,0 +1,8 @@
+//! Commands for people, beside the daemon: they open the log read-only (no lock, no
+//! writes), so they work while `rowlog run` is writing and when it is stopped.
+
+pub mod bench_log;
+pub mod bench_replication;
+pub mod json;
+pub mod log_cmd;
+pub mod offsets;

@@ -1,0 +1,303 @@
+//! Shared harness for integration tests: a source and a destination MariaDB started
+//! fresh per test, a config pointing rowlog at them, and ways to run rowlog in-process
+//! or as the real `rowlog` binary.
+#![allow(dead_code)]
+
+pub mod http;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rowlog::config::Config;
+use rowlog::daemon;
+use rowlog::pipeline::Stats;
+use rowlog::shutdown::{self, ShutdownTrigger};
+use rowlog::testkit::{wait_until_equal, MariaDb, ServerOptions, TableDiff};
+use std::sync::Arc;
+
+pub struct Pair {
+    pub src: MariaDb,
+    pub dst: MariaDb,
+    pub dir: tempfile::TempDir,
+}
+
+impl Pair {
+    pub async fn start() -> Pair {
+        let (src, dst) = tokio::join!(
+            MariaDb::start(ServerOptions::source(1)),
+            MariaDb::start(ServerOptions::destination(2))
+        );
+        Pair {
+            src: src.expect("source server"),
+            dst: dst.expect("destination server"),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Runs the same DDL on both servers (rowlog replicates rows; tables exist on both).
+    pub async fn create(&self, statements: &[&str]) {
+        self.src.exec(statements).await.expect("DDL on source");
+        self.dst.exec(statements).await.expect("DDL on destination");
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("log")
+    }
+
+    pub fn config(&self, workers: u32, partitions: u32) -> Config {
+        let toml = self.config_toml(workers, partitions);
+        let path = self.dir.path().join("in-process.toml");
+        std::fs::write(&path, toml).unwrap();
+        Config::load_with_env(&path, Default::default()).expect("test config is valid")
+    }
+
+    pub fn config_toml(&self, workers: u32, partitions: u32) -> String {
+        format!(
+            "name = \"test\"\n\
+             [source]\nurl = \"{}\"\nstart = \"earliest\"\nserver_id = 4001\n\
+             [log]\ndir = \"{}\"\npartitions = {partitions}\n\
+             [sink]\nurl = \"{}\"\nworkers = {workers}\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n",
+            self.src.url(),
+            self.log_dir().display(),
+            self.dst.url()
+        )
+    }
+
+    pub fn write_config(&self, workers: u32, partitions: u32) -> PathBuf {
+        let path = self.dir.path().join("rowlog.toml");
+        std::fs::write(&path, self.config_toml(workers, partitions)).unwrap();
+        path
+    }
+
+    /// Waits until every table is equal on both servers and asserts it, row by row.
+    pub async fn assert_converges(
+        &self,
+        tables: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Vec<TableDiff> {
+        let mut s = self.src.conn().await.unwrap();
+        let mut d = self.dst.conn().await.unwrap();
+        let diffs = wait_until_equal(&mut s, &mut d, tables, timeout)
+            .await
+            .unwrap();
+        for diff in &diffs {
+            assert!(
+                diff.is_equal(),
+                "{} differs after {:?}: {:#?}",
+                diff.table,
+                timeout,
+                diff
+            );
+            assert!(
+                diff.checksums.0.is_some(),
+                "CHECKSUM TABLE returned nothing for {}",
+                diff.table
+            );
+        }
+        diffs
+    }
+}
+
+/// rowlog running in this process, stopped cleanly by [`InProcess::stop`].
+pub struct InProcess {
+    trigger: ShutdownTrigger,
+    handle: tokio::task::JoinHandle<Result<Arc<Stats>, daemon::DaemonError>>,
+    /// The running pipeline's counters, to poll while it runs.
+    pub stats: Arc<Stats>,
+}
+
+impl InProcess {
+    pub fn start(cfg: Config) -> Self {
+        let (trigger, shutdown) = shutdown::channel();
+        let stats = Arc::new(Stats::default());
+        let handle = tokio::spawn(daemon::run_with_stats(cfg, shutdown, stats.clone()));
+        Self {
+            trigger,
+            handle,
+            stats,
+        }
+    }
+
+    /// Stops and returns how the pipeline ended.
+    pub async fn stop_result(self) -> Result<Arc<Stats>, daemon::DaemonError> {
+        self.trigger.trigger();
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("rowlog did not stop within 60 s")
+            .expect("rowlog panicked")
+    }
+
+    pub async fn stop(self) -> Arc<Stats> {
+        self.trigger.trigger();
+        match tokio::time::timeout(Duration::from_secs(60), self.handle).await {
+            Ok(Ok(Ok(stats))) => stats,
+            Ok(Ok(Err(e))) => panic!("rowlog failed: {}", rowlog::report::error_chain(&e)),
+            Ok(Err(e)) => panic!("rowlog panicked: {e}"),
+            Err(_) => panic!("rowlog did not stop within 60 s"),
+        }
+    }
+}
+
+/// The real `rowlog` binary as a child process.
+pub struct Daemon {
+    child: Child,
+    pub log_path: PathBuf,
+}
+
+impl Daemon {
+    pub fn spawn(config: &Path, log_path: PathBuf) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_rowlog"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn rowlog");
+        Self { child, log_path }
+    }
+
+    /// SIGKILL: no draining, no final commit — a crash.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..600 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        panic!(
+            "rowlog did not exit within 60 s of SIGTERM; log:\n{}",
+            self.log()
+        )
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Log tests: a two-column table schema and its changes, without any server.
+pub mod records {
+    use std::sync::Arc;
+
+    use rowlog::log::{AppendBatch, EmbeddedLog, LogError, PartitionReader, PartitionedLog};
+    use rowlog_api::{
+        BinlogPosition, ChangeEvent, ChangeId, Column, ColumnType, Op, SourceMeta, TableName,
+        TableSchema, Value,
+    };
+
+    pub fn table() -> Arc<TableSchema> {
+        let col = |name: &str, ty| Column {
+            name: name.into(),
+            ty,
+            unsigned: false,
+            charset: Some(45),
+            nullable: true,
+        };
+        Arc::new(TableSchema {
+            name: TableName::new("app", "t"),
+            columns: vec![
+                col("id", ColumnType::BigInt),
+                col("payload", ColumnType::Blob),
+            ],
+            primary_key: vec![0],
+            unique_keys: vec![],
+        })
+    }
+
+    /// Change number `i`: a ~200-byte record whose commit time is `time_ms`.
+    pub fn change_at(
+        t: &Arc<TableSchema>,
+        i: u64,
+        payload_len: usize,
+        time_ms: u64,
+    ) -> ChangeEvent {
+        let pos: BinlogPosition = format!("binlog.000001:{}", 1000 + i * 100).parse().unwrap();
+        ChangeEvent {
+            table: t.clone(),
+            op: Op::Insert,
+            before: None,
+            after: Some(vec![
+                Value::Int(i as i64),
+                Value::Bytes(vec![(i % 251) as u8; payload_len]),
+            ]),
+            source: SourceMeta {
+                id: ChangeId {
+                    event: pos.clone(),
+                    index: 0,
+                },
+                txn_start: pos,
+                gtid: None,
+                commit_time_ms: time_ms,
+            },
+        }
+    }
+
+    pub fn change(t: &Arc<TableSchema>, i: u64) -> ChangeEvent {
+        change_at(t, i, 150, 1_700_000_000_000 + i)
+    }
+
+    pub async fn append(
+        log: &EmbeddedLog,
+        partition: u32,
+        changes: Vec<ChangeEvent>,
+    ) -> Result<(), LogError> {
+        let mut batch = AppendBatch::new(log.partitions());
+        batch.partitions[partition as usize] = changes;
+        log.append(batch).await
+    }
+
+    /// Every durable record of `partition` from `from`, in order.
+    pub async fn read_from(
+        log: &EmbeddedLog,
+        partition: u32,
+        from: u64,
+    ) -> Result<Vec<(u64, ChangeEvent)>, LogError> {
+        let end = log.end_offset(partition);
+        let mut r = log.reader(partition, from).await?;
+        let mut out = Vec::new();
+        while from + (out.len() as u64) < end {
+            out.extend(
+                r.next_batch(1000)
+                    .await?
+                    .into_iter()
+                    .map(|rec| (rec.offset, rec.change)),
+            );
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,337 @@
+//! The embedded log as a storage engine: seeks by offset and time through the index,
+//! group commit, the fsync policies, retention that respects consumers, and a full
+//! disk that fails appends cleanly and recovers when space returns.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::records::{append, change, change_at, read_from, table};
+use rowlog::log::{verify, EmbeddedLog, FsyncPolicy, LogError, PartitionedLog, Retention};
+
+#[tokio::test]
+async fn any_offset_and_any_time_is_found_through_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = table();
+    let log = EmbeddedLog::open(dir.path(), 1, 64 << 10).unwrap();
+    // 20,000 records of ~200 bytes over ~60 segments; commit times rise 10 ms apart.
+    for chunk in 0..20u64 {
+        let batch = (chunk * 1000..chunk * 1000 + 1000)
+            .map(|i| change_at(&t, i, 150, 1_000_000 + i * 10))
+            .collect();
+        append(&log, 0, batch).await.unwrap();
+    }
+    assert!(log.segments(0).unwrap().len() > 50, "segments rolled");
+    for from in [0u64, 1, 4095, 4096, 10_001, 19_999] {
+        let got = read_from(&log, 0, from).await.unwrap();
+        assert_eq!(got.len() as u64, 20_000 - from);
+        assert_eq!(got[0].0, from);
+        assert_eq!(got[0].1, change_at(&t, from, 150, 1_000_000 + from * 10));
+    }
+    for (time, expected) in [
+        (0, 0),
+        (1_000_000, 0),
+        (1_000_005, 1),
+        (1_100_000, 10_000),
+        (1_199_990, 19_999),
+        (9_999_999, 20_000),
+    ] {
+        assert_eq!(
+            log.offset_for_time(0, time).unwrap(),
+            expected,
+            "first record at or after {time}"
+        );
+    }
+    let report = verify(&log).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.records, 20_000);
+}
+
+#[tokio::test]
+async fn a_missing_or_damaged_index_is_rebuilt_from_its_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = table();
+    {
+        let log = EmbeddedLog::open(dir.path(), 1, 64 << 10).unwrap();
+        append(&log, 0, (0..3000).map(|i| change(&t, i)).collect())
+            .await
+            .unwrap();
+    }
+    let part = dir.path().join("partitions/00000");
+    let first_index = part.join(format!("{:020}.index", 0));
+    std::fs::remove_file(&first_index).unwrap();
+    let second = std::fs::read_dir(&part)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "index"))
+        .min()
+        .unwrap();
+    std::fs::write(&second, b"garbage").unwrap();
+    let log = EmbeddedLog::open(dir.path(), 1, 64 << 10).unwrap();
+    let got = read_from(&log, 0, 2500).await.unwrap();
+    assert_eq!(got[0].1, change(&t, 2500));
+    // Reading into every segment uses (and so repairs) every index.
+    for base in log.segments(0).unwrap() {
+        let got = read_from(&log, 0, base + 1).await.unwrap();
+        assert_eq!(got[0].1, change(&t, base + 1));
+    }
+    assert!(first_index.exists(), "the index was written again");
+    assert!(verify(&log).unwrap().problems.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = table();
+    let log = EmbeddedLog::open(dir.path(), 1, 1 << 30).unwrap();
+    let mut tasks = Vec::new();
+    for writer in 0..8u64 {
+        let (log, t) = (log.clone(), t.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                append(&log, 0, vec![change(&t, writer * 1000 + i)])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let got = read_from(&log, 0, 0).await.unwrap();
+    assert_eq!(got.len(), 400, "every acknowledged append is there");
+    for writer in 0..8u64 {
+        let mine: Vec<u64> = got
+            .iter()
+            .map(|(_, c)| c.source.id.event.pos)
+            .filter(|p| (p - 1000) / 100 / 1000 == writer)
+            .collect();
+        assert!(
+            mine.windows(2).all(|w| w[0] < w[1]),
+            "each writer's appends keep their order"
+        );
+    }
+    let fsyncs = log.fsyncs(0);
+    assert!(
+        fsyncs < 400,
+        "400 appends took {fsyncs} fsyncs: concurrent appends were not grouped"
+    );
+}
+
+#[tokio::test]
+async fn the_interval_policy_shows_readers_and_checkpoints_only_synced_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = table();
+    let log = EmbeddedLog::open_with(
+        dir.path(),
+        2,
+        1 << 20,
+        FsyncPolicy::Interval(Duration::from_millis(300)),
+    )
+    .unwrap();
+    append(&log, 1, (0..10).map(|i| change(&t, i)).collect())
+        .await
+        .unwrap();
+    assert_eq!(log.end_offset(1), 0, "not yet synced: invisible to readers");
+    // Storing a checkpoint waits for (and forces) durability of what it covers.
+    log.store_checkpoint("binlog.000001:99999".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(log.end_offset(1), 10);
+    assert_eq!(log.checkpoint().await.unwrap().unwrap().ends, vec![0, 10]);
+    append(&log, 1, (10..20).map(|i| change(&t, i)).collect())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while log.end_offset(1) < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flusher never synced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(read_from(&log, 1, 0).await.unwrap().len(), 20);
+}
+
+#[tokio::test]
+async fn retention_by_size_never_removes_what_a_consumer_has_not_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = table();
+    let log = EmbeddedLog::open(dir.path(), 1, 64 << 10).unwrap();
+    append(&log, 0, (0..5000).map(|i| change(&t, i)).collect())
+        .await
+        .unwrap();
+    log.commit("sink", 0, 1200).await.unwrap();
+    let policy = Retention {
+        max_bytes: 200 << 10,
+        max_age: Duration::ZERO,
+        force: false,
+    };
+    let removed = log.enforce_retention(policy, 0).await.unwrap();
+    assert!(removed.segments > 0);
+    let start = log.segments(0).unwrap()[0];
+    assert!(
+        start <= 1200,
+        "start {start} passed the consumer's committed offset"
+    );
+    assert_eq!(
+        read_from(&log, 0, 1200).await.unwrap()[0].1,
+        change(&t, 1200)
+    );
+
+    // Once the consumer has committed everything, size alone decides.
+    log.commit("sink", 0, 5000).await.unwrap();
+    log.enforce_retention(policy, 0).await.unwrap();
+    let info = &log.info().await.unwrap()[0];
+    assert!(
+        info.bytes <= (200 << 10) + (64 << 10),
+        "{} bytes kept",
+        info.bytes
+    );
+    assert_eq!(info.end, 5000);
+    assert!(matches!(
+        log.reader(0, 0).await,
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+}
+
+#[tokio::test]
+async fn retention_by_age_and_forced_retention_makes_lagging_consumers_fail_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = table();
+    let log = EmbeddedLog::open(dir.path(), 1, 64 << 10).unwrap();
+    // Old records, then new ones.
+    append(
+        &log,
+        0,
+        (0..2000).map(|i| change_at(&t, i, 150, 1_000)).collect(),
+    )
+    .await
+    .unwrap();
+    append(
+        &log,
+        0,
+        (2000..4000)
+            .map(|i| change_at(&t, i, 150, 1_000_000))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    log.commit("slow", 0, 0).await.unwrap();
+    let by_age = Retention {
+        max_bytes: 0,
+        max_age: Duration::from_secs(100),
+        force: false,
+    };
+    assert_eq!(
+        log.enforce_retention(by_age, 1_000_000)
+            .await
+            .unwrap()
+            .segments,
+        0,
+        "the consumer holds everything back"
+    );
+    let forced = Retention {
+        force: true,
+        ..by_age
+    };
+    assert!(
+        log.enforce_retention(forced, 1_000_000)
+            .await
+            .unwrap()
+            .segments
+            > 0
+    );
+    let start = log.segments(0).unwrap()[0];
+    assert!(
+        start > 0 && start <= 2000,
+        "only old segments went (start {start})"
+    );
+    match log.reader(0, 0).await {
+        Err(e @ LogError::OffsetOutOfRange { .. }) => {
+            assert!(e.to_string().contains("out of range"), "{e}")
+        }
+        Err(e) => panic!("unexpected {e}"),
+        Ok(_) => panic!("a consumer behind retention must get an error, not skip"),
+    }
+}
+
+/// A real full disk: a 2 MiB tmpfs.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn mount(bytes: u64) -> SmallFs {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (CI runs as root)"
+        );
+        SmallFs { dir }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_appends_cleanly_and_the_log_resumes_when_space_returns() {
+    let fs = SmallFs::mount(2 << 20);
+    let dir = fs.dir.path().join("log");
+    let filler = fs.dir.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 1 << 20]).unwrap();
+    let t = table();
+    let log = EmbeddedLog::open(&dir, 1, 256 << 10).unwrap();
+    let mut acknowledged = 0u64;
+    let err = loop {
+        let batch = (acknowledged..acknowledged + 100)
+            .map(|i| change(&t, i))
+            .collect();
+        match append(&log, 0, batch).await {
+            Ok(()) => acknowledged += 100,
+            Err(e) => break e,
+        }
+        assert!(acknowledged < 100_000, "the disk never filled");
+    };
+    let msg = rowlog::report::error_chain(&err);
+    assert!(
+        msg.contains("No space left on device") && msg.contains(&dir.display().to_string()),
+        "{msg}"
+    );
+    // Nothing acknowledged is damaged, nothing unacknowledged is visible.
+    assert_eq!(log.end_offset(0), acknowledged);
+    let got = read_from(&log, 0, 0).await.unwrap();
+    assert_eq!(got.len() as u64, acknowledged);
+    assert_eq!(got.last().unwrap().1, change(&t, acknowledged - 1));
+    assert!(verify(&log).unwrap().problems.is_empty());
+
+    // Space returns: the same open log takes appends again.
+    std::fs::remove_file(&filler).unwrap();
+    append(
+        &log,
+        0,
+        (acknowledged..acknowledged + 100)
+            .map(|i| change(&t, i))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    drop(log);
+    let log = EmbeddedLog::open(&dir, 1, 256 << 10).unwrap();
+    let got = read_from(&log, 0, 0).await.unwrap();
+    assert_eq!(got.len() as u64, acknowledged + 100);
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, (o, c))| *o == i as u64 && *c == change(&t, i as u64)));
+}

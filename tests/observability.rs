@@ -1,0 +1,466 @@
+//! The operations surface against real servers: `/metrics`, `/healthz`, `/readyz` and
+//! `/status` of a rowlog replicating a real MariaDB pair; a destination that blocks
+//! (stalled, with the failing key), one that rejects a change (halted, with the
+//! rejected change), a source that goes away, and the real binary's port.
+//! The dashboards and alert rules are checked in `tests/dashboards.rs`.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::http::{config_with_http, free_port, get, poll, scrape, Scrape};
+use common::{InProcess, Pair};
+use mysql_async::prelude::Queryable;
+
+const TABLE: &str = "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_report_offsets_rows_lag_and_readiness_of_a_running_pipeline() {
+    let pair = Pair::start().await;
+    pair.create(&["CREATE DATABASE app", TABLE]).await;
+    let (cfg, addr) = config_with_http(&pair, 2, 4);
+    let rowlog = InProcess::start(cfg);
+
+    let health = poll("/healthz", Duration::from_secs(30), || async {
+        get(&addr, "/healthz").await
+    })
+    .await;
+    assert_eq!(health.0, 200);
+
+    let mut c = pair.src.conn().await.unwrap();
+    c.query_drop("INSERT INTO app.t SELECT seq, seq FROM app.seq_1_to_3000")
+        .await
+        .unwrap();
+    c.query_drop("UPDATE app.t SET v = v + 1 WHERE id <= 1000")
+        .await
+        .unwrap();
+    c.query_drop("DELETE FROM app.t WHERE id > 2500")
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+
+    // Rows applied, by table and operation, equal rows written; every partition's
+    // watermark reaches its end.
+    let m = poll(
+        "all 4500 changes applied and committed",
+        Duration::from_secs(30),
+        || async {
+            let m = scrape(&addr).await;
+            // The sampler measures log files every few seconds.
+            // …and copies the log's fsync counts every second.
+            let sized = (0..4).all(|p| {
+                m.get("rowlog_log_size_bytes", &[("partition", &p.to_string())]) > 0.0
+                    && m.get("rowlog_log_fsyncs_total", &[("partition", &p.to_string())]) >= 1.0
+            });
+            (m.sum("rowlog_sink_rows_applied_total", &[]) == Some(4500.0)
+                && m.get("rowlog_sink_lag_records", &[]) == 0.0
+                && sized)
+                .then_some(m)
+        },
+    )
+    .await;
+    for (op, n) in [("insert", 3000.0), ("update", 1000.0), ("delete", 500.0)] {
+        let labels = [("table", "app.t"), ("op", op)];
+        assert_eq!(m.get("rowlog_source_rows_total", &labels), n, "{op} read");
+        assert_eq!(
+            m.get("rowlog_sink_rows_applied_total", &labels),
+            n,
+            "{op} applied"
+        );
+    }
+    assert_eq!(m.get("rowlog_log_appended_records_total", &[]), 4500.0);
+    assert_eq!(m.get("rowlog_log_end_offset", &[]), 4500.0);
+    assert_eq!(m.get("rowlog_sink_committed_offset", &[]), 4500.0);
+    assert_eq!(m.get("rowlog_end_to_end_lag_seconds_count", &[]), 4500.0);
+    assert_eq!(m.get("rowlog_sink_batch_rows_sum", &[]), 4500.0);
+    for p in 0..4 {
+        let p = p.to_string();
+        assert!(m.get("rowlog_log_fsyncs_total", &[("partition", &p)]) >= 1.0);
+        assert!(m.get("rowlog_log_segments", &[("partition", &p)]) >= 1.0);
+        assert!(m.get("rowlog_log_size_bytes", &[("partition", &p)]) > 0.0);
+    }
+    assert!(m.get("rowlog_log_append_duration_seconds_count", &[]) >= 1.0);
+    assert!(m.get("rowlog_sink_apply_duration_seconds_count", &[]) >= 1.0);
+    assert_eq!(m.get("rowlog_source_connected", &[]), 1.0);
+    assert_eq!(m.get("rowlog_sink_partitions_applying", &[]), 4.0);
+    assert_eq!(m.get("rowlog_pipeline_halted", &[]), 0.0);
+    assert_eq!(m.get("rowlog_pipeline_stalled", &[]), 0.0);
+    assert_eq!(m.get("rowlog_errors_total", &[]), 0.0);
+    assert_eq!(m.get("rowlog_sink_retries_total", &[]), 0.0);
+    assert!(m.get("rowlog_source_position_info", &[]) > 0.0);
+    assert!(
+        m.get("rowlog_source_gtid_sequence", &[]) >= 3.0,
+        "three transactions"
+    );
+    assert!(m.get("rowlog_process_resident_memory_bytes", &[]) > 1e6);
+    assert!(m.get("rowlog_process_open_fds", &[]) > 3.0);
+    assert!(m.get("rowlog_process_uptime_seconds", &[]) > 0.0);
+    assert_eq!(m.get("rowlog_build_info", &[]), 1.0);
+    let lag_sum = m.get("rowlog_end_to_end_lag_seconds_sum", &[]);
+    assert!(
+        lag_sum / 4500.0 < 30.0,
+        "mean end-to-end lag {} s",
+        lag_sum / 4500.0
+    );
+
+    // Idle: heartbeats keep the source lag near zero instead of freezing it at the age
+    // of the last transaction.
+    let beats = m.get("rowlog_source_events_total", &[("kind", "heartbeat")]);
+    let idle = poll("two more heartbeats", Duration::from_secs(20), || async {
+        let m = scrape(&addr).await;
+        (m.get("rowlog_source_events_total", &[("kind", "heartbeat")]) >= beats + 2.0).then_some(m)
+    })
+    .await;
+    let lag = idle.get("rowlog_source_lag_seconds", &[]);
+    assert!((0.0..3.0).contains(&lag), "idle source lag {lag} s");
+
+    let (code, body) = poll("/readyz 200", Duration::from_secs(10), || async {
+        get(&addr, "/readyz").await.filter(|(c, _)| *c == 200)
+    })
+    .await;
+    assert_eq!(code, 200);
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["ready"], true);
+
+    let (code, body) = get(&addr, "/status").await.unwrap();
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["ready"], true, "{status:#}");
+    assert_eq!(status["halted"], false);
+    assert_eq!(status["name"], "test");
+    let parts = status["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 4);
+    let mut total = 0;
+    for p in parts {
+        assert_eq!(p["end_offset"], p["committed_offset"], "{p}");
+        assert_eq!(p["lag_records"], 0);
+        total += p["end_offset"].as_i64().unwrap();
+    }
+    assert_eq!(total, 4500);
+    assert_eq!(status["source"]["connected"], true);
+    let position = status["source"]["position"].as_str().unwrap();
+    assert!(
+        position.parse::<rowlog_api::BinlogPosition>().is_ok(),
+        "{position}"
+    );
+    assert!(
+        status["source"]["checkpoint"].as_str().is_some(),
+        "{status:#}"
+    );
+    assert!(status["source"]["gtid"].as_str().is_some(), "{status:#}");
+    assert!(status["last_error"].is_null(), "{status:#}");
+
+    let stats = rowlog.stop().await;
+    assert_eq!(rowlog::pipeline::Stats::get(&stats.applied), 4500);
+    // The port is closed once the daemon stopped.
+    assert!(get(&addr, "/healthz").await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_destination_shows_as_stalled_with_the_failing_key_and_recovers() {
+    let pair = Pair::start().await;
+    pair.create(&["CREATE DATABASE app", TABLE]).await;
+    // Sink sessions give up a row lock wait after 1 s (error 1205, retried).
+    pair.dst
+        .exec(&["SET GLOBAL innodb_lock_wait_timeout = 1"])
+        .await
+        .unwrap();
+    let (mut cfg, addr) = config_with_http(&pair, 1, 2);
+    cfg.http.stall_after_secs = 2;
+    let rowlog = InProcess::start(cfg);
+    let mut c = pair.src.conn().await.unwrap();
+    c.query_drop("INSERT INTO app.t SELECT seq, seq FROM app.seq_1_to_100")
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    poll("/readyz 200", Duration::from_secs(10), || async {
+        get(&addr, "/readyz").await.filter(|(c, _)| *c == 200)
+    })
+    .await;
+
+    // A destination transaction holds row 42; the source changes it.
+    let mut blocker = pair.dst.conn().await.unwrap();
+    blocker.query_drop("BEGIN").await.unwrap();
+    blocker
+        .query_drop("SELECT * FROM app.t WHERE id = 42 FOR UPDATE")
+        .await
+        .unwrap();
+    c.query_drop("UPDATE app.t SET v = -42 WHERE id = 42")
+        .await
+        .unwrap();
+
+    let (code, body) = poll("/readyz 503 (stalled)", Duration::from_secs(30), || async {
+        get(&addr, "/readyz").await.filter(|(c, _)| *c == 503)
+    })
+    .await;
+    assert_eq!(code, 503);
+    let reason: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(reason["ready"], false);
+    assert!(
+        reason["reason"].as_str().unwrap().contains("no progress"),
+        "{reason}"
+    );
+    let status = poll(
+        "the lock wait in /status",
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = get(&addr, "/status").await?;
+            let s: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (!s["last_error"].is_null()).then_some(s)
+        },
+    )
+    .await;
+    let err = &status["last_error"];
+    assert_eq!(status["stalled"], true, "{status:#}");
+    assert_eq!(err["stage"], "sink");
+    assert_eq!(err["retryable"], true);
+    assert_eq!(err["table"], "app.t");
+    assert_eq!(err["key"], "id=42");
+    assert!(err["source_position"].as_str().is_some(), "{err}");
+    assert!(err["offsets"].is_array(), "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("1205")
+            || err["message"].as_str().unwrap().contains("Lock wait"),
+        "{err}"
+    );
+    let m = scrape(&addr).await;
+    assert_eq!(m.get("rowlog_pipeline_stalled", &[]), 1.0);
+    assert!(m.get("rowlog_sink_retries_total", &[("kind", "apply")]) >= 1.0);
+    assert!(
+        m.get(
+            "rowlog_errors_total",
+            &[("stage", "sink"), ("kind", "retryable")]
+        ) >= 1.0
+    );
+    assert_eq!(m.get("rowlog_sink_lag_records", &[]), 1.0);
+
+    // Released: the change lands, the stall clears, the pipeline is ready again.
+    blocker.query_drop("ROLLBACK").await.unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    poll(
+        "/readyz 200 after the lock is released",
+        Duration::from_secs(30),
+        || async { get(&addr, "/readyz").await.filter(|(c, _)| *c == 200) },
+    )
+    .await;
+    let m = scrape(&addr).await;
+    assert_eq!(m.get("rowlog_pipeline_stalled", &[]), 0.0);
+    assert_eq!(m.get("rowlog_sink_lag_records", &[]), 0.0);
+    rowlog.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_destination_rejects_halts_naming_its_table_key_and_position() {
+    let pair = Pair::start().await;
+    pair.src
+        .exec(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.c (id INT PRIMARY KEY, v INT NOT NULL)",
+        ])
+        .await
+        .unwrap();
+    pair.dst
+        .exec(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.c (id INT PRIMARY KEY, v INT NOT NULL, CONSTRAINT small CHECK (v < 100))",
+        ])
+        .await
+        .unwrap();
+    // One partition, one worker: the rows go to the destination in one batch, in order.
+    let cfg = pair.config(1, 1);
+    let metrics = Arc::new(rowlog::metrics::Metrics::new(1, Duration::from_secs(60)));
+    let (trigger, shutdown) = rowlog::shutdown::channel();
+    let run = tokio::spawn(rowlog::daemon::run_with_metrics(
+        cfg,
+        shutdown,
+        metrics.clone(),
+    ));
+    let mut c = pair.src.conn().await.unwrap();
+    c.query_drop("INSERT INTO app.c SELECT seq, IF(seq = 7, 500, seq) FROM app.seq_1_to_20")
+        .await
+        .unwrap();
+
+    // The partition halts; the pipeline keeps running its other partitions (here
+    // none) until it is stopped, and then reports the halt as its result.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while metrics.pipeline_halted.get() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the partition never halted"
+        );
+        assert!(
+            !run.is_finished(),
+            "a halted partition must not stop the whole pipeline"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    trigger.trigger();
+    let result = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("rowlog stops when asked")
+        .expect("no panic");
+    let Err(err) = result else {
+        panic!("the pipeline should halt with an error")
+    };
+    assert!(
+        matches!(
+            err,
+            rowlog::daemon::DaemonError::Apply(rowlog::pipeline::apply::ApplyError::Sink { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(metrics.pipeline_halted.get(), 1);
+    assert_eq!(
+        metrics
+            .errors
+            .with_label_values(&["sink", "definite"])
+            .get(),
+        1
+    );
+    let report = metrics
+        .state
+        .last_error()
+        .expect("the error is kept for /status");
+    assert_eq!(report.stage, "sink");
+    assert!(!report.retryable);
+    assert_eq!(report.table.as_deref(), Some("app.c"));
+    assert_eq!(
+        report.key.as_deref(),
+        Some("id=7"),
+        "the rejected change, not the batch's first"
+    );
+    let (from, to) = report.offsets.expect("offsets");
+    assert_eq!(from, to, "one change: {report:?}");
+    assert_eq!(from, 6, "the 7th change of the partition");
+    assert!(report.source_position.is_some());
+    assert!(
+        report.message.contains("CONSTRAINT") || report.message.contains("4025"),
+        "{}",
+        report.message
+    );
+    // Changes before the rejected one are applied, none after it.
+    let mut d = pair.dst.conn().await.unwrap();
+    let ids: Vec<i32> = d.query("SELECT id FROM app.c ORDER BY id").await.unwrap();
+    assert_eq!(ids, (1..=6).collect::<Vec<_>>());
+    assert_eq!(metrics.sink_batch_rows.get_sample_sum(), 6.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_source_fails_readiness_and_its_lag_grows_until_it_returns() {
+    let mut pair = Pair::start().await;
+    pair.create(&["CREATE DATABASE app", TABLE]).await;
+    let (cfg, addr) = config_with_http(&pair, 1, 2);
+    let rowlog = InProcess::start(cfg);
+    let mut c = pair.src.conn().await.unwrap();
+    c.query_drop("INSERT INTO app.t VALUES (1, 1)")
+        .await
+        .unwrap();
+    drop(c);
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    poll("/readyz 200", Duration::from_secs(10), || async {
+        get(&addr, "/readyz").await.filter(|(c, _)| *c == 200)
+    })
+    .await;
+
+    // Blocking: waits for the server process to exit.
+    tokio::task::block_in_place(|| pair.src.stop());
+    let (_, body) = poll("/readyz 503", Duration::from_secs(30), || async {
+        get(&addr, "/readyz").await.filter(|(c, _)| *c == 503)
+    })
+    .await;
+    assert!(body.contains("source is not connected"), "{body}");
+    // Nothing is heard from the source, so its lag must grow, not freeze.
+    let m = poll("source lag above 3 s", Duration::from_secs(30), || async {
+        let m = scrape(&addr).await;
+        (m.get("rowlog_source_lag_seconds", &[]) > 3.0).then_some(m)
+    })
+    .await;
+    assert_eq!(m.get("rowlog_source_connected", &[]), 0.0);
+    assert!(m.get("rowlog_source_reconnects_total", &[]) >= 1.0);
+    assert!(
+        m.get(
+            "rowlog_errors_total",
+            &[("stage", "source"), ("kind", "retryable")]
+        ) >= 1.0
+    );
+    let (_, body) = get(&addr, "/status").await.unwrap();
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["source"]["connected"], false);
+    assert_eq!(status["last_error"]["stage"], "source", "{status:#}");
+
+    pair.src.restart().await.unwrap();
+    let mut c = pair.src.conn().await.unwrap();
+    c.query_drop("INSERT INTO app.t VALUES (2, 2)")
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    poll("/readyz 200 again", Duration::from_secs(30), || async {
+        get(&addr, "/readyz").await.filter(|(c, _)| *c == 200)
+    })
+    .await;
+    let m = poll(
+        "source lag back near 0",
+        Duration::from_secs(30),
+        || async {
+            let m = scrape(&addr).await;
+            (m.get("rowlog_source_lag_seconds", &[]) < 3.0).then_some(m)
+        },
+    )
+    .await;
+    assert_eq!(m.get("rowlog_source_connected", &[]), 1.0);
+    rowlog.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rowlog_binary_serves_the_port_from_its_config_and_closes_it_on_sigterm() {
+    let pair = Pair::start().await;
+    pair.create(&["CREATE DATABASE app", TABLE]).await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = pair.dir.path().join("binary.toml");
+    std::fs::write(
+        &config,
+        pair.config_toml(1, 2)
+            .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\"")),
+    )
+    .unwrap();
+    let daemon = common::Daemon::spawn(&config, pair.dir.path().join("rowlog.log"));
+    let mut c = pair.src.conn().await.unwrap();
+    c.query_drop("INSERT INTO app.t SELECT seq, seq FROM app.seq_1_to_500")
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    let m = poll(
+        "500 rows applied in /metrics",
+        Duration::from_secs(30),
+        || async {
+            let (code, body) = get(&addr, "/metrics").await?;
+            let m = Scrape::parse(&body);
+            (code == 200 && m.sum("rowlog_sink_rows_applied_total", &[]) == Some(500.0))
+                .then_some(m)
+        },
+    )
+    .await;
+    assert_eq!(
+        m.get(
+            "rowlog_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    assert_eq!(get(&addr, "/healthz").await.unwrap().0, 200);
+    let log = daemon.log();
+    let status = daemon.terminate();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(log.contains(&addr), "the bound address is logged:\n{log}");
+    assert!(
+        get(&addr, "/healthz").await.is_none(),
+        "the port is closed after exit"
+    );
+}
