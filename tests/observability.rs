@@ -87,8 +87,14 @@ async fn endpoints_report_offsets_rows_lag_and_readiness_of_a_running_pipeline()
     assert_eq!(m.get("rowlog_sink_partitions_applying", &[]), 4.0);
     assert_eq!(m.get("rowlog_pipeline_halted", &[]), 0.0);
     assert_eq!(m.get("rowlog_pipeline_stalled", &[]), 0.0);
-    assert_eq!(m.get("rowlog_errors_total", &[]), 0.0);
-    assert_eq!(m.get("rowlog_sink_retries_total", &[]), 0.0);
+    // No change was rejected. A loaded machine may see a transient error (a deadlock
+    // between workers, a slow connect); each such error is a retry, never a loss.
+    assert_eq!(m.get("rowlog_errors_total", &[("kind", "definite")]), 0.0);
+    let transient = m.get(
+        "rowlog_errors_total",
+        &[("stage", "sink"), ("kind", "retryable")],
+    );
+    assert_eq!(m.get("rowlog_sink_retries_total", &[]), transient);
     assert!(m.get("rowlog_source_position_info", &[]) > 0.0);
     assert!(
         m.get("rowlog_source_gtid_sequence", &[]) >= 3.0,
@@ -150,7 +156,11 @@ async fn endpoints_report_offsets_rows_lag_and_readiness_of_a_running_pipeline()
         "{status:#}"
     );
     assert!(status["source"]["gtid"].as_str().is_some(), "{status:#}");
-    assert!(status["last_error"].is_null(), "{status:#}");
+    if transient == 0.0 {
+        assert!(status["last_error"].is_null(), "{status:#}");
+    } else {
+        assert_eq!(status["last_error"]["retryable"], true, "{status:#}");
+    }
 
     let stats = rowlog.stop().await;
     assert_eq!(rowlog::pipeline::Stats::get(&stats.applied), 4500);

@@ -328,14 +328,21 @@ impl EmbeddedLog {
     /// writing, i.e. while the daemon is stopped.
     pub fn reset_source(&self, position: rowlog_api::BinlogPosition) -> Result<(), LogError> {
         let ends = self.inner.partitions.iter().map(|p| p.end()).collect();
-        self.write_checkpoint(&SourceCheckpoint { position, ends, reset: true })
+        self.write_checkpoint(&SourceCheckpoint {
+            position,
+            ends,
+            reset: true,
+        })
     }
 
     /// Replaces `source.checkpoint` atomically. Blocking.
     fn write_checkpoint(&self, cp: &SourceCheckpoint) -> Result<(), LogError> {
         let path = self.inner.dir.join("source.checkpoint");
-        let bytes = postcard::to_allocvec(cp)
-            .map_err(|e| LogError::Corrupt { path: path.clone(), byte: 0, detail: e.to_string() })?;
+        let bytes = postcard::to_allocvec(cp).map_err(|e| LogError::Corrupt {
+            path: path.clone(),
+            byte: 0,
+            detail: e.to_string(),
+        })?;
         atomic_file::write(&path, &bytes)
     }
 
@@ -639,7 +646,11 @@ impl PartitionedLog for EmbeddedLog {
                     source: std::io::Error::other(e.to_string()),
                 })??;
         }
-        let cp = SourceCheckpoint { position, ends, reset: false };
+        let cp = SourceCheckpoint {
+            position,
+            ends,
+            reset: false,
+        };
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.write_checkpoint(&cp))
             .await

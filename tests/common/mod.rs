@@ -100,6 +100,18 @@ impl Pair {
     }
 }
 
+/// Sends rowlog's warnings (retries, halts) to the test's captured output, so a failing
+/// test shows what the pipeline went through. `RUST_LOG` overrides the level.
+pub fn init_test_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Several tests of one binary may call this; the first wins.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 /// rowlog running in this process, stopped cleanly by [`InProcess::stop`].
 pub struct InProcess {
     trigger: ShutdownTrigger,
@@ -110,6 +122,7 @@ pub struct InProcess {
 
 impl InProcess {
     pub fn start(cfg: Config) -> Self {
+        init_test_logging();
         let (trigger, shutdown) = shutdown::channel();
         let stats = Arc::new(Stats::default());
         let handle = tokio::spawn(daemon::run_with_stats(cfg, shutdown, stats.clone()));
