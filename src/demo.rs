@@ -48,7 +48,20 @@ pub async fn run(changes: u64) -> anyhow::Result<()> {
     }
     let dir = std::env::temp_dir().join(format!("rowlog-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let source_toml = format!("url = \"{}\"\nstart = \"current\"", src.url());
+    // Start at the binlog's end as of now, read before the workload is written: the
+    // pipeline then sees every demo change however long it takes to attach.
+    let (file, pos): (String, u64) = src
+        .conn()
+        .await?
+        .query_first("SHOW MASTER STATUS")
+        .await?
+        .map(|row: mysql_async::Row| {
+            let file = row.get::<String, _>(0).unwrap_or_default();
+            let pos = row.get::<u64, _>(1).unwrap_or(4);
+            (file, pos)
+        })
+        .context("SHOW MASTER STATUS on the demo source returned no row (binlog off?)")?;
+    let source_toml = format!("url = \"{}\"\nstart = \"{file}:{pos}\"", src.url());
     let cfg = Config {
         name: "demo".into(),
         shutdown_timeout_secs: 30,
@@ -63,8 +76,6 @@ pub async fn run(changes: u64) -> anyhow::Result<()> {
     };
     let (trigger, stop) = shutdown::channel();
     let pipeline = tokio::spawn(crate::daemon::run(cfg, stop));
-    // Let the reader attach before writing, so "current" is before the workload.
-    tokio::time::sleep(Duration::from_secs(1)).await;
 
     println!("writing {changes} row changes on the source…");
     let started = Instant::now();

@@ -124,3 +124,25 @@ async fn an_unreachable_destination_fails_at_start_naming_it() {
         "{stderr}"
     );
 }
+
+/// The README's quick start: `rowlog demo` starts its own servers, replicates its
+/// workload and reports both tables equal (a smaller workload than the default).
+#[test]
+fn the_quick_start_demo_replicates_its_workload_and_reports_equal_tables() {
+    let out = rowlog(&["demo", "--changes", "3000"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("every row equal") && stdout.contains("demo done"),
+        "{stdout}"
+    );
+    // "read N changes, appended N …, applied N": the workload's every change went through.
+    let read: u64 = stdout
+        .split("read ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no change count in:\n{stdout}"));
+    assert!(read >= 3000, "the pipeline read {read} changes:\n{stdout}");
+}
