@@ -8,7 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::records::{append, change, change_at, read_from, table};
-use rowlog::log::{verify, EmbeddedLog, FsyncPolicy, LogError, PartitionedLog, Retention};
+use rowlog::log::{
+    verify, EmbeddedLog, FsyncPolicy, LogError, PartitionReader, PartitionedLog, Retention,
+};
 
 #[tokio::test]
 async fn any_offset_and_any_time_is_found_through_the_index() {
@@ -232,6 +234,10 @@ async fn retention_by_age_and_forced_retention_makes_lagging_consumers_fail_loud
         0,
         "the consumer holds everything back"
     );
+    // A consumer already reading from the start when forced retention runs.
+    let mut inflight = log.reader(0, 0).await.unwrap();
+    let first = inflight.next_batch(10).await.unwrap();
+    assert_eq!(first[0].offset, 0);
     let forced = Retention {
         force: true,
         ..by_age
@@ -254,6 +260,25 @@ async fn retention_by_age_and_forced_retention_makes_lagging_consumers_fail_loud
         }
         Err(e) => panic!("unexpected {e}"),
         Ok(_) => panic!("a consumer behind retention must get an error, not skip"),
+    }
+    // The in-flight consumer reads on (its open segment stays readable) in order, then
+    // gets "out of range" where the removed records were: never a jump past them.
+    let mut next = 10;
+    loop {
+        match inflight.next_batch(500).await {
+            Ok(batch) => {
+                for r in &batch {
+                    assert_eq!(r.offset, next, "records in order with no gap");
+                    next += 1;
+                }
+                assert!(next < start, "read past the removed records to {next}");
+            }
+            Err(e @ LogError::OffsetOutOfRange { .. }) => {
+                assert!(next < start, "{e}");
+                break;
+            }
+            Err(e) => panic!("an in-flight consumer behind forced retention got {e}"),
+        }
     }
 }
 

@@ -907,6 +907,16 @@ impl<P: PartitionAccess> Cursor<P> {
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 // The record is in the next segment, which must start exactly here.
                 let p = self.partition.part();
+                if self.next < p.start() {
+                    // Forced retention removed the segments ahead of this reader while
+                    // it read: a loud gap, never a silent skip to what remains.
+                    return Err(LogError::OffsetOutOfRange {
+                        partition: p.id,
+                        requested: self.next,
+                        start: p.start(),
+                        end: p.end(),
+                    });
+                }
                 if !p.segments().iter().any(|s| s.base == self.next) || self.next == self.base {
                     return Err(LogError::Corrupt {
                         path: self.path.clone(),

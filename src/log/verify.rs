@@ -18,6 +18,10 @@ pub struct VerifyReport {
     pub bytes: u64,
     /// Human-readable problems, each naming file and byte; empty means all good.
     pub problems: Vec<String>,
+    /// Incomplete records at the end of active segments: a write in progress (the
+    /// daemon is running) or a tail torn by a crash, which the next open truncates.
+    /// Nothing acknowledged lives there, so these are not problems.
+    pub tails: Vec<String>,
 }
 
 pub fn verify(log: &EmbeddedLog) -> Result<VerifyReport, LogError> {
@@ -50,36 +54,44 @@ pub fn verify(log: &EmbeddedLog) -> Result<VerifyReport, LogError> {
             let mut offset = seg.base;
             let mut boundaries = Vec::new();
             let mut payload = Vec::new();
+            let active = i + 1 == segments.len();
+            // A failure in the active segment's last record is its unfinished tail.
+            let mut fail = |report: &mut VerifyReport, at_end: bool, msg: String| {
+                if active && at_end {
+                    report.tails.push(msg);
+                } else {
+                    report.problems.push(msg);
+                }
+            };
             while byte < len {
                 let mut h = [0u8; HEADER_LEN];
                 if r.read_exact(&mut h).is_err() {
-                    report.problems.push(format!(
-                        "{} byte {byte}: torn record header",
-                        path.display()
-                    ));
+                    let msg = format!("{} byte {byte}: torn record header", path.display());
+                    fail(&mut report, true, msg);
                     break;
                 }
                 let (plen, crc, rec_offset, time) = frame::header(&h);
                 if plen > MAX_PAYLOAD || byte + (HEADER_LEN + plen) as u64 > len {
-                    report.problems.push(format!(
+                    let msg = format!(
                         "{} byte {byte}: record length {plen} runs past the end of the file",
                         path.display()
-                    ));
+                    );
+                    fail(&mut report, plen <= MAX_PAYLOAD, msg);
                     break;
                 }
+                let last = byte + (HEADER_LEN + plen) as u64 == len;
                 payload.resize(plen, 0);
                 if r.read_exact(&mut payload).is_err() {
-                    report.problems.push(format!(
-                        "{} byte {byte}: cannot read record",
-                        path.display()
-                    ));
+                    let msg = format!("{} byte {byte}: cannot read record", path.display());
+                    fail(&mut report, true, msg);
                     break;
                 }
                 if !frame::check(crc, rec_offset, time, &payload) {
-                    report.problems.push(format!(
+                    let msg = format!(
                         "{} byte {byte}: CRC mismatch (record claims offset {rec_offset})",
                         path.display()
-                    ));
+                    );
+                    fail(&mut report, last, msg);
                     break;
                 }
                 if rec_offset != offset {

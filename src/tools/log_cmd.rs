@@ -90,6 +90,9 @@ pub fn verify_cmd(dir: &Path) -> Result<bool, LogError> {
     for p in &report.problems {
         println!("PROBLEM {p}");
     }
+    for t in &report.tails {
+        println!("NOTE {t}: an unfinished tail (a write in progress, or torn by a crash and cut back on the next open); nothing acknowledged is there");
+    }
     println!(
         "{} partitions, {} segments, {} records, {} bytes checked: {}",
         report.partitions,
