@@ -360,3 +360,49 @@ async fn a_full_disk_fails_appends_cleanly_and_the_log_resumes_when_space_return
         .enumerate()
         .all(|(i, (o, c))| *o == i as u64 && *c == change(&t, i as u64)));
 }
+
+/// Records keep the schema version they were written with: after an ALTER on the
+/// source, old records still decode with the old columns and new ones with the new,
+/// also after the log is closed and reopened (the schema store is on disk).
+#[tokio::test]
+async fn each_record_decodes_with_the_schema_version_it_was_written_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = table();
+    let mut altered = (*v1).clone();
+    altered.columns.push(rowlog_api::Column {
+        name: "added".into(),
+        ty: rowlog_api::ColumnType::Int,
+        unsigned: true,
+        charset: None,
+        nullable: true,
+    });
+    let v2 = std::sync::Arc::new(altered);
+    {
+        let log = EmbeddedLog::open(dir.path(), 1, 64 << 10).unwrap();
+        append(&log, 0, (0..50).map(|i| change(&v1, i)).collect())
+            .await
+            .unwrap();
+        let with_column = (50..100)
+            .map(|i| {
+                let mut c = change(&v2, i);
+                c.after.as_mut().unwrap().push(rowlog_api::Value::UInt(i));
+                c
+            })
+            .collect();
+        append(&log, 0, with_column).await.unwrap();
+    }
+    let log = EmbeddedLog::open(dir.path(), 1, 64 << 10).unwrap();
+    let records = read_from(&log, 0, 0).await.unwrap();
+    assert_eq!(records.len(), 100);
+    for (offset, c) in records {
+        let (schema, width) = if offset < 50 { (&v1, 2) } else { (&v2, 3) };
+        assert_eq!(*c.table, **schema, "schema of offset {offset}");
+        assert_eq!(c.after.as_ref().unwrap().len(), width);
+        if offset >= 50 {
+            assert_eq!(
+                c.after.as_ref().unwrap()[2],
+                rowlog_api::Value::UInt(offset)
+            );
+        }
+    }
+}
