@@ -56,7 +56,7 @@ pub fn verify(log: &EmbeddedLog) -> Result<VerifyReport, LogError> {
             let mut payload = Vec::new();
             let active = i + 1 == segments.len();
             // A failure in the active segment's last record is its unfinished tail.
-            let mut fail = |report: &mut VerifyReport, at_end: bool, msg: String| {
+            let fail = |report: &mut VerifyReport, at_end: bool, msg: String| {
                 if active && at_end {
                     report.tails.push(msg);
                 } else {
