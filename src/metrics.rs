@@ -36,7 +36,7 @@ use prometheus::{
     exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use rowlog_api::{BinlogPosition, ChangeEvent, MariadbGtid, Op, TableName};
+use rowlog_api::{BinlogPosition, ChangeEvent, Gtid, Op, TableName};
 
 use crate::status::State;
 
@@ -490,10 +490,18 @@ impl Metrics {
     }
 
     /// The newest position read (covered by what is appended or buffered).
-    pub fn source_position(&self, position: &BinlogPosition, gtid: Option<MariadbGtid>) {
-        let domain = gtid
-            .map(|g| format!("{}-{}", g.domain, g.server))
-            .unwrap_or_default();
+    pub fn source_position(&self, position: &BinlogPosition, gtid: Option<&Gtid>) {
+        // The series label: MariaDB's domain-server, MySQL's server UUID (and tag).
+        let domain = match gtid {
+            Some(Gtid::MariaDb(g)) => format!("{}-{}", g.domain, g.server),
+            Some(Gtid::MySql(g)) => {
+                let full = g.to_string();
+                full.rsplit_once(':')
+                    .map(|(origin, _)| origin.to_owned())
+                    .unwrap_or(full)
+            }
+            None => String::new(),
+        };
         // One series at a time: after a rotation the old file's series is dropped, not
         // left behind at its last value.
         self.source_position_info.reset();
@@ -503,7 +511,7 @@ impl Metrics {
         if let Some(g) = gtid {
             self.source_gtid_sequence
                 .with_label_values(&[&domain])
-                .set(g.seq as i64);
+                .set(g.sequence() as i64);
         }
         let gtid = gtid.map(|g| g.to_string()).unwrap_or_default();
         self.state.set_source_position(position, &gtid);

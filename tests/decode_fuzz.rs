@@ -22,6 +22,7 @@ fn schema() -> Arc<TableSchema> {
         columns: vec![col("a"), col("b")],
         primary_key: vec![0],
         unique_keys: vec![],
+        keyless: false,
     })
 }
 

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rowlog_api::{
-    BinlogPosition, ChangeId, ChangeSource, MariadbGtid, Op, Retry, SourceEvent, TableSchema,
+    BinlogPosition, ChangeId, ChangeSource, Gtid, Op, Retry, SourceEvent, TableSchema,
 };
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -229,7 +229,7 @@ struct Appender<L> {
     stored_at: Instant,
     stats: Arc<Stats>,
     metrics: Arc<Metrics>,
-    gtid: Option<MariadbGtid>,
+    gtid: Option<Gtid>,
     rows: RowsRead,
     /// The position last published to the metrics (the info gauge is reset on change).
     published: Option<BinlogPosition>,
@@ -262,7 +262,9 @@ impl<L: PartitionedLog> Appender<L> {
                 self.metrics.source_commit(commit_time_ms);
                 if self.position.as_ref().is_none_or(|p| resume > *p) {
                     self.position = Some(resume);
-                    self.gtid = gtid.or(self.gtid);
+                    if gtid.is_some() {
+                        self.gtid = gtid;
+                    }
                 }
             }
             SourceEvent::Heartbeat { at_ms } => self.metrics.source_heartbeat(at_ms),
@@ -284,7 +286,7 @@ impl<L: PartitionedLog> Appender<L> {
         }
         if let Some(position) = &self.position {
             if self.published.as_ref() != Some(position) {
-                self.metrics.source_position(position, self.gtid);
+                self.metrics.source_position(position, self.gtid.as_ref());
                 self.published = Some(position.clone());
             }
         }

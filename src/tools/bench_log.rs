@@ -48,6 +48,7 @@ fn schema() -> Arc<TableSchema> {
         ],
         primary_key: vec![0],
         unique_keys: vec![],
+        keyless: false,
     })
 }
 

@@ -67,9 +67,18 @@ fn row(c: &ChangeEvent, image: &Option<Vec<Value>>) -> Json {
 
 /// One record: where it is in the log, what changed, and where it came from.
 pub fn record(partition: u32, offset: u64, c: &ChangeEvent) -> Json {
+    let mut out = Map::new();
+    out.insert("partition".into(), json!(partition));
+    out.insert("offset".into(), json!(offset));
+    if let Json::Object(m) = change(c) {
+        out.extend(m);
+    }
+    Json::Object(out)
+}
+
+/// A change as read from the source: table, operation, key, images, source position.
+pub fn change(c: &ChangeEvent) -> Json {
     json!({
-        "partition": partition,
-        "offset": offset,
         "table": c.table.name.to_string(),
         "op": c.op.as_str(),
         "key": c.key().map(value).collect::<Vec<_>>(),
@@ -79,7 +88,7 @@ pub fn record(partition: u32, offset: u64, c: &ChangeEvent) -> Json {
             "position": c.source.id.event.to_string(),
             "index": c.source.id.index,
             "txn_start": c.source.txn_start.to_string(),
-            "gtid": c.source.gtid.map(|g| g.to_string()),
+            "gtid": c.source.gtid.as_ref().map(|g| g.to_string()),
             "commit_time_ms": c.source.commit_time_ms,
         }
     })

@@ -3,6 +3,7 @@
 
 pub mod bench_log;
 pub mod bench_replication;
+pub mod binlog_decode;
 pub mod json;
 pub mod log_cmd;
 pub mod offsets;

@@ -249,6 +249,7 @@ pub mod records {
             ],
             primary_key: vec![0],
             unique_keys: vec![],
+            keyless: false,
         })
     }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BinlogPosition, ChangeId, MariadbGtid, TableName, TableSchema, Value};
+use crate::{BinlogPosition, ChangeId, Gtid, TableName, TableSchema, Value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Op {
@@ -31,7 +31,7 @@ pub struct SourceMeta {
     /// Where the change's transaction began: a valid resume point.
     pub txn_start: BinlogPosition,
     /// The transaction's GTID when the source has one.
-    pub gtid: Option<MariadbGtid>,
+    pub gtid: Option<Gtid>,
     /// Event timestamp in milliseconds since the epoch (the binlog has second precision).
     pub commit_time_ms: u64,
 }

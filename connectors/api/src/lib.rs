@@ -17,7 +17,9 @@ mod traits;
 mod value;
 
 pub use change::{key_bytes, ChangeEvent, Op, SourceMeta};
-pub use position::{BinlogFileName, BinlogPosition, ChangeId, MariadbGtid, ParsePositionError};
+pub use position::{
+    BinlogFileName, BinlogPosition, ChangeId, Gtid, MariadbGtid, MysqlGtid, ParsePositionError,
+};
 pub use schema::{Column, ColumnType, TableName, TableSchema};
 pub use traits::{
     ApplyBatch, ChangeSink, ChangeSource, Retry, SinkProgress, SourceEvent, WorkerProgress,

@@ -128,6 +128,63 @@ impl fmt::Display for MariadbGtid {
     }
 }
 
+/// A MySQL GTID: the originating server's UUID, an optional tag (MySQL 8.4+) and the
+/// transaction number, printed as `uuid[:tag]:gno`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+pub struct MysqlGtid {
+    pub sid: [u8; 16],
+    pub tag: Option<String>,
+    pub gno: u64,
+}
+
+impl fmt::Display for MysqlGtid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.sid.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        if let Some(tag) = &self.tag {
+            write!(f, ":{tag}")?;
+        }
+        write!(f, ":{}", self.gno)
+    }
+}
+
+/// A transaction's global id, in the dialect of the server that wrote it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Gtid {
+    MariaDb(MariadbGtid),
+    MySql(MysqlGtid),
+}
+
+impl Gtid {
+    /// The number that grows with each transaction of its origin (MariaDB's sequence,
+    /// MySQL's gno): what a progress gauge can show.
+    pub fn sequence(&self) -> u64 {
+        match self {
+            Gtid::MariaDb(g) => g.seq,
+            Gtid::MySql(g) => g.gno,
+        }
+    }
+}
+
+impl fmt::Display for Gtid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Gtid::MariaDb(g) => g.fmt(f),
+            Gtid::MySql(g) => g.fmt(f),
+        }
+    }
+}
+
+impl From<MariadbGtid> for Gtid {
+    fn from(g: MariadbGtid) -> Self {
+        Gtid::MariaDb(g)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +195,27 @@ mod tests {
         let b: BinlogPosition = "binlog.000010:4".parse().unwrap();
         assert!(a < b);
         assert_eq!(b.to_string(), "binlog.000010:4");
+    }
+
+    #[test]
+    fn mysql_gtids_print_as_uuid_tag_and_number() {
+        let mut sid = [0u8; 16];
+        sid[0] = 0x3e;
+        sid[15] = 0x01;
+        let g = MysqlGtid {
+            sid,
+            tag: None,
+            gno: 42,
+        };
+        assert_eq!(g.to_string(), "3e000000-0000-0000-0000-000000000001:42");
+        let tagged = MysqlGtid {
+            tag: Some("orders".into()),
+            ..g
+        };
+        assert_eq!(
+            Gtid::MySql(tagged).to_string(),
+            "3e000000-0000-0000-0000-000000000001:orders:42"
+        );
     }
 
     #[test]

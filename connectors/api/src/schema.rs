@@ -96,6 +96,11 @@ pub struct TableSchema {
     /// [`crate::ChangeEvent::routing_key_bytes`]).
     #[serde(default)]
     pub unique_keys: Vec<Vec<usize>>,
+    /// The source table has no primary key (`source.no_pk = "full_row"`): `primary_key`
+    /// lists every column, a change is identified by its whole row, and the sink
+    /// inserts plainly and deletes one equal row at a time.
+    #[serde(default)]
+    pub keyless: bool,
 }
 
 impl TableSchema {

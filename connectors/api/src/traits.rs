@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use crate::{BinlogPosition, ChangeEvent, MariadbGtid};
+use crate::{BinlogPosition, ChangeEvent, Gtid};
 
 /// Whether an error may go away by itself (lost connection, deadlock, lock wait timeout)
 /// or is definite (bad config, purged binlog, a value the destination rejects).
@@ -20,7 +20,7 @@ pub enum SourceEvent {
     /// belongs to it or an earlier one; restarting at `resume` repeats nothing before it.
     Committed {
         resume: BinlogPosition,
-        gtid: Option<MariadbGtid>,
+        gtid: Option<Gtid>,
         commit_time_ms: u64,
     },
     /// The source is idle; `at_ms` is the server's clock as of the heartbeat.

@@ -50,6 +50,21 @@ impl<'de> Deserialize<'de> for StartFrom {
     }
 }
 
+/// What to do with a table that has no primary key (`source.no_pk`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoPrimaryKey {
+    /// Stop with an error naming the table (the default: nothing is replicated in a
+    /// way the operator did not choose).
+    #[default]
+    Halt,
+    /// Leave the table out, with a log line when it is first seen.
+    Skip,
+    /// Key its changes by the whole row: inserts are plain INSERTs, deletes remove one
+    /// row equal to the before-image (`LIMIT 1`), updates are both.
+    FullRow,
+}
+
 fn default_server_id() -> u32 {
     // High enough not to collide with the ids operators give their own replicas.
     4_280_001
@@ -87,6 +102,9 @@ pub struct SourceConfig {
     /// How often an idle source sends a heartbeat, so lag stays truthful.
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
+    /// Tables without a primary key: "halt" (default), "skip" or "full_row".
+    #[serde(default)]
+    pub no_pk: NoPrimaryKey,
 }
 
 impl SourceConfig {

@@ -96,6 +96,20 @@ pub enum SourceError {
         expected: usize,
     },
 
+    #[error("cannot read binlog file {path}")]
+    File {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("binlog file {path} ends inside an event: {trailing} bytes from byte {byte} do not make a whole event (the file was cut while being written or copied)")]
+    Truncated {
+        path: std::path::PathBuf,
+        byte: u64,
+        trailing: u64,
+    },
+
     #[error("table {table} at {position}: {detail}")]
     Schema {
         table: TableName,

@@ -22,7 +22,9 @@
 //! * MariaDB-specific handling is named as such (see [`mariadb`]).
 
 mod config;
+mod decoder;
 mod error;
+mod file;
 mod filter;
 pub mod mariadb;
 mod reader;
@@ -31,8 +33,9 @@ mod server;
 mod table_map;
 mod values;
 
-pub use config::{SourceConfig, StartFrom};
+pub use config::{NoPrimaryKey, SourceConfig, StartFrom};
 pub use error::SourceError;
+pub use file::{BinlogFileReader, FileDecodeOptions};
 pub use filter::{FilterError, TableFilter};
 pub use reader::{preflight, BinlogReader};
 pub use server::{ServerFlavor, ServerSettings};

@@ -99,6 +99,7 @@ pub(crate) fn schema_from_table_map(tme: &TableMapEvent<'_>) -> Result<MappedTab
             columns,
             primary_key,
             unique_keys: Vec::new(),
+            keyless: false,
         },
         has_names,
     })
@@ -201,6 +202,11 @@ fn column_type(my: My, meta: &[u8]) -> Result<ColumnType, String> {
             T::Geometry
         }
         My::MYSQL_TYPE_JSON => T::Json,
+        // MySQL 9 VECTOR: little-endian float32s, passed through as bytes.
+        My::MYSQL_TYPE_VECTOR => {
+            need(meta, 1)?;
+            T::Other(My::MYSQL_TYPE_VECTOR as u8)
+        }
         other => return Err(format!("type {} is not supported", other as u8)),
     })
 }

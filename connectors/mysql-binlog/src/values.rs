@@ -4,7 +4,11 @@
 //! * BINARY(n) arrives without its trailing 0x00 bytes: padded back to n;
 //! * YEAR arrives as text with 1900 added, so the zero year reads "1900";
 //! * TIMESTAMP arrives as "secs[.micros]" text; SET as little-endian bytes; BIT as big-endian bytes.
+//! * MySQL's binary JSON is written back as JSON text here: the library's own
+//!   conversion refuses "opaque" scalars (DECIMAL, DATE, TIME, DATETIME inside a JSON
+//!   document, as `CAST(… AS JSON)` stores them) and turns decimals into strings.
 
+use mysql_async::binlog::jsonb::{JsonContainer, JsonDom, JsonNumber, JsonScalar};
 use mysql_async::binlog::value::BinlogValue;
 use mysql_async::Value as My;
 use rowlog_api::{Column, ColumnType, Value};
@@ -16,8 +20,10 @@ pub(crate) fn convert(col: &Column, v: BinlogValue<'_>) -> Result<Value, String>
     let v = match v {
         BinlogValue::Value(v) => v,
         BinlogValue::Jsonb(j) => {
-            let json = serde_json::Value::try_from(j).map_err(|e| format!("binary JSON: {e}"))?;
-            return Ok(Value::Json(json.to_string()));
+            let dom = j.parse().map_err(|e| format!("binary JSON: {e}"))?;
+            let mut text = String::new();
+            write_json(&dom, &mut text);
+            return Ok(Value::Json(text));
         }
         BinlogValue::JsonDiff(_) => {
             return Err(
@@ -141,6 +147,46 @@ pub(crate) fn convert(col: &Column, v: BinlogValue<'_>) -> Result<Value, String>
         ) => Value::Bytes(b),
         (_, v) => return Err(mismatch(&v)),
     })
+}
+
+/// JSON text of a binary JSON document as MySQL prints it: decimals as numbers with
+/// their exact digits, temporal scalars as quoted strings, other opaque scalars in
+/// MySQL's `base64:typeN:…` form. Object keys come out sorted, as MySQL stores them.
+fn write_json(dom: &JsonDom, out: &mut String) {
+    use std::fmt::Write;
+    match dom {
+        JsonDom::Container(JsonContainer::Array(items)) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_json(item, out);
+            }
+            out.push(']');
+        }
+        JsonDom::Container(JsonContainer::Object(map)) => {
+            out.push('{');
+            for (i, (k, v)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                out.push_str(": ");
+                write_json(v, out);
+            }
+            out.push('}');
+        }
+        JsonDom::Scalar(JsonScalar::Number(JsonNumber::Decimal(d))) => {
+            let _ = write!(out, "{d}");
+        }
+        JsonDom::Scalar(JsonScalar::DateTime(t)) => {
+            out.push_str(&serde_json::Value::String(format!("{t:.6}")).to_string());
+        }
+        JsonDom::Scalar(scalar) => {
+            out.push_str(&serde_json::Value::from(scalar.clone()).to_string());
+        }
+    }
 }
 
 fn parse_timestamp(b: &[u8]) -> Result<Value, String> {

@@ -12,6 +12,10 @@
 //! Distinct keys never interact through their primary keys, so once collapsed the
 //! statements of one batch may run in any order; deletes run first so that a key
 //! freeing a secondary unique value does so before another key takes it.
+//!
+//! Tables without a primary key (`keyless`, keyed by the whole row) are not collapsed:
+//! two equal inserts are two rows, and `insert R, delete R` differs from
+//! `delete R, insert R`. Their changes are kept in log order in `ordered`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,14 +29,21 @@ pub struct Coalesced<'a> {
     pub deletes: Vec<&'a [Value]>,
     /// After-images of keys whose final state is present.
     pub upserts: Vec<&'a [Value]>,
+    /// Keyless tables only: every change in log order, as (is an insert, row image).
+    pub ordered: Vec<(bool, &'a [Value])>,
 }
 
 pub fn coalesce(changes: &[ChangeEvent]) -> Vec<Coalesced<'_>> {
     let mut last: HashMap<Vec<u8>, usize> = HashMap::with_capacity(changes.len());
+    let mut keep: Vec<usize> = Vec::new();
     for (i, c) in changes.iter().enumerate() {
-        last.insert(c.key_bytes(), i);
+        if c.table.keyless {
+            keep.push(i);
+        } else {
+            last.insert(c.key_bytes(), i);
+        }
     }
-    let mut keep: Vec<usize> = last.into_values().collect();
+    keep.extend(last.into_values());
     keep.sort_unstable();
 
     let mut out: Vec<Coalesced<'_>> = Vec::new();
@@ -48,13 +59,25 @@ pub fn coalesce(changes: &[ChangeEvent]) -> Vec<Coalesced<'_>> {
                     table: &c.table,
                     deletes: Vec::new(),
                     upserts: Vec::new(),
+                    ordered: Vec::new(),
                 });
                 out.len() - 1
             }
         };
+        let g = &mut out[slot];
         match (c.op, &c.after, &c.before) {
-            (Op::Delete, _, Some(before)) => out[slot].deletes.push(before),
-            (_, Some(after), _) => out[slot].upserts.push(after),
+            (Op::Delete, _, Some(before)) if c.table.keyless => g.ordered.push((false, before)),
+            (Op::Insert, Some(after), _) if c.table.keyless => g.ordered.push((true, after)),
+            (Op::Update, Some(after), Some(before)) if c.table.keyless => {
+                // The source splits a keyless update that changes the row into a delete
+                // and an insert; one that reaches here leaves the row as it was.
+                if before != after {
+                    g.ordered.push((false, before));
+                    g.ordered.push((true, after));
+                }
+            }
+            (Op::Delete, _, Some(before)) => g.deletes.push(before),
+            (_, Some(after), _) => g.upserts.push(after),
             // A change without the image its op needs cannot come from the source.
             _ => {}
         }
@@ -80,6 +103,7 @@ mod tests {
             columns: vec![col("id"), col("a")],
             primary_key: vec![0],
             unique_keys: vec![],
+            keyless: false,
         })
     }
 

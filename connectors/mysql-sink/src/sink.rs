@@ -18,6 +18,9 @@ enum Kind {
     Upsert,
     Replace,
     Delete,
+    /// Keyless tables: a plain insert, and a delete of one equal row.
+    Insert,
+    DeleteOne,
 }
 
 /// What a dry-run replay would do to one key.
@@ -41,13 +44,13 @@ struct Stmt<'a> {
 impl Stmt<'_> {
     fn row_params(&self, row: &[Value]) -> Vec<mysql_async::Value> {
         match self.kind {
-            Kind::Delete => self
+            Kind::Delete | Kind::DeleteOne => self
                 .table
                 .primary_key
                 .iter()
                 .map(|&i| to_param(&row[i]))
                 .collect(),
-            Kind::Upsert | Kind::Replace => row.iter().map(to_param).collect(),
+            Kind::Upsert | Kind::Replace | Kind::Insert => row.iter().map(to_param).collect(),
         }
     }
 
@@ -186,6 +189,21 @@ impl MySqlSink {
             } else {
                 Kind::Replace
             };
+            // Keyless tables: one statement per change, in log order.
+            for &(insert, row) in &g.ordered {
+                let kind = if insert {
+                    Kind::Insert
+                } else {
+                    Kind::DeleteOne
+                };
+                work.push(Stmt {
+                    table: g.table,
+                    kind,
+                    rows: vec![row],
+                    text: self.statement(g.table, kind, 1),
+                    one: self.statement(g.table, kind, 1),
+                });
+            }
             for (kind, rows, width) in [
                 (Kind::Delete, &g.deletes, g.table.primary_key.len()),
                 (write, &g.upserts, g.table.columns.len()),
@@ -350,6 +368,18 @@ impl MySqlSink {
         let mut out = Vec::new();
         for g in coalesce(changes) {
             let t = g.table;
+            // Keyless rows have no identity to look up: say what would be run.
+            for &(insert, row) in &g.ordered {
+                out.push(Planned {
+                    table: t.name.to_string(),
+                    key: render_key(t, row),
+                    action: if insert {
+                        "insert (no primary key)"
+                    } else {
+                        "delete one equal row (no primary key)"
+                    },
+                });
+            }
             let select = format!(
                 "SELECT {} FROM {} WHERE {}",
                 t.columns
@@ -419,6 +449,8 @@ impl MySqlSink {
                     Kind::Upsert => sql::upsert(table, rows),
                     Kind::Replace => sql::replace(table, rows),
                     Kind::Delete => sql::delete(table, rows),
+                    Kind::Insert => sql::insert(table, rows),
+                    Kind::DeleteOne => sql::delete_one_equal(table),
                 };
                 (table.clone(), text.into())
             })

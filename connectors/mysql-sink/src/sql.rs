@@ -78,6 +78,33 @@ pub(crate) fn replace(t: &TableSchema, rows: usize) -> String {
     )
 }
 
+/// `INSERT INTO … VALUES (…),…`: a keyless table's rows (nothing to conflict with).
+pub(crate) fn insert(t: &TableSchema, rows: usize) -> String {
+    let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
+    let values = vec![tuple(cols.len()); rows].join(",");
+    format!(
+        "INSERT INTO {} ({}) VALUES {}",
+        table_ident(t),
+        cols.join(","),
+        values
+    )
+}
+
+/// `DELETE … WHERE c1 <=> ? AND … LIMIT 1`: one row equal to a keyless table's
+/// before-image (`<=>` so NULLs match).
+pub(crate) fn delete_one_equal(t: &TableSchema) -> String {
+    let cond: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| format!("{} <=> ?", quote(&c.name)))
+        .collect();
+    format!(
+        "DELETE FROM {} WHERE {} LIMIT 1",
+        table_ident(t),
+        cond.join(" AND ")
+    )
+}
+
 /// `DELETE … WHERE (k1, k2) IN ((?, ?), …)`.
 pub(crate) fn delete(t: &TableSchema, rows: usize) -> String {
     let key: Vec<String> = t.pk_columns().map(|c| quote(&c.name)).collect();
@@ -112,6 +139,7 @@ mod tests {
             columns: vec![col("id"), col("a"), col("b")],
             primary_key: pk,
             unique_keys: vec![],
+            keyless: false,
         }
     }
 
