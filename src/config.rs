@@ -365,6 +365,7 @@ impl Config {
                 .dead_letter_file
                 .clone()
                 .map(|path| crate::pipeline::dead_letter::DeadLetter { path }),
+            ddl: self.sink.ddl,
         }
     }
 }

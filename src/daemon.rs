@@ -163,6 +163,7 @@ async fn run_with(
             }
         });
     }
+    let barrier = crate::pipeline::schema_barrier::SchemaBarrier::new(log.partitions());
     for p in 0..log.partitions() {
         let sink_cfg = cfg.sink.clone();
         let name = cfg.name.clone();
@@ -175,6 +176,7 @@ async fn run_with(
             p,
             cfg.apply(),
             connect,
+            barrier.clone(),
             stats.clone(),
             metrics.clone(),
             shutdown.clone(),
@@ -292,7 +294,7 @@ async fn sample(
                     metrics.set_log_fsyncs(p, log.fsyncs(p));
                 }
                 // Directory walks are slower and the figures move slowly.
-                if n % 5 == 0 {
+                if n.is_multiple_of(5) {
                     metrics.refresh_log_usage(&log_dir);
                 }
                 n += 1;

@@ -97,7 +97,7 @@ pub async fn run(changes: u64) -> anyhow::Result<()> {
             )
             .await?;
             written += 1;
-            if id % 3 == 0 {
+            if id.is_multiple_of(3) {
                 tx.exec_drop(
                     "UPDATE demo.accounts SET balance = balance + 1, updated = NOW(6) WHERE id = ?",
                     (id - 1,),
@@ -105,7 +105,7 @@ pub async fn run(changes: u64) -> anyhow::Result<()> {
                 .await?;
                 written += 1;
             }
-            if id % 10 == 0 {
+            if id.is_multiple_of(10) {
                 tx.exec_drop("DELETE FROM demo.accounts WHERE id = ?", (id - 5,))
                     .await?;
                 written += 1;

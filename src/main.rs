@@ -256,7 +256,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("rowlog: {e}");
         ExitCode::from(EXIT_CONFIG)

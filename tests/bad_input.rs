@@ -120,6 +120,8 @@ async fn a_destination_missing_a_table_halts_naming_it() {
         .await
         .unwrap();
     pair.dst.exec(&["CREATE DATABASE app"]).await.unwrap();
+    // The tables existed before replication starts: no CREATE TABLE reaches rowlog.
+    pair.start_here().await;
     let rowlog = InProcess::start(pair.config(1, 1));
     pair.src
         .exec(&["INSERT INTO app.missing VALUES (1)"])

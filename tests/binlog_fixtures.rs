@@ -44,7 +44,11 @@ fn changes(lines: &[Json]) -> Vec<&Json> {
 }
 
 enum Expect {
-    Decodes { changes: u64, commits: u64 },
+    Decodes {
+        changes: u64,
+        ddl: u64,
+        commits: u64,
+    },
     Fails(&'static str),
 }
 use Expect::*;
@@ -57,6 +61,7 @@ const ALL: &[(&str, Expect)] = &[
         "binlog-invisible-columns.000001",
         Decodes {
             changes: 4,
+            ddl: 1,
             commits: 5,
         },
     ),
@@ -67,6 +72,7 @@ const ALL: &[(&str, Expect)] = &[
         "binlog_transaction_previous_GTID_no_tag.000001",
         Decodes {
             changes: 0,
+            ddl: 0,
             commits: 1,
         },
     ),
@@ -75,6 +81,7 @@ const ALL: &[(&str, Expect)] = &[
         "binlog_transaction_with_GTID_TAG.000001",
         Decodes {
             changes: 1,
+            ddl: 0,
             commits: 2,
         },
     ),
@@ -93,6 +100,7 @@ const ALL: &[(&str, Expect)] = &[
         "bug27213339-bin.000001",
         Decodes {
             changes: 0,
+            ddl: 2,
             commits: 46,
         },
     ),
@@ -100,6 +108,7 @@ const ALL: &[(&str, Expect)] = &[
         "bug32407.001",
         Decodes {
             changes: 2,
+            ddl: 1,
             commits: 3,
         },
     ),
@@ -110,6 +119,7 @@ const ALL: &[(&str, Expect)] = &[
         "json-opaque.binlog",
         Decodes {
             changes: 8,
+            ddl: 2,
             commits: 3,
         },
     ),
@@ -118,6 +128,7 @@ const ALL: &[(&str, Expect)] = &[
         "mariadb-bin.000001",
         Decodes {
             changes: 2,
+            ddl: 0,
             commits: 2,
         },
     ),
@@ -125,6 +136,7 @@ const ALL: &[(&str, Expect)] = &[
         "master-bin.000001",
         Decodes {
             changes: 0,
+            ddl: 0,
             commits: 0,
         },
     ),
@@ -136,6 +148,7 @@ const ALL: &[(&str, Expect)] = &[
         "mysql-enum-string-set.000001",
         Decodes {
             changes: 4,
+            ddl: 1,
             commits: 5,
         },
     ),
@@ -143,6 +156,7 @@ const ALL: &[(&str, Expect)] = &[
         "mysql_type_bit.000001",
         Decodes {
             changes: 1,
+            ddl: 1,
             commits: 3,
         },
     ),
@@ -150,6 +164,7 @@ const ALL: &[(&str, Expect)] = &[
         "rpl_atomic_ddl_rollback_full.000001",
         Decodes {
             changes: 0,
+            ddl: 2,
             commits: 4,
         },
     ),
@@ -157,6 +172,7 @@ const ALL: &[(&str, Expect)] = &[
         "rpl_atomic_ddl_rollback_table.000001",
         Decodes {
             changes: 0,
+            ddl: 2,
             commits: 2,
         },
     ),
@@ -164,6 +180,7 @@ const ALL: &[(&str, Expect)] = &[
         "rpl_atomic_ddl_rollback_view.000001",
         Decodes {
             changes: 0,
+            ddl: 0,
             commits: 2,
         },
     ),
@@ -180,6 +197,7 @@ const ALL: &[(&str, Expect)] = &[
         "slave-relay-bin.000001",
         Decodes {
             changes: 0,
+            ddl: 2,
             commits: 2,
         },
     ),
@@ -187,6 +205,7 @@ const ALL: &[(&str, Expect)] = &[
         "time_issue.000001",
         Decodes {
             changes: 1,
+            ddl: 0,
             commits: 2,
         },
     ),
@@ -194,6 +213,7 @@ const ALL: &[(&str, Expect)] = &[
         "transaction_compression.000001",
         Decodes {
             changes: 1,
+            ddl: 0,
             commits: 2,
         },
     ),
@@ -204,6 +224,7 @@ const ALL: &[(&str, Expect)] = &[
         "vector.binlog",
         Decodes {
             changes: 10,
+            ddl: 7,
             commits: 10,
         },
     ),
@@ -231,11 +252,19 @@ async fn every_fixture_decodes_to_changes_or_stops_at_a_named_error() {
     for (file, expect) in ALL {
         let (lines, result) = run(file).await;
         match (expect, result) {
-            (Decodes { changes, commits }, Ok(n)) => {
+            (
+                Decodes {
+                    changes,
+                    ddl,
+                    commits,
+                },
+                Ok(n),
+            ) => {
                 assert_eq!(
                     n,
                     Decoded {
                         changes: *changes,
+                        schema_changes: *ddl,
                         commits: *commits
                     },
                     "{file}"

@@ -48,7 +48,7 @@ proptest! {
         payload.extend_from_slice(&bytes);
         let _ = record::decode(&payload, |_| None);
         // With a schema found, images must still match its columns or be refused.
-        if let Ok(c) = record::decode(&payload, |_| Some(schema())) {
+        if let Ok(rowlog::log::LogEntry::Change(c)) = record::decode(&payload, |_| Some(schema())) {
             prop_assert!(c.before.iter().chain(c.after.iter()).all(|img| img.len() == 2));
         }
         let _ = record::decode_source(&payload);

@@ -280,6 +280,8 @@ async fn a_change_the_destination_rejects_halts_naming_its_table_key_and_positio
         ])
         .await
         .unwrap();
+    // The tables existed before replication starts: the log holds only the rows.
+    pair.start_here().await;
     // One partition, one worker: the rows go to the destination in one batch, in order.
     let cfg = pair.config(1, 1);
     let metrics = Arc::new(rowlog::metrics::Metrics::new(1, Duration::from_secs(60)));

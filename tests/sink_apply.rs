@@ -129,7 +129,7 @@ async fn a_lock_wait_timeout_is_retried_until_the_lock_is_released() {
         .await
         .unwrap();
     let started = Instant::now();
-    let stats_probe = loop {
+    loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut d = pair.dst.conn().await.unwrap();
         // Read without locking: still the old value while the lock is held.
@@ -140,10 +140,10 @@ async fn a_lock_wait_timeout_is_retried_until_the_lock_is_released() {
             .unwrap();
         assert_eq!(v, 1);
         if started.elapsed() > Duration::from_secs(4) {
-            break ();
+            break;
         }
-    };
-    let _ = stats_probe;
+    }
+    ();
     holder.query_drop("ROLLBACK").await.unwrap();
     pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
         .await;

@@ -79,11 +79,7 @@ async fn without_full_row_metadata_names_and_signedness_come_from_information_sc
         MariaDb::start(opts),
         MariaDb::start(ServerOptions::destination(22))
     );
-    let pair = Pair {
-        src: src.unwrap(),
-        dst: dst.unwrap(),
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let pair = Pair::of(src.unwrap(), dst.unwrap());
     pair.create(&[
         "CREATE DATABASE app",
         "CREATE TABLE app.t (v TINYINT UNSIGNED, id INT UNSIGNED NOT NULL, w INT, PRIMARY KEY (id))",

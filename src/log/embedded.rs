@@ -25,13 +25,13 @@ use rowlog_api::ChangeId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use rowlog_api::{BinlogPosition, ChangeEvent};
+use rowlog_api::BinlogPosition;
 use tracing::info;
 
 use super::partition::{Cursor, Partition, SegmentInfo};
 use super::{
-    atomic_file, io, record, AppendBatch, LogError, LogRecord, PartitionReader, PartitionedLog,
-    SchemaStore, SourceCheckpoint,
+    atomic_file, io, record, AppendBatch, LogEntry, LogError, LogRecord, PartitionReader,
+    PartitionedLog, SchemaStore, SourceCheckpoint,
 };
 
 /// When appended records are made durable.
@@ -470,42 +470,48 @@ impl EmbeddedLog {
             .join(format!("{p:05}.offset")))
     }
 
-    /// Encodes and writes one partition's changes (not yet synced); returns its written end.
+    /// Encodes and writes one partition's entries (not yet synced); returns its written end.
     fn write_partition(
         &self,
         p: u32,
-        changes: &[ChangeEvent],
+        entries: &[LogEntry],
     ) -> Result<(Arc<Partition>, u64), LogError> {
         let partition = self.partition(p)?;
-        let mut records = Vec::with_capacity(changes.len());
+        let mut records = Vec::with_capacity(entries.len());
         // Consecutive changes usually share one schema allocation: compare pointers
         // before hashing a whole schema (both Arcs are alive for the whole batch).
         let mut last: Option<(&Arc<rowlog_api::TableSchema>, u32)> = None;
-        for c in changes {
-            let schema_id = match last {
-                Some((t, id)) if Arc::ptr_eq(t, &c.table) => id,
-                _ => {
-                    let (id, _) = self.inner.schemas.intern(&c.table)?;
-                    last = Some((&c.table, id));
-                    id
-                }
-            };
+        for e in entries {
             let mut payload = Vec::with_capacity(256);
-            record::encode(schema_id, c, &mut payload).map_err(|detail| LogError::Decode {
+            let encoded = match e {
+                LogEntry::Change(c) => {
+                    let schema_id = match last {
+                        Some((t, id)) if Arc::ptr_eq(t, &c.table) => id,
+                        _ => {
+                            let (id, _) = self.inner.schemas.intern(&c.table)?;
+                            last = Some((&c.table, id));
+                            id
+                        }
+                    };
+                    record::encode(schema_id, c, &mut payload)
+                }
+                LogEntry::Schema(s) => record::encode_schema_change(s, &mut payload),
+            };
+            encoded.map_err(|detail| LogError::Decode {
                 partition: p,
                 offset: partition.end(),
                 detail,
             })?;
-            records.push((c.source.commit_time_ms, payload));
+            records.push((e.source().commit_time_ms, payload));
         }
-        let end = partition.write(&records, changes.last().map(|c| c.source.id.clone()))?;
+        let end = partition.write(&records, entries.last().map(|e| e.source().id.clone()))?;
         Ok((partition.clone(), end))
     }
 
     /// Encodes and writes the partitions of a batch on parallel threads (encoding is
     /// the CPU cost of an append), then syncs them, also in parallel.
     fn append_blocking(&self, batch: AppendBatch) -> Result<(), LogError> {
-        let work: Vec<(u32, &Vec<ChangeEvent>)> = batch
+        let work: Vec<(u32, &Vec<LogEntry>)> = batch
             .partitions
             .iter()
             .enumerate()
@@ -743,12 +749,12 @@ impl PartitionReader for EmbeddedReader {
                     Some(t)
                 }
             };
-            let change = record::decode(&payload, lookup).map_err(|detail| LogError::Decode {
+            let entry = record::decode(&payload, lookup).map_err(|detail| LogError::Decode {
                 partition: self.partition.id,
                 offset,
                 detail,
             })?;
-            out.push(LogRecord { offset, change });
+            out.push(LogRecord { offset, entry });
         }
         self.next = cursor.next;
         if self.next == end {

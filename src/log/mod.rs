@@ -27,7 +27,9 @@ mod verify;
 use std::future::Future;
 use std::path::PathBuf;
 
-use rowlog_api::{BinlogPosition, ChangeEvent, ChangeId, Retry};
+use std::sync::Arc;
+
+use rowlog_api::{BinlogPosition, ChangeEvent, ChangeId, Retry, SchemaChange, SourceMeta};
 use serde::{Deserialize, Serialize};
 
 pub use embedded::{
@@ -36,18 +38,42 @@ pub use embedded::{
 pub use schemas::SchemaStore;
 pub use verify::{verify, VerifyReport};
 
-/// A change as read back from the log, with its offset in its partition.
+/// What a log record holds: a row change (in its key's partition), or a schema change
+/// (in every partition, at its place in the source order: a barrier for the sink).
+#[derive(Debug, Clone)]
+pub enum LogEntry {
+    Change(ChangeEvent),
+    Schema(Arc<SchemaChange>),
+}
+
+impl LogEntry {
+    /// Where and when the entry was read from the source.
+    pub fn source(&self) -> &SourceMeta {
+        match self {
+            LogEntry::Change(c) => &c.source,
+            LogEntry::Schema(s) => &s.source,
+        }
+    }
+}
+
+impl From<ChangeEvent> for LogEntry {
+    fn from(c: ChangeEvent) -> Self {
+        LogEntry::Change(c)
+    }
+}
+
+/// An entry as read back from the log, with its offset in its partition.
 #[derive(Debug, Clone)]
 pub struct LogRecord {
     pub offset: u64,
-    pub change: ChangeEvent,
+    pub entry: LogEntry,
 }
 
-/// Changes to append, grouped by partition (index = partition number), each group in
+/// Entries to append, grouped by partition (index = partition number), each group in
 /// source order.
 #[derive(Debug)]
 pub struct AppendBatch {
-    pub partitions: Vec<Vec<ChangeEvent>>,
+    pub partitions: Vec<Vec<LogEntry>>,
 }
 
 impl AppendBatch {

@@ -1,13 +1,19 @@
-//! The payload of a change record: a format version byte, then the change encoded with
-//! postcard (serde's compact, stable 1.0 wire format). The table schema is stored once
-//! in the schema store and referenced here by id, so old records always decode with
-//! the columns they were written with, whatever the live source schema is now.
+//! The payload of a record: a format byte, then the entry encoded with postcard
+//! (serde's compact, stable 1.0 wire format).
+//!
+//! * `1`: a row change. The table schema is stored once in the schema store and
+//!   referenced here by id, so old records always decode with the columns they were
+//!   written with, whatever the live source schema is now.
+//! * `2`: a schema change (the DDL statement, its tables and source position).
 
-use rowlog_api::{ChangeEvent, Op, SourceMeta, TableSchema, Value};
+use rowlog_api::{ChangeEvent, Op, SchemaChange, SourceMeta, TableSchema, Value};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+use super::LogEntry;
+
 const FORMAT_V1: u8 = 1;
+const FORMAT_SCHEMA_CHANGE: u8 = 2;
 
 #[derive(Serialize)]
 struct BodyRef<'a> {
@@ -41,20 +47,47 @@ pub fn encode(schema_id: u32, c: &ChangeEvent, out: &mut Vec<u8>) -> Result<(), 
     Ok(())
 }
 
-fn body(payload: &[u8]) -> Result<Body, String> {
+pub fn encode_schema_change(s: &SchemaChange, out: &mut Vec<u8>) -> Result<(), String> {
+    out.push(FORMAT_SCHEMA_CHANGE);
+    let encoded = postcard::to_extend(s, std::mem::take(out)).map_err(|e| e.to_string())?;
+    *out = encoded;
+    Ok(())
+}
+
+enum Decoded {
+    Change(Body),
+    Schema(SchemaChange),
+}
+
+fn body(payload: &[u8]) -> Result<Decoded, String> {
+    let parse = |e: postcard::Error| format!("payload: {e}");
     match payload.split_first() {
-        Some((&FORMAT_V1, rest)) => postcard::from_bytes(rest).map_err(|e| format!("payload: {e}")),
+        Some((&FORMAT_V1, rest)) => postcard::from_bytes(rest)
+            .map(Decoded::Change)
+            .map_err(parse),
+        Some((&FORMAT_SCHEMA_CHANGE, rest)) => postcard::from_bytes(rest)
+            .map(Decoded::Schema)
+            .map_err(parse),
         Some((v, _)) => Err(format!("unknown record format {v}")),
         None => Err("empty payload".into()),
     }
 }
 
-/// Decodes a change, resolving its schema id with `schema`.
+/// Decodes an entry, resolving a change's schema id with `schema`.
 pub fn decode(
     payload: &[u8],
     schema: impl FnOnce(u32) -> Option<Arc<TableSchema>>,
+) -> Result<LogEntry, String> {
+    match body(payload)? {
+        Decoded::Change(b) => change(b, schema).map(LogEntry::Change),
+        Decoded::Schema(s) => Ok(LogEntry::Schema(Arc::new(s))),
+    }
+}
+
+fn change(
+    b: Body,
+    schema: impl FnOnce(u32) -> Option<Arc<TableSchema>>,
 ) -> Result<ChangeEvent, String> {
-    let b = body(payload)?;
     let table = schema(b.schema).ok_or_else(|| format!("unknown schema id {}", b.schema))?;
     let width = table.columns.len();
     let ok_image = |img: &Option<Vec<Value>>| img.as_ref().is_none_or(|r| r.len() == width);
@@ -80,5 +113,8 @@ pub fn decode(
 
 /// Only the source identity, without resolving the schema (used by recovery).
 pub fn decode_source(payload: &[u8]) -> Result<SourceMeta, String> {
-    body(payload).map(|b| b.source)
+    body(payload).map(|b| match b {
+        Decoded::Change(b) => b.source,
+        Decoded::Schema(s) => s.source,
+    })
 }

@@ -37,7 +37,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rowlog_api::{ApplyBatch, ChangeEvent, ChangeSink, Retry, WorkerProgress};
+use rowlog_api::{
+    ApplyBatch, ChangeEvent, ChangeSink, Retry, SchemaChange, SchemaChangePolicy, WorkerProgress,
+};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::timeout_at;
@@ -45,8 +47,9 @@ use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
 use super::partitioner::{key_hash, worker_of};
+use super::schema_barrier::{Role, SchemaBarrier};
 use super::Stats;
-use crate::log::{LogError, PartitionReader, PartitionedLog};
+use crate::log::{LogEntry, LogError, PartitionReader, PartitionedLog};
 use crate::metrics::{ErrorStage, Metrics, RetryKind};
 use crate::report::error_chain;
 use crate::shutdown::Shutdown;
@@ -73,6 +76,20 @@ pub enum ApplyError {
         #[source]
         source: LogError,
     },
+    #[error("partition {partition}: the schema change at {position} failed on the destination: `{statement}`")]
+    SchemaChange {
+        partition: u32,
+        position: String,
+        statement: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("partition {partition}: stopped at the schema change at {position} (sink.ddl = \"halt\"): `{statement}`; every change before it is applied. Change the destination by hand, then restart with sink.ddl = \"ignore\" to go past it")]
+    SchemaChangeHalt {
+        partition: u32,
+        position: String,
+        statement: String,
+    },
     #[error("partition {partition}: worker {worker} ended unexpectedly: {detail}")]
     WorkerLost {
         partition: u32,
@@ -94,6 +111,8 @@ pub struct ApplyConfig {
     pub batch_max_bytes: usize,
     /// Where changes the destination rejects go instead of halting the partition.
     pub dead_letter: Option<super::dead_letter::DeadLetter>,
+    /// What to do with schema changes.
+    pub ddl: SchemaChangePolicy,
 }
 
 struct WorkerShared {
@@ -112,11 +131,13 @@ struct Worker {
 
 /// Runs one partition until shutdown (then drains the worker queues and commits) or
 /// until a worker fails definitely.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_partition<L, S, F, Fut>(
     log: L,
     partition: u32,
     cfg: ApplyConfig,
     connect: F,
+    barrier: Arc<SchemaBarrier>,
     stats: Arc<Stats>,
     metrics: Arc<Metrics>,
     mut shutdown: Shutdown,
@@ -243,13 +264,35 @@ where
                     Err(source) => { failure = Some(ApplyError::Log { partition, source }); break 'run; }
                 };
                 for rec in batch {
-                    let w = &mut workers[worker_of(key_hash(&rec.change.routing_key_bytes()), partitions, n) as usize];
+                    let change = match rec.entry {
+                        LogEntry::Change(c) => c,
+                        LogEntry::Schema(change) => {
+                            let step = SchemaStep {
+                                partition,
+                                cfg: &cfg,
+                                connect: &connect,
+                                barrier: &barrier,
+                                metrics: &metrics,
+                            };
+                            match step.run(&change, &workers, &notify, &mut shutdown, &mut fail_rx).await {
+                                Ok(true) => {}
+                                Ok(false) => break 'run,
+                                Err(e) => {
+                                    failure = Some(e);
+                                    break 'run;
+                                }
+                            }
+                            next_dispatch = rec.offset + 1;
+                            continue;
+                        }
+                    };
+                    let w = &mut workers[worker_of(key_hash(&change.routing_key_bytes()), partitions, n) as usize];
                     next_dispatch = rec.offset + 1;
                     if w.skip_through.is_some_and(|s| rec.offset <= s) {
                         continue;
                     }
                     w.sent = rec.offset + 1;
-                    if w.tx.send((rec.offset, rec.change)).await.is_err() {
+                    if w.tx.send((rec.offset, change)).await.is_err() {
                         // The worker ended: shutdown during a retry, or a failure it
                         // reported (or a panic, which its join handle reports below).
                         if let Ok(e) = fail_rx.try_recv() {
@@ -313,6 +356,175 @@ where
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// A partition task at a schema change: everything before it applied by this
+/// partition's workers, then the barrier with the other partitions, then (for the last
+/// to arrive) the change itself on the destination.
+struct SchemaStep<'a, F> {
+    partition: u32,
+    cfg: &'a ApplyConfig,
+    connect: &'a F,
+    barrier: &'a SchemaBarrier,
+    metrics: &'a Metrics,
+}
+
+impl<F, Fut, S> SchemaStep<'_, F>
+where
+    S: ChangeSink,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<S, S::Error>>,
+{
+    /// `Ok(true)`: go on past the change; `Ok(false)`: shutdown came first.
+    async fn run(
+        &self,
+        change: &SchemaChange,
+        workers: &[Worker],
+        notify: &Notify,
+        shutdown: &mut Shutdown,
+        failures: &mut mpsc::UnboundedReceiver<ApplyError>,
+    ) -> Result<bool, ApplyError> {
+        let partition = self.partition;
+        let position = change.source.id.event.to_string();
+        if self.cfg.ddl == SchemaChangePolicy::Ignore {
+            debug!(partition, %position, "schema change ignored (sink.ddl = \"ignore\")");
+            return Ok(true);
+        }
+        // Everything this partition dispatched before the change is applied first.
+        while !workers
+            .iter()
+            .all(|w| w.shared.applied.load(Ordering::Acquire) >= w.sent)
+        {
+            tokio::select! {
+                _ = shutdown.wait() => return Ok(false),
+                Some(e) = failures.recv() => return Err(e),
+                _ = notify.notified() => {}
+            }
+        }
+        if self.cfg.ddl == SchemaChangePolicy::Halt {
+            return Err(ApplyError::SchemaChangeHalt {
+                partition,
+                position,
+                statement: change.statement.clone(),
+            });
+        }
+        let Some(mut sink) =
+            connect_with_retry(self.connect, partition, u32::MAX, self.metrics, shutdown).await
+        else {
+            return Ok(false);
+        };
+        if self.applied_already(&mut sink, change, shutdown).await? {
+            debug!(partition, %position, "schema change already applied");
+            return Ok(true);
+        }
+        let id = &change.source.id;
+        let outcome = match self.barrier.arrive(id) {
+            Role::Follower => {
+                tokio::select! {
+                    _ = shutdown.wait() => return Ok(false),
+                    outcome = self.barrier.wait(id) => outcome,
+                }
+            }
+            Role::Leader => {
+                let outcome = self.apply(sink, change, shutdown).await;
+                let shared = match &outcome {
+                    Ok(Some(())) => Ok(()),
+                    Ok(None) => Err("shutdown before it was applied".to_string()),
+                    Err(e) => Err(error_chain(e)),
+                };
+                self.barrier.finish(id, shared);
+                match outcome {
+                    Ok(Some(())) => {
+                        info!(partition, %position, kind = change.kind.as_str(), statement = %change.statement, "schema change applied");
+                        return Ok(true);
+                    }
+                    Ok(None) => return Ok(false),
+                    Err(e) => {
+                        return Err(ApplyError::SchemaChange {
+                            partition,
+                            position,
+                            statement: change.statement.clone(),
+                            source: Box::new(e),
+                        })
+                    }
+                }
+            }
+        };
+        match outcome {
+            Ok(()) => Ok(true),
+            Err(leader) => Err(ApplyError::SchemaChange {
+                partition,
+                position,
+                statement: change.statement.clone(),
+                source: leader.into(),
+            }),
+        }
+    }
+
+    async fn applied_already(
+        &self,
+        sink: &mut S,
+        change: &SchemaChange,
+        shutdown: &mut Shutdown,
+    ) -> Result<bool, ApplyError> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            match sink.schema_change_applied(&change.source.id).await {
+                Ok(done) => return Ok(done),
+                Err(e) if e.is_retryable() => {
+                    self.metrics.retry(RetryKind::Progress);
+                    warn!(partition = self.partition, error = %error_chain(&e), "cannot read applied schema changes; retrying");
+                    tokio::select! {
+                        _ = shutdown.wait() => return Ok(false),
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                }
+                Err(e) => {
+                    return Err(ApplyError::Progress {
+                        partition: self.partition,
+                        source: Box::new(e),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Applies the change, retrying transient errors; `None` on shutdown.
+    async fn apply(
+        &self,
+        mut sink: S,
+        change: &SchemaChange,
+        shutdown: &mut Shutdown,
+    ) -> Result<Option<()>, S::Error> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            match sink.apply_schema_change(change).await {
+                Ok(()) => return Ok(Some(())),
+                Err(e) if e.is_retryable() => {
+                    self.metrics.retry(RetryKind::Apply);
+                    self.metrics.error(ErrorStage::Sink, true);
+                    warn!(partition = self.partition, error = %error_chain(&e), "schema change failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.wait() => return Ok(None),
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                    match connect_with_retry(
+                        self.connect,
+                        self.partition,
+                        u32::MAX,
+                        self.metrics,
+                        shutdown,
+                    )
+                    .await
+                    {
+                        Some(s) => sink = s,
+                        None => return Ok(None),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 

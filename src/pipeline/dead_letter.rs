@@ -30,7 +30,7 @@ impl DeadLetter {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             "error": error,
-            "record": crate::tools::json::record(partition, offset, change),
+            "record": crate::tools::json::change_record(partition, offset, change),
         });
         let mut f = OpenOptions::new()
             .create(true)

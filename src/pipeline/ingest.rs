@@ -30,7 +30,7 @@ use tracing::{info, warn};
 use super::backoff::Backoff;
 use super::partitioner::{key_hash, partition_of};
 use super::Stats;
-use crate::log::{AppendBatch, LogError, PartitionedLog};
+use crate::log::{AppendBatch, LogEntry, LogError, PartitionedLog};
 use crate::metrics::{ErrorStage, Metrics};
 use crate::report::error_chain;
 use crate::shutdown::Shutdown;
@@ -252,7 +252,21 @@ impl<L: PartitionedLog> Appender<L> {
                     return;
                 }
                 self.last_ids[p] = Some(c.source.id.clone());
-                batch.partitions[p].push(c);
+                batch.partitions[p].push(LogEntry::Change(c));
+            }
+            SourceEvent::Schema(s) => {
+                // Every partition gets the schema change at its place in source order:
+                // the sink applies it once all partitions reached it (a barrier).
+                let s = Arc::new(s);
+                for (p, last) in self.last_ids.iter_mut().enumerate() {
+                    if last.as_ref().is_some_and(|l| s.source.id <= *l) {
+                        Stats::add(&self.stats.duplicates_dropped, 1);
+                        continue;
+                    }
+                    *last = Some(s.source.id.clone());
+                    batch.partitions[p].push(LogEntry::Schema(s.clone()));
+                }
+                info!(kind = s.kind.as_str(), position = %s.source.id.event, statement = %s.statement.chars().take(200).collect::<String>(), "schema change read");
             }
             SourceEvent::Committed {
                 resume,

@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod dead_letter;
 pub mod ingest;
 pub mod partitioner;
+pub mod schema_barrier;
 mod stats;
 
 pub use stats::Stats;

@@ -109,7 +109,7 @@ pub async fn run(dir: &Path, records: u64, partitions: u32, batch: u64) -> Resul
         for _ in 0..batch.min(records - i) {
             let c = change(&t, i);
             b.partitions[partition_of(key_hash(&c.routing_key_bytes()), partitions) as usize]
-                .push(c);
+                .push(c.into());
             i += 1;
         }
         let started = Instant::now();

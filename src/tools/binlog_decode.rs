@@ -17,6 +17,7 @@ use super::json;
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Decoded {
     pub changes: u64,
+    pub schema_changes: u64,
     pub commits: u64,
 }
 
@@ -45,6 +46,10 @@ pub async fn decode(
                     "gtid": gtid.map(|g| g.to_string()),
                     "commit_time_ms": commit_time_ms,
                 }})
+            }
+            SourceEvent::Schema(s) => {
+                n.schema_changes += 1;
+                json::schema_change(&s)
             }
             SourceEvent::Heartbeat { .. } => continue,
         };

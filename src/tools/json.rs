@@ -2,7 +2,9 @@
 //! as JSON allows (integers as numbers, decimals as exact strings, text as strings,
 //! bytes that are not UTF-8 as `{"hex": "…"}`, temporal values in ISO-8601 form).
 
-use rowlog_api::{ChangeEvent, Value};
+use rowlog_api::{ChangeEvent, SchemaChange, SourceMeta, Value};
+
+use crate::log::LogEntry;
 use serde_json::{json, Map, Value as Json};
 
 pub fn value(v: &Value) -> Json {
@@ -66,14 +68,48 @@ fn row(c: &ChangeEvent, image: &Option<Vec<Value>>) -> Json {
 }
 
 /// One record: where it is in the log, what changed, and where it came from.
-pub fn record(partition: u32, offset: u64, c: &ChangeEvent) -> Json {
+pub fn record(partition: u32, offset: u64, entry: &LogEntry) -> Json {
+    match entry {
+        LogEntry::Change(c) => change_record(partition, offset, c),
+        LogEntry::Schema(s) => at(partition, offset, schema_change(s)),
+    }
+}
+
+/// A change record, as [`record`] prints it.
+pub fn change_record(partition: u32, offset: u64, c: &ChangeEvent) -> Json {
+    at(partition, offset, change(c))
+}
+
+/// `body` with the record's partition and offset in front.
+fn at(partition: u32, offset: u64, body: Json) -> Json {
     let mut out = Map::new();
     out.insert("partition".into(), json!(partition));
     out.insert("offset".into(), json!(offset));
-    if let Json::Object(m) = change(c) {
+    if let Json::Object(m) = body {
         out.extend(m);
     }
     Json::Object(out)
+}
+
+/// A schema change: the statement, its kind and tables, where it ran.
+pub fn schema_change(s: &SchemaChange) -> Json {
+    json!({
+        "ddl": s.statement,
+        "kind": s.kind.as_str(),
+        "db": s.db,
+        "tables": s.tables.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+        "source": source(&s.source),
+    })
+}
+
+fn source(m: &SourceMeta) -> Json {
+    json!({
+        "position": m.id.event.to_string(),
+        "index": m.id.index,
+        "txn_start": m.txn_start.to_string(),
+        "gtid": m.gtid.as_ref().map(|g| g.to_string()),
+        "commit_time_ms": m.commit_time_ms,
+    })
 }
 
 /// A change as read from the source: table, operation, key, images, source position.
@@ -84,12 +120,6 @@ pub fn change(c: &ChangeEvent) -> Json {
         "key": c.key().map(value).collect::<Vec<_>>(),
         "before": row(c, &c.before),
         "after": row(c, &c.after),
-        "source": {
-            "position": c.source.id.event.to_string(),
-            "index": c.source.id.index,
-            "txn_start": c.source.txn_start.to_string(),
-            "gtid": c.source.gtid.as_ref().map(|g| g.to_string()),
-            "commit_time_ms": c.source.commit_time_ms,
-        }
+        "source": source(&c.source),
     })
 }

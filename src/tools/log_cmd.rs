@@ -64,7 +64,7 @@ pub async fn tail(
         if next < end {
             let want = limit.map(|l| l - printed).unwrap_or(u64::MAX).min(1000) as usize;
             for rec in reader.next_batch(want).await? {
-                let line = crate::tools::json::record(partition, rec.offset, &rec.change);
+                let line = crate::tools::json::record(partition, rec.offset, &rec.entry);
                 if writeln!(out, "{line}").is_err() {
                     return Ok(()); // stdout closed (e.g. piped into head)
                 }

@@ -13,7 +13,7 @@ use rowlog_api::{BinlogPosition, ChangeEvent, ChangeSink, WorkerProgress};
 use rowlog_mysql_sink::MySqlSink;
 
 use crate::config::Config;
-use crate::log::{EmbeddedLog, LogError, PartitionReader, PartitionedLog};
+use crate::log::{EmbeddedLog, LogEntry, LogError, PartitionReader, PartitionedLog};
 
 type ToolResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -176,13 +176,21 @@ pub async fn replay(cfg: &Config, range: Range, dry_run: bool) -> ToolResult<()>
         let mut next = from;
         while next < to {
             let want = ((to - next) as usize).min(cfg.sink.batch_max_rows);
-            let batch: Vec<ChangeEvent> = reader
-                .next_batch(want)
-                .await?
-                .into_iter()
-                .map(|r| r.change)
-                .collect();
-            next += batch.len() as u64;
+            let records = reader.next_batch(want).await?;
+            next += records.len() as u64;
+            let mut batch: Vec<ChangeEvent> = Vec::with_capacity(records.len());
+            for r in records {
+                match r.entry {
+                    LogEntry::Change(c) => batch.push(c),
+                    // Replay re-applies rows; the destination already has the schema.
+                    LogEntry::Schema(s) => println!(
+                        "partition {p}: offset {} is a schema change ({}), not replayed: `{}`",
+                        r.offset,
+                        s.kind.as_str(),
+                        s.statement
+                    ),
+                }
+            }
             if dry_run {
                 for plan in sink.plan(&batch).await? {
                     println!(

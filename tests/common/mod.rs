@@ -16,10 +16,15 @@ use rowlog::shutdown::{self, ShutdownTrigger};
 use rowlog::testkit::{wait_until_equal, MariaDb, ServerOptions, TableDiff};
 use std::sync::Arc;
 
+use mysql_async::prelude::Queryable;
+
 pub struct Pair {
     pub src: MariaDb,
     pub dst: MariaDb,
     pub dir: tempfile::TempDir,
+    /// Where rowlog starts reading: after the last [`Pair::create`], else the earliest
+    /// binlog position.
+    start: std::sync::Mutex<String>,
 }
 
 impl Pair {
@@ -28,17 +33,42 @@ impl Pair {
             MariaDb::start(ServerOptions::source(1)),
             MariaDb::start(ServerOptions::destination(2))
         );
+        Pair::of(
+            src.expect("source server"),
+            dst.expect("destination server"),
+        )
+    }
+
+    /// A pair of servers started by the caller (e.g. with other options).
+    pub fn of(src: MariaDb, dst: MariaDb) -> Pair {
         Pair {
-            src: src.expect("source server"),
-            dst: dst.expect("destination server"),
+            src,
+            dst,
             dir: tempfile::tempdir().unwrap(),
+            start: std::sync::Mutex::new("earliest".into()),
         }
     }
 
-    /// Runs the same DDL on both servers (rowlog replicates rows; tables exist on both).
+    /// Runs the same DDL on both servers, as when tables exist on both before
+    /// replication starts: configs made afterwards start reading the source after it.
+    /// (Replicating DDL itself is tested in tests/ddl.rs.) The destination goes first,
+    /// so a rowlog already running finds the tables in place when it replicates them.
     pub async fn create(&self, statements: &[&str]) {
-        self.src.exec(statements).await.expect("DDL on source");
         self.dst.exec(statements).await.expect("DDL on destination");
+        self.src.exec(statements).await.expect("DDL on source");
+        self.start_here().await;
+    }
+
+    /// Configs made from now on start reading the source at its current position.
+    pub async fn start_here(&self) {
+        let mut c = self.src.conn().await.unwrap();
+        let row: mysql_async::Row = c
+            .query_first("SHOW MASTER STATUS")
+            .await
+            .unwrap()
+            .expect("the source has a binlog");
+        let (file, pos): (String, u64) = (row.get(0).unwrap(), row.get(1).unwrap());
+        *self.start.lock().unwrap() = format!("{file}:{pos}");
     }
 
     pub fn log_dir(&self) -> PathBuf {
@@ -55,11 +85,12 @@ impl Pair {
     pub fn config_toml(&self, workers: u32, partitions: u32) -> String {
         format!(
             "name = \"test\"\n\
-             [source]\nurl = \"{}\"\nstart = \"earliest\"\nserver_id = 4001\n\
+             [source]\nurl = \"{}\"\nstart = \"{}\"\nserver_id = 4001\n\
              [log]\ndir = \"{}\"\npartitions = {partitions}\n\
              [sink]\nurl = \"{}\"\nworkers = {workers}\n\
              [http]\nlisten = \"127.0.0.1:0\"\n",
             self.src.url(),
+            self.start.lock().unwrap(),
             self.log_dir().display(),
             self.dst.url()
         )
@@ -227,7 +258,9 @@ impl Drop for Daemon {
 pub mod records {
     use std::sync::Arc;
 
-    use rowlog::log::{AppendBatch, EmbeddedLog, LogError, PartitionReader, PartitionedLog};
+    use rowlog::log::{
+        AppendBatch, EmbeddedLog, LogEntry, LogError, PartitionReader, PartitionedLog,
+    };
     use rowlog_api::{
         BinlogPosition, ChangeEvent, ChangeId, Column, ColumnType, Op, SourceMeta, TableName,
         TableSchema, Value,
@@ -291,7 +324,7 @@ pub mod records {
         changes: Vec<ChangeEvent>,
     ) -> Result<(), LogError> {
         let mut batch = AppendBatch::new(log.partitions());
-        batch.partitions[partition as usize] = changes;
+        batch.partitions[partition as usize] = changes.into_iter().map(LogEntry::Change).collect();
         log.append(batch).await
     }
 
@@ -309,7 +342,10 @@ pub mod records {
                 r.next_batch(1000)
                     .await?
                     .into_iter()
-                    .map(|rec| (rec.offset, rec.change)),
+                    .map(|rec| match rec.entry {
+                        LogEntry::Change(c) => (rec.offset, c),
+                        LogEntry::Schema(s) => panic!("schema change at {}: {s:?}", rec.offset),
+                    }),
             );
         }
         Ok(out)

@@ -13,6 +13,7 @@
 mod change;
 mod position;
 mod schema;
+mod schema_change;
 mod traits;
 mod value;
 
@@ -21,6 +22,7 @@ pub use position::{
     BinlogFileName, BinlogPosition, ChangeId, Gtid, MariadbGtid, MysqlGtid, ParsePositionError,
 };
 pub use schema::{Column, ColumnType, TableName, TableSchema};
+pub use schema_change::{SchemaChange, SchemaChangeKind, SchemaChangePolicy};
 pub use traits::{
     ApplyBatch, ChangeSink, ChangeSource, Retry, SinkProgress, SourceEvent, WorkerProgress,
 };

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use crate::{BinlogPosition, ChangeEvent, Gtid};
+use crate::{BinlogPosition, ChangeEvent, ChangeId, Gtid, SchemaChange};
 
 /// Whether an error may go away by itself (lost connection, deadlock, lock wait timeout)
 /// or is definite (bad config, purged binlog, a value the destination rejects).
@@ -16,6 +16,8 @@ pub trait Retry {
 #[derive(Debug, Clone)]
 pub enum SourceEvent {
     Change(ChangeEvent),
+    /// A DDL statement on replicated tables; a `Committed` follows it.
+    Schema(SchemaChange),
     /// A transaction or standalone statement ended. Every change before this event
     /// belongs to it or an earlier one; restarting at `resume` repeats nothing before it.
     Committed {
@@ -75,6 +77,22 @@ pub trait ChangeSink: Send {
     fn apply(
         &mut self,
         batch: ApplyBatch<'_>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Whether the schema change `id` is recorded as applied on the destination.
+    fn schema_change_applied(
+        &mut self,
+        id: &ChangeId,
+    ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+
+    /// Runs a schema change on the destination and records it as applied. DDL commits
+    /// on its own, so a crash can fall between running it and recording it; an error
+    /// saying the change is already in place (the table or column exists, the dropped
+    /// one is gone) therefore counts as applied, as it also does when the destination
+    /// was prepared by hand.
+    fn apply_schema_change(
+        &mut self,
+        change: &SchemaChange,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// The progress rows stored for `partition`.

@@ -24,11 +24,12 @@ use mysql_async::binlog::events::{
     TransactionPayloadEvent,
 };
 use rowlog_api::{
-    BinlogFileName, BinlogPosition, ChangeEvent, ChangeId, Gtid, MysqlGtid, Op, SourceEvent,
-    SourceMeta, TableName, TableSchema, Value,
+    BinlogFileName, BinlogPosition, ChangeEvent, ChangeId, Gtid, MysqlGtid, Op, SchemaChange,
+    SchemaChangeKind, SourceEvent, SourceMeta, TableName, TableSchema, Value,
 };
 use tracing::{debug, warn};
 
+use crate::ddl;
 use crate::mariadb;
 use crate::rows::{self, ColumnCodec};
 use crate::table_map::{schema_from_table_map, table_name};
@@ -380,10 +381,66 @@ impl Decoder {
             _ if self.in_group => {}
             _ => {
                 // A standalone statement (DDL): table maps after it describe the new shape.
-                debug!(statement = %sql.chars().take(200).collect::<String>(), "ddl");
+                self.on_standalone(&q, ts_ms)?;
                 self.end_group(ts_ms);
             }
         }
+        Ok(())
+    }
+
+    /// A statement outside any transaction: a schema change of replicated tables is
+    /// passed on (before the `Committed` that closes it); anything else is logged.
+    fn on_standalone(&mut self, q: &QueryEvent<'_>, ts_ms: u64) -> Result<(), SourceError> {
+        let statement = std::str::from_utf8(q.query_raw())
+            .map_err(|e| self.decode_error("QUERY", format!("statement is not UTF-8: {e}")))?;
+        let db = q.schema().into_owned();
+        let (kind, tables, database, if_exists) = match ddl::classify(statement, &db) {
+            ddl::Statement::Ddl {
+                kind,
+                tables,
+                database,
+                if_exists,
+            } => (kind, tables, database, if_exists),
+            ddl::Statement::Other(words) => {
+                debug!(statement = %words, position = %self.here(), "standalone statement is not a schema change; not replicated");
+                return Ok(());
+            }
+        };
+        let included: Vec<TableName> = tables
+            .iter()
+            .filter(|t| self.opts.filter.includes(t))
+            .cloned()
+            .collect();
+        let replicated = match &database {
+            Some(d) => self.opts.filter.includes_db(d),
+            None => !included.is_empty(),
+        };
+        if !replicated {
+            debug!(kind = kind.as_str(), position = %self.here(), "schema change of tables not replicated");
+            return Ok(());
+        }
+        // A multi-table DROP that names tables rowlog does not replicate drops only
+        // the replicated ones on the destination.
+        let statement = if kind == SchemaChangeKind::DropTable && included.len() < tables.len() {
+            ddl::drop_tables_statement(&included, if_exists)
+        } else {
+            statement.to_owned()
+        };
+        self.pending.push_back(SourceEvent::Schema(SchemaChange {
+            kind,
+            db,
+            statement,
+            tables,
+            source: SourceMeta {
+                id: ChangeId {
+                    event: self.here(),
+                    index: 0,
+                },
+                txn_start: self.resume.clone(),
+                gtid: self.gtid.clone(),
+                commit_time_ms: ts_ms,
+            },
+        }));
         Ok(())
     }
 

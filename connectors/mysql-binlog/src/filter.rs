@@ -52,6 +52,16 @@ impl TableFilter {
         let m = |p: &Pattern| glob(&p.db, &t.db) && glob(&p.table, &t.table);
         (self.include.is_empty() || self.include.iter().any(m)) && !self.exclude.iter().any(m)
     }
+
+    /// Whether some table of database `db` may be replicated: an include pattern's
+    /// database matches it and no exclude pattern takes the whole database (`db.*`).
+    pub fn includes_db(&self, db: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|p| glob(&p.db, db)))
+            && !self
+                .exclude
+                .iter()
+                .any(|p| p.table == "*" && glob(&p.db, db))
+    }
 }
 
 /// Iterative glob match with backtracking on the last `*`; linear in practice.
@@ -103,6 +113,15 @@ mod tests {
     fn patterns_without_a_dot_are_rejected() {
         let err = TableFilter::new(&["users".into()], &[]).unwrap_err();
         assert!(err.to_string().contains("source.include"), "{err}");
+    }
+
+    #[test]
+    fn a_database_is_included_unless_excluded_whole() {
+        let f = TableFilter::new(&["shop.*".into()], &["mysql.*".into()]).unwrap();
+        assert!(f.includes_db("shop"));
+        assert!(!f.includes_db("other"));
+        let f = TableFilter::new(&[], &["mysql.*".into(), "app.tmp_*".into()]).unwrap();
+        assert!(f.includes_db("app") && !f.includes_db("mysql"));
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! * MariaDB-specific handling is named as such (see [`mariadb`]).
 
 mod config;
+mod ddl;
 mod decoder;
 mod error;
 mod file;

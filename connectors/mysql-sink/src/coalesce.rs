@@ -68,14 +68,13 @@ pub fn coalesce(changes: &[ChangeEvent]) -> Vec<Coalesced<'_>> {
         match (c.op, &c.after, &c.before) {
             (Op::Delete, _, Some(before)) if c.table.keyless => g.ordered.push((false, before)),
             (Op::Insert, Some(after), _) if c.table.keyless => g.ordered.push((true, after)),
-            (Op::Update, Some(after), Some(before)) if c.table.keyless => {
-                // The source splits a keyless update that changes the row into a delete
-                // and an insert; one that reaches here leaves the row as it was.
-                if before != after {
-                    g.ordered.push((false, before));
-                    g.ordered.push((true, after));
-                }
+            // The source splits a keyless update that changes the row into a delete and
+            // an insert; one that reaches here leaves the row as it was.
+            (Op::Update, Some(after), Some(before)) if c.table.keyless && before != after => {
+                g.ordered.push((false, before));
+                g.ordered.push((true, after));
             }
+            (Op::Update, _, _) if c.table.keyless => {}
             (Op::Delete, _, Some(before)) => g.deletes.push(before),
             (_, Some(after), _) => g.upserts.push(after),
             // A change without the image its op needs cannot come from the source.

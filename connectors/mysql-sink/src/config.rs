@@ -39,9 +39,13 @@ pub struct SinkConfig {
     /// to this file (one JSON line) and its partition goes on instead of halting.
     #[serde(default)]
     pub dead_letter_file: Option<std::path::PathBuf>,
-    /// Database on the destination holding `rowlog_progress`.
+    /// Database on the destination holding `rowlog_progress` and
+    /// `rowlog_schema_changes`.
     #[serde(default = "default_progress_database")]
     pub progress_database: String,
+    /// Schema changes (DDL) from the source: "apply" (default), "ignore" or "halt".
+    #[serde(default)]
+    pub ddl: rowlog_api::SchemaChangePolicy,
 }
 
 impl SinkConfig {

@@ -26,6 +26,14 @@ pub enum SinkError {
         source: mysql_async::Error,
     },
 
+    #[error("destination rejected the schema change at {position}: `{statement}`")]
+    SchemaChange {
+        position: String,
+        statement: String,
+        #[source]
+        source: mysql_async::Error,
+    },
+
     #[error("destination progress table `{table}`: {action} failed")]
     Progress {
         table: String,
@@ -61,6 +69,7 @@ impl SinkError {
         match self {
             SinkError::Connect { source, .. }
             | SinkError::Apply { source, .. }
+            | SinkError::SchemaChange { source, .. }
             | SinkError::Progress { source, .. } => match source {
                 mysql_async::Error::Server(s) => Some(s.code),
                 _ => None,
@@ -79,9 +88,9 @@ impl Retry for SinkError {
                 mysql_async::Error::Server(s) if s.code == 1045 || s.code == 1044 => false,
                 other => is_retryable(other) || matches!(other, mysql_async::Error::Server(_)),
             },
-            SinkError::Apply { source, .. } | SinkError::Progress { source, .. } => {
-                is_retryable(source)
-            }
+            SinkError::Apply { source, .. }
+            | SinkError::SchemaChange { source, .. }
+            | SinkError::Progress { source, .. } => is_retryable(source),
         }
     }
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, TxOpts};
 use rowlog_api::{
-    ApplyBatch, ChangeEvent, ChangeSink, Retry, SinkProgress, TableSchema, Value, WorkerProgress,
+    ApplyBatch, ChangeEvent, ChangeId, ChangeSink, Retry, SchemaChange, SinkProgress, TableSchema,
+    Value, WorkerProgress,
 };
 
 use crate::params::to_param;
@@ -92,6 +93,7 @@ pub struct MySqlSink {
     conn: Conn,
     pipeline: String,
     progress_table: String,
+    schema_changes_table: String,
     progress_db: String,
     sql: SqlCache,
 }
@@ -122,6 +124,10 @@ impl MySqlSink {
             conn,
             pipeline: pipeline.to_owned(),
             progress_table: format!("{}.`rowlog_progress`", quote(&cfg.progress_database)),
+            schema_changes_table: format!(
+                "{}.`rowlog_schema_changes`",
+                quote(&cfg.progress_database)
+            ),
             progress_db: cfg.progress_database.clone(),
             sql: HashMap::new(),
         })
@@ -145,7 +151,21 @@ impl MySqlSink {
              ) ENGINE=InnoDB",
             self.progress_table
         );
-        for q in [create_db, create_table] {
+        // Schema changes applied, by source position: a replayed one is not run again.
+        let create_ddl_table = format!(
+            "CREATE TABLE IF NOT EXISTS {} (\
+               pipeline VARCHAR(128) NOT NULL,\
+               binlog_file VARCHAR(255) NOT NULL,\
+               binlog_pos BIGINT UNSIGNED NOT NULL,\
+               kind VARCHAR(32) NOT NULL,\
+               statement LONGTEXT NOT NULL,\
+               outcome VARCHAR(255) NOT NULL,\
+               applied_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),\
+               PRIMARY KEY (pipeline, binlog_file, binlog_pos)\
+             ) ENGINE=InnoDB",
+            self.schema_changes_table
+        );
+        for q in [create_db, create_table, create_ddl_table] {
             self.conn
                 .query_drop(&q)
                 .await
@@ -459,8 +479,94 @@ impl MySqlSink {
     }
 }
 
+/// Errors meaning a schema change's effect is already in place: table exists (1050),
+/// unknown table to drop (1051), duplicate column (1060) or key name (1061), column or
+/// key to drop missing (1091), database exists (1007) or missing (1008). The same set
+/// TiDB DM treats as already applied.
+fn already_in_place(e: &mysql_async::Error) -> Option<u16> {
+    match e {
+        mysql_async::Error::Server(s)
+            if matches!(s.code, 1050 | 1051 | 1060 | 1061 | 1091 | 1007 | 1008) =>
+        {
+            Some(s.code)
+        }
+        _ => None,
+    }
+}
+
 impl ChangeSink for MySqlSink {
     type Error = SinkError;
+
+    async fn schema_change_applied(&mut self, id: &ChangeId) -> Result<bool, SinkError> {
+        let q = format!(
+            "SELECT 1 FROM {} WHERE pipeline = ? AND binlog_file = ? AND binlog_pos = ?",
+            self.schema_changes_table
+        );
+        let found: Option<u8> = self
+            .conn
+            .exec_first(q, (&self.pipeline, id.event.file.to_string(), id.event.pos))
+            .await
+            .map_err(|source| SinkError::Progress {
+                table: self.schema_changes_table.clone(),
+                action: "read",
+                source,
+            })?;
+        Ok(found.is_some())
+    }
+
+    async fn apply_schema_change(&mut self, change: &SchemaChange) -> Result<(), SinkError> {
+        let id = &change.source.id;
+        let failed = |source| SinkError::SchemaChange {
+            position: id.event.to_string(),
+            statement: change.statement.chars().take(300).collect(),
+            source,
+        };
+        if !change.db.is_empty() {
+            let use_db = format!("USE {}", quote(&change.db));
+            match self.conn.query_drop(&use_db).await {
+                Ok(()) => {}
+                // A database statement may run while the session's database does not
+                // exist on the destination (yet, or any more): names in it are explicit.
+                Err(mysql_async::Error::Server(s))
+                    if s.code == 1049 && change.tables.is_empty() => {}
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        let outcome = match self.conn.query_drop(&change.statement).await {
+            Ok(()) => "applied".to_string(),
+            Err(e) => match already_in_place(&e) {
+                Some(code) => {
+                    tracing::warn!(position = %id.event, statement = %change.statement, code,
+                        "schema change already in place on the destination; recorded as applied");
+                    format!("already in place (error {code})")
+                }
+                None => return Err(failed(e)),
+            },
+        };
+        let q = format!(
+            "INSERT INTO {} (pipeline, binlog_file, binlog_pos, kind, statement, outcome) \
+             VALUES (?,?,?,?,?,?) ON DUPLICATE KEY UPDATE outcome = VALUES(outcome), applied_at = NOW(6)",
+            self.schema_changes_table
+        );
+        self.conn
+            .exec_drop(
+                q,
+                (
+                    &self.pipeline,
+                    id.event.file.to_string(),
+                    id.event.pos,
+                    change.kind.as_str(),
+                    &change.statement,
+                    outcome,
+                ),
+            )
+            .await
+            .map_err(|source| SinkError::Progress {
+                table: self.schema_changes_table.clone(),
+                action: "record",
+                source,
+            })
+    }
 
     async fn apply(&mut self, batch: ApplyBatch<'_>) -> Result<(), SinkError> {
         self.apply_changes(batch.changes, Some(batch.progress))
