@@ -143,7 +143,6 @@ async fn a_lock_wait_timeout_is_retried_until_the_lock_is_released() {
             break;
         }
     }
-    ();
     holder.query_drop("ROLLBACK").await.unwrap();
     pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
         .await;
