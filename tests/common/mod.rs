@@ -164,6 +164,11 @@ impl InProcess {
         }
     }
 
+    /// Whether the pipeline ended by itself (it stopped on an error).
+    pub fn finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
     /// Stops and returns how the pipeline ended.
     pub async fn stop_result(self) -> Result<Arc<Stats>, daemon::DaemonError> {
         self.trigger.trigger();

@@ -1,0 +1,312 @@
+//! Schema changes in the middle of a row stream: each DDL reaches the destination in
+//! order with the rows around it (rows before it in the old shape, rows after it in
+//! the new), across partitions and workers, also across a crash; `sink.ddl = "halt"`
+//! stops at it after applying everything before.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Daemon, InProcess, Pair};
+use mysql_async::prelude::Queryable;
+use rowlog::log::{EmbeddedLog, LogEntry, PartitionReader, PartitionedLog};
+
+/// Writes rows into `table` until `stop`: inserts of new ids and updates of recent
+/// ones, one transaction each, naming only `id` and `v` (which every shape has).
+fn writer(
+    url: String,
+    table: &'static str,
+    first_id: u64,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(&url).unwrap())
+            .await
+            .unwrap();
+        let mut id = first_id;
+        while !stop.load(Ordering::Relaxed) {
+            c.exec_drop(
+                format!("INSERT INTO {table} (id, v) VALUES (?, ?)"),
+                (id, id),
+            )
+            .await
+            .unwrap();
+            if id > first_id + 5 {
+                c.exec_drop(
+                    format!("UPDATE {table} SET v = v + 1 WHERE id = ?"),
+                    (id - 5,),
+                )
+                .await
+                .unwrap();
+            }
+            id += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        id - first_id
+    })
+}
+
+async fn show_create(conn: &mut mysql_async::Conn, table: &str) -> String {
+    let row: (String, String) = conn
+        .query_first(format!("SHOW CREATE TABLE {table}"))
+        .await
+        .unwrap()
+        .unwrap();
+    row.1
+}
+
+async fn exists(conn: &mut mysql_async::Conn, db: &str, table: &str) -> bool {
+    let n: u64 = conn
+        .exec_first(
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            (db, table),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    n > 0
+}
+
+async fn pause() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columns_added_modified_and_dropped_mid_stream_reach_the_destination_in_order() {
+    let pair = Pair::start().await;
+    // Only the source: the database and table reach the destination through rowlog.
+    let rowlog = InProcess::start(pair.config(2, 4));
+    pair.src
+        .exec(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.t (id BIGINT PRIMARY KEY, v INT NOT NULL)",
+        ])
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let rows = writer(pair.src.url(), "app.t", 1, stop.clone());
+    pause().await;
+    let mut s = pair.src.conn().await.unwrap();
+    for q in [
+        "ALTER TABLE app.t ADD COLUMN c VARCHAR(20) NOT NULL DEFAULT 'x'",
+        "UPDATE app.t SET c = CONCAT('c', id) WHERE id % 3 = 0",
+        // Values that only fit once the MODIFY is applied: a row written before it
+        // on the destination would be rejected.
+        "ALTER TABLE app.t MODIFY COLUMN v BIGINT NOT NULL",
+        "UPDATE app.t SET v = v * 10000000000 WHERE id % 7 = 0",
+        "ALTER TABLE app.t DROP COLUMN c",
+        "ALTER TABLE app.t ADD COLUMN d DATETIME(6) NULL, ADD INDEX by_v (v)",
+        "UPDATE app.t SET d = '2026-11-26 12:34:56.789012' WHERE id % 2 = 0",
+    ] {
+        s.query_drop(q).await.unwrap();
+        pause().await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let written = rows.await.unwrap();
+    assert!(written > 100, "the writer ran alongside ({written} rows)");
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    let mut d = pair.dst.conn().await.unwrap();
+    assert_eq!(
+        show_create(&mut s, "app.t").await,
+        show_create(&mut d, "app.t").await,
+        "the destination has the source's final shape"
+    );
+    let applied: u64 = d
+        .query_first("SELECT COUNT(*) FROM rowlog.rowlog_schema_changes WHERE outcome = 'applied'")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        applied,
+        2 + 4,
+        "CREATE DATABASE, CREATE TABLE and four ALTERs"
+    );
+
+    // The log keeps each row in the shape it was written: app.t records of 2, 3 and
+    // 2 columns again, around the schema changes, all in one partition.
+    let log = EmbeddedLog::open_read_only(&pair.log_dir()).unwrap();
+    let mut widths = Vec::new();
+    let mut r = log.reader(0, 0).await.unwrap();
+    let end = log.end_offset(0);
+    let mut seen = 0;
+    while seen < end {
+        for rec in r.next_batch(1000).await.unwrap() {
+            seen += 1;
+            let w = match rec.entry {
+                LogEntry::Change(c) => c.table.columns.len(),
+                LogEntry::Schema(_) => 0,
+            };
+            if widths.last() != Some(&w) {
+                widths.push(w);
+            }
+        }
+    }
+    assert!(
+        widths.windows(4).any(|w| w == [2, 0, 3, 0]),
+        "old rows keep 2 columns, new rows have 3: {widths:?}"
+    );
+    rowlog.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_truncate_create_and_drop_mid_stream_reach_the_destination() {
+    let pair = Pair::start().await;
+    let rowlog = InProcess::start(pair.config(2, 4));
+    pair.src
+        .exec(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.a (id BIGINT PRIMARY KEY, v INT NOT NULL)",
+            "CREATE TABLE app.b (id BIGINT PRIMARY KEY, v INT NOT NULL)",
+            "INSERT INTO app.a SELECT seq, seq FROM app.seq_1_to_200",
+        ])
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let rows = writer(pair.src.url(), "app.b", 1, stop.clone());
+    pause().await;
+    let mut s = pair.src.conn().await.unwrap();
+    for q in [
+        "RENAME TABLE app.a TO app.a2",
+        "INSERT INTO app.a2 SELECT seq, -seq FROM app.seq_201_to_300",
+        "TRUNCATE TABLE app.b",
+        "CREATE TABLE app.n (id INT PRIMARY KEY, s VARCHAR(10))",
+        "INSERT INTO app.n VALUES (1, 'one'), (2, 'two')",
+        "CREATE TABLE app.gone (id INT PRIMARY KEY)",
+        "INSERT INTO app.gone VALUES (1)",
+        "DROP TABLE app.gone",
+        "ALTER TABLE app.a2 RENAME TO app.a3",
+        "UPDATE app.a3 SET v = v + 1000 WHERE id <= 10",
+    ] {
+        s.query_drop(q).await.unwrap();
+        pause().await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    rows.await.unwrap();
+    pair.assert_converges(
+        &[("app.a3", "id"), ("app.b", "id"), ("app.n", "id")],
+        Duration::from_secs(60),
+    )
+    .await;
+    let mut d = pair.dst.conn().await.unwrap();
+    for gone in ["a", "a2", "gone"] {
+        assert!(!exists(&mut d, "app", gone).await, "app.{gone} is gone");
+    }
+    let b_min: Option<u64> = d.query_first("SELECT MIN(id) FROM app.b").await.unwrap();
+    assert!(
+        b_min.is_some_and(|m| m > 1),
+        "rows before the TRUNCATE are gone, rows after it are there ({b_min:?})"
+    );
+    rowlog.stop().await;
+}
+
+/// The rowlog process is killed while schema changes and rows stream; after each
+/// restart it catches up, and no DDL runs twice into an error or a lost row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_around_schema_changes_it_converges_and_applies_each_once() {
+    let pair = Pair::start().await;
+    let config = pair.write_config(2, 4);
+    let log = pair.dir.path().join("rowlog.log");
+    pair.src
+        .exec(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.t (id BIGINT PRIMARY KEY, v INT NOT NULL)",
+        ])
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let rows = writer(pair.src.url(), "app.t", 1, stop.clone());
+    let mut s = pair.src.conn().await.unwrap();
+    let alters = [
+        "ALTER TABLE app.t ADD COLUMN a INT NULL",
+        "ALTER TABLE app.t ADD COLUMN b VARCHAR(10) NULL",
+        "ALTER TABLE app.t DROP COLUMN a",
+        "CREATE INDEX by_b ON app.t (b)",
+        "ALTER TABLE app.t ADD COLUMN c BIGINT NOT NULL DEFAULT 7",
+        "DROP INDEX by_b ON app.t",
+    ];
+    for (round, q) in alters.iter().enumerate() {
+        let daemon = Daemon::spawn(&config, log.clone());
+        tokio::time::sleep(Duration::from_millis(600 + 150 * round as u64)).await;
+        s.query_drop(*q).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        daemon.kill();
+    }
+    stop.store(true, Ordering::Relaxed);
+    rows.await.unwrap();
+    let daemon = Daemon::spawn(&config, log.clone());
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(120))
+        .await;
+    let mut d = pair.dst.conn().await.unwrap();
+    assert_eq!(
+        show_create(&mut s, "app.t").await,
+        show_create(&mut d, "app.t").await
+    );
+    let recorded: u64 = d
+        .query_first("SELECT COUNT(*) FROM rowlog.rowlog_schema_changes")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        recorded,
+        2 + alters.len() as u64,
+        "each schema change recorded once"
+    );
+    assert!(daemon.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_ddl_halt_the_pipeline_stops_at_the_schema_change_after_the_rows_before_it() {
+    let pair = Pair::start().await;
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
+    ])
+    .await;
+    let mut cfg = pair.config(2, 4);
+    cfg.sink.ddl = rowlog_api::SchemaChangePolicy::Halt;
+    let rowlog = InProcess::start(cfg.clone());
+    pair.src
+        .exec(&[
+            "INSERT INTO app.t SELECT seq, seq FROM app.seq_1_to_100",
+            "ALTER TABLE app.t ADD COLUMN w INT NOT NULL DEFAULT 0",
+            "INSERT INTO app.t SELECT seq, seq, 1 FROM app.seq_101_to_150",
+        ])
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !rowlog.finished() {
+        assert!(std::time::Instant::now() < deadline, "never stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = rowlog::report::error_chain(&rowlog.stop_result().await.err().unwrap());
+    assert!(
+        err.contains("ALTER TABLE app.t ADD COLUMN w")
+            && err.contains("binlog.")
+            && err.contains("ignore"),
+        "{err}"
+    );
+    let mut d = pair.dst.conn().await.unwrap();
+    let (n, max): (u64, Option<i64>) = d
+        .query_first("SELECT COUNT(*), MAX(id) FROM app.t")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (n, max),
+        (100, Some(100)),
+        "every row before the DDL, none after"
+    );
+
+    // The operator changes the destination, then lets rowlog go past the DDL.
+    d.query_drop("ALTER TABLE app.t ADD COLUMN w INT NOT NULL DEFAULT 0")
+        .await
+        .unwrap();
+    cfg.sink.ddl = rowlog_api::SchemaChangePolicy::Ignore;
+    let rowlog = InProcess::start(cfg);
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    rowlog.stop().await;
+}
