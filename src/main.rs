@@ -566,12 +566,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 async fn run(cfg: Config) -> anyhow::Result<()> {
     let (trigger, shutdown) = shutdown::channel();
     let deadline = std::time::Duration::from_secs(cfg.shutdown_timeout_secs);
+    // Handlers are installed here, before anything else runs: a SIGTERM that arrives
+    // while rowlog is still starting (an operator stopping it at once) drains too,
+    // instead of killing the process with the signal's default action.
+    let mut signals = Signals::install();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.next().await;
         trigger.trigger();
         tokio::select! {
             // A second signal while draining means "now".
-            _ = wait_for_signal() => {
+            _ = signals.next() => {
                 tracing::warn!("second signal: exiting without draining; the next start replays what was not committed");
                 std::process::exit(130);
             }
@@ -590,24 +594,45 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT. SIGHUP is answered with a log line: rowlog does not
+/// SIGTERM and SIGINT stop rowlog; SIGHUP is answered with a log line: rowlog does not
 /// reload its configuration (a restart applies it, and loses nothing).
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        // Without signal handlers the process can still be killed; never return early.
-        std::future::pending::<()>().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return tracing::info!("SIGTERM received"),
-            _ = int.recv() => return tracing::info!("SIGINT received"),
-            _ = hup.recv() => tracing::warn!("SIGHUP ignored: rowlog does not reload its configuration; restart it to apply changes"),
+struct Signals {
+    streams: Option<(
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+    )>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        let streams = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(t), Ok(i), Ok(h)) => Some((t, i, h)),
+            _ => {
+                tracing::warn!("cannot install signal handlers; SIGTERM will not drain");
+                None
+            }
+        };
+        Self { streams }
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        let Some((term, int, hup)) = self.streams.as_mut() else {
+            // Without handlers the process can still be killed; never return early.
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return tracing::info!("SIGTERM received"),
+                _ = int.recv() => return tracing::info!("SIGINT received"),
+                _ = hup.recv() => tracing::warn!("SIGHUP ignored: rowlog does not reload its configuration; restart it to apply changes"),
+            }
         }
     }
 }

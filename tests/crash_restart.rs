@@ -171,5 +171,26 @@ async fn unique_key_swaps_converge_after_crashes_and_replay() {
     let daemon = Daemon::spawn(&config, log.clone());
     pair.assert_converges(&[("app.users", "id")], Duration::from_secs(120))
         .await;
-    assert!(daemon.terminate().success());
+    daemon.terminate_cleanly();
+}
+
+/// An operator stopping rowlog while it is still starting (checks, connections) gets
+/// the same clean exit as when it runs: the signal handlers are installed first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_start_up_exits_cleanly() {
+    let pair = Pair::start().await;
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id INT PRIMARY KEY)",
+    ])
+    .await;
+    let config = pair.write_config(2, 2);
+    for delay_ms in [5, 20, 50, 100, 300] {
+        let daemon = Daemon::spawn(
+            &config,
+            pair.dir.path().join(format!("rowlog-{delay_ms}.log")),
+        );
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        daemon.terminate_cleanly();
+    }
 }

@@ -254,7 +254,7 @@ async fn killed_around_schema_changes_it_converges_and_applies_each_once() {
         2 + alters.len() as u64,
         "each schema change recorded once"
     );
-    assert!(daemon.terminate().success());
+    daemon.terminate_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

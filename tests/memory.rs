@@ -25,7 +25,7 @@ async fn a_million_row_transaction_replicates_with_bounded_memory() {
     // Start once so the stored position is before the transaction, then stop.
     let first = Daemon::spawn(&config, pair.dir.path().join("rowlog.log"));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(first.terminate().success());
+    first.terminate_cleanly();
 
     let mut c = pair.src.conn().await.unwrap();
     c.query_drop(
@@ -62,5 +62,5 @@ async fn a_million_row_transaction_replicates_with_bounded_memory() {
         .await;
     println!("peak RSS of rowlog replicating a 1,000,000-row transaction: {peak} MiB");
     assert!(peak < 300, "peak RSS {peak} MiB");
-    assert!(daemon.terminate().success());
+    daemon.terminate_cleanly();
 }

@@ -66,7 +66,7 @@ async fn offsets_and_replay_repair_a_damaged_destination() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("in use by a running rowlog"), "{out}");
     // SIGTERM drains and commits: afterwards every partition's committed offset is its end.
-    assert!(daemon.terminate().success());
+    daemon.terminate_cleanly();
     let (code, out) = rowlog(&["offsets", "show", "-c", cfg]);
     assert_eq!(code, 0, "{out}");
     let rows: Vec<Vec<&str>> = out
@@ -123,7 +123,7 @@ async fn offsets_and_replay_repair_a_damaged_destination() {
     let daemon = Daemon::spawn(&config, log.clone());
     pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
         .await;
-    assert!(daemon.terminate().success());
+    daemon.terminate_cleanly();
 
     // Skip to the end: what is not applied stays unapplied (an operator's decision).
     pair.dst
@@ -171,7 +171,7 @@ async fn source_reset_re_reads_the_binlog_from_an_earlier_position() {
         .unwrap();
     pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
         .await;
-    assert!(daemon.terminate().success());
+    daemon.terminate_cleanly();
 
     // The destination loses the table's rows; the log still has them, but so does the binlog.
     pair.dst.exec(&["TRUNCATE app.t"]).await.unwrap();
@@ -184,6 +184,6 @@ async fn source_reset_re_reads_the_binlog_from_an_earlier_position() {
     let daemon = Daemon::spawn(&config, log.clone());
     pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
         .await;
-    assert!(daemon.terminate().success());
+    daemon.terminate_cleanly();
     assert_eq!(count(&pair, "SELECT COUNT(*) FROM app.t").await, 300);
 }

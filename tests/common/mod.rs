@@ -239,6 +239,17 @@ impl Daemon {
         )
     }
 
+    /// SIGTERM, and asserts rowlog drained and exited 0 (the log is shown otherwise).
+    pub fn terminate_cleanly(self) {
+        let log_path = self.log_path.clone();
+        let status = self.terminate();
+        assert!(
+            status.success(),
+            "rowlog exited with {status} on SIGTERM; log:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
