@@ -15,6 +15,8 @@ fn schema() -> Arc<TableSchema> {
         ty: ColumnType::BigInt,
         unsigned: false,
         charset: None,
+        charset_name: None,
+        generated: false,
         nullable: true,
     };
     Arc::new(TableSchema {

@@ -374,6 +374,8 @@ async fn each_record_decodes_with_the_schema_version_it_was_written_with() {
         ty: rowlog_api::ColumnType::Int,
         unsigned: true,
         charset: None,
+        charset_name: None,
+        generated: false,
         nullable: true,
     });
     let v2 = std::sync::Arc::new(altered);

@@ -92,7 +92,13 @@ pub async fn wait_until_equal(
     loop {
         let mut same = true;
         for (table, _) in tables {
-            if count(src, table).await? != count(dst, table).await?
+            // A table the destination does not have yet (its CREATE is on the way) is
+            // simply not equal yet.
+            let dst_count = match count(dst, table).await {
+                Err(mysql_async::Error::Server(e)) if e.code == 1146 => None,
+                other => Some(other?),
+            };
+            if dst_count != Some(count(src, table).await?)
                 || checksum(src, table).await? != checksum(dst, table).await?
             {
                 same = false;

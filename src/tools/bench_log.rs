@@ -30,6 +30,8 @@ fn schema() -> Arc<TableSchema> {
         ty,
         unsigned: false,
         charset: Some(45),
+        charset_name: None,
+        generated: false,
         nullable: false,
     };
     Arc::new(TableSchema {

@@ -288,6 +288,8 @@ pub mod records {
             ty,
             unsigned: false,
             charset: Some(45),
+            charset_name: None,
+            generated: false,
             nullable: true,
         };
         Arc::new(TableSchema {

@@ -81,6 +81,14 @@ pub struct Column {
     pub unsigned: bool,
     /// Collation id for character columns (63 = binary), when the source reported it.
     pub charset: Option<u16>,
+    /// The character set of that collation (`latin1`, `utf8mb4`…), as the source names
+    /// it: the sink sends a column's bytes labelled with it, unconverted.
+    #[serde(default)]
+    pub charset_name: Option<String>,
+    /// A generated (computed) column: the source logs its value, the destination
+    /// computes its own, so the sink never writes it.
+    #[serde(default)]
+    pub generated: bool,
     pub nullable: bool,
 }
 
@@ -106,6 +114,14 @@ pub struct TableSchema {
 impl TableSchema {
     pub fn pk_columns(&self) -> impl Iterator<Item = &Column> {
         self.primary_key.iter().map(|&i| &self.columns[i])
+    }
+
+    /// The columns a sink writes (every column but generated ones), with their indexes.
+    pub fn written_columns(&self) -> impl Iterator<Item = (usize, &Column)> {
+        self.columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.generated)
     }
 
     /// Checks the invariants the rest of the pipeline relies on; used when a schema is

@@ -65,7 +65,8 @@ const ARTIFICIAL_FLAG: u16 = 0x20;
 
 /// Where a table map's missing facts come from: names, signedness and the primary key
 /// when the binlog lacks `binlog_row_metadata=FULL`, and secondary unique keys (never in
-/// the binlog). The live reader asks `information_schema`; offline decoding has nobody
+/// the binlog), generated columns (the binlog carries their values but not that
+/// they are computed). The live reader asks `information_schema`; offline decoding has nobody
 /// to ask and leaves them as the binlog has them.
 pub(crate) trait TableLookup {
     /// Fills what the table map lacks (`has_names` is false): column names, signedness
@@ -76,11 +77,17 @@ pub(crate) trait TableLookup {
         position: &BinlogPosition,
     ) -> impl Future<Output = Result<(), SourceError>> + Send;
 
-    /// Sets `schema.unique_keys`.
-    fn fill_unique_keys(
+    /// Sets `schema.unique_keys` and marks generated columns.
+    fn fill_keys_and_generated(
         &mut self,
         schema: &mut TableSchema,
         position: &BinlogPosition,
+    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+
+    /// Names the character set of each column whose collation id is known.
+    fn fill_charset_names(
+        &mut self,
+        schema: &mut TableSchema,
     ) -> impl Future<Output = Result<(), SourceError>> + Send;
 }
 
@@ -95,11 +102,14 @@ impl TableLookup for NoLookup {
     ) -> Result<(), SourceError> {
         Ok(())
     }
-    async fn fill_unique_keys(
+    async fn fill_keys_and_generated(
         &mut self,
         _: &mut TableSchema,
         _: &BinlogPosition,
     ) -> Result<(), SourceError> {
+        Ok(())
+    }
+    async fn fill_charset_names(&mut self, _: &mut TableSchema) -> Result<(), SourceError> {
         Ok(())
     }
 }
@@ -473,7 +483,10 @@ impl Decoder {
         if !mapped.has_names {
             lookup.fill_columns(&mut schema, &position).await?;
         }
-        lookup.fill_unique_keys(&mut schema, &position).await?;
+        lookup
+            .fill_keys_and_generated(&mut schema, &position)
+            .await?;
+        lookup.fill_charset_names(&mut schema).await?;
         if schema.primary_key.is_empty() {
             match self.opts.no_pk {
                 NoPrimaryKey::Halt => return Err(SourceError::NoPrimaryKey { table: name }),

@@ -28,6 +28,8 @@ pub struct BinlogReader {
 struct InfoSchema {
     opts: Opts,
     conn: Option<Conn>,
+    /// Collation id → character set name, read once from the source.
+    collations: Option<std::collections::HashMap<u16, String>>,
 }
 
 impl BinlogReader {
@@ -107,7 +109,11 @@ impl BinlogReader {
             config: config.clone(),
             settings,
             stream,
-            lookup: InfoSchema { opts, conn: None },
+            lookup: InfoSchema {
+                opts,
+                conn: None,
+                collations: None,
+            },
             decoder,
         })
     }
@@ -131,6 +137,19 @@ impl InfoSchema {
 }
 
 impl TableLookup for InfoSchema {
+    async fn fill_charset_names(&mut self, schema: &mut TableSchema) -> Result<(), SourceError> {
+        if schema.columns.iter().all(|c| c.charset.is_none()) {
+            return Ok(());
+        }
+        let names = self.collations().await?;
+        for c in &mut schema.columns {
+            if let Some(name) = c.charset.and_then(|id| names.get(&id)) {
+                c.charset_name = Some(name.clone());
+            }
+        }
+        Ok(())
+    }
+
     /// Without `binlog_row_metadata=FULL`, names, signedness and the primary key come
     /// from `information_schema` as it is now.
     async fn fill_columns(
@@ -139,9 +158,10 @@ impl TableLookup for InfoSchema {
         position: &BinlogPosition,
     ) -> Result<(), SourceError> {
         let conn = self.conn().await?;
-        let q = "SELECT COLUMN_NAME, COLUMN_TYPE, COLUMN_KEY FROM information_schema.COLUMNS \
+        let q =
+            "SELECT COLUMN_NAME, COLUMN_TYPE, CHARACTER_SET_NAME FROM information_schema.COLUMNS \
                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION";
-        let cols: Vec<(String, String, String)> = conn
+        let cols: Vec<(String, String, Option<String>)> = conn
             .exec(q, (&schema.name.db, &schema.name.table))
             .await
             .map_err(|e| server::query_error(q, e))?;
@@ -156,9 +176,10 @@ impl TableLookup for InfoSchema {
                 ),
             });
         }
-        for (col, (name, ty, _)) in schema.columns.iter_mut().zip(&cols) {
+        for (col, (name, ty, charset)) in schema.columns.iter_mut().zip(&cols) {
             col.name = name.clone();
             col.unsigned |= ty.to_ascii_lowercase().contains("unsigned");
+            col.charset_name = charset.clone();
         }
         let q = "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' ORDER BY ORDINAL_POSITION";
@@ -175,9 +196,10 @@ impl TableLookup for InfoSchema {
 
     /// Secondary unique keys come from `information_schema` (the binlog's table map
     /// only names the primary key). They decide routing: see
-    /// `ChangeEvent::routing_key_bytes`. Asked once per table map, i.e. per table
-    /// per binlog file and after each DDL.
-    async fn fill_unique_keys(
+    /// `ChangeEvent::routing_key_bytes`. Generated columns too: MariaDB logs their
+    /// values like any other. Asked once per table map, i.e. per table per binlog file
+    /// and after each DDL.
+    async fn fill_keys_and_generated(
         &mut self,
         schema: &mut TableSchema,
         position: &BinlogPosition,
@@ -208,7 +230,39 @@ impl TableLookup for InfoSchema {
             }
         }
         schema.unique_keys = keys.into_iter().map(|(_, cols)| cols).collect();
+
+        // Generated columns: the destination computes them and refuses a value.
+        let q = "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND COALESCE(GENERATION_EXPRESSION, '') <> ''";
+        let generated: Vec<String> = conn
+            .exec(q, (&db, &table))
+            .await
+            .map_err(|e| server::query_error(q, e))?;
+        for c in &mut schema.columns {
+            c.generated = generated.contains(&c.name);
+        }
         Ok(())
+    }
+}
+
+impl InfoSchema {
+    /// The source's collation ids and their character sets (one query per reader).
+    async fn collations(&mut self) -> Result<&std::collections::HashMap<u16, String>, SourceError> {
+        if self.collations.is_none() {
+            let q = "SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATIONS WHERE ID IS NOT NULL";
+            let rows: Vec<(u64, String)> = self
+                .conn()
+                .await?
+                .query(q)
+                .await
+                .map_err(|e| server::query_error(q, e))?;
+            self.collations = Some(
+                rows.into_iter()
+                    .filter_map(|(id, cs)| Some((u16::try_from(id).ok()?, cs)))
+                    .collect(),
+            );
+        }
+        Ok(self.collations.get_or_insert_with(Default::default))
     }
 }
 

@@ -80,6 +80,8 @@ pub(crate) fn schema_from_table_map(tme: &TableMapEvent<'_>) -> Result<MappedTab
             ty,
             unsigned,
             charset,
+            charset_name: None,
+            generated: false,
             nullable,
         });
     }

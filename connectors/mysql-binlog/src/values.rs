@@ -207,6 +207,8 @@ mod tests {
             ty,
             unsigned,
             charset: None,
+            charset_name: None,
+            generated: false,
             nullable: true,
         }
     }

@@ -95,6 +95,8 @@ mod tests {
             ty: ColumnType::Int,
             unsigned: false,
             charset: None,
+            charset_name: None,
+            generated: false,
             nullable: false,
         };
         Arc::new(TableSchema {

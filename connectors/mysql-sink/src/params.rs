@@ -5,6 +5,20 @@
 use mysql_async::Value as My;
 use rowlog_api::Value;
 
+/// A value as its column's placeholder expects it (see [`crate::sql::send`]).
+pub(crate) fn column_param(v: &Value, send: crate::sql::Send) -> My {
+    match (send, v) {
+        (crate::sql::Send::Hex, Value::Bytes(b)) => {
+            let mut hex = Vec::with_capacity(b.len() * 2);
+            for x in b {
+                hex.extend_from_slice(format!("{x:02X}").as_bytes());
+            }
+            My::Bytes(hex)
+        }
+        _ => to_param(v),
+    }
+}
+
 pub(crate) fn to_param(v: &Value) -> My {
     match v {
         Value::Null => My::NULL,
@@ -78,6 +92,37 @@ fn civil_from_unix(t: i64) -> (u16, u8, u8, u8, u8, u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn negative_zero_and_extreme_floats_are_bound_bit_for_bit() {
+        for d in [
+            -0.0f64,
+            f64::MIN_POSITIVE,
+            f64::from_bits(1),
+            f64::MAX,
+        ] {
+            match to_param(&Value::Double(d)) {
+                My::Double(b) => assert_eq!(b.to_bits(), d.to_bits()),
+                other => panic!("{other:?}"),
+            }
+        }
+        match to_param(&Value::Float(-0.0)) {
+            My::Float(b) => assert!(b.is_sign_negative() && b == 0.0),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bytes_for_hex_placeholders_go_as_hex_text() {
+        assert_eq!(
+            column_param(&Value::Bytes(vec![0xe9, 0x00, 0xff]), crate::sql::Send::Hex),
+            My::Bytes(b"E900FF".to_vec())
+        );
+        assert_eq!(
+            column_param(&Value::Bytes(b"ok".to_vec()), crate::sql::Send::Plain),
+            My::Bytes(b"ok".to_vec())
+        );
+    }
 
     #[test]
     fn unix_times_map_to_utc_fields() {

@@ -10,7 +10,7 @@ use rowlog_api::{
     Value, WorkerProgress,
 };
 
-use crate::params::to_param;
+use crate::params::{column_param, to_param};
 use crate::sql::{self, quote};
 use crate::{coalesce, SinkConfig, SinkError};
 
@@ -44,14 +44,17 @@ struct Stmt<'a> {
 
 impl Stmt<'_> {
     fn row_params(&self, row: &[Value]) -> Vec<mysql_async::Value> {
+        let t = self.table;
         match self.kind {
-            Kind::Delete | Kind::DeleteOne => self
-                .table
+            Kind::Delete => t
                 .primary_key
                 .iter()
-                .map(|&i| to_param(&row[i]))
+                .map(|&i| column_param(&row[i], sql::send(&t.columns[i])))
                 .collect(),
-            Kind::Upsert | Kind::Replace | Kind::Insert => row.iter().map(to_param).collect(),
+            Kind::Upsert | Kind::Replace | Kind::Insert | Kind::DeleteOne => t
+                .written_columns()
+                .map(|(i, c)| column_param(&row[i], sql::send(c)))
+                .collect(),
         }
     }
 
@@ -472,6 +475,7 @@ impl MySqlSink {
                     Kind::Insert => sql::insert(table, rows),
                     Kind::DeleteOne => sql::delete_one_equal(table),
                 };
+                tracing::debug!(table = %table.name, rows, sql = %text, "statement built");
                 (table.clone(), text.into())
             })
             .1

@@ -2,7 +2,7 @@
 //! row count) and prepared by the connection's statement cache; row counts are drawn
 //! from a few fixed sizes so a handful of prepared statements serve every batch.
 
-use rowlog_api::TableSchema;
+use rowlog_api::{Column, ColumnType, TableSchema};
 
 /// Rows per multi-row statement, largest first; a batch is cut greedily into these.
 pub(crate) const CHUNK_SIZES: [usize; 4] = [256, 32, 4, 1];
@@ -34,18 +34,65 @@ pub(crate) fn chunks(mut n: usize, width: usize) -> Vec<usize> {
     out
 }
 
-fn tuple(n: usize) -> String {
-    format!("({})", vec!["?"; n].join(","))
+/// How one column's value is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Send {
+    /// As a typed parameter (strings in the connection's utf8mb4).
+    Plain,
+    /// As hex text the statement turns back into the column's bytes. A string
+    /// parameter is labelled utf8mb4 and the server refuses (or converts) bytes that
+    /// are not; hex carries any bytes unchanged.
+    Hex,
+}
+
+const BINARY_COLLATION: u16 = 63;
+
+/// The character set a text column's bytes are in, when it is not utf8-compatible
+/// (latin1, cp1251, gbk…): those bytes go as hex and are relabelled, never converted.
+fn foreign_charset(c: &Column) -> Option<&str> {
+    let text = matches!(
+        c.ty,
+        ColumnType::FixedString { .. } | ColumnType::VarString { .. } | ColumnType::Blob
+    );
+    let cs = c.charset_name.as_deref()?;
+    let utf8_compatible = matches!(cs, "utf8mb4" | "utf8mb3" | "utf8" | "ascii" | "binary");
+    (text && !utf8_compatible && cs.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .then_some(cs)
+}
+
+/// `BINARY(n)`, and MariaDB's UUID and INET6, which the binlog shows as `BINARY(16)`:
+/// those types take a binary string byte for byte, but not a utf8mb4 one.
+fn fixed_binary(c: &Column) -> bool {
+    c.charset == Some(BINARY_COLLATION) && matches!(c.ty, ColumnType::FixedString { .. })
+}
+
+pub(crate) fn send(c: &Column) -> Send {
+    if fixed_binary(c) || foreign_charset(c).is_some() {
+        Send::Hex
+    } else {
+        Send::Plain
+    }
+}
+
+/// The placeholder for one column's value (see [`send`]).
+fn placeholder(c: &Column) -> String {
+    match foreign_charset(c) {
+        Some(cs) => format!("CONVERT(UNHEX(?) USING {cs})"),
+        None if fixed_binary(c) => "UNHEX(?)".into(),
+        None => "?".into(),
+    }
+}
+
+fn tuple<'a>(cols: impl Iterator<Item = &'a Column>) -> String {
+    format!("({})", cols.map(placeholder).collect::<Vec<_>>().join(","))
 }
 
 /// `INSERT … VALUES (…),… ON DUPLICATE KEY UPDATE c = VALUES(c), …` with every column.
 pub(crate) fn upsert(t: &TableSchema, rows: usize) -> String {
-    let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
-    let values = vec![tuple(cols.len()); rows].join(",");
+    let cols: Vec<String> = t.written_columns().map(|(_, c)| quote(&c.name)).collect();
+    let values = vec![tuple(t.written_columns().map(|(_, c)| c)); rows].join(",");
     let non_key: Vec<String> = t
-        .columns
-        .iter()
-        .enumerate()
+        .written_columns()
         .filter(|(i, _)| !t.primary_key.contains(i))
         .map(|(_, c)| format!("{0}=VALUES({0})", quote(&c.name)))
         .collect();
@@ -68,8 +115,8 @@ pub(crate) fn upsert(t: &TableSchema, rows: usize) -> String {
 /// `REPLACE INTO … VALUES (…),…`: removes every row that conflicts on any unique key,
 /// then inserts (for tables with secondary unique keys; see the sink).
 pub(crate) fn replace(t: &TableSchema, rows: usize) -> String {
-    let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
-    let values = vec![tuple(cols.len()); rows].join(",");
+    let cols: Vec<String> = t.written_columns().map(|(_, c)| quote(&c.name)).collect();
+    let values = vec![tuple(t.written_columns().map(|(_, c)| c)); rows].join(",");
     format!(
         "REPLACE INTO {} ({}) VALUES {}",
         table_ident(t),
@@ -80,8 +127,8 @@ pub(crate) fn replace(t: &TableSchema, rows: usize) -> String {
 
 /// `INSERT INTO … VALUES (…),…`: a keyless table's rows (nothing to conflict with).
 pub(crate) fn insert(t: &TableSchema, rows: usize) -> String {
-    let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
-    let values = vec![tuple(cols.len()); rows].join(",");
+    let cols: Vec<String> = t.written_columns().map(|(_, c)| quote(&c.name)).collect();
+    let values = vec![tuple(t.written_columns().map(|(_, c)| c)); rows].join(",");
     format!(
         "INSERT INTO {} ({}) VALUES {}",
         table_ident(t),
@@ -94,9 +141,8 @@ pub(crate) fn insert(t: &TableSchema, rows: usize) -> String {
 /// before-image (`<=>` so NULLs match).
 pub(crate) fn delete_one_equal(t: &TableSchema) -> String {
     let cond: Vec<String> = t
-        .columns
-        .iter()
-        .map(|c| format!("{} <=> ?", quote(&c.name)))
+        .written_columns()
+        .map(|(_, c)| format!("{} <=> {}", quote(&c.name), placeholder(c)))
         .collect();
     format!(
         "DELETE FROM {} WHERE {} LIMIT 1",
@@ -109,9 +155,9 @@ pub(crate) fn delete_one_equal(t: &TableSchema) -> String {
 pub(crate) fn delete(t: &TableSchema, rows: usize) -> String {
     let key: Vec<String> = t.pk_columns().map(|c| quote(&c.name)).collect();
     let (lhs, item) = if key.len() == 1 {
-        (key[0].clone(), "?".to_string())
+        (key[0].clone(), t.pk_columns().map(placeholder).collect())
     } else {
-        (format!("({})", key.join(",")), tuple(key.len()))
+        (format!("({})", key.join(",")), tuple(t.pk_columns()))
     };
     format!(
         "DELETE FROM {} WHERE {} IN ({})",
@@ -132,6 +178,8 @@ mod tests {
             ty: ColumnType::Int,
             unsigned: false,
             charset: None,
+            charset_name: None,
+            generated: false,
             nullable: false,
         };
         TableSchema {
