@@ -234,7 +234,8 @@ enum SourceCommand {
         /// A binlog position FILE.NNNNNN:POS at a transaction boundary.
         #[arg(long, conflicts_with = "to_gtid", required_unless_present = "to_gtid")]
         to: Option<String>,
-        /// A GTID position (not supported yet: rejected with an explanation).
+        /// MariaDB: a GTID state D-S-N[,D-S-N…] (one per domain): the source resumes
+        /// after those transactions; its position is looked up on the source.
         #[arg(long)]
         to_gtid: Option<String>,
     },
@@ -432,15 +433,15 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             tool(async move {
-                if let Some(g) = to_gtid {
-                    return Err(format!(
-                        "--to-gtid {g}: GTID positioning is not supported yet; use --to FILE.NNNNNN:POS \
-                         (SELECT BINLOG_GTID_POS('file', pos) on MariaDB maps between them)"
-                    )
-                    .into());
-                }
-                let position = to.ok_or("give --to")?.parse()?;
-                rowlog::tools::offsets::source_reset(&cfg, position).await
+                use rowlog::tools::offsets::{source_reset, ResetTo};
+                let target = match (to, to_gtid) {
+                    (Some(p), None) => ResetTo::Position(p.parse()?),
+                    (None, Some(g)) => ResetTo::Gtid(g.parse()?),
+                    _ => {
+                        return Err("give one of --to FILE.NNNNNN:POS or --to-gtid D-S-N[,…]".into())
+                    }
+                };
+                source_reset(&cfg, target).await
             })
         }
         Command::Binlog {

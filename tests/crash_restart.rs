@@ -174,8 +174,10 @@ async fn unique_key_swaps_converge_after_crashes_and_replay() {
     daemon.terminate_cleanly();
 }
 
-/// An operator stopping rowlog while it is still starting (checks, connections) gets
-/// the same clean exit as when it runs: the signal handlers are installed first.
+/// An operator stopping rowlog while it is still starting (its checks of both
+/// servers, the connections) gets the same clean exit as when it runs. Signals are
+/// handled from the moment `rowlog run` starts its runtime; the first log line ("log
+/// opened") comes after that, so the signal is sent at moments after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_start_up_exits_cleanly() {
     let pair = Pair::start().await;
@@ -185,11 +187,17 @@ async fn sigterm_during_start_up_exits_cleanly() {
     ])
     .await;
     let config = pair.write_config(2, 2);
-    for delay_ms in [5, 20, 50, 100, 300] {
-        let daemon = Daemon::spawn(
-            &config,
-            pair.dir.path().join(format!("rowlog-{delay_ms}.log")),
-        );
+    for delay_ms in [0, 5, 20, 50, 200] {
+        let log = pair.dir.path().join(format!("rowlog-{delay_ms}.log"));
+        let daemon = Daemon::spawn(&config, log.clone());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("log opened")
+        {
+            assert!(std::time::Instant::now() < deadline, "rowlog never started");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         daemon.terminate_cleanly();
     }

@@ -108,7 +108,7 @@ async fn records_acknowledged_in_a_checkpoint_must_be_there_on_open() {
     {
         let log = EmbeddedLog::open(dir.path(), 1, 1 << 20).unwrap();
         append(&log, (0..10).map(|i| change(&t, i)).collect()).await;
-        log.store_checkpoint("binlog.000001:5000".parse().unwrap())
+        log.store_checkpoint(common::records::resume_at("binlog.000001:5000"))
             .await
             .unwrap();
     }

@@ -137,7 +137,7 @@ async fn the_interval_policy_shows_readers_and_checkpoints_only_synced_records()
         .unwrap();
     assert_eq!(log.end_offset(1), 0, "not yet synced: invisible to readers");
     // Storing a checkpoint waits for (and forces) durability of what it covers.
-    log.store_checkpoint("binlog.000001:99999".parse().unwrap())
+    log.store_checkpoint(common::records::resume_at("binlog.000001:99999"))
         .await
         .unwrap();
     assert_eq!(log.end_offset(1), 10);

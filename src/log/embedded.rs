@@ -25,7 +25,7 @@ use rowlog_api::ChangeId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use rowlog_api::BinlogPosition;
+use rowlog_api::ResumePoint;
 use tracing::info;
 
 use super::partition::{Cursor, Partition, SegmentInfo};
@@ -323,16 +323,13 @@ impl EmbeddedLog {
         Ok(out)
     }
 
-    /// `rowlog source reset`: the source will re-read from `position` and append what it
-    /// reads again, even what the log already holds. Only with the log opened for
-    /// writing, i.e. while the daemon is stopped.
-    pub fn reset_source(&self, position: rowlog_api::BinlogPosition) -> Result<(), LogError> {
+    /// `rowlog source reset`: the source will read from `resume` (whose epoch the caller
+    /// advanced, so what it reads sorts after what the log holds and is appended again,
+    /// never dropped as a duplicate). Only with the log opened for writing, i.e. while
+    /// the daemon is stopped.
+    pub fn reset_source(&self, resume: ResumePoint) -> Result<(), LogError> {
         let ends = self.inner.partitions.iter().map(|p| p.end()).collect();
-        self.write_checkpoint(&SourceCheckpoint {
-            position,
-            ends,
-            reset: true,
-        })
+        self.write_checkpoint(&SourceCheckpoint { resume, ends })
     }
 
     /// Replaces `source.checkpoint` atomically. Blocking.
@@ -633,7 +630,7 @@ impl PartitionedLog for EmbeddedLog {
         self.read_checkpoint()
     }
 
-    async fn store_checkpoint(&self, position: BinlogPosition) -> Result<(), LogError> {
+    async fn store_checkpoint(&self, resume: ResumePoint) -> Result<(), LogError> {
         // The position covers everything appended so far: it may only be stored once
         // all of that is durable (immediate under the batch policy).
         let targets: Vec<(Arc<Partition>, u64)> = self
@@ -652,11 +649,7 @@ impl PartitionedLog for EmbeddedLog {
                     source: std::io::Error::other(e.to_string()),
                 })??;
         }
-        let cp = SourceCheckpoint {
-            position,
-            ends,
-            reset: false,
-        };
+        let cp = SourceCheckpoint { resume, ends };
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.write_checkpoint(&cp))
             .await

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 
 use std::sync::Arc;
 
-use rowlog_api::{BinlogPosition, ChangeEvent, ChangeId, Retry, SchemaChange, SourceMeta};
+use rowlog_api::{ChangeEvent, ChangeId, ResumePoint, Retry, SchemaChange, SourceMeta};
 use serde::{Deserialize, Serialize};
 
 pub use embedded::{
@@ -93,14 +93,10 @@ impl AppendBatch {
 /// Where the source resumes, and how far each partition was durable when it was taken.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceCheckpoint {
-    pub position: BinlogPosition,
+    pub resume: ResumePoint,
     /// Durable end offset of each partition when the checkpoint was stored. On open, a
     /// partition found shorter than this has lost acknowledged records: a hard error.
     pub ends: Vec<u64>,
-    /// Set by `rowlog source reset`: the source deliberately re-reads from `position`,
-    /// so changes the log already holds are appended again instead of being dropped as
-    /// duplicates (the sink applies them idempotently). Cleared by the next checkpoint.
-    pub reset: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -232,10 +228,10 @@ pub trait PartitionedLog: Send + Sync + 'static {
     fn checkpoint(&self)
         -> impl Future<Output = Result<Option<SourceCheckpoint>, LogError>> + Send;
 
-    /// Stores where the source resumes. `position` covers every change appended so far:
+    /// Stores where the source resumes. `resume` covers every change appended so far:
     /// the log stores it only once all of them are durable, with each partition's end.
     fn store_checkpoint(
         &self,
-        position: BinlogPosition,
+        resume: ResumePoint,
     ) -> impl Future<Output = Result<(), LogError>> + Send;
 }

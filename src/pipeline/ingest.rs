@@ -21,9 +21,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rowlog_api::{
-    BinlogPosition, ChangeId, ChangeSource, Gtid, Op, Retry, SourceEvent, TableSchema,
-};
+use rowlog_api::{ChangeId, ChangeSource, Gtid, Op, ResumePoint, Retry, SourceEvent, TableSchema};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -77,12 +75,11 @@ pub async fn run<L, S, F, Fut>(
 where
     L: PartitionedLog + Clone,
     S: ChangeSource + 'static,
-    F: FnMut(Option<BinlogPosition>) -> Fut + Send + 'static,
+    F: FnMut(Option<ResumePoint>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<S, S::Error>> + Send + 'static,
 {
     let checkpoint = log.checkpoint().await?;
-    let reset = checkpoint.as_ref().is_some_and(|c| c.reset);
-    let start = checkpoint.map(|c| c.position);
+    let start = checkpoint.map(|c| c.resume);
     let (tx, rx) = mpsc::channel(cfg.channel_capacity);
     let reader = tokio::spawn(read_source(
         connect,
@@ -91,7 +88,7 @@ where
         metrics.clone(),
         shutdown.clone(),
     ));
-    let appended = append_loop(log, rx, start, reset, cfg, stats, metrics.clone()).await;
+    let appended = append_loop(log, rx, start, cfg, stats, metrics.clone()).await;
     // The appender only stops early on an error; then the reader must stop too.
     reader.abort();
     let read = match reader.await {
@@ -105,14 +102,14 @@ where
 
 async fn read_source<S, F, Fut>(
     mut connect: F,
-    mut resume: Option<BinlogPosition>,
+    mut resume: Option<ResumePoint>,
     tx: mpsc::Sender<SourceEvent>,
     metrics: Arc<Metrics>,
     mut shutdown: Shutdown,
 ) -> Result<(), IngestError>
 where
     S: ChangeSource,
-    F: FnMut(Option<BinlogPosition>) -> Fut,
+    F: FnMut(Option<ResumePoint>) -> Fut,
     Fut: Future<Output = Result<S, S::Error>>,
 {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -223,16 +220,16 @@ struct Appender<L> {
     partitions: u32,
     /// Last change id held (appended or buffered) per partition.
     last_ids: Vec<Option<ChangeId>>,
-    /// The newest resume position covered by what is buffered or appended.
-    position: Option<BinlogPosition>,
-    stored: Option<BinlogPosition>,
+    /// The newest resume point covered by what is buffered or appended.
+    position: Option<ResumePoint>,
+    stored: Option<ResumePoint>,
     stored_at: Instant,
     stats: Arc<Stats>,
     metrics: Arc<Metrics>,
     gtid: Option<Gtid>,
     rows: RowsRead,
     /// The position last published to the metrics (the info gauge is reset on change).
-    published: Option<BinlogPosition>,
+    published: Option<ResumePoint>,
 }
 
 impl<L: PartitionedLog> Appender<L> {
@@ -274,7 +271,10 @@ impl<L: PartitionedLog> Appender<L> {
                 commit_time_ms,
             } => {
                 self.metrics.source_commit(commit_time_ms);
-                if self.position.as_ref().is_none_or(|p| resume > *p) {
+                // Later in the stream: a later epoch, or a later position in this one.
+                let later =
+                    |p: &ResumePoint| (resume.epoch, &resume.position) > (p.epoch, &p.position);
+                if self.position.as_ref().is_none_or(later) {
                     self.position = Some(resume);
                     if gtid.is_some() {
                         self.gtid = gtid;
@@ -300,16 +300,17 @@ impl<L: PartitionedLog> Appender<L> {
         }
         if let Some(position) = &self.position {
             if self.published.as_ref() != Some(position) {
-                self.metrics.source_position(position, self.gtid.as_ref());
+                self.metrics
+                    .source_position(&position.position, self.gtid.as_ref());
                 self.published = Some(position.clone());
             }
         }
         if checkpoint && self.position != self.stored {
             if let Some(position) = self.position.clone() {
                 self.log.store_checkpoint(position.clone()).await?;
-                self.stats.set_checkpoint(position.to_string());
+                self.stats.set_checkpoint(position.position.to_string());
                 self.metrics.log_checkpoints.inc();
-                self.metrics.state.set_checkpoint(&position);
+                self.metrics.state.set_checkpoint(&position.position);
                 self.stored = Some(position);
                 self.stored_at = Instant::now();
             }
@@ -321,18 +322,15 @@ impl<L: PartitionedLog> Appender<L> {
 async fn append_loop<L: PartitionedLog>(
     log: L,
     mut rx: mpsc::Receiver<SourceEvent>,
-    start: Option<BinlogPosition>,
-    reset: bool,
+    start: Option<ResumePoint>,
     cfg: IngestConfig,
     stats: Arc<Stats>,
     metrics: Arc<Metrics>,
 ) -> Result<(), IngestError> {
     let partitions = log.partitions();
-    // After `rowlog source reset` what is re-read is wanted again: no de-duplication
-    // against what the log holds.
-    let last_ids = (0..partitions)
-        .map(|p| if reset { None } else { log.last_change(p) })
-        .collect();
+    // What each partition already holds. After `rowlog source reset` or a resume on
+    // another server the epoch has grown, so what is read then sorts after all of it.
+    let last_ids = (0..partitions).map(|p| log.last_change(p)).collect();
     let mut app = Appender {
         log,
         partitions,

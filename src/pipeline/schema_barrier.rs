@@ -123,6 +123,7 @@ mod tests {
 
     fn id(pos: u64) -> ChangeId {
         ChangeId {
+            epoch: 0,
             event: format!("binlog.000001:{pos}").parse().unwrap(),
             index: 0,
         }

@@ -81,6 +81,7 @@ fn change(t: &Arc<TableSchema>, i: u64) -> ChangeEvent {
         ]),
         source: SourceMeta {
             id: ChangeId {
+                epoch: 0,
                 event: pos.clone(),
                 index: 0,
             },

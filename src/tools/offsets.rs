@@ -9,7 +9,7 @@
 
 use std::io::Write;
 
-use rowlog_api::{BinlogPosition, ChangeEvent, ChangeSink, WorkerProgress};
+use rowlog_api::{BinlogPosition, ChangeEvent, ChangeSink, GtidState, WorkerProgress};
 use rowlog_mysql_sink::MySqlSink;
 
 use crate::config::Config;
@@ -69,9 +69,8 @@ pub async fn show(cfg: &Config) -> ToolResult<()> {
     if let Some(cp) = log.checkpoint().await? {
         writeln!(
             out,
-            "source checkpoint: {}{}",
-            cp.position,
-            if cp.reset { " (reset: re-reading)" } else { "" }
+            "source checkpoint: {} (server_id {}, epoch {})",
+            cp.resume, cp.resume.server_id, cp.resume.epoch
         )?;
     }
     Ok(())
@@ -217,16 +216,31 @@ pub async fn replay(cfg: &Config, range: Range, dry_run: bool) -> ToolResult<()>
     Ok(())
 }
 
-/// Points the source back (or forward) to `position`; the next `rowlog run` reads from
-/// there and appends what it reads, also changes the log already holds.
-pub async fn source_reset(cfg: &Config, position: BinlogPosition) -> ToolResult<()> {
+/// Where `rowlog source reset` points the source.
+pub enum ResetTo {
+    Position(BinlogPosition),
+    Gtid(GtidState),
+}
+
+/// Points the source back (or forward); the next `rowlog run` reads from there and
+/// appends what it reads, also changes the log already holds (in a new epoch, so none
+/// is taken for a duplicate). The place is checked on the source and completed there:
+/// a position gets its GTID state, a GTID state gets its position.
+pub async fn source_reset(cfg: &Config, to: ResetTo) -> ToolResult<()> {
     let log = open_stopped(cfg)?;
-    let before = log
-        .checkpoint()
-        .await?
-        .map(|c| c.position.to_string())
-        .unwrap_or_else(|| "none".into());
-    log.reset_source(position.clone())?;
-    println!("source checkpoint: {before} → {position}; the next run re-reads from there");
+    let before = log.checkpoint().await?.map(|c| c.resume);
+    let mut resume = match to {
+        ResetTo::Position(p) => rowlog_mysql_binlog::locate_position(&cfg.source, p).await?,
+        ResetTo::Gtid(g) => rowlog_mysql_binlog::locate_gtid(&cfg.source, g).await?,
+    };
+    resume.epoch = before.as_ref().map(|b| b.epoch + 1).unwrap_or(0);
+    log.reset_source(resume.clone())?;
+    println!(
+        "source checkpoint: {} → {resume}; the next run reads from there (epoch {})",
+        before
+            .map(|b| b.to_string())
+            .unwrap_or_else(|| "none".into()),
+        resume.epoch
+    );
     Ok(())
 }

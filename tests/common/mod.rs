@@ -322,6 +322,7 @@ pub mod records {
             ]),
             source: SourceMeta {
                 id: ChangeId {
+                    epoch: 0,
                     event: pos.clone(),
                     index: 0,
                 },
@@ -329,6 +330,16 @@ pub mod records {
                 gtid: None,
                 commit_time_ms: time_ms,
             },
+        }
+    }
+
+    /// A resume point on server 1 in epoch 0, for checkpoints.
+    pub fn resume_at(position: &str) -> rowlog_api::ResumePoint {
+        rowlog_api::ResumePoint {
+            position: position.parse().unwrap(),
+            gtid_state: None,
+            server_id: 1,
+            epoch: 0,
         }
     }
 

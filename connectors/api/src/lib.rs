@@ -19,7 +19,8 @@ mod value;
 
 pub use change::{key_bytes, ChangeEvent, Op, SourceMeta};
 pub use position::{
-    BinlogFileName, BinlogPosition, ChangeId, Gtid, MariadbGtid, MysqlGtid, ParsePositionError,
+    BinlogFileName, BinlogPosition, ChangeId, Gtid, GtidState, MariadbGtid, MysqlGtid,
+    ParsePositionError, ResumePoint,
 };
 pub use schema::{Column, ColumnType, TableName, TableSchema};
 pub use schema_change::{SchemaChange, SchemaChangeKind, SchemaChangePolicy};

@@ -98,19 +98,122 @@ impl FromStr for BinlogPosition {
     }
 }
 
-/// The identity of one change in the source stream: the end position of the rows event
-/// that carried it and the change's index within that event. Strictly increasing along
-/// the binlog of one server, so after a restart the pipeline can drop changes a log
-/// partition already holds instead of appending them twice.
+/// The identity of one change in the source stream: the reading epoch, the end position
+/// of the rows event that carried it and the change's index within that event.
+/// Strictly increasing along the binlog of one server within an epoch, so after a
+/// restart the pipeline can drop changes a log partition already holds instead of
+/// appending them twice.
+///
+/// The epoch grows whenever reading deliberately starts over somewhere positions do
+/// not continue: `rowlog source reset` to an earlier position, or a resume by GTID on
+/// another server of the topology (whose file numbers are its own). Everything read
+/// in a new epoch sorts after everything before it, so nothing is taken for a
+/// duplicate of what the log already holds.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ChangeId {
+    pub epoch: u32,
     pub event: BinlogPosition,
     pub index: u32,
 }
 
 impl fmt::Display for ChangeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.epoch > 0 {
+            write!(f, "e{}/", self.epoch)?;
+        }
         write!(f, "{}#{}", self.event, self.index)
+    }
+}
+
+/// MariaDB's GTID position: the last GTID applied in each replication domain, e.g.
+/// `0-1-120,1-2-7` (`@@gtid_binlog_pos`, `@slave_connect_state`). One entry per
+/// domain, sorted by domain.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GtidState(Vec<MariadbGtid>);
+
+impl GtidState {
+    pub fn new(gtids: impl IntoIterator<Item = MariadbGtid>) -> Self {
+        let mut s = Self::default();
+        for g in gtids {
+            s.apply(g);
+        }
+        s
+    }
+
+    /// The state after a transaction with GTID `g` committed.
+    pub fn apply(&mut self, g: MariadbGtid) {
+        match self.0.binary_search_by_key(&g.domain, |x| x.domain) {
+            Ok(i) => self.0[i] = g,
+            Err(i) => self.0.insert(i, g),
+        }
+    }
+
+    pub fn gtids(&self) -> &[MariadbGtid] {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for GtidState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, g) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{g}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for GtidState {
+    type Err = ParsePositionError;
+    /// `D-S-N[,D-S-N…]`; the empty string is the empty state.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParsePositionError(s.to_owned());
+        let mut out = Self::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let mut it = part.split('-');
+            let (Some(d), Some(srv), Some(n), None) = (it.next(), it.next(), it.next(), it.next())
+            else {
+                return Err(err());
+            };
+            let g = MariadbGtid {
+                domain: d.parse().map_err(|_| err())?,
+                server: srv.parse().map_err(|_| err())?,
+                seq: n.parse().map_err(|_| err())?,
+            };
+            if out.0.iter().any(|x| x.domain == g.domain) {
+                return Err(err());
+            }
+            out.apply(g);
+        }
+        Ok(out)
+    }
+}
+
+/// Where a source resumes: a binlog position on the server `server_id`, the GTID state
+/// there when the server has GTIDs (MariaDB), and the reading epoch (see [`ChangeId`]).
+/// Stored as the source checkpoint once everything before it is durable in the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumePoint {
+    pub position: BinlogPosition,
+    pub gtid_state: Option<GtidState>,
+    /// `@@server_id` of the server the position belongs to.
+    pub server_id: u32,
+    pub epoch: u32,
+}
+
+impl fmt::Display for ResumePoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.position)?;
+        if let Some(g) = &self.gtid_state {
+            write!(f, " (gtid {g})")?;
+        }
+        Ok(())
     }
 }
 
@@ -195,6 +298,38 @@ mod tests {
         let b: BinlogPosition = "binlog.000010:4".parse().unwrap();
         assert!(a < b);
         assert_eq!(b.to_string(), "binlog.000010:4");
+    }
+
+    #[test]
+    fn gtid_states_parse_print_and_advance_per_domain() {
+        let mut s: GtidState = "1-2-7, 0-1-120".parse().unwrap();
+        assert_eq!(s.to_string(), "0-1-120,1-2-7");
+        s.apply(MariadbGtid {
+            domain: 1,
+            server: 3,
+            seq: 8,
+        });
+        s.apply(MariadbGtid {
+            domain: 5,
+            server: 1,
+            seq: 1,
+        });
+        assert_eq!(s.to_string(), "0-1-120,1-3-8,5-1-1");
+        assert_eq!("".parse::<GtidState>().unwrap(), GtidState::default());
+        for bad in ["0-1", "0-1-2-3", "a-1-2", "0-1-2,0-3-4"] {
+            assert!(bad.parse::<GtidState>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_new_epoch_sorts_after_every_position_of_the_old_one() {
+        let id = |epoch, p: &str| ChangeId {
+            epoch,
+            event: p.parse().unwrap(),
+            index: 0,
+        };
+        assert!(id(1, "binlog.000001:4") > id(0, "binlog.009999:999999"));
+        assert_eq!(id(2, "binlog.000001:4").to_string(), "e2/binlog.000001:4#0");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use crate::{BinlogPosition, ChangeEvent, ChangeId, Gtid, SchemaChange};
+use crate::{ChangeEvent, ChangeId, Gtid, ResumePoint, SchemaChange};
 
 /// Whether an error may go away by itself (lost connection, deadlock, lock wait timeout)
 /// or is definite (bad config, purged binlog, a value the destination rejects).
@@ -21,7 +21,7 @@ pub enum SourceEvent {
     /// A transaction or standalone statement ended. Every change before this event
     /// belongs to it or an earlier one; restarting at `resume` repeats nothing before it.
     Committed {
-        resume: BinlogPosition,
+        resume: ResumePoint,
         gtid: Option<Gtid>,
         commit_time_ms: u64,
     },
@@ -41,7 +41,7 @@ pub trait ChangeSource: Send {
 
     /// Where a restart would resume: the end of the last complete transaction read (or
     /// the start position, before any).
-    fn resume_position(&self) -> &BinlogPosition;
+    fn resume_position(&self) -> &ResumePoint;
 }
 
 /// The position a sink worker reached, stored by the sink in the same destination

@@ -65,6 +65,19 @@ pub enum NoPrimaryKey {
     FullRow,
 }
 
+/// How a stored checkpoint is resumed (`source.resume_by`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResumeBy {
+    /// The stored binlog file and position, on the same server (the default).
+    #[default]
+    Position,
+    /// MariaDB: the stored GTID state (`@slave_connect_state`), so any server of the
+    /// same replication topology can continue, e.g. after a failover. MySQL sources
+    /// resume by position (their GTID sets are not implemented).
+    Gtid,
+}
+
 fn default_server_id() -> u32 {
     // High enough not to collide with the ids operators give their own replicas.
     4_280_001
@@ -105,6 +118,9 @@ pub struct SourceConfig {
     /// Tables without a primary key: "halt" (default), "skip" or "full_row".
     #[serde(default)]
     pub no_pk: NoPrimaryKey,
+    /// How a stored checkpoint is resumed: "position" (default) or "gtid".
+    #[serde(default)]
+    pub resume_by: ResumeBy,
 }
 
 impl SourceConfig {

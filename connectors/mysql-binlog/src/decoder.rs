@@ -24,8 +24,9 @@ use mysql_async::binlog::events::{
     TransactionPayloadEvent,
 };
 use rowlog_api::{
-    BinlogFileName, BinlogPosition, ChangeEvent, ChangeId, Gtid, MysqlGtid, Op, SchemaChange,
-    SchemaChangeKind, SourceEvent, SourceMeta, TableName, TableSchema, Value,
+    BinlogFileName, BinlogPosition, ChangeEvent, ChangeId, Gtid, GtidState, MysqlGtid, Op,
+    ResumePoint, SchemaChange, SchemaChangeKind, SourceEvent, SourceMeta, TableName, TableSchema,
+    Value,
 };
 use tracing::{debug, warn};
 
@@ -148,6 +149,14 @@ pub(crate) struct Decoder {
     file: BinlogFileName,
     /// End of the last complete group: where a restart resumes.
     resume: BinlogPosition,
+    /// `resume` with the GTID state there, the server and the epoch.
+    resume_point: ResumePoint,
+    /// MariaDB's GTID state at `resume` (when the server has GTIDs).
+    gtid_state: Option<GtidState>,
+    /// False after a connection by GTID until the stream shows where it starts.
+    position_known: bool,
+    epoch: u32,
+    server_id: u32,
     /// `log_pos` of the last event read, for positions and error messages.
     last_pos: u64,
     txn_start: BinlogPosition,
@@ -164,13 +173,23 @@ pub(crate) struct Decoder {
 }
 
 impl Decoder {
-    pub fn new(opts: DecoderOptions, start: BinlogPosition) -> Self {
+    /// A decoder whose stream starts at `start`, or, for a connection by GTID
+    /// (`by_gtid` = the server's id and the epoch to read in), continues from the
+    /// stored point `start`: until the first events show where the server resumed, the
+    /// resume point stays `start`, so nothing half-known is ever checkpointed.
+    pub fn new(opts: DecoderOptions, start: ResumePoint, by_gtid: Option<(u32, u32)>) -> Self {
+        let pos = start.position.clone();
         Self {
             opts,
-            file: start.file.clone(),
-            last_pos: start.pos,
-            txn_start: start.clone(),
-            resume: start,
+            file: pos.file.clone(),
+            last_pos: pos.pos,
+            txn_start: pos.clone(),
+            resume: pos,
+            gtid_state: start.gtid_state.clone(),
+            epoch: by_gtid.map(|(_, e)| e).unwrap_or(start.epoch),
+            server_id: by_gtid.map(|(s, _)| s).unwrap_or(start.server_id),
+            resume_point: start,
+            position_known: by_gtid.is_none(),
             gtid: None,
             in_group: false,
             seen_fde: false,
@@ -181,8 +200,31 @@ impl Decoder {
         }
     }
 
-    pub fn resume_position(&self) -> &BinlogPosition {
-        &self.resume
+    /// Whether the resume point is an exact place on the connected server yet.
+    pub fn position_known(&self) -> bool {
+        self.position_known
+    }
+
+    pub fn resume_position(&self) -> &ResumePoint {
+        &self.resume_point
+    }
+
+    /// After a connection by GTID: the stream has shown the position it resumes at.
+    fn start_at(&mut self, pos: u64) {
+        if !self.position_known {
+            self.position_known = true;
+            self.resume = BinlogPosition {
+                file: self.file.clone(),
+                pos,
+            };
+            self.txn_start = self.resume.clone();
+            self.resume_point = ResumePoint {
+                position: self.resume.clone(),
+                gtid_state: self.gtid_state.clone(),
+                server_id: self.server_id,
+                epoch: self.epoch,
+            };
+        }
     }
 
     /// The next decoded event, if the events handled so far produced one.
@@ -242,6 +284,11 @@ impl Decoder {
             TABLE_MAP => self.on_table_map(ev, lookup).await?,
             23..=25 | 30..=32 => self.on_rows(ev, code, ts_ms)?,
             mariadb::GTID_EVENT => {
+                if !artificial {
+                    // A group starts here: after a connection by GTID, the first one
+                    // is where the server resumed.
+                    self.start_at(log_pos.saturating_sub(header.event_size() as u64));
+                }
                 let g = mariadb::parse_gtid(ev.data(), header.server_id())
                     .ok_or_else(|| self.decode_error("MARIADB_GTID", "truncated body"))?;
                 self.gtid = Some(Gtid::MariaDb(g.gtid));
@@ -252,6 +299,11 @@ impl Decoder {
                 let list = mariadb::parse_gtid_list(ev.data())
                     .ok_or_else(|| self.decode_error("MARIADB_GTID_LIST", "truncated body"))?;
                 debug!(count = list.len(), "gtid list");
+                // Connected by GTID, the server skips to the first transaction after
+                // the requested state and marks the place with an artificial list.
+                if artificial && log_pos != 0 {
+                    self.start_at(log_pos);
+                }
             }
             mariadb::BINLOG_CHECKPOINT_EVENT => {
                 mariadb::parse_binlog_checkpoint(ev.data()).ok_or_else(|| {
@@ -261,6 +313,11 @@ impl Decoder {
             // The statement text of the rows that follow: context, not data.
             mariadb::ANNOTATE_ROWS_EVENT => {}
             HEARTBEAT | HEARTBEAT_V2 => {
+                // Idle after a connection by GTID: the server is at its end, which is
+                // where the requested state leaves off.
+                if log_pos != 0 {
+                    self.start_at(log_pos);
+                }
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_millis() as u64)
@@ -324,10 +381,22 @@ impl Decoder {
 
     fn end_group(&mut self, ts_ms: u64) {
         self.in_group = false;
+        // The end of a group is an exact place, however the stream began.
+        self.position_known = true;
         self.resume = self.here();
+        let gtid = self.gtid.take();
+        if let (Some(state), Some(Gtid::MariaDb(g))) = (&mut self.gtid_state, &gtid) {
+            state.apply(*g);
+        }
+        self.resume_point = ResumePoint {
+            position: self.resume.clone(),
+            gtid_state: self.gtid_state.clone(),
+            server_id: self.server_id,
+            epoch: self.epoch,
+        };
         self.pending.push_back(SourceEvent::Committed {
-            resume: self.resume.clone(),
-            gtid: self.gtid.take(),
+            resume: self.resume_point.clone(),
+            gtid,
             commit_time_ms: ts_ms,
         });
     }
@@ -443,6 +512,7 @@ impl Decoder {
             tables,
             source: SourceMeta {
                 id: ChangeId {
+                    epoch: self.epoch,
                     event: self.here(),
                     index: 0,
                 },
@@ -546,6 +616,7 @@ impl Decoder {
             _ => 0,
         };
         let ctx = RowsContext {
+            epoch: self.epoch,
             schema: &schema,
             event_pos: self.here(),
             txn_start: &self.txn_start,
@@ -560,6 +631,7 @@ impl Decoder {
 
 /// What every change of one rows event shares.
 struct RowsContext<'a> {
+    epoch: u32,
     schema: &'a Arc<TableSchema>,
     event_pos: BinlogPosition,
     txn_start: &'a BinlogPosition,
@@ -587,6 +659,7 @@ impl RowsContext<'_> {
                 after,
                 source: SourceMeta {
                     id: ChangeId {
+                        epoch: self.epoch,
                         event: self.event_pos.clone(),
                         index,
                     },

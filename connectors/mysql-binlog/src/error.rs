@@ -1,7 +1,7 @@
 //! Errors of the binlog source. Each says what failed and where, keeps its cause, and
 //! says whether reconnecting may help ([`Retry`]).
 
-use rowlog_api::{BinlogPosition, Retry, TableName};
+use rowlog_api::{BinlogPosition, GtidState, Retry, TableName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -41,6 +41,16 @@ pub enum SourceError {
         position: BinlogPosition,
         oldest: String,
     },
+
+    #[error("the stored position {position} belongs to the server with server_id {stored}, but the source now is server_id {found}; a file:pos means nothing on another server. Set source.resume_by = \"gtid\" to continue from the stored GTID state, or move the position with `rowlog source reset`")]
+    ServerChanged {
+        stored: u32,
+        found: u32,
+        position: BinlogPosition,
+    },
+
+    #[error("the source refused to stream from GTID state {state}: {message}. The state is not in its binlogs (purged, or from another topology); `rowlog source reset --to-gtid` or a new snapshot moves past it")]
+    GtidRefused { state: GtidState, message: String },
 
     #[error("the source refused to stream from {position}: {message} (error {code})")]
     DumpRefused {

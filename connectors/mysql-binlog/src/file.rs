@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use mysql_async::binlog::events::{Event, TransactionPayloadEvent};
 use mysql_async::binlog::BinlogVersion;
 use mysql_common::binlog::{BinlogFileHeader, EventStreamReader};
-use rowlog_api::{BinlogFileName, BinlogPosition, SourceEvent};
+use rowlog_api::{BinlogFileName, BinlogPosition, ResumePoint, SourceEvent};
 
 use crate::decoder::{Decoder, DecoderOptions, NoLookup};
 use crate::{NoPrimaryKey, SourceError, TableFilter};
@@ -120,7 +120,13 @@ impl BinlogFileReader {
                 no_pk: opts.no_pk,
                 checksums: false,
             },
-            BinlogPosition { file, pos: 4 },
+            ResumePoint {
+                position: BinlogPosition { file, pos: 4 },
+                gtid_state: None,
+                server_id: 0,
+                epoch: 0,
+            },
+            None,
         );
         Ok(Self {
             path: path.to_path_buf(),

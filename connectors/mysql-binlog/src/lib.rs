@@ -34,9 +34,9 @@ mod server;
 mod table_map;
 mod values;
 
-pub use config::{NoPrimaryKey, SourceConfig, StartFrom};
+pub use config::{NoPrimaryKey, ResumeBy, SourceConfig, StartFrom};
 pub use error::SourceError;
 pub use file::{BinlogFileReader, FileDecodeOptions};
 pub use filter::{FilterError, TableFilter};
-pub use reader::{preflight, BinlogReader};
+pub use reader::{locate_gtid, locate_position, preflight, BinlogReader};
 pub use server::{ServerFlavor, ServerSettings};

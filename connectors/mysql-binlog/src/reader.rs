@@ -6,12 +6,12 @@
 use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts};
-use rowlog_api::{BinlogPosition, ChangeSource, SourceEvent, TableSchema};
+use rowlog_api::{BinlogPosition, ChangeSource, GtidState, ResumePoint, SourceEvent, TableSchema};
 use tracing::{info, warn};
 
 use crate::decoder::{Decoder, DecoderOptions, TableLookup};
-use crate::server::{self, ServerSettings};
-use crate::{SourceConfig, SourceError, StartFrom, TableFilter};
+use crate::server::{self, ServerFlavor, ServerSettings};
+use crate::{ResumeBy, SourceConfig, SourceError, StartFrom, TableFilter};
 
 /// Reads one source server's binlog as a replica. Owns its connections; dropping it
 /// closes them.
@@ -37,7 +37,7 @@ impl BinlogReader {
     /// stored position) or else from `config.start`.
     pub async fn connect(
         config: &SourceConfig,
-        resume: Option<BinlogPosition>,
+        resume: Option<ResumePoint>,
     ) -> Result<Self, SourceError> {
         let opts = Opts::from_url(&config.url).map_err(SourceError::BadUrl)?;
         let filter = TableFilter::new(&config.include, &config.exclude).map_err(|e| {
@@ -58,45 +58,118 @@ impl BinlogReader {
             );
         }
         let logs = server::binary_logs(&mut conn).await?;
-        let start = match (resume, &config.start) {
-            (Some(p), _) => p,
-            (None, StartFrom::At(p)) => p.clone(),
-            (None, StartFrom::Current) => server::current_position(&mut conn).await?,
-            (None, StartFrom::Earliest) => {
-                let (first, _) = logs.first().ok_or(SourceError::Setting {
-                    variable: "log_bin",
-                    actual: "no binlog files".into(),
-                    required: "ON",
-                    fix: "start the server with --log-bin",
-                })?;
-                BinlogPosition {
-                    file: server::parse_file(first)?,
-                    pos: 4,
+        let server_id = server::server_id(&mut conn).await?;
+        let by_gtid =
+            config.resume_by == ResumeBy::Gtid && settings.flavor == ServerFlavor::MariaDb;
+        let (start, gtid_connect) = match resume {
+            // MariaDB GTID: any server of the topology can continue from the state.
+            Some(r) if by_gtid && r.gtid_state.is_some() => (r, true),
+            Some(r) => {
+                // A file:pos of one server means nothing on another.
+                if r.server_id != server_id {
+                    return Err(SourceError::ServerChanged {
+                        stored: r.server_id,
+                        found: server_id,
+                        position: r.position,
+                    });
                 }
+                (r, false)
+            }
+            None => {
+                let position = match &config.start {
+                    StartFrom::At(p) => p.clone(),
+                    StartFrom::Current => server::current_position(&mut conn).await?,
+                    StartFrom::Earliest => {
+                        let (first, _) = logs.first().ok_or(SourceError::Setting {
+                            variable: "log_bin",
+                            actual: "no binlog files".into(),
+                            required: "ON",
+                            fix: "start the server with --log-bin",
+                        })?;
+                        BinlogPosition {
+                            file: server::parse_file(first)?,
+                            pos: 4,
+                        }
+                    }
+                };
+                let point = ResumePoint {
+                    position,
+                    gtid_state: None,
+                    server_id,
+                    epoch: 0,
+                };
+                (point, false)
             }
         };
-        server::ensure_available(&start, &logs)?;
+        let mut start = start;
+        if !gtid_connect {
+            server::ensure_available(&start.position, &logs)?;
+            if settings.flavor == ServerFlavor::MariaDb {
+                // The GTID state at the start position, kept up to date from there.
+                start.gtid_state = server::gtid_state_at(&mut conn, &start.position).await?;
+                if start.gtid_state.is_none() {
+                    warn!(position = %start.position, "the source cannot tell the GTID state at the start position; checkpoints carry none until a restart from a later one");
+                }
+            }
+        }
         let heartbeat_ns = config.heartbeat_ms.saturating_mul(1_000_000);
-        for q in [
+        let mut session = vec![
             // MariaDB: without capability 4 the server replaces GTID and other MariaDB
             // events by substitutes (GTID → QUERY "BEGIN") and GTIDs are lost.
             "SET @mariadb_slave_capability=4".to_string(),
             "SET @master_binlog_checksum=@@global.binlog_checksum".to_string(),
             format!("SET @master_heartbeat_period={heartbeat_ns}"),
-        ] {
+        ];
+        if gtid_connect {
+            let state = start.gtid_state.clone().unwrap_or_default();
+            session.extend([
+                format!("SET @slave_connect_state='{state}'"),
+                "SET @slave_gtid_strict_mode=0".to_string(),
+                "SET @slave_gtid_ignore_duplicates=0".to_string(),
+            ]);
+        }
+        for q in session {
             conn.query_drop(&q)
                 .await
                 .map_err(|e| server::query_error(&q, e))?;
         }
-        let name = start.file.to_string();
+        // By GTID the file name is empty: the server finds the place from the state.
+        let name = if gtid_connect {
+            String::new()
+        } else {
+            start.position.file.to_string()
+        };
         let request = BinlogStreamRequest::new(config.server_id)
             .with_filename(name.as_bytes())
-            .with_pos(start.pos);
-        let stream = conn
-            .get_binlog_stream(request)
-            .await
-            .map_err(|source| stream_error(&start, config.server_id, source))?;
-        info!(position = %start, server = %settings.version, "streaming binlog");
+            .with_pos(if gtid_connect { 4 } else { start.position.pos });
+        let stream = conn.get_binlog_stream(request).await.map_err(|source| {
+            match (&source, &start.gtid_state) {
+                (mysql_async::Error::Server(e), Some(state)) if gtid_connect && e.code == 1236 => {
+                    SourceError::GtidRefused {
+                        state: state.clone(),
+                        message: e.message.clone(),
+                    }
+                }
+                _ => stream_error(&start.position, config.server_id, source),
+            }
+        })?;
+        if gtid_connect {
+            info!(gtid = %start.gtid_state.clone().unwrap_or_default(), server = %settings.version, "streaming binlog by GTID");
+        } else {
+            info!(position = %start.position, server = %settings.version, "streaming binlog");
+        }
+        // By GTID on another server of the topology, its positions start a new epoch.
+        let by_gtid = gtid_connect.then(|| {
+            if start.server_id == server_id {
+                (server_id, start.epoch)
+            } else {
+                info!(
+                    stored_server_id = start.server_id,
+                    server_id, "resuming by GTID on another server of the topology"
+                );
+                (server_id, start.epoch + 1)
+            }
+        });
         let decoder = Decoder::new(
             DecoderOptions {
                 filter,
@@ -104,6 +177,7 @@ impl BinlogReader {
                 checksums: settings.checksum_enabled(),
             },
             start,
+            by_gtid,
         );
         Ok(Self {
             config: config.clone(),
@@ -307,7 +381,7 @@ fn stream_error(
 impl ChangeSource for BinlogReader {
     type Error = SourceError;
 
-    fn resume_position(&self) -> &BinlogPosition {
+    fn resume_position(&self) -> &ResumePoint {
         self.decoder.resume_position()
     }
 
@@ -330,6 +404,74 @@ impl ChangeSource for BinlogReader {
             self.decoder.handle(&ev, &mut self.lookup).await?;
         }
     }
+}
+
+/// `rowlog source reset --to FILE:POS`: checks that the position is still on the source
+/// and completes it with the server's id and (MariaDB) the GTID state there.
+pub async fn locate_position(
+    config: &SourceConfig,
+    position: BinlogPosition,
+) -> Result<ResumePoint, SourceError> {
+    let opts = Opts::from_url(&config.url).map_err(SourceError::BadUrl)?;
+    let mut conn = connect(&opts).await?;
+    let settings = ServerSettings::read(&mut conn).await?;
+    settings.check()?;
+    server::ensure_available(&position, &server::binary_logs(&mut conn).await?)?;
+    let gtid_state = match settings.flavor {
+        ServerFlavor::MariaDb => server::gtid_state_at(&mut conn, &position).await?,
+        ServerFlavor::MySql => None,
+    };
+    let server_id = server::server_id(&mut conn).await?;
+    let _ = conn.disconnect().await;
+    Ok(ResumePoint {
+        position,
+        gtid_state,
+        server_id,
+        epoch: 0,
+    })
+}
+
+/// `rowlog source reset --to-gtid STATE` (MariaDB): connects by GTID and reads until
+/// the stream shows where the server resumes after that state: its position there.
+pub async fn locate_gtid(
+    config: &SourceConfig,
+    state: GtidState,
+) -> Result<ResumePoint, SourceError> {
+    let mut gtid_config = config.clone();
+    gtid_config.resume_by = ResumeBy::Gtid;
+    // The stored point is only a carrier for the state: its position is replaced by
+    // the one the stream shows before anything is returned.
+    let carrier = ResumePoint {
+        position: BinlogPosition {
+            file: rowlog_api::BinlogFileName {
+                base: "unknown".into(),
+                seq: 0,
+                width: 6,
+            },
+            pos: 4,
+        },
+        gtid_state: Some(state.clone()),
+        server_id: 0,
+        epoch: 0,
+    };
+    let mut reader = BinlogReader::connect(&gtid_config, Some(carrier)).await?;
+    if reader.settings.flavor != ServerFlavor::MariaDb {
+        return Err(SourceError::Setting {
+            variable: "version",
+            actual: reader.settings.version.clone(),
+            required: "MariaDB for --to-gtid",
+            fix: "use --to FILE.NNNNNN:POS with a MySQL source",
+        });
+    }
+    // The server sends a heartbeat while idle, so this ends within heartbeat_ms even
+    // when nothing follows the state.
+    while !reader.decoder.position_known() {
+        reader.next_event().await?;
+    }
+    let mut found = reader.decoder.resume_position().clone();
+    found.gtid_state = Some(state);
+    found.epoch = 0;
+    Ok(found)
 }
 
 /// Connects once and checks the server's settings, without streaming: the daemon's

@@ -3,7 +3,7 @@
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
-use rowlog_api::{BinlogFileName, BinlogPosition};
+use rowlog_api::{BinlogFileName, BinlogPosition, GtidState};
 
 use crate::SourceError;
 
@@ -149,6 +149,38 @@ pub(crate) async fn current_position(conn: &mut Conn) -> Result<BinlogPosition, 
         });
     };
     parse_file(&file).map(|file| BinlogPosition { file, pos })
+}
+
+/// The server's `@@server_id`: what a stored position belongs to.
+pub(crate) async fn server_id(conn: &mut Conn) -> Result<u32, SourceError> {
+    let query = "SELECT @@server_id";
+    let id: Option<u64> = conn
+        .query_first(query)
+        .await
+        .map_err(|e| query_error(query, e))?;
+    Ok(id.and_then(|i| u32::try_from(i).ok()).unwrap_or(0))
+}
+
+/// MariaDB: the GTID state at a binlog position (`BINLOG_GTID_POS`), i.e. the last GTID
+/// of each domain before it; empty when the binlog has no GTIDs yet, `None` when the
+/// server cannot tell for that position.
+pub(crate) async fn gtid_state_at(
+    conn: &mut Conn,
+    position: &BinlogPosition,
+) -> Result<Option<GtidState>, SourceError> {
+    let query = "SELECT BINLOG_GTID_POS(?, ?)";
+    let state: Option<Option<String>> = conn
+        .exec_first(query, (position.file.to_string(), position.pos))
+        .await
+        .map_err(|e| query_error(query, e))?;
+    let Some(text) = state.flatten() else {
+        return Ok(None);
+    };
+    text.parse().map(Some).map_err(|_| SourceError::Decode {
+        event: "BINLOG_GTID_POS",
+        position: position.clone(),
+        detail: format!("unexpected GTID state `{text}`"),
+    })
 }
 
 pub(crate) fn parse_file(name: &str) -> Result<BinlogFileName, SourceError> {

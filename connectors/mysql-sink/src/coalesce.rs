@@ -118,6 +118,7 @@ mod tests {
             after: if op == Op::Delete { None } else { row },
             source: SourceMeta {
                 id: ChangeId {
+                    epoch: 0,
                     event: pos.clone(),
                     index: 0,
                 },

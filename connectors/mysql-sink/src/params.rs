@@ -95,12 +95,7 @@ mod tests {
 
     #[test]
     fn negative_zero_and_extreme_floats_are_bound_bit_for_bit() {
-        for d in [
-            -0.0f64,
-            f64::MIN_POSITIVE,
-            f64::from_bits(1),
-            f64::MAX,
-        ] {
+        for d in [-0.0f64, f64::MIN_POSITIVE, f64::from_bits(1), f64::MAX] {
             match to_param(&Value::Double(d)) {
                 My::Double(b) => assert_eq!(b.to_bits(), d.to_bits()),
                 other => panic!("{other:?}"),

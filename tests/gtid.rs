@@ -1,0 +1,163 @@
+//! MariaDB GTID positions: with `source.resume_by = "gtid"` a stopped rowlog continues
+//! on *another* server of the same replication topology (a replica that became the
+//! source), from the GTID state it stored, although that server's binlog files and
+//! offsets are its own. By position, the same switch is refused with a named error.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Daemon, Pair};
+use mysql_async::prelude::Queryable;
+use rowlog::testkit::{MariaDb, ServerOptions};
+
+async fn gtid_pos(server: &MariaDb, var: &str) -> String {
+    let v: Option<String> = server
+        .conn()
+        .await
+        .unwrap()
+        .query_first(format!("SELECT @@{var}"))
+        .await
+        .unwrap();
+    v.unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_by_gtid_continues_on_another_server_of_the_topology() {
+    let pair = Pair::start().await;
+    // A replica of the source with its own binlog (log_slave_updates), as a failover
+    // candidate has: same GTIDs, different files and offsets.
+    let mut opts = ServerOptions::source(3);
+    opts.extra_args.push("--log-slave-updates".into());
+    let replica = MariaDb::start(opts).await.unwrap();
+    replica
+        .exec(&[
+            "FLUSH BINARY LOGS",
+            "FLUSH BINARY LOGS",
+            &format!(
+                "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='root', \
+                 MASTER_PASSWORD='', MASTER_USE_GTID=slave_pos",
+                pair.src.port
+            ),
+            "START SLAVE",
+        ])
+        .await
+        .unwrap();
+
+    pair.dst
+        .exec(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
+        ])
+        .await
+        .unwrap();
+    pair.src
+        .exec(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
+        ])
+        .await
+        .unwrap();
+    let toml = pair
+        .config_toml(2, 4)
+        .replace("[source]\n", "[source]\nresume_by = \"gtid\"\n");
+    let config = pair.dir.path().join("rowlog.toml");
+    std::fs::write(&config, &toml).unwrap();
+
+    let daemon = Daemon::spawn(&config, pair.dir.path().join("first.log"));
+    pair.src
+        .exec(&[
+            "INSERT INTO app.t SELECT seq, seq FROM app.seq_1_to_1000",
+            "UPDATE app.t SET v = -v WHERE id % 3 = 0",
+        ])
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    daemon.terminate_cleanly();
+
+    // While rowlog is stopped, more changes reach the source and its replica.
+    pair.src
+        .exec(&[
+            "INSERT INTO app.t SELECT seq, seq FROM app.seq_1001_to_1500",
+            "DELETE FROM app.t WHERE id % 10 = 0",
+        ])
+        .await
+        .unwrap();
+    let target = gtid_pos(&pair.src, "gtid_binlog_pos").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while gtid_pos(&replica, "gtid_slave_pos").await != target {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Failover: rowlog is pointed at the replica.
+    let failover = toml.replace(&pair.src.url(), &replica.url());
+    std::fs::write(
+        &config,
+        failover.replace("resume_by = \"gtid\"", "resume_by = \"position\""),
+    )
+    .unwrap();
+    // By position, the stored file:pos belongs to the old source: refused, named.
+    let refused = Daemon::spawn(&config, pair.dir.path().join("refused.log"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut refused = refused;
+    while refused.is_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rowlog did not refuse"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = refused.log();
+    assert!(
+        log.contains("server_id 1") && log.contains("server_id 3") && log.contains("resume_by"),
+        "{log}"
+    );
+
+    std::fs::write(&config, &failover).unwrap();
+    let daemon = Daemon::spawn(&config, pair.dir.path().join("second.log"));
+    // And the replica, now the source, takes new writes (as after a promotion).
+    replica
+        .exec(&[
+            "STOP SLAVE",
+            "INSERT INTO app.t SELECT seq, seq * 7 FROM app.seq_1501_to_1600",
+            "UPDATE app.t SET v = 0 WHERE id BETWEEN 1 AND 50",
+        ])
+        .await
+        .unwrap();
+    let mut d = pair.dst.conn().await.unwrap();
+    let mut r = replica.conn().await.unwrap();
+    let diffs = rowlog::testkit::wait_until_equal(
+        &mut r,
+        &mut d,
+        &[("app.t", "id")],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert!(diffs[0].is_equal(), "{:?}", diffs[0]);
+    assert_eq!(diffs[0].source_rows, 1600 - 150);
+    let log = daemon.log();
+    assert!(
+        log.contains("resuming by GTID on another server of the topology"),
+        "{log}"
+    );
+    daemon.terminate_cleanly();
+
+    // The stored checkpoint now belongs to the new server, in a new epoch.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rowlog"))
+        .args(["offsets", "show", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains("server_id 3, epoch 1"), "{out}");
+    assert!(
+        out.contains(&gtid_pos(&replica, "gtid_binlog_pos").await),
+        "{out}"
+    );
+}
