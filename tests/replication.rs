@@ -159,3 +159,52 @@ async fn a_restarted_pipeline_resumes_from_its_stored_positions() {
     assert_eq!(rowlog::pipeline::Stats::get(&stats.appended), 2001);
     assert_eq!(rowlog::pipeline::Stats::get(&stats.duplicates_dropped), 0);
 }
+
+/// The binlog a stored position points into was purged while rowlog was down: it
+/// stops, naming the lost position, the oldest file left and the explicit way on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_stored_position_stops_naming_it_and_the_way_to_accept_the_gap() {
+    let pair = Pair::start().await;
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
+    ])
+    .await;
+    let first = InProcess::start(pair.config(1, 2));
+    pair.src
+        .exec(&["INSERT INTO app.t VALUES (1, 1)"])
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    first.stop().await;
+    pair.src
+        .exec(&[
+            "INSERT INTO app.t VALUES (2, 2)",
+            "FLUSH BINARY LOGS",
+            "FLUSH BINARY LOGS",
+        ])
+        .await
+        .unwrap();
+    let mut c = pair.src.conn().await.unwrap();
+    let (oldest, _): (String, u64) = {
+        let row: mysql_async::Row = c.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();
+        (row.get(0).unwrap(), row.get(1).unwrap())
+    };
+    c.query_drop(format!("PURGE BINARY LOGS TO '{oldest}'"))
+        .await
+        .unwrap();
+    let second = InProcess::start(pair.config(1, 2));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !second.finished() {
+        assert!(std::time::Instant::now() < deadline, "rowlog went on");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = rowlog::report::error_chain(&second.stop_result().await.err().expect("refused"));
+    assert!(
+        err.contains("binlog.000001:")
+            && err.contains(&format!("oldest binlog there: {oldest}"))
+            && err.contains(&format!("rowlog source reset --to {oldest}:4")),
+        "{err}"
+    );
+}

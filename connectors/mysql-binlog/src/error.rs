@@ -36,7 +36,7 @@ pub enum SourceError {
         fix: &'static str,
     },
 
-    #[error("binlog position {position} is no longer on the source (oldest binlog there: {oldest}); take a new snapshot, or restart from a later position with `source.start` after removing the stored checkpoint")]
+    #[error("binlog position {position} is no longer on the source (oldest binlog there: {oldest}): the changes between are lost to rowlog. Either take a new snapshot of the destination, or accept the gap explicitly with `rowlog source reset --to {oldest}:4` (or a later position)")]
     PositionPurged {
         position: BinlogPosition,
         oldest: String,
