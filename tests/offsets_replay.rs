@@ -214,3 +214,152 @@ async fn source_reset_re_reads_the_binlog_from_an_earlier_position() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("0-1-999999"), "{out}");
 }
+
+/// Moving one partition to an offset, every partition to a time, and replaying an
+/// offset range of one partition: each re-applies exactly that stretch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_move_to_an_offset_or_a_time_and_replay_takes_an_offset_range() {
+    let pair = Pair::start().await;
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
+    ])
+    .await;
+    let config = pair.write_config(2, 2);
+    let cfg = config.to_str().unwrap();
+    let log = pair.dir.path().join("rowlog.log");
+    let daemon = Daemon::spawn(&config, log.clone());
+    pair.src
+        .exec(&["INSERT INTO app.t SELECT seq, seq FROM app.seq_1_to_200"])
+        .await
+        .unwrap();
+    // Binlog times have second precision: the second batch starts in a later second
+    // than the first, and `split` is that second's start.
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let split = (now_ms() / 1000 + 1) * 1000;
+    tokio::time::sleep(Duration::from_millis(split - now_ms() + 50)).await;
+    pair.src
+        .exec(&["INSERT INTO app.t SELECT seq, seq FROM app.seq_1001_to_1200"])
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    daemon.terminate_cleanly();
+    pair.dst.exec(&["TRUNCATE app.t"]).await.unwrap();
+
+    // Replay offsets 0..10 of partition 0: ten changes, nothing else.
+    let (code, out) = rowlog(&[
+        "replay",
+        "-c",
+        cfg,
+        "--from-offset",
+        "0:0",
+        "--to-offset",
+        "10",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("replayed 10 changes"), "{out}");
+    assert_eq!(count(&pair, "SELECT COUNT(*) FROM app.t").await, 10);
+
+    // Every partition from the second batch's time: the daemon applies that batch.
+    let (code, out) = rowlog(&["offsets", "set", "-c", cfg, "--to-time", &split.to_string()]);
+    assert_eq!(code, 0, "{out}");
+    let daemon = Daemon::spawn(&config, log.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count(&pair, "SELECT COUNT(*) FROM app.t WHERE id > 1000").await < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second batch never came"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.terminate_cleanly();
+    assert_eq!(
+        count(&pair, "SELECT COUNT(*) FROM app.t WHERE id <= 200").await,
+        10,
+        "nothing before the time was applied again"
+    );
+
+    // One partition back to offset 0: its share of the first batch comes back, the
+    // other partition's does not.
+    let (code, out) = rowlog(&["offsets", "set", "-c", cfg, "--partition", "1", "--to", "0"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("partition 1: next offset 0"), "{out}");
+    let daemon = Daemon::spawn(&config, log.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    daemon.terminate_cleanly();
+    let first_batch = count(&pair, "SELECT COUNT(*) FROM app.t WHERE id <= 200").await;
+    assert!(
+        first_batch > 10 && first_batch < 200,
+        "partition 1's part of the first batch only: {first_batch}"
+    );
+    assert_eq!(
+        count(&pair, "SELECT COUNT(*) FROM app.t WHERE id > 1000").await,
+        200
+    );
+}
+
+/// SIGTERM drains within `shutdown_timeout_secs`; a drain that cannot finish (the
+/// destination holds a lock the worker waits for) ends the process at the deadline with
+/// exit 1 and a log line, and the next start applies what was left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_that_cannot_finish_ends_at_the_shutdown_deadline_and_loses_nothing() {
+    let pair = Pair::start().await;
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
+        "INSERT INTO app.t VALUES (1, 1)",
+    ])
+    .await;
+    pair.dst
+        .exec(&["SET GLOBAL innodb_lock_wait_timeout = 100"])
+        .await
+        .unwrap();
+    let toml = pair.config_toml(1, 1).replace(
+        "name = \"test\"\n",
+        "name = \"test\"\nshutdown_timeout_secs = 2\n",
+    );
+    let config = pair.dir.path().join("deadline.toml");
+    std::fs::write(&config, toml).unwrap();
+    let log = pair.dir.path().join("rowlog.log");
+    let mut holder = pair.dst.conn().await.unwrap();
+    holder.query_drop("BEGIN").await.unwrap();
+    holder
+        .query_drop("SELECT * FROM app.t WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    let mut daemon = Daemon::spawn(&config, log.clone());
+    pair.src
+        .exec(&["UPDATE app.t SET v = 2 WHERE id = 1"])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = std::time::Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &daemon.pid().to_string()])
+        .status()
+        .unwrap();
+    while daemon.is_running() {
+        assert!(
+            sent.elapsed() < Duration::from_secs(20),
+            "no exit at the deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let waited = sent.elapsed();
+    assert!(waited >= Duration::from_secs(2), "exited after {waited:?}");
+    let text = daemon.log();
+    assert!(text.contains("draining did not finish in time"), "{text}");
+    drop(daemon);
+
+    holder.query_drop("ROLLBACK").await.unwrap();
+    let daemon = Daemon::spawn(&config, log);
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    daemon.terminate_cleanly();
+}
