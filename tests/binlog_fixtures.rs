@@ -311,6 +311,34 @@ async fn mysql8_gtids_tagged_gtids_and_compressed_transactions_decode() {
         (Some(4), Some(32))
     );
 
+    // The GTID state each commit leaves: MySQL's executed set, from the file's
+    // PREVIOUS_GTIDS plus every GTID since (tagged origins kept apart), MariaDB's
+    // position per domain. It is what a resume by GTID sends.
+    let last_state = |lines: &[Json]| {
+        lines
+            .iter()
+            .filter_map(|l| l.get("commit"))
+            .last()
+            .map(|c| c["gtid_state"].as_str().unwrap_or("").to_owned())
+            .unwrap()
+    };
+    assert_eq!(
+        last_state(&lines),
+        "fbda2ad0-7c46-11ec-ae30-4ef7efc81a2a:1-3"
+    );
+    let (lines, _) = run("binlog_transaction_with_GTID_TAG.000001").await;
+    assert_eq!(
+        last_state(&lines),
+        "55778904-0299-11f1-b1b8-4ef0c4956feb:1-13,55778904-0299-11f1-b1b8-4ef0c4956feb:mytag:1-3"
+    );
+    let (lines, _) = run("binlog-invisible-columns.000001").await;
+    assert_eq!(
+        last_state(&lines),
+        "97c7af02-4c50-11ec-acd8-681842034964:1-5"
+    );
+    let (lines, _) = run("mariadb-bin.000001").await;
+    assert_eq!(last_state(&lines), "0-1-2");
+
     // The row inside a zstd-compressed TRANSACTION_PAYLOAD, resuming after the payload.
     let (lines, result) = run("transaction_compression.000001").await;
     result.unwrap();

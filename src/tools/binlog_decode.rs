@@ -42,8 +42,9 @@ pub async fn decode(
             } => {
                 n.commits += 1;
                 json!({ "commit": {
-                    "position": resume.to_string(),
+                    "position": resume.position.to_string(),
                     "gtid": gtid.map(|g| g.to_string()),
+                    "gtid_state": resume.gtid_state.map(|s| s.to_string()),
                     "commit_time_ms": commit_time_ms,
                 }})
             }

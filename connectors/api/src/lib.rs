@@ -19,8 +19,8 @@ mod value;
 
 pub use change::{key_bytes, ChangeEvent, Op, SourceMeta};
 pub use position::{
-    BinlogFileName, BinlogPosition, ChangeId, Gtid, GtidState, MariadbGtid, MysqlGtid,
-    ParsePositionError, ResumePoint,
+    BinlogFileName, BinlogPosition, ChangeId, Gtid, GtidState, MariadbGtid, MariadbGtidPos,
+    MysqlGtid, MysqlGtidRanges, MysqlGtidSet, ParsePositionError, ResumePoint,
 };
 pub use schema::{Column, ColumnType, TableName, TableSchema};
 pub use schema_change::{SchemaChange, SchemaChangeKind, SchemaChangePolicy};

@@ -129,9 +129,9 @@ impl fmt::Display for ChangeId {
 /// `0-1-120,1-2-7` (`@@gtid_binlog_pos`, `@slave_connect_state`). One entry per
 /// domain, sorted by domain.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct GtidState(Vec<MariadbGtid>);
+pub struct MariadbGtidPos(Vec<MariadbGtid>);
 
-impl GtidState {
+impl MariadbGtidPos {
     pub fn new(gtids: impl IntoIterator<Item = MariadbGtid>) -> Self {
         let mut s = Self::default();
         for g in gtids {
@@ -157,7 +157,7 @@ impl GtidState {
     }
 }
 
-impl fmt::Display for GtidState {
+impl fmt::Display for MariadbGtidPos {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, g) in self.0.iter().enumerate() {
             if i > 0 {
@@ -169,7 +169,7 @@ impl fmt::Display for GtidState {
     }
 }
 
-impl FromStr for GtidState {
+impl FromStr for MariadbGtidPos {
     type Err = ParsePositionError;
     /// `D-S-N[,D-S-N…]`; the empty string is the empty state.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -192,6 +192,183 @@ impl FromStr for GtidState {
             out.apply(g);
         }
         Ok(out)
+    }
+}
+
+/// MySQL's GTID set (`@@gtid_executed`): per origin (server UUID, and tag since 8.4)
+/// the transaction numbers executed, as sorted, disjoint, non-adjacent half-open
+/// intervals. Printed as MySQL prints it: `uuid:1-5:7,uuid:tag:1-3`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MysqlGtidSet(Vec<MysqlGtidRanges>);
+
+/// The part of a [`MysqlGtidSet`] of one origin.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MysqlGtidRanges {
+    pub sid: [u8; 16],
+    pub tag: Option<String>,
+    /// `[start, end)` intervals, sorted, disjoint and non-adjacent.
+    pub intervals: Vec<(u64, u64)>,
+}
+
+impl MysqlGtidSet {
+    /// Adds the interval `[start, end)` of an origin.
+    pub fn add_interval(&mut self, sid: [u8; 16], tag: Option<&str>, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let key = |r: &MysqlGtidRanges| (r.sid, r.tag.clone());
+        let want = (sid, tag.map(str::to_owned));
+        let i = match self.0.binary_search_by(|r| key(r).cmp(&want)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0.insert(
+                    i,
+                    MysqlGtidRanges {
+                        sid,
+                        tag: want.1.clone(),
+                        intervals: Vec::new(),
+                    },
+                );
+                i
+            }
+        };
+        let iv = &mut self.0[i].intervals;
+        iv.push((start, end));
+        iv.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(iv.len());
+        for &(a, b) in iv.iter() {
+            match merged.last_mut() {
+                Some((_, e)) if a <= *e => *e = (*e).max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        *iv = merged;
+    }
+
+    /// The set after the transaction `g` committed.
+    pub fn add(&mut self, g: &MysqlGtid) {
+        self.add_interval(g.sid, g.tag.as_deref(), g.gno, g.gno + 1);
+    }
+
+    pub fn ranges(&self) -> &[MysqlGtidRanges] {
+        &self.0
+    }
+}
+
+fn write_uuid(f: &mut fmt::Formatter<'_>, sid: &[u8; 16]) -> fmt::Result {
+    for (i, b) in sid.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            f.write_str("-")?;
+        }
+        write!(f, "{b:02x}")?;
+    }
+    Ok(())
+}
+
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let hex: String = s.chars().filter(|&c| c != '-').collect();
+    if hex.len() != 32 || s.len() != 36 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl fmt::Display for MysqlGtidSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write_uuid(f, &r.sid)?;
+            if let Some(tag) = &r.tag {
+                write!(f, ":{tag}")?;
+            }
+            for &(a, b) in &r.intervals {
+                if b == a + 1 {
+                    write!(f, ":{a}")?;
+                } else {
+                    write!(f, ":{a}-{}", b - 1)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for MysqlGtidSet {
+    type Err = ParsePositionError;
+    /// `uuid[:tag]:N[-M][:N[-M]…][,…]`, as `@@gtid_executed` prints it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParsePositionError(s.to_owned());
+        let mut out = Self::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let mut fields = part.split(':');
+            let sid = parse_uuid(fields.next().ok_or_else(err)?).ok_or_else(err)?;
+            let mut tag: Option<&str> = None;
+            let mut any = false;
+            for field in fields {
+                if field.starts_with(|c: char| c.is_ascii_digit()) {
+                    let (a, b) = field.split_once('-').unwrap_or((field, field));
+                    let (a, b): (u64, u64) =
+                        (a.parse().map_err(|_| err())?, b.parse().map_err(|_| err())?);
+                    if a == 0 || b < a {
+                        return Err(err());
+                    }
+                    out.add_interval(sid, tag, a, b + 1);
+                    any = true;
+                } else {
+                    tag = Some(field);
+                }
+            }
+            if !any {
+                return Err(err());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A server's GTID position, in its own dialect.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum GtidState {
+    MariaDb(MariadbGtidPos),
+    MySql(MysqlGtidSet),
+}
+
+impl GtidState {
+    /// The position after the transaction `g` committed (a GTID of the other dialect
+    /// leaves it as it is).
+    pub fn apply(&mut self, g: &Gtid) {
+        match (self, g) {
+            (GtidState::MariaDb(s), Gtid::MariaDb(g)) => s.apply(*g),
+            (GtidState::MySql(s), Gtid::MySql(g)) => s.add(g),
+            _ => {}
+        }
+    }
+}
+
+impl fmt::Display for GtidState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GtidState::MariaDb(s) => s.fmt(f),
+            GtidState::MySql(s) => s.fmt(f),
+        }
+    }
+}
+
+impl FromStr for GtidState {
+    type Err = ParsePositionError;
+    /// MariaDB's `D-S-N,…` or MySQL's `uuid:N-M,…`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.contains(':') {
+            s.parse().map(GtidState::MySql)
+        } else {
+            s.parse().map(GtidState::MariaDb)
+        }
     }
 }
 
@@ -242,12 +419,7 @@ pub struct MysqlGtid {
 
 impl fmt::Display for MysqlGtid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, b) in self.sid.iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                f.write_str("-")?;
-            }
-            write!(f, "{b:02x}")?;
-        }
+        write_uuid(f, &self.sid)?;
         if let Some(tag) = &self.tag {
             write!(f, ":{tag}")?;
         }
@@ -302,7 +474,7 @@ mod tests {
 
     #[test]
     fn gtid_states_parse_print_and_advance_per_domain() {
-        let mut s: GtidState = "1-2-7, 0-1-120".parse().unwrap();
+        let mut s: MariadbGtidPos = "1-2-7, 0-1-120".parse().unwrap();
         assert_eq!(s.to_string(), "0-1-120,1-2-7");
         s.apply(MariadbGtid {
             domain: 1,
@@ -315,10 +487,42 @@ mod tests {
             seq: 1,
         });
         assert_eq!(s.to_string(), "0-1-120,1-3-8,5-1-1");
-        assert_eq!("".parse::<GtidState>().unwrap(), GtidState::default());
+        assert_eq!(
+            "".parse::<MariadbGtidPos>().unwrap(),
+            MariadbGtidPos::default()
+        );
         for bad in ["0-1", "0-1-2-3", "a-1-2", "0-1-2,0-3-4"] {
-            assert!(bad.parse::<GtidState>().is_err(), "{bad}");
+            assert!(bad.parse::<MariadbGtidPos>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn mysql_gtid_sets_merge_intervals_and_print_like_gtid_executed() {
+        let text = "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:7,3e11fa47-71ca-11e1-9e33-c80aa9429562:orders:1-3";
+        let mut set: MysqlGtidSet = text.parse().unwrap();
+        assert_eq!(set.to_string(), text);
+        let sid = set.ranges()[0].sid;
+        set.add(&MysqlGtid {
+            sid,
+            tag: None,
+            gno: 6,
+        });
+        assert_eq!(
+            set.to_string(),
+            "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-7,3e11fa47-71ca-11e1-9e33-c80aa9429562:orders:1-3"
+        );
+        for bad in [
+            "3e11fa47:1-5",
+            "3e11fa47-71ca-11e1-9e33-c80aa9429562",
+            "3e11fa47-71ca-11e1-9e33-c80aa9429562:5-1",
+        ] {
+            assert!(bad.parse::<MysqlGtidSet>().is_err(), "{bad}");
+        }
+        assert!(matches!(
+            "0-1-5".parse::<GtidState>(),
+            Ok(GtidState::MariaDb(_))
+        ));
+        assert!(matches!(text.parse::<GtidState>(), Ok(GtidState::MySql(_))));
     }
 
     #[test]

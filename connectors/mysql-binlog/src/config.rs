@@ -72,9 +72,9 @@ pub enum ResumeBy {
     /// The stored binlog file and position, on the same server (the default).
     #[default]
     Position,
-    /// MariaDB: the stored GTID state (`@slave_connect_state`), so any server of the
-    /// same replication topology can continue, e.g. after a failover. MySQL sources
-    /// resume by position (their GTID sets are not implemented).
+    /// The stored GTID state, so any server of the same replication topology can
+    /// continue, e.g. after a failover: MariaDB with `@slave_connect_state`, MySQL
+    /// with COM_BINLOG_DUMP_GTID and the executed set.
     Gtid,
 }
 

@@ -20,13 +20,13 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mysql_async::binlog::events::{
-    Event, EventData, GtidEvent, QueryEvent, RotateEvent, RowsEventData, TableMapEvent,
-    TransactionPayloadEvent,
+    Event, EventData, GtidEvent, PreviousGtidsEvent, QueryEvent, RotateEvent, RowsEventData,
+    TableMapEvent, TransactionPayloadEvent,
 };
 use rowlog_api::{
-    BinlogFileName, BinlogPosition, ChangeEvent, ChangeId, Gtid, GtidState, MysqlGtid, Op,
-    ResumePoint, SchemaChange, SchemaChangeKind, SourceEvent, SourceMeta, TableName, TableSchema,
-    Value,
+    BinlogFileName, BinlogPosition, ChangeEvent, ChangeId, Gtid, GtidState, MariadbGtidPos,
+    MysqlGtid, MysqlGtidSet, Op, ResumePoint, SchemaChange, SchemaChangeKind, SourceEvent,
+    SourceMeta, TableName, TableSchema, Value,
 };
 use tracing::{debug, warn};
 
@@ -209,6 +209,22 @@ impl Decoder {
         &self.resume_point
     }
 
+    /// Whether this event is a file's own (not artificial) and the stream covers that
+    /// file from before it: then a GTID list or PREVIOUS_GTIDS there is the state at
+    /// the stream's place. (Started mid-file, or connected by GTID, the server still
+    /// sends the file's list, which is older than the place.)
+    fn read_from_file_start(
+        &self,
+        header: &mysql_async::binlog::events::BinlogEventHeader,
+    ) -> bool {
+        let start = (header.log_pos() as u64).saturating_sub(header.event_size() as u64);
+        header.log_pos() != 0
+            && header.flags_raw() & ARTIFICIAL_FLAG == 0
+            && self.position_known
+            && self.resume.file == self.file
+            && self.resume.pos <= start
+    }
+
     /// After a connection by GTID: the stream has shown the position it resumes at.
     fn start_at(&mut self, pos: u64) {
         if !self.position_known {
@@ -304,6 +320,10 @@ impl Decoder {
                 if artificial && log_pos != 0 {
                     self.start_at(log_pos);
                 }
+                // A file's own list is the state at its start.
+                if self.read_from_file_start(&header) {
+                    self.gtid_state = Some(GtidState::MariaDb(MariadbGtidPos::new(list)));
+                }
             }
             mariadb::BINLOG_CHECKPOINT_EVENT => {
                 mariadb::parse_binlog_checkpoint(ev.data()).ok_or_else(|| {
@@ -325,6 +345,9 @@ impl Decoder {
                 self.pending.push_back(SourceEvent::Heartbeat { at_ms: now });
             }
             MYSQL_GTID | MYSQL_GTID_TAGGED => {
+                if !artificial {
+                    self.start_at(log_pos.saturating_sub(header.event_size() as u64));
+                }
                 let g: GtidEvent = ev
                     .read_event()
                     .map_err(|e| self.decode_error("GTID", e))?;
@@ -339,9 +362,25 @@ impl Decoder {
                 self.gtid = None;
                 self.txn_start = self.resume.clone();
             }
+            // MySQL: the GTID set executed before this file, i.e. the state here.
+            PREVIOUS_GTIDS => {
+                let prev: PreviousGtidsEvent = ev
+                    .read_event()
+                    .map_err(|e| self.decode_error("PREVIOUS_GTIDS", e))?;
+                let mut set = MysqlGtidSet::default();
+                for sid in prev.sids() {
+                    let tag = sid.tag().map(|t| t.as_str().to_owned());
+                    for iv in sid.intervals() {
+                        set.add_interval(sid.uuid(), tag.as_deref(), iv.start(), iv.end());
+                    }
+                }
+                if self.read_from_file_start(&header) {
+                    self.gtid_state = Some(GtidState::MySql(set));
+                }
+            }
             // Context for statement-based events, or markers with no row data.
-            STOP | INTVAR | RAND | USER_VAR | IGNORABLE | ROWS_QUERY | PREVIOUS_GTIDS
-            | TRANSACTION_CONTEXT | VIEW_CHANGE => {}
+            STOP | INTVAR | RAND | USER_VAR | IGNORABLE | ROWS_QUERY | TRANSACTION_CONTEXT
+            | VIEW_CHANGE => {}
             TRANSACTION_PAYLOAD => self.check_payload(ev)?,
             // LOAD DATA in statement-based form: the rows are in a file on the source.
             BEGIN_LOAD_QUERY | EXECUTE_LOAD_QUERY => {
@@ -385,8 +424,8 @@ impl Decoder {
         self.position_known = true;
         self.resume = self.here();
         let gtid = self.gtid.take();
-        if let (Some(state), Some(Gtid::MariaDb(g))) = (&mut self.gtid_state, &gtid) {
-            state.apply(*g);
+        if let (Some(state), Some(g)) = (&mut self.gtid_state, &gtid) {
+            state.apply(g);
         }
         self.resume_point = ResumePoint {
             position: self.resume.clone(),

@@ -6,7 +6,9 @@
 use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts};
-use rowlog_api::{BinlogPosition, ChangeSource, GtidState, ResumePoint, SourceEvent, TableSchema};
+use rowlog_api::{
+    BinlogPosition, ChangeSource, GtidState, MysqlGtidSet, ResumePoint, SourceEvent, TableSchema,
+};
 use tracing::{info, warn};
 
 use crate::decoder::{Decoder, DecoderOptions, TableLookup};
@@ -59,10 +61,9 @@ impl BinlogReader {
         }
         let logs = server::binary_logs(&mut conn).await?;
         let server_id = server::server_id(&mut conn).await?;
-        let by_gtid =
-            config.resume_by == ResumeBy::Gtid && settings.flavor == ServerFlavor::MariaDb;
+        let by_gtid = config.resume_by == ResumeBy::Gtid;
         let (start, gtid_connect) = match resume {
-            // MariaDB GTID: any server of the topology can continue from the state.
+            // By GTID any server of the topology can continue from the state.
             Some(r) if by_gtid && r.gtid_state.is_some() => (r, true),
             Some(r) => {
                 // A file:pos of one server means nothing on another.
@@ -76,8 +77,8 @@ impl BinlogReader {
                 (r, false)
             }
             None => {
-                let position = match &config.start {
-                    StartFrom::At(p) => p.clone(),
+                let (position, executed) = match &config.start {
+                    StartFrom::At(p) => (p.clone(), None),
                     StartFrom::Current => server::current_position(&mut conn).await?,
                     StartFrom::Earliest => {
                         let (first, _) = logs.first().ok_or(SourceError::Setting {
@@ -86,15 +87,13 @@ impl BinlogReader {
                             required: "ON",
                             fix: "start the server with --log-bin",
                         })?;
-                        BinlogPosition {
-                            file: server::parse_file(first)?,
-                            pos: 4,
-                        }
+                        let file = server::parse_file(first)?;
+                        (BinlogPosition { file, pos: 4 }, None)
                     }
                 };
                 let point = ResumePoint {
                     position,
-                    gtid_state: None,
+                    gtid_state: executed,
                     server_id,
                     epoch: 0,
                 };
@@ -104,12 +103,19 @@ impl BinlogReader {
         let mut start = start;
         if !gtid_connect {
             server::ensure_available(&start.position, &logs)?;
-            if settings.flavor == ServerFlavor::MariaDb {
+            match settings.flavor {
                 // The GTID state at the start position, kept up to date from there.
-                start.gtid_state = server::gtid_state_at(&mut conn, &start.position).await?;
-                if start.gtid_state.is_none() {
-                    warn!(position = %start.position, "the source cannot tell the GTID state at the start position; checkpoints carry none until a restart from a later one");
+                ServerFlavor::MariaDb => {
+                    start.gtid_state = server::gtid_state_at(&mut conn, &start.position)
+                        .await?
+                        .map(GtidState::MariaDb);
+                    if start.gtid_state.is_none() {
+                        warn!(position = %start.position, "the source cannot tell the GTID state at the start position; checkpoints carry none until a restart from a later one");
+                    }
                 }
+                // MySQL has no BINLOG_GTID_POS: the state is the stored one, the one read
+                // with the start position, or the next file's PREVIOUS_GTIDS.
+                ServerFlavor::MySql => {}
             }
         }
         let heartbeat_ns = config.heartbeat_ms.saturating_mul(1_000_000);
@@ -120,28 +126,39 @@ impl BinlogReader {
             "SET @master_binlog_checksum=@@global.binlog_checksum".to_string(),
             format!("SET @master_heartbeat_period={heartbeat_ns}"),
         ];
-        if gtid_connect {
-            let state = start.gtid_state.clone().unwrap_or_default();
-            session.extend([
-                format!("SET @slave_connect_state='{state}'"),
-                "SET @slave_gtid_strict_mode=0".to_string(),
-                "SET @slave_gtid_ignore_duplicates=0".to_string(),
-            ]);
+        let file_name = start.position.file.to_string();
+        let mut request = BinlogStreamRequest::new(config.server_id);
+        match (&start.gtid_state, gtid_connect) {
+            // MariaDB by GTID: the state goes in session variables, the file name is
+            // empty and the server finds the place.
+            (Some(GtidState::MariaDb(state)), true) => {
+                session.extend([
+                    format!("SET @slave_connect_state='{state}'"),
+                    "SET @slave_gtid_strict_mode=0".to_string(),
+                    "SET @slave_gtid_ignore_duplicates=0".to_string(),
+                ]);
+                request = request.with_filename(b"").with_pos(4u64);
+            }
+            // MySQL by GTID: COM_BINLOG_DUMP_GTID with the executed set. Only MySQL can
+            // prove this path; no MySQL server can run where rowlog is tested.
+            (Some(GtidState::MySql(set)), true) => {
+                request = request
+                    .with_gtid()
+                    .with_gtid_set(mysql_sids(set)?)
+                    .with_filename(b"")
+                    .with_pos(4u64);
+            }
+            _ => {
+                request = request
+                    .with_filename(file_name.as_bytes())
+                    .with_pos(start.position.pos);
+            }
         }
         for q in session {
             conn.query_drop(&q)
                 .await
                 .map_err(|e| server::query_error(&q, e))?;
         }
-        // By GTID the file name is empty: the server finds the place from the state.
-        let name = if gtid_connect {
-            String::new()
-        } else {
-            start.position.file.to_string()
-        };
-        let request = BinlogStreamRequest::new(config.server_id)
-            .with_filename(name.as_bytes())
-            .with_pos(if gtid_connect { 4 } else { start.position.pos });
         let stream = conn.get_binlog_stream(request).await.map_err(|source| {
             match (&source, &start.gtid_state) {
                 (mysql_async::Error::Server(e), Some(state)) if gtid_connect && e.code == 1236 => {
@@ -153,8 +170,8 @@ impl BinlogReader {
                 _ => stream_error(&start.position, config.server_id, source),
             }
         })?;
-        if gtid_connect {
-            info!(gtid = %start.gtid_state.clone().unwrap_or_default(), server = %settings.version, "streaming binlog by GTID");
+        if let (true, Some(state)) = (gtid_connect, &start.gtid_state) {
+            info!(gtid = %state, server = %settings.version, "streaming binlog by GTID");
         } else {
             info!(position = %start.position, server = %settings.version, "streaming binlog");
         }
@@ -340,6 +357,30 @@ impl InfoSchema {
     }
 }
 
+/// A MySQL GTID set as COM_BINLOG_DUMP_GTID takes it. Tagged origins (MySQL 8.4) cannot
+/// be sent through mysql_async 0.37's request type: refused rather than dropped.
+fn mysql_sids(set: &MysqlGtidSet) -> Result<Vec<mysql_async::Sid<'static>>, SourceError> {
+    set.ranges()
+        .iter()
+        .map(|r| {
+            if let Some(tag) = &r.tag {
+                return Err(SourceError::Setting {
+                    variable: "gtid_executed",
+                    actual: format!("a tagged GTID ({tag})"),
+                    required: "untagged GTIDs to resume by GTID",
+                    fix: "set source.resume_by = \"position\"",
+                });
+            }
+            Ok(mysql_async::Sid::new(r.sid).with_intervals(
+                r.intervals
+                    .iter()
+                    .map(|&(a, b)| mysql_async::GnoInterval::new(a, b))
+                    .collect(),
+            ))
+        })
+        .collect()
+}
+
 async fn connect(opts: &Opts) -> Result<Conn, SourceError> {
     let addr = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
     Conn::new(opts.clone())
@@ -418,7 +459,9 @@ pub async fn locate_position(
     settings.check()?;
     server::ensure_available(&position, &server::binary_logs(&mut conn).await?)?;
     let gtid_state = match settings.flavor {
-        ServerFlavor::MariaDb => server::gtid_state_at(&mut conn, &position).await?,
+        ServerFlavor::MariaDb => server::gtid_state_at(&mut conn, &position)
+            .await?
+            .map(GtidState::MariaDb),
         ServerFlavor::MySql => None,
     };
     let server_id = server::server_id(&mut conn).await?;
@@ -455,14 +498,6 @@ pub async fn locate_gtid(
         epoch: 0,
     };
     let mut reader = BinlogReader::connect(&gtid_config, Some(carrier)).await?;
-    if reader.settings.flavor != ServerFlavor::MariaDb {
-        return Err(SourceError::Setting {
-            variable: "version",
-            actual: reader.settings.version.clone(),
-            required: "MariaDB for --to-gtid",
-            fix: "use --to FILE.NNNNNN:POS with a MySQL source",
-        });
-    }
     // The server sends a heartbeat while idle, so this ends within heartbeat_ms even
     // when nothing follows the state.
     while !reader.decoder.position_known() {
@@ -486,4 +521,29 @@ pub async fn preflight(config: &SourceConfig) -> Result<ServerSettings, SourceEr
     server::binary_logs(&mut conn).await?;
     let _ = conn.disconnect().await;
     Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mysql_gtid_set_goes_into_the_dump_request_as_half_open_intervals() {
+        let set: MysqlGtidSet = "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:7"
+            .parse()
+            .unwrap();
+        let sids = mysql_sids(&set).unwrap();
+        assert_eq!(sids.len(), 1);
+        let iv: Vec<(u64, u64)> = sids[0]
+            .intervals()
+            .iter()
+            .map(|i| (i.start(), i.end()))
+            .collect();
+        assert_eq!(iv, vec![(1, 6), (7, 8)]);
+        assert_eq!(sids[0].uuid()[0], 0x3e);
+        let tagged: MysqlGtidSet = "3e11fa47-71ca-11e1-9e33-c80aa9429562:t:1-2"
+            .parse()
+            .unwrap();
+        assert!(mysql_sids(&tagged).is_err(), "tags cannot be sent: refused");
+    }
 }

@@ -3,7 +3,7 @@
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
-use rowlog_api::{BinlogFileName, BinlogPosition, GtidState};
+use rowlog_api::{BinlogFileName, BinlogPosition, GtidState, MariadbGtidPos};
 
 use crate::SourceError;
 
@@ -129,8 +129,11 @@ pub(crate) async fn binary_logs(conn: &mut Conn) -> Result<Vec<(String, u64)>, S
         .collect())
 }
 
-/// The position the server will write next.
-pub(crate) async fn current_position(conn: &mut Conn) -> Result<BinlogPosition, SourceError> {
+/// The position the server will write next, and (MySQL) the GTID set executed up to it,
+/// read together from one `SHOW MASTER STATUS` row.
+pub(crate) async fn current_position(
+    conn: &mut Conn,
+) -> Result<(BinlogPosition, Option<GtidState>), SourceError> {
     let query = "SHOW MASTER STATUS";
     let row: Option<Row> = conn
         .query_first(query)
@@ -148,7 +151,14 @@ pub(crate) async fn current_position(conn: &mut Conn) -> Result<BinlogPosition, 
             source: mysql_async::Error::Other("unexpected row shape".into()),
         });
     };
-    parse_file(&file).map(|file| BinlogPosition { file, pos })
+    // MySQL's fifth column; MariaDB has four.
+    let executed = row
+        .get_opt::<String, _>(4)
+        .and_then(Result::ok)
+        .filter(|s| !s.trim().is_empty())
+        .and_then(|s| s.replace('\n', "").parse().ok())
+        .map(GtidState::MySql);
+    parse_file(&file).map(|file| (BinlogPosition { file, pos }, executed))
 }
 
 /// The server's `@@server_id`: what a stored position belongs to.
@@ -167,7 +177,7 @@ pub(crate) async fn server_id(conn: &mut Conn) -> Result<u32, SourceError> {
 pub(crate) async fn gtid_state_at(
     conn: &mut Conn,
     position: &BinlogPosition,
-) -> Result<Option<GtidState>, SourceError> {
+) -> Result<Option<MariadbGtidPos>, SourceError> {
     let query = "SELECT BINLOG_GTID_POS(?, ?)";
     let state: Option<Option<String>> = conn
         .exec_first(query, (position.file.to_string(), position.pos))
