@@ -506,11 +506,13 @@ impl EmbeddedLog {
     }
 
     /// Encodes and writes the partitions of a batch on parallel threads (encoding is
-    /// the CPU cost of an append), then syncs them, also in parallel.
+    /// the CPU cost of an append), then syncs them, also in parallel. Each thread also
+    /// frees its partition's changes: freeing a batch of values costs about as much as
+    /// encoding it, and done after the join it ran on one core.
     fn append_blocking(&self, batch: AppendBatch) -> Result<(), LogError> {
-        let work: Vec<(u32, &Vec<LogEntry>)> = batch
+        let work: Vec<(u32, Vec<LogEntry>)> = batch
             .partitions
-            .iter()
+            .into_iter()
             .enumerate()
             .filter(|(_, c)| !c.is_empty())
             .map(|(p, c)| (p as u32, c))
@@ -522,8 +524,14 @@ impl EmbeddedLog {
         } else {
             std::thread::scope(|s| {
                 let handles: Vec<_> = work
-                    .iter()
-                    .map(|(p, c)| s.spawn(move || self.write_partition(*p, c)))
+                    .into_iter()
+                    .map(|(p, c)| {
+                        s.spawn(move || {
+                            let written = self.write_partition(p, &c);
+                            drop(c);
+                            written
+                        })
+                    })
                     .collect();
                 handles
                     .into_iter()
