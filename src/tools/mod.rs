@@ -7,3 +7,4 @@ pub mod binlog_decode;
 pub mod json;
 pub mod log_cmd;
 pub mod offsets;
+pub mod verify_tables;
