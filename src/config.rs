@@ -40,6 +40,8 @@ pub struct Config {
     pub logging: LoggingConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub snapshot: SnapshotConfig,
 }
 
 fn default_dir() -> PathBuf {
@@ -180,6 +182,57 @@ pub struct LoggingConfig {
     /// `text` or `json`. Levels come from `RUST_LOG` (default `info`).
     #[serde(default)]
     pub format: LogFormat,
+}
+
+/// When the destination gets a copy of the source's tables (`snapshot.mode`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    /// Never: the destination already holds the rows before `source.start`.
+    #[default]
+    Never,
+    /// On the first start (no source checkpoint yet), then stream from there.
+    Initial,
+    /// As `initial`, and again whenever the stored position is no longer on the source.
+    WhenNeeded,
+}
+
+fn default_snapshot_concurrency() -> u32 {
+    2
+}
+fn default_snapshot_chunk_rows() -> u64 {
+    10_000
+}
+fn default_create_tables() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    #[serde(default)]
+    pub mode: SnapshotMode,
+    /// Tables copied at the same time, each through its own consistent read.
+    #[serde(default = "default_snapshot_concurrency")]
+    pub concurrency: u32,
+    /// Rows per chunk: one read on the source, one destination transaction, one
+    /// saved resume point.
+    #[serde(default = "default_snapshot_chunk_rows")]
+    pub chunk_rows: u64,
+    /// Create destination tables that are missing, from the source's SHOW CREATE TABLE.
+    #[serde(default = "default_create_tables")]
+    pub create_tables: bool,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            mode: SnapshotMode::default(),
+            concurrency: default_snapshot_concurrency(),
+            chunk_rows: default_snapshot_chunk_rows(),
+            create_tables: default_create_tables(),
+        }
+    }
 }
 
 fn default_http_enabled() -> bool {
@@ -329,6 +382,18 @@ impl Config {
                 self.log.checkpoint_interval_ms
             ));
         }
+        if !(1..=64).contains(&self.snapshot.concurrency) {
+            return Err(format!(
+                "snapshot.concurrency: must be between 1 and 64, got {}",
+                self.snapshot.concurrency
+            ));
+        }
+        if !(1..=10_000_000).contains(&self.snapshot.chunk_rows) {
+            return Err(format!(
+                "snapshot.chunk_rows: must be between 1 and 10000000, got {}",
+                self.snapshot.chunk_rows
+            ));
+        }
         if self.http.enabled && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!(
                 "http.listen: `{}` is not an address of the form IP:PORT",
@@ -366,6 +431,7 @@ impl Config {
                 .clone()
                 .map(|path| crate::pipeline::dead_letter::DeadLetter { path }),
             ddl: self.sink.ddl,
+            floors: Default::default(),
         }
     }
 }

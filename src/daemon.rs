@@ -48,6 +48,8 @@ pub enum DaemonError {
     Panic(String),
     #[error(transparent)]
     Http(#[from] HttpError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 /// Runs the pipeline until `external` fires or a stage fails definitely.
@@ -125,6 +127,29 @@ async fn run_with(
     };
 
     let (trigger, shutdown) = shutdown::channel();
+    let mut http = ops.map(|server| tokio::spawn(server.serve(shutdown.clone())));
+
+    // A snapshot, when one is due, runs to its end before streaming starts (see
+    // crate::snapshot for why that keeps the hand-off exact).
+    let floors = match crate::snapshot::before_streaming(&cfg, &log, &metrics, &external).await {
+        Ok(Some(floors)) => floors,
+        Ok(None) => {
+            trigger.trigger();
+            stop_http(http.take()).await;
+            return Ok(stats);
+        }
+        Err(e) => {
+            let e = DaemonError::Snapshot(e);
+            error!(error = %error_chain(&e), "snapshot failed");
+            note_halt(&metrics, &e);
+            trigger.trigger();
+            stop_http(http.take()).await;
+            return Err(e);
+        }
+    };
+    let mut apply_cfg = cfg.apply();
+    apply_cfg.floors = floors;
+
     let mut tasks: JoinSet<Result<(), DaemonError>> = JoinSet::new();
 
     {
@@ -174,7 +199,7 @@ async fn run_with(
         let fut = apply::run_partition(
             log.clone(),
             p,
-            cfg.apply(),
+            apply_cfg.clone(),
             connect,
             barrier.clone(),
             stats.clone(),
@@ -195,7 +220,6 @@ async fn run_with(
         cfg.log.dir.clone(),
         shutdown.clone(),
     ));
-    let http = ops.map(|server| tokio::spawn(server.serve(shutdown.clone())));
 
     let mut first_error = None;
     loop {
@@ -241,19 +265,23 @@ async fn run_with(
     reporter.abort();
     retention.abort();
     let _ = sampler.await;
+    stop_http(http).await;
+    log_progress(&stats);
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(stats),
+    }
+}
+
+/// Waits for the ops server, which stops on shutdown. Its failure (rare: the socket
+/// broke) is only reported: the pipeline itself has already drained.
+async fn stop_http(http: Option<tokio::task::JoinHandle<Result<(), HttpError>>>) {
     if let Some(http) = http {
-        // The server stops on shutdown; its failure (rare: the socket broke) is only
-        // reported, since the pipeline itself has already drained.
         match http.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %error_chain(&e), "ops HTTP server failed"),
             Err(e) => warn!(error = %e, "ops HTTP server panicked"),
         }
-    }
-    log_progress(&stats);
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(stats),
     }
 }
 

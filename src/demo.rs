@@ -73,6 +73,7 @@ pub async fn run(changes: u64) -> anyhow::Result<()> {
         sink: toml_section(&format!("url = \"{}\"", dst.url()))?,
         logging: LoggingConfig::default(),
         http: HttpConfig::disabled(),
+        snapshot: Default::default(),
     };
     let (trigger, stop) = shutdown::channel();
     let pipeline = tokio::spawn(crate::daemon::run(cfg, stop));

@@ -149,6 +149,8 @@ struct StatusReport {
     stalled: bool,
     source: SourceReport,
     partitions: Vec<PartitionStatus>,
+    /// Snapshot progress (tables done / total, rows copied), once one ran.
+    snapshot: Option<crate::status::SnapshotStatus>,
     last_error: Option<ErrorReport>,
 }
 
@@ -179,6 +181,7 @@ async fn status(State(ops): State<Ops>) -> Json<StatusReport> {
                 },
             )
             .collect(),
+        snapshot: m.state.snapshot(),
         last_error: m.state.last_error(),
     })
 }

@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod report;
 pub mod shutdown;
+pub mod snapshot;
 pub mod status;
 pub mod testkit;
 pub mod tools;

@@ -68,6 +68,15 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Copy tables to the destination again (the daemon must be stopped); the next run
+    /// streams on and skips what the copies hold.
+    Snapshot {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only these tables (db.table globs, comma-separated); default: all replicated.
+        #[arg(long, value_delimiter = ',')]
+        tables: Vec<String>,
+    },
     /// Compare the destination's tables with the source's, chunk by chunk, allowing
     /// for replication lag; print differing keys and exit 1 when anything differs.
     Verify {
@@ -459,6 +468,13 @@ fn main() -> ExitCode {
                 };
                 source_reset(&cfg, target).await
             })
+        }
+        Command::Snapshot { config, tables } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            tool(async move { rowlog::tools::snapshot_cmd::snapshot_cmd(&cfg, &tables).await })
         }
         Command::Verify {
             config,

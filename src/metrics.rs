@@ -150,6 +150,11 @@ pub struct Metrics {
     pub sink_partitions_applying: IntGauge,
     pub end_to_end_lag_seconds: HistogramVec,
 
+    // Snapshot.
+    pub snapshot_rows: IntCounterVec,
+    pub snapshot_chunks: IntCounterVec,
+    pub snapshot_tables: IntGaugeVec,
+
     // Pipeline.
     pub errors: IntCounterVec,
     pub pipeline_halted: IntGauge,
@@ -373,6 +378,22 @@ impl Metrics {
                     &["partition"],
                 )
                 .expect("valid metric"),
+            ),
+
+            snapshot_rows: int_counter_vec(
+                "rowlog_snapshot_rows_total",
+                "Rows copied to the destination by the snapshot, by table.",
+                &["table"],
+            ),
+            snapshot_chunks: int_counter_vec(
+                "rowlog_snapshot_chunks_total",
+                "Snapshot chunks copied (one source read, one destination transaction each), by table.",
+                &["table"],
+            ),
+            snapshot_tables: int_gauge_vec(
+                "rowlog_snapshot_tables",
+                "Tables of the current or last snapshot, by state (done, pending).",
+                &["state"],
             ),
 
             errors: int_counter_vec(
@@ -611,6 +632,29 @@ impl Metrics {
     pub fn applying(&self) -> ApplyingGuard {
         self.sink_partitions_applying.inc();
         ApplyingGuard(self.sink_partitions_applying.clone())
+    }
+
+    /// A snapshot chunk of `rows` rows of `table` is on the destination.
+    pub fn snapshot_chunk(&self, table: &TableName, rows: u64) {
+        let t = table.to_string();
+        self.snapshot_rows.with_label_values(&[&t]).inc_by(rows);
+        self.snapshot_chunks.with_label_values(&[&t]).inc();
+        self.state.update_snapshot(|s| s.rows_copied += rows);
+    }
+
+    /// How many of the snapshot's tables are copied.
+    pub fn snapshot_tables(&self, total: usize, done: usize) {
+        self.snapshot_tables
+            .with_label_values(&["done"])
+            .set(done as i64);
+        self.snapshot_tables
+            .with_label_values(&["pending"])
+            .set((total - done.min(total)) as i64);
+        self.state.update_snapshot(|s| {
+            s.tables_total = total;
+            s.tables_done = done;
+            s.running = done < total;
+        });
     }
 
     pub fn retry(&self, kind: RetryKind) {

@@ -101,10 +101,20 @@ pub struct SourceStatus {
     pub checkpoint: Option<String>,
 }
 
+/// Progress of a running (or the last) snapshot.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SnapshotStatus {
+    pub tables_total: usize,
+    pub tables_done: usize,
+    pub rows_copied: u64,
+    pub running: bool,
+}
+
 #[derive(Default)]
 pub struct State {
     source: Mutex<SourceStatus>,
     last_error: Mutex<Option<ErrorReport>>,
+    snapshot: Mutex<Option<SnapshotStatus>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -137,5 +147,13 @@ impl State {
 
     pub fn last_error(&self) -> Option<ErrorReport> {
         lock(&self.last_error).clone()
+    }
+
+    pub fn update_snapshot(&self, f: impl FnOnce(&mut SnapshotStatus)) {
+        f(lock(&self.snapshot).get_or_insert_with(Default::default));
+    }
+
+    pub fn snapshot(&self) -> Option<SnapshotStatus> {
+        lock(&self.snapshot).clone()
     }
 }

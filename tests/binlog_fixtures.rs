@@ -318,7 +318,7 @@ async fn mysql8_gtids_tagged_gtids_and_compressed_transactions_decode() {
         lines
             .iter()
             .filter_map(|l| l.get("commit"))
-            .last()
+            .next_back()
             .map(|c| c["gtid_state"].as_str().unwrap_or("").to_owned())
             .unwrap()
     };

@@ -113,6 +113,8 @@ pub struct ApplyConfig {
     pub dead_letter: Option<super::dead_letter::DeadLetter>,
     /// What to do with schema changes.
     pub ddl: SchemaChangePolicy,
+    /// What the snapshot's copies hold: changes the sink must not apply again.
+    pub floors: crate::snapshot::Floors,
 }
 
 struct WorkerShared {
@@ -286,8 +288,12 @@ where
                             continue;
                         }
                     };
-                    let w = &mut workers[worker_of(key_hash(&change.routing_key_bytes()), partitions, n) as usize];
                     next_dispatch = rec.offset + 1;
+                    if cfg.floors.covers(&change.table.name, &change.source.id) {
+                        // The snapshot's copy of this table already holds it.
+                        continue;
+                    }
+                    let w = &mut workers[worker_of(key_hash(&change.routing_key_bytes()), partitions, n) as usize];
                     if w.skip_through.is_some_and(|s| rec.offset <= s) {
                         continue;
                     }
@@ -389,6 +395,11 @@ where
         let position = change.source.id.event.to_string();
         if self.cfg.ddl == SchemaChangePolicy::Ignore {
             debug!(partition, %position, "schema change ignored (sink.ddl = \"ignore\")");
+            return Ok(true);
+        }
+        // Every partition decides this alike from the same floors: no barrier needed.
+        if self.cfg.floors.cover_schema_change(change) {
+            debug!(partition, %position, "schema change already in the snapshot's copies");
             return Ok(true);
         }
         // Everything this partition dispatched before the change is applied first.

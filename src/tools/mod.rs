@@ -7,4 +7,5 @@ pub mod binlog_decode;
 pub mod json;
 pub mod log_cmd;
 pub mod offsets;
+pub mod snapshot_cmd;
 pub mod verify_tables;

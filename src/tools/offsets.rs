@@ -17,7 +17,7 @@ use crate::log::{EmbeddedLog, LogEntry, LogError, PartitionReader, PartitionedLo
 
 type ToolResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-fn open_stopped(cfg: &Config) -> ToolResult<EmbeddedLog> {
+pub(crate) fn open_stopped(cfg: &Config) -> ToolResult<EmbeddedLog> {
     match EmbeddedLog::open_with(&cfg.log.dir, cfg.log.partitions, cfg.log.segment_bytes, cfg.log.fsync_policy()) {
         Err(LogError::Locked { dir, .. }) => Err(format!(
             "the log at {} is in use by a running rowlog: stop it first (this command changes positions the daemon holds)",

@@ -413,7 +413,10 @@ pub async fn verify_cmd(cfg: &Config, opts: &VerifyOptions) -> ToolResult<bool> 
             String::new()
         };
         if r.differences.is_empty() {
-            println!("{}: {} rows in {} chunks{lag}, equal", r.table, r.rows, r.chunks);
+            println!(
+                "{}: {} rows in {} chunks{lag}, equal",
+                r.table, r.rows, r.chunks
+            );
         } else {
             equal = false;
             println!(

@@ -53,6 +53,9 @@ pub struct SchemaChange {
     /// Every table the statement names, qualified: created, altered, dropped, renamed
     /// (both names), truncated. Empty for database statements.
     pub tables: Vec<TableName>,
+    /// The database a CREATE/ALTER/DROP DATABASE statement is about.
+    #[serde(default)]
+    pub database: Option<String>,
     /// `id` is (end of the QUERY event, 0): ordered with the row changes around it.
     pub source: SourceMeta,
 }

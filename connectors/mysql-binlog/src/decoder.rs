@@ -549,6 +549,7 @@ impl Decoder {
             db,
             statement,
             tables,
+            database,
             source: SourceMeta {
                 id: ChangeId {
                     epoch: self.epoch,

@@ -31,6 +31,7 @@ pub mod mariadb;
 mod reader;
 mod rows;
 mod server;
+mod snapshot;
 mod table_map;
 mod values;
 
@@ -40,3 +41,4 @@ pub use file::{BinlogFileReader, FileDecodeOptions};
 pub use filter::{FilterError, TableFilter};
 pub use reader::{locate_gtid, locate_position, preflight, BinlogReader};
 pub use server::{ServerFlavor, ServerSettings};
+pub use snapshot::{list_tables, SnapshotSession, SnapshotTable};

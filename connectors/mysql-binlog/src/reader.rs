@@ -381,7 +381,7 @@ fn mysql_sids(set: &MysqlGtidSet) -> Result<Vec<mysql_async::Sid<'static>>, Sour
         .collect()
 }
 
-async fn connect(opts: &Opts) -> Result<Conn, SourceError> {
+pub(crate) async fn connect(opts: &Opts) -> Result<Conn, SourceError> {
     let addr = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
     Conn::new(opts.clone())
         .await

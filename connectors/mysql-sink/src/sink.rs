@@ -6,8 +6,8 @@ use std::sync::Arc;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, TxOpts};
 use rowlog_api::{
-    ApplyBatch, ChangeEvent, ChangeId, ChangeSink, Retry, SchemaChange, SinkProgress, TableSchema,
-    Value, WorkerProgress,
+    ApplyBatch, ChangeEvent, ChangeId, ChangeSink, Retry, SchemaChange, SinkProgress, TableName,
+    TableSchema, Value, WorkerProgress,
 };
 
 use crate::params::{column_param, to_param};
@@ -331,6 +331,68 @@ impl MySqlSink {
             action: "commit",
             source,
         })
+    }
+
+    /// Snapshot: creates `table` with the source's `create` statement (and its database)
+    /// when the destination does not have it. Returns whether it was created.
+    pub async fn create_table_if_missing(
+        &mut self,
+        table: &TableName,
+        create: &str,
+    ) -> Result<bool, SinkError> {
+        let failed = |source| SinkError::SchemaChange {
+            position: "snapshot".into(),
+            statement: create.chars().take(300).collect(),
+            source,
+        };
+        if self.table_exists(table).await.map_err(failed)? {
+            return Ok(false);
+        }
+        self.conn
+            .query_drop(format!(
+                "CREATE DATABASE IF NOT EXISTS {}",
+                quote(&table.db)
+            ))
+            .await
+            .map_err(failed)?;
+        self.conn
+            .query_drop(format!("USE {}", quote(&table.db)))
+            .await
+            .map_err(failed)?;
+        self.conn.query_drop(create).await.map_err(failed)?;
+        Ok(true)
+    }
+
+    /// Whether the destination has `table`.
+    pub async fn table_exists(&mut self, table: &TableName) -> Result<bool, mysql_async::Error> {
+        let found: Option<u8> = self
+            .conn
+            .exec_first(
+                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (&table.db, &table.table),
+            )
+            .await?;
+        Ok(found.is_some())
+    }
+
+    /// Snapshot: empties a destination table before its copy starts (what is there is
+    /// replaced by the copy, rows the source does not have included).
+    pub async fn empty_table(&mut self, table: &TableName) -> Result<(), SinkError> {
+        let q = format!(
+            "TRUNCATE TABLE {}.{}",
+            quote(&table.db),
+            quote(&table.table)
+        );
+        self.conn
+            .query_drop(&q)
+            .await
+            .map_err(|source| SinkError::Apply {
+                table: table.clone(),
+                key: None,
+                offset: u64::MAX,
+                source_position: "snapshot".into(),
+                source,
+            })
     }
 
     /// Applies a stretch of the log again without touching stored progress (`rowlog replay`).

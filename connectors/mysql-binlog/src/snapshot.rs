@@ -1,0 +1,438 @@
+//! Reading tables for a snapshot: a consistent view of the source together with the
+//! exact binlog position it corresponds to.
+//!
+//! # Why the position is exact
+//! * MariaDB: `START TRANSACTION WITH CONSISTENT SNAPSHOT` and, in that transaction,
+//!   the session status `binlog_snapshot_file` / `binlog_snapshot_position`: the binlog
+//!   position of the last transaction the snapshot sees. No lock is taken.
+//! * MySQL: `FLUSH TABLES WITH READ LOCK` for the moment it takes to start the
+//!   snapshot and read `SHOW MASTER STATUS`, then `UNLOCK TABLES` (what mysqldump
+//!   --single-transaction --master-data does; needs the RELOAD privilege). Only a
+//!   MySQL server can prove this path; it is not tested here.
+//!
+//! Every row the snapshot reads is then exactly the state at that position: a change
+//! at a later position is not in it, a change at an earlier one is.
+//!
+//! Rows are read in primary-key order in chunks (keyset pagination: `WHERE key > last
+//! ORDER BY key LIMIT n`), so a copy can resume after its last finished chunk. Values
+//! are read with the binary protocol and turned into [`Value`]s the sink writes back
+//! as typed parameters; ENUM and SET are read by index and bitmask (the empty ENUM
+//! value survives), text in other character sets as its raw bytes.
+
+use std::sync::Arc;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, Row};
+use rowlog_api::{
+    BinlogPosition, Column, ColumnType, GtidState, ResumePoint, TableName, TableSchema, Value,
+};
+
+use crate::server::{self, ServerFlavor, ServerSettings};
+use crate::{SourceConfig, SourceError, TableFilter};
+
+/// A table as the snapshot reads it.
+#[derive(Debug, Clone)]
+pub struct SnapshotTable {
+    pub schema: Arc<TableSchema>,
+    /// `SHOW CREATE TABLE` on the source, to create it on the destination.
+    pub create: String,
+    /// The server's row estimate, for progress.
+    pub estimated_rows: u64,
+    select: String,
+}
+
+/// One consistent read of the source.
+pub struct SnapshotSession {
+    conn: Conn,
+    /// The binlog position the snapshot corresponds to.
+    pub position: ResumePoint,
+}
+
+fn quote(ident: &str) -> String {
+    format!("`{}`", ident.replace('`', "``"))
+}
+
+fn query_error(q: &str) -> impl FnOnce(mysql_async::Error) -> SourceError + '_ {
+    move |e| server::query_error(q, e)
+}
+
+/// The replicated base tables of the source (include/exclude applied), in name order.
+pub async fn list_tables(
+    config: &SourceConfig,
+    only: &TableFilter,
+) -> Result<Vec<TableName>, SourceError> {
+    let filter =
+        TableFilter::new(&config.include, &config.exclude).map_err(|e| SourceError::Setting {
+            variable: "source.include/exclude",
+            actual: e.to_string(),
+            required: "db.table globs",
+            fix: "fix the pattern in the config",
+        })?;
+    let opts = Opts::from_url(&config.url).map_err(SourceError::BadUrl)?;
+    let mut conn = crate::reader::connect(&opts).await?;
+    let q = "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES \
+             WHERE TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_SCHEMA, TABLE_NAME";
+    let rows: Vec<(String, String)> = conn.query(q).await.map_err(query_error(q))?;
+    let _ = conn.disconnect().await;
+    Ok(rows
+        .into_iter()
+        .map(|(db, t)| TableName::new(db, t))
+        .filter(|t| filter.includes(t) && only.includes(t))
+        .collect())
+}
+
+impl SnapshotSession {
+    /// Opens a consistent snapshot and reads the position it corresponds to.
+    pub async fn open(config: &SourceConfig) -> Result<Self, SourceError> {
+        let opts = Opts::from_url(&config.url).map_err(SourceError::BadUrl)?;
+        let mut conn = crate::reader::connect(&opts).await?;
+        let settings = ServerSettings::read(&mut conn).await?;
+        for q in [
+            // TIMESTAMPs read in UTC, as the sink writes them.
+            "SET SESSION time_zone = '+00:00'",
+            "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        ] {
+            conn.query_drop(q).await.map_err(query_error(q))?;
+        }
+        let (position, gtid_state) = match settings.flavor {
+            ServerFlavor::MariaDb => {
+                let q = "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY";
+                conn.query_drop(q).await.map_err(query_error(q))?;
+                let q = "SHOW SESSION STATUS LIKE 'binlog_snapshot_%'";
+                let vars: Vec<(String, String)> = conn.query(q).await.map_err(query_error(q))?;
+                let get = |name: &str| {
+                    vars.iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.clone())
+                };
+                let (Some(file), Some(pos)) = (
+                    get("binlog_snapshot_file"),
+                    get("binlog_snapshot_position").and_then(|p| p.parse().ok()),
+                ) else {
+                    return Err(SourceError::Setting {
+                        variable: "binlog_snapshot_file",
+                        actual: "absent".into(),
+                        required: "a binlog (log_bin=ON)",
+                        fix: "start the server with --log-bin",
+                    });
+                };
+                let position = BinlogPosition {
+                    file: server::parse_file(&file)?,
+                    pos,
+                };
+                let state = server::gtid_state_at(&mut conn, &position)
+                    .await?
+                    .map(GtidState::MariaDb);
+                (position, state)
+            }
+            ServerFlavor::MySql => {
+                for q in [
+                    "FLUSH TABLES WITH READ LOCK",
+                    "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+                ] {
+                    conn.query_drop(q).await.map_err(query_error(q))?;
+                }
+                let current = server::current_position(&mut conn).await;
+                let q = "UNLOCK TABLES";
+                conn.query_drop(q).await.map_err(query_error(q))?;
+                current?
+            }
+        };
+        let server_id = server::server_id(&mut conn).await?;
+        Ok(Self {
+            conn,
+            position: ResumePoint {
+                position,
+                gtid_state,
+                server_id,
+                epoch: 0,
+            },
+        })
+    }
+
+    /// Columns, keys and the CREATE statement of a table, from `information_schema`.
+    pub async fn describe(&mut self, name: &TableName) -> Result<SnapshotTable, SourceError> {
+        let q = "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, IS_NULLABLE, \
+                 COALESCE(GENERATION_EXPRESSION, '') FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION";
+        let cols: Vec<(String, String, String, Option<String>, String, String)> = self
+            .conn
+            .exec(q, (&name.db, &name.table))
+            .await
+            .map_err(query_error(q))?;
+        let q = "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' \
+                 ORDER BY ORDINAL_POSITION";
+        let pk: Vec<String> = self
+            .conn
+            .exec(q, (&name.db, &name.table))
+            .await
+            .map_err(query_error(q))?;
+        let q = "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY' \
+                 ORDER BY INDEX_NAME, SEQ_IN_INDEX";
+        let uniques: Vec<(String, String)> = self
+            .conn
+            .exec(q, (&name.db, &name.table))
+            .await
+            .map_err(query_error(q))?;
+        let q = "SELECT COALESCE(TABLE_ROWS, 0) FROM information_schema.TABLES \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?";
+        let estimated_rows: Option<u64> = self
+            .conn
+            .exec_first(q, (&name.db, &name.table))
+            .await
+            .map_err(query_error(q))?;
+        let create_q = format!(
+            "SHOW CREATE TABLE {}.{}",
+            quote(&name.db),
+            quote(&name.table)
+        );
+        let create: Option<(String, String)> = self
+            .conn
+            .query_first(&create_q)
+            .await
+            .map_err(|e| server::query_error(&create_q, e))?;
+        let create = create.map(|(_, c)| c).unwrap_or_default();
+
+        let mut columns = Vec::with_capacity(cols.len());
+        let mut select = Vec::with_capacity(cols.len());
+        for (col, data_type, column_type, charset, nullable, generation) in &cols {
+            let dt = data_type.to_ascii_lowercase();
+            let binary = matches!(
+                dt.as_str(),
+                "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob"
+            );
+            let ty = match dt.as_str() {
+                "char" | "binary" => ColumnType::FixedString { max_bytes: 0 },
+                "varchar" | "varbinary" => ColumnType::VarString { max_bytes: 0 },
+                "tinytext" | "text" | "mediumtext" | "longtext" | "tinyblob" | "blob"
+                | "mediumblob" | "longblob" => ColumnType::Blob,
+                "enum" => ColumnType::Enum,
+                "set" => ColumnType::Set,
+                "date" => ColumnType::Date,
+                _ => ColumnType::Other(0),
+            };
+            let q = quote(col);
+            select.push(match (&ty, charset.as_deref()) {
+                // By index and bitmask: the empty ENUM value is index 0, which a
+                // strict session accepts back only as a number.
+                (ColumnType::Enum | ColumnType::Set, _) => format!("{q} + 0"),
+                // Text in another character set: its stored bytes, not a conversion.
+                (_, Some(cs)) if !utf8_compatible(cs) => format!("CAST({q} AS BINARY)"),
+                _ => q,
+            });
+            columns.push(Column {
+                name: col.clone(),
+                ty,
+                unsigned: column_type.to_ascii_lowercase().contains("unsigned"),
+                charset: binary.then_some(63),
+                charset_name: charset.clone(),
+                nullable: nullable.eq_ignore_ascii_case("YES"),
+                generated: !generation.is_empty(),
+            });
+        }
+        let position_of = |c: &String| columns.iter().position(|x| &x.name == c);
+        let primary_key: Vec<usize> = pk.iter().filter_map(position_of).collect();
+        let mut unique_keys: Vec<(String, Vec<usize>)> = Vec::new();
+        for (index, column) in &uniques {
+            let Some(i) = position_of(column) else {
+                continue;
+            };
+            match unique_keys.last_mut() {
+                Some((n, cols)) if n == index => cols.push(i),
+                _ => unique_keys.push((index.clone(), vec![i])),
+            }
+        }
+        let keyless = primary_key.is_empty();
+        let schema = TableSchema {
+            name: name.clone(),
+            primary_key: if keyless {
+                (0..columns.len()).collect()
+            } else {
+                primary_key
+            },
+            unique_keys: unique_keys.into_iter().map(|(_, c)| c).collect(),
+            keyless,
+            columns,
+        };
+        Ok(SnapshotTable {
+            select: select.join(", "),
+            schema: Arc::new(schema),
+            create,
+            estimated_rows: estimated_rows.unwrap_or(0),
+        })
+    }
+
+    /// Up to `limit` rows after the primary key `after` (from the start when `None`),
+    /// in key order. A table without a primary key is read whole in one call.
+    pub async fn read_chunk(
+        &mut self,
+        t: &SnapshotTable,
+        after: Option<&[Value]>,
+        limit: u64,
+    ) -> Result<Vec<Vec<Value>>, SourceError> {
+        let s = &t.schema;
+        let ident = format!("{}.{}", quote(&s.name.db), quote(&s.name.table));
+        let (q, params) = if s.keyless {
+            (format!("SELECT {} FROM {ident}", t.select), Vec::new())
+        } else {
+            let key: Vec<String> = s.pk_columns().map(|c| quote(&c.name)).collect();
+            let key_list = if key.len() == 1 {
+                key[0].clone()
+            } else {
+                format!("({})", key.join(", "))
+            };
+            let (cond, params) = match after {
+                None => ("1 = 1".to_string(), Vec::new()),
+                Some(k) => {
+                    // Key text in another character set goes back as hex, relabelled.
+                    let holes: Vec<String> = s
+                        .pk_columns()
+                        .map(|c| match foreign_charset(c) {
+                            Some(cs) => format!("CONVERT(UNHEX(?) USING {cs})"),
+                            None => "?".into(),
+                        })
+                        .collect();
+                    let tuple = if holes.len() == 1 {
+                        holes[0].clone()
+                    } else {
+                        format!("({})", holes.join(", "))
+                    };
+                    let params: Vec<mysql_async::Value> = k
+                        .iter()
+                        .zip(s.pk_columns())
+                        .map(|(v, c)| match (foreign_charset(c), v) {
+                            (Some(_), Value::Bytes(b)) => mysql_async::Value::Bytes(
+                                b.iter()
+                                    .flat_map(|x| format!("{x:02X}").into_bytes())
+                                    .collect(),
+                            ),
+                            _ => to_param(v),
+                        })
+                        .collect();
+                    (format!("{key_list} > {tuple}"), params)
+                }
+            };
+            (
+                format!(
+                    "SELECT {} FROM {ident} WHERE {cond} ORDER BY {} LIMIT {limit}",
+                    t.select,
+                    key.join(", ")
+                ),
+                params,
+            )
+        };
+        let rows: Vec<Row> = self
+            .conn
+            .exec(&q, params)
+            .await
+            .map_err(|e| server::query_error(&q, e))?;
+        rows.into_iter()
+            .map(|r| {
+                r.unwrap()
+                    .into_iter()
+                    .zip(&s.columns)
+                    .map(|(v, c)| from_row_value(v, c))
+                    .collect()
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|detail| SourceError::Schema {
+                table: s.name.clone(),
+                position: self.position.position.clone(),
+                detail,
+            })
+    }
+
+    /// Ends the snapshot's transaction.
+    pub async fn close(mut self) {
+        let _ = self.conn.query_drop("COMMIT").await;
+        let _ = self.conn.disconnect().await;
+    }
+}
+
+fn utf8_compatible(cs: &str) -> bool {
+    matches!(cs, "utf8mb4" | "utf8mb3" | "utf8" | "ascii" | "binary")
+}
+
+/// The character set of a text column whose bytes are not utf8 (read raw, written
+/// back relabelled).
+fn foreign_charset(c: &Column) -> Option<&str> {
+    let cs = c.charset_name.as_deref()?;
+    (!utf8_compatible(cs) && cs.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .then_some(cs)
+}
+
+/// A value read with the binary protocol, as the pipeline carries it.
+fn from_row_value(v: mysql_async::Value, c: &Column) -> Result<Value, String> {
+    use mysql_async::Value as My;
+    Ok(match v {
+        My::NULL => Value::Null,
+        My::Int(i) => Value::Int(i),
+        My::UInt(u) => Value::UInt(u),
+        My::Float(f) => Value::Float(f),
+        My::Double(d) => Value::Double(d),
+        My::Bytes(b) => Value::Bytes(b),
+        My::Date(year, month, day, ..) if c.ty == ColumnType::Date => {
+            Value::Date { year, month, day }
+        }
+        My::Date(year, month, day, hour, minute, second, micros) => Value::DateTime {
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            second,
+            micros,
+        },
+        My::Time(negative, days, h, minutes, seconds, micros) => Value::Time {
+            negative,
+            hours: days.saturating_mul(24).saturating_add(h as u32),
+            minutes,
+            seconds,
+            micros,
+        },
+    })
+}
+
+/// A key value back as a query parameter (for the next chunk's lower bound).
+fn to_param(v: &Value) -> mysql_async::Value {
+    use mysql_async::Value as My;
+    match v {
+        Value::Null => My::NULL,
+        Value::Int(i) => My::Int(*i),
+        Value::UInt(u) => My::UInt(*u),
+        Value::Float(f) => My::Float(*f),
+        Value::Double(d) => My::Double(*d),
+        Value::Bytes(b) => My::Bytes(b.clone()),
+        Value::Decimal(s) | Value::Json(s) => My::Bytes(s.clone().into_bytes()),
+        Value::Date { year, month, day } => My::Date(*year, *month, *day, 0, 0, 0, 0),
+        Value::DateTime {
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            second,
+            micros,
+        } => My::Date(*year, *month, *day, *hour, *minute, *second, *micros),
+        Value::Time {
+            negative,
+            hours,
+            minutes,
+            seconds,
+            micros,
+        } => My::Time(
+            *negative,
+            hours / 24,
+            (hours % 24) as u8,
+            *minutes,
+            *seconds,
+            *micros,
+        ),
+        Value::Timestamp { secs, .. } => My::UInt(*secs as u64),
+        Value::Year(y) => My::UInt(*y as u64),
+        Value::Bit(b) | Value::Set(b) => My::UInt(*b),
+        Value::Enum(i) => My::UInt(*i as u64),
+    }
+}

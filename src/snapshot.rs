@@ -1,0 +1,552 @@
+//! The initial snapshot: copy the replicated tables to the destination, then stream
+//! the binlog from exactly where the copies leave off, with no change lost or applied
+//! twice in effect.
+//!
+//! # How the hand-off is exact
+//! Each table is copied through its own consistent read of the source, which comes
+//! with the binlog position it corresponds to (the table's *floor*; see
+//! `rowlog_mysql_binlog::SnapshotSession`). The copy holds every change at or before
+//! the floor and none after it. Streaming then starts at the lowest floor, and the
+//! sink drops each change whose table has a floor at or after the change's position
+//! (compared as [`ChangeId`]s, epoch first): what is dropped is in the copy, what is
+//! applied is not. Schema changes at or before the floors of all their tables are
+//! skipped the same way (a TRUNCATE before a table's floor must not empty its copy).
+//!
+//! The copy and the stream do not overlap in time: streaming starts once every table is
+//! copied, so no streamed change can be overwritten by an older copied row. The source
+//! must keep its binlogs from the first floor until then.
+//!
+//! # Resuming
+//! Progress is saved to `<log.dir>/snapshot.state` after every chunk: per table its
+//! floor, the last primary key copied, and whether it is done. After a crash a table
+//! goes on after its last chunk, through a new consistent read at a later position;
+//! its floor stays the earliest one, so the changes between are applied again over the
+//! later rows, each key's in order, ending at the right state (upserts and deletes are
+//! idempotent). A table without a primary key cannot be resumed that way (its rows
+//! cannot be told apart): it is emptied and copied again.
+//!
+//! Destination tables are emptied when their copy starts, and created from the
+//! source's `SHOW CREATE TABLE` when missing (`snapshot.create_tables`).
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rowlog_api::{
+    BinlogPosition, ChangeEvent, ChangeId, Op, ResumePoint, SourceMeta, TableName, Value,
+};
+use rowlog_mysql_binlog::{SnapshotSession, SnapshotTable, SourceError, TableFilter};
+use rowlog_mysql_sink::{MySqlSink, SinkError};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::config::{Config, SnapshotMode};
+use crate::log::{atomic_file, EmbeddedLog, LogError, PartitionedLog};
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot: reading the source failed")]
+    Source(#[from] SourceError),
+    #[error("snapshot: writing {table} to the destination failed")]
+    Sink {
+        table: TableName,
+        #[source]
+        source: Box<SinkError>,
+    },
+    #[error("snapshot: the destination has no table {table} and snapshot.create_tables is false; create it, or set create_tables = true")]
+    MissingTable { table: TableName },
+    #[error("snapshot state")]
+    State(#[from] LogError),
+    #[error("snapshot state {path} cannot be decoded: {detail}")]
+    StateCorrupt { path: PathBuf, detail: String },
+}
+
+/// One table's copy.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TableProgress {
+    pub table: TableName,
+    /// The earliest consistent read rows of this table were copied at: changes at or
+    /// before it are in the copy.
+    pub floor: Option<ResumePoint>,
+    /// The last primary key copied (resume after it).
+    pub last_key: Option<Vec<Value>>,
+    pub rows: u64,
+    pub chunks: u64,
+    pub estimated_rows: u64,
+    pub done: bool,
+}
+
+impl TableProgress {
+    fn new(table: TableName) -> Self {
+        Self {
+            table,
+            floor: None,
+            last_key: None,
+            rows: 0,
+            chunks: 0,
+            estimated_rows: 0,
+            done: false,
+        }
+    }
+}
+
+/// Everything a snapshot stores, in `<log.dir>/snapshot.state`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SnapshotState {
+    /// The reading epoch of this run's floors: that of the checkpoint the stream goes on
+    /// from (each floor keeps the epoch it was taken in).
+    pub epoch: u32,
+    pub tables: Vec<TableProgress>,
+    /// Every table copied and the source checkpoint set to the lowest floor.
+    pub done: bool,
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("snapshot.state")
+}
+
+impl SnapshotState {
+    pub fn load(dir: &Path) -> Result<Option<Self>, SnapshotError> {
+        let path = state_path(dir);
+        match atomic_file::read(&path)? {
+            None => Ok(None),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| SnapshotError::StateCorrupt {
+                        path,
+                        detail: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), SnapshotError> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| SnapshotError::StateCorrupt {
+            path: state_path(dir),
+            detail: e.to_string(),
+        })?;
+        atomic_file::write(&state_path(dir), &bytes)?;
+        Ok(())
+    }
+
+    /// The changes each copied table already holds, for the sink to drop: everything
+    /// up to its floor, in this snapshot's epoch.
+    pub fn floors(&self) -> Floors {
+        let map = self
+            .tables
+            .iter()
+            .filter_map(|t| {
+                let f = t.floor.as_ref()?;
+                Some((
+                    t.table.clone(),
+                    ChangeId {
+                        epoch: f.epoch,
+                        event: f.position.clone(),
+                        index: u32::MAX,
+                    },
+                ))
+            })
+            .collect();
+        Floors(Arc::new(map))
+    }
+}
+
+/// Per copied table, the last change its copy holds.
+#[derive(Clone, Debug, Default)]
+pub struct Floors(Arc<HashMap<TableName, ChangeId>>);
+
+impl Floors {
+    /// Whether the copy of `table` already holds the change `id`.
+    pub fn covers(&self, table: &TableName, id: &ChangeId) -> bool {
+        self.0.get(table).is_some_and(|f| id <= f)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether the copies already hold the schema change `s`: every table it names has
+    /// a floor at or after it, or (a database statement) every copied table of its
+    /// database does. A TRUNCATE or DROP before a copy must not reach it.
+    pub fn cover_schema_change(&self, s: &rowlog_api::SchemaChange) -> bool {
+        let id = &s.source.id;
+        match &s.database {
+            Some(db) => {
+                let mut of_db = self.0.iter().filter(|(t, _)| &t.db == db).peekable();
+                of_db.peek().is_some() && of_db.all(|(_, f)| id <= f)
+            }
+            None => !s.tables.is_empty() && s.tables.iter().all(|t| self.covers(t, id)),
+        }
+    }
+}
+
+/// What a snapshot run did: the tables it copied (or finished copying).
+pub struct Outcome {
+    pub rows: u64,
+    pub tables: usize,
+    pub seconds: f64,
+}
+
+/// Called by the daemon before streaming starts: runs (or resumes) the snapshot when
+/// `snapshot.mode` asks for one, and returns the floors the sink must respect (also
+/// those of an earlier, finished snapshot). `None` when shutdown came first.
+pub async fn before_streaming(
+    cfg: &Config,
+    log: &EmbeddedLog,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+) -> Result<Option<Floors>, SnapshotError> {
+    let dir = &cfg.log.dir;
+    let state = SnapshotState::load(dir)?;
+    let checkpoint = log.checkpoint().await?;
+    let unfinished = state.as_ref().is_some_and(|s| !s.done);
+    let wanted = match cfg.snapshot.mode {
+        SnapshotMode::Never => unfinished,
+        SnapshotMode::Initial => unfinished || checkpoint.is_none(),
+        SnapshotMode::WhenNeeded => {
+            unfinished
+                || match &checkpoint {
+                    None => true,
+                    Some(c) => purged(cfg, &c.resume.position).await?,
+                }
+        }
+    };
+    if !wanted {
+        return Ok(Some(state.map(|s| s.floors()).unwrap_or_default()));
+    }
+    // A fresh snapshot over an existing log reads in a new epoch: its positions are
+    // not comparable with what the log holds.
+    let epoch = checkpoint.map(|c| c.resume.epoch + 1).unwrap_or(0);
+    let state = match state {
+        Some(s) if !s.done => s,
+        _ => SnapshotState {
+            epoch,
+            tables: Vec::new(),
+            done: false,
+        },
+    };
+    let Some(outcome) = run(
+        cfg,
+        log,
+        state,
+        &TableFilter::default(),
+        true,
+        metrics,
+        shutdown,
+        |_| {},
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    info!(
+        tables = outcome.tables,
+        rows = outcome.rows,
+        seconds = outcome.seconds,
+        "snapshot done; streaming from its position"
+    );
+    Ok(Some(
+        SnapshotState::load(dir)?
+            .map(|s| s.floors())
+            .unwrap_or_default(),
+    ))
+}
+
+/// Whether the binlog file of `position` is gone from the source.
+async fn purged(cfg: &Config, position: &BinlogPosition) -> Result<bool, SnapshotError> {
+    match rowlog_mysql_binlog::locate_position(&cfg.source, position.clone()).await {
+        Ok(_) => Ok(false),
+        Err(SourceError::PositionPurged { .. }) => {
+            warn!(%position, "the stored position is no longer on the source; snapshot.mode = \"when_needed\" copies the tables again");
+            Ok(true)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A line of progress, for `rowlog snapshot` to print.
+pub struct Progress<'a> {
+    pub table: &'a TableName,
+    pub rows: u64,
+    pub estimated_rows: u64,
+    pub done: bool,
+}
+
+/// Copies the replicated tables `only` selects, except those `state` shows this snapshot
+/// has finished (a finished snapshot's tables are copied anew). With `set_checkpoint` the source checkpoint then moves
+/// to the lowest floor, where streaming starts; without it the stream goes on from the
+/// stored checkpoint and the floors filter what the copies hold. `None` when shutdown
+/// came first (progress is saved).
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    cfg: &Config,
+    log: &EmbeddedLog,
+    mut state: SnapshotState,
+    only: &TableFilter,
+    set_checkpoint: bool,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+    progress: impl Fn(Progress<'_>) + Send + Sync,
+) -> Result<Option<Outcome>, SnapshotError> {
+    let started = Instant::now();
+    let dir = cfg.log.dir.clone();
+    // Every replicated table `only` selects is (re)copied unless this very snapshot has
+    // finished it already.
+    for table in rowlog_mysql_binlog::list_tables(&cfg.source, only).await? {
+        match state.tables.iter_mut().find(|t| t.table == table) {
+            Some(t) if !t.done || state.done => {
+                if state.done {
+                    *t = TableProgress::new(table);
+                }
+            }
+            Some(_) => {}
+            None => state.tables.push(TableProgress::new(table)),
+        }
+    }
+    state.done = false;
+    state.save(&dir)?;
+    metrics.snapshot_tables(
+        state.tables.len(),
+        state.tables.iter().filter(|t| t.done).count(),
+    );
+    let queue: VecDeque<usize> = (0..state.tables.len())
+        .filter(|&i| !state.tables[i].done)
+        .collect();
+    let copied: Vec<usize> = queue.iter().copied().collect();
+    info!(tables = queue.len(), epoch = state.epoch, "snapshot starts");
+    let shared = Shared {
+        state: Mutex::new(state),
+        queue: Mutex::new(queue),
+        dir: dir.clone(),
+    };
+    let workers = cfg.snapshot.concurrency.max(1) as usize;
+    let results = futures_util::future::join_all(
+        (0..workers).map(|_| copy_tables(cfg, &shared, metrics, shutdown, &progress)),
+    )
+    .await;
+    for r in results {
+        r?;
+    }
+    let mut state = shared.state.into_inner().unwrap_or_else(|e| e.into_inner());
+    if state.tables.iter().any(|t| !t.done) {
+        info!("snapshot interrupted; it resumes after its last chunk on the next start");
+        return Ok(None);
+    }
+    if set_checkpoint {
+        let start = state
+            .tables
+            .iter()
+            .filter_map(|t| t.floor.clone())
+            .filter(|f| f.epoch == state.epoch)
+            .min_by(|a, b| a.position.cmp(&b.position));
+        let start = match start {
+            Some(s) => s,
+            None => {
+                // Nothing to copy: stream from the source's position now.
+                let s = SnapshotSession::open(&cfg.source).await?;
+                let p = ResumePoint {
+                    epoch: state.epoch,
+                    ..s.position.clone()
+                };
+                s.close().await;
+                p
+            }
+        };
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || log.reset_source(start))
+            .await
+            .map_err(|e| {
+                SnapshotError::State(LogError::Io {
+                    action: "checkpoint (task)",
+                    path: dir.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })??;
+    }
+    state.done = true;
+    state.save(&dir)?;
+    Ok(Some(Outcome {
+        rows: copied.iter().map(|&i| state.tables[i].rows).sum(),
+        tables: copied.len(),
+        seconds: started.elapsed().as_secs_f64(),
+    }))
+}
+
+struct Shared {
+    state: Mutex<SnapshotState>,
+    queue: Mutex<VecDeque<usize>>,
+    dir: PathBuf,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every update under these locks is one step; a panicking holder leaves them whole.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One snapshot worker: takes tables from the queue until it is empty or shutdown.
+async fn copy_tables(
+    cfg: &Config,
+    shared: &Shared,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+    progress: &(impl Fn(Progress<'_>) + Send + Sync),
+) -> Result<(), SnapshotError> {
+    let mut sink: Option<MySqlSink> = None;
+    loop {
+        if shutdown.is_triggered() {
+            return Ok(());
+        }
+        let Some(i) = lock(&shared.queue).pop_front() else {
+            return Ok(());
+        };
+        let entry = lock(&shared.state).tables[i].clone();
+        let name = entry.table.clone();
+        let sink_error = |source| SnapshotError::Sink {
+            table: name.clone(),
+            source: Box::new(source),
+        };
+        let s = match &mut sink {
+            Some(s) => s,
+            None => sink.insert(
+                MySqlSink::connect(&cfg.sink, &cfg.name)
+                    .await
+                    .map_err(sink_error)?,
+            ),
+        };
+        let mut session = SnapshotSession::open(&cfg.source).await?;
+        let table = session.describe(&name).await?;
+        let created = if cfg.snapshot.create_tables {
+            s.create_table_if_missing(&name, &table.create)
+                .await
+                .map_err(sink_error)?
+        } else {
+            let exists = s.table_exists(&name).await.map_err(|source| {
+                sink_error(SinkError::Progress {
+                    table: name.to_string(),
+                    action: "look up",
+                    source,
+                })
+            })?;
+            if !exists {
+                return Err(SnapshotError::MissingTable { table: name });
+            }
+            false
+        };
+        // A table starts over (emptied) unless chunks of it are copied and it has a key
+        // to go on after.
+        let resume = entry.last_key.is_some() && !table.schema.keyless;
+        let epoch = lock(&shared.state).epoch;
+        let here = ResumePoint {
+            epoch,
+            ..session.position.clone()
+        };
+        let (mut last_key, mut rows, mut chunks, floor) = if resume {
+            (
+                entry.last_key.clone(),
+                entry.rows,
+                entry.chunks,
+                entry.floor.clone().unwrap_or(here),
+            )
+        } else {
+            if !created {
+                s.empty_table(&name).await.map_err(sink_error)?;
+            }
+            (None, 0, 0, here)
+        };
+        {
+            let mut st = lock(&shared.state);
+            let t = &mut st.tables[i];
+            t.floor = Some(floor.clone());
+            t.estimated_rows = table.estimated_rows;
+            t.last_key = last_key.clone();
+            t.rows = rows;
+            t.chunks = chunks;
+            st.save(&shared.dir)?;
+        }
+        info!(table = %name, floor = %floor.position, resume, "copying table");
+        loop {
+            if shutdown.is_triggered() {
+                session.close().await;
+                return Ok(());
+            }
+            let batch = session
+                .read_chunk(&table, last_key.as_deref(), cfg.snapshot.chunk_rows)
+                .await?;
+            let n = batch.len() as u64;
+            let last = batch.last().map(|r| key_of(&table, r));
+            let changes: Vec<ChangeEvent> = batch
+                .into_iter()
+                .map(|row| snapshot_change(&table, row, &floor))
+                .collect();
+            s.apply_without_progress(&changes)
+                .await
+                .map_err(sink_error)?;
+            rows += n;
+            chunks += 1;
+            let finished = table.schema.keyless || n < cfg.snapshot.chunk_rows;
+            if last.is_some() {
+                last_key = last;
+            }
+            {
+                let mut st = lock(&shared.state);
+                let t = &mut st.tables[i];
+                t.last_key = last_key.clone();
+                t.rows = rows;
+                t.chunks = chunks;
+                t.done = finished;
+                st.save(&shared.dir)?;
+                metrics.snapshot_chunk(&name, n);
+                if finished {
+                    metrics.snapshot_tables(
+                        st.tables.len(),
+                        st.tables.iter().filter(|t| t.done).count(),
+                    );
+                }
+            }
+            progress(Progress {
+                table: &name,
+                rows,
+                estimated_rows: table.estimated_rows,
+                done: finished,
+            });
+            if finished {
+                break;
+            }
+        }
+        session.close().await;
+        info!(table = %name, rows, chunks, "table copied");
+    }
+}
+
+fn key_of(t: &SnapshotTable, row: &[Value]) -> Vec<Value> {
+    t.schema
+        .primary_key
+        .iter()
+        .map(|&i| row[i].clone())
+        .collect()
+}
+
+/// A copied row as an insert the sink applies (upsert, or REPLACE, or plain INSERT for
+/// a keyless table), marked with the snapshot's position.
+fn snapshot_change(t: &SnapshotTable, row: Vec<Value>, floor: &ResumePoint) -> ChangeEvent {
+    ChangeEvent {
+        table: t.schema.clone(),
+        op: Op::Insert,
+        before: None,
+        after: Some(row),
+        source: SourceMeta {
+            id: ChangeId {
+                epoch: floor.epoch,
+                event: floor.position.clone(),
+                index: 0,
+            },
+            txn_start: floor.position.clone(),
+            gtid: None,
+            commit_time_ms: 0,
+        },
+    }
+}
