@@ -230,6 +230,8 @@ struct ShapeResult {
     raw: f64,
     native: f64,
     rowlog: f64,
+    /// Rows/s of an initial snapshot of the shape's final table.
+    snapshot: Option<f64>,
 }
 
 async fn shape(
@@ -312,6 +314,11 @@ async fn shape(
     }
     println!("[{name}] (c) rowlog: {rowlog_secs:.2} s = {rowlog_rate:.0} row changes/s (destination equal by CHECKSUM TABLE)");
 
+    let mut snapshot_rate = None;
+    if name == "bulk" {
+        snapshot_rate = Some(snapshot_copy(&src, &from, opts, raw).await?);
+    }
+
     let mut lag_result = None;
     if lag {
         lag_result = Some(measure_lag(&src, &rowlog_dst, rowlog_rate / 2.0, opts.lag_secs).await?);
@@ -326,9 +333,57 @@ async fn shape(
             raw,
             native,
             rowlog: rowlog_rate,
+            snapshot: snapshot_rate,
         },
         lag_result,
     ))
+}
+
+/// (e) An initial snapshot of the source's table into a fresh destination (which gets
+/// the table from SHOW CREATE TABLE), timed; the copy is checked by CHECKSUM TABLE.
+async fn snapshot_copy(
+    src: &MariaDb,
+    from: &(String, u64),
+    opts: &BenchOptions,
+    raw: f64,
+) -> BenchResult<f64> {
+    let dst = MariaDb::start(ServerOptions::destination(5)).await?;
+    let dir = std::env::temp_dir().join(format!("rowlog-bench-{}-snapshot", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let cfg = rowlog_config(src, &dst, from, &dir, opts)?;
+    let log = crate::log::EmbeddedLog::open_with(
+        &cfg.log.dir,
+        cfg.log.partitions,
+        cfg.log.segment_bytes,
+        cfg.log.fsync_policy(),
+    )?;
+    let metrics = crate::metrics::Metrics::new(cfg.log.partitions, Duration::from_secs(60));
+    let (_trigger, stop) = shutdown::channel();
+    let only = rowlog_mysql_binlog::TableFilter::new(&["bench.t".to_string()], &[])?;
+    let outcome = crate::snapshot::run(
+        &cfg,
+        &log,
+        crate::snapshot::SnapshotState::default(),
+        &only,
+        true,
+        &metrics,
+        &stop,
+        |_| {},
+    )
+    .await?
+    .ok_or("the snapshot was interrupted")?;
+    let (a, b) = (checksum(src, "bench.t").await?, checksum(&dst, "bench.t").await?);
+    if a != b {
+        return Err(format!("snapshot copy differs: CHECKSUM TABLE {a:?} vs {b:?}").into());
+    }
+    let rate = outcome.rows as f64 / outcome.seconds;
+    println!(
+        "[bulk] (e) initial snapshot: {} rows in {:.2} s = {rate:.0} rows/s, {:.2} × raw upsert capacity (destination equal by CHECKSUM TABLE)",
+        outcome.rows, outcome.seconds, rate / raw
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(rate)
 }
 
 /// Inserts rows at `rate` per second for `secs`, each stamped with the source's
@@ -424,6 +479,12 @@ pub async fn run(opts: BenchOptions) -> BenchResult<()> {
             r.rowlog,
             r.rowlog / r.native,
             r.rowlog / r.raw
+        );
+    }
+    if let Some(rate) = bulk.snapshot {
+        println!(
+            "initial snapshot of the bulk table: {rate:.0} rows/s = {:.2} × the raw upsert capacity",
+            rate / bulk.raw
         );
     }
     if let Some((rate, p50, p99)) = lag {
