@@ -108,6 +108,30 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Faults under a sysbench load (kills, server restarts, network cuts, stalls,
+    /// latency), then every table compared; prints a summary table, exits 1 on any
+    /// divergent row.
+    Chaos {
+        /// Seconds of sysbench load.
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+        /// SIGKILLs of rowlog during the load.
+        #[arg(long, default_value_t = 10)]
+        kills: u32,
+        /// How long the destination server stays down.
+        #[arg(long, default_value_t = 30)]
+        destination_down_secs: u64,
+        /// How long each network cut, stall or slowdown lasts.
+        #[arg(long, default_value_t = 5)]
+        network_fault_secs: u64,
+        #[arg(long, default_value_t = 4)]
+        tables: u32,
+        #[arg(long, default_value_t = 10_000)]
+        table_size: u64,
+        /// Seed for the fault moments (default: from the clock; printed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Start two throw-away MariaDB servers, replicate a demo workload, print how far it got.
     Demo {
         /// Row changes the demo workload writes on the source.
@@ -533,6 +557,56 @@ fn main() -> ExitCode {
                 );
                 Ok(())
             })
+        }
+        Command::Chaos {
+            seconds,
+            kills,
+            destination_down_secs,
+            network_fault_secs,
+            tables,
+            table_size,
+            seed,
+        } => {
+            let rowlog = match std::env::current_exe() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("rowlog chaos: cannot find its own binary: {e}");
+                    return ExitCode::from(EXIT_FAILED);
+                }
+            };
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+            let opts = rowlog::tools::chaos::ChaosOptions {
+                seconds,
+                kills,
+                destination_down_secs,
+                network_fault_secs,
+                tables: tables.max(1),
+                table_size,
+                rowlog,
+                seed,
+            };
+            match runtime().and_then(|rt| {
+                rt.block_on(rowlog::tools::chaos::run(opts))
+                    .map_err(|e| anyhow::anyhow!(rowlog::report::error_chain(&*e)))
+            }) {
+                Ok(report) => {
+                    report.print();
+                    if report.rows_divergent == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(EXIT_FAILED)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("rowlog chaos failed: {e:#}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            }
         }
         Command::Demo { changes } => {
             init_logging(LogFormat::Text);

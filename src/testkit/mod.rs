@@ -4,6 +4,8 @@
 
 mod compare;
 mod mariadb;
+mod proxy;
 
 pub use compare::{compare_table, wait_until_equal, TableDiff};
 pub use mariadb::{MariaDb, ServerOptions};
+pub use proxy::Proxy;

@@ -373,7 +373,10 @@ async fn snapshot_copy(
     )
     .await?
     .ok_or("the snapshot was interrupted")?;
-    let (a, b) = (checksum(src, "bench.t").await?, checksum(&dst, "bench.t").await?);
+    let (a, b) = (
+        checksum(src, "bench.t").await?,
+        checksum(&dst, "bench.t").await?,
+    );
     if a != b {
         return Err(format!("snapshot copy differs: CHECKSUM TABLE {a:?} vs {b:?}").into());
     }

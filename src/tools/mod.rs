@@ -4,6 +4,7 @@
 pub mod bench_log;
 pub mod bench_replication;
 pub mod binlog_decode;
+pub mod chaos;
 pub mod json;
 pub mod log_cmd;
 pub mod offsets;

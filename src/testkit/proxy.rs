@@ -1,0 +1,133 @@
+//! A TCP proxy for fault tests: rowlog talks to a server through it, and the test cuts
+//! the connection (every open connection is closed and new ones are refused), stalls
+//! it (connections stay open but no byte moves), or slows it (each chunk waits).
+//!
+//! Faults are what the network does to rowlog, so they are injected between rowlog
+//! and the servers, not inside either.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{AbortHandle, JoinHandle};
+
+const PASS: u8 = 0;
+const CUT: u8 = 1;
+const STALL: u8 = 2;
+
+#[derive(Default)]
+struct Control {
+    mode: AtomicU8,
+    latency_ms: AtomicU64,
+    connections: Mutex<Vec<AbortHandle>>,
+}
+
+impl Control {
+    fn connections(&self) -> std::sync::MutexGuard<'_, Vec<AbortHandle>> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub struct Proxy {
+    pub port: u16,
+    control: Arc<Control>,
+    acceptor: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Listens on a free loopback port and forwards to `127.0.0.1:upstream`.
+    pub async fn start(upstream: u16) -> io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let control = Arc::new(Control::default());
+        let ctl = control.clone();
+        let acceptor = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if ctl.mode.load(Ordering::Acquire) == CUT {
+                    drop(client);
+                    continue;
+                }
+                let ctl2 = ctl.clone();
+                let task = tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::select! {
+                        _ = pump(cr, sw, ctl2.clone()) => {}
+                        _ = pump(sr, cw, ctl2) => {}
+                    }
+                });
+                let mut conns = ctl.connections();
+                conns.retain(|h| !h.is_finished());
+                conns.push(task.abort_handle());
+            }
+        });
+        Ok(Self {
+            port,
+            control,
+            acceptor,
+        })
+    }
+
+    /// Closes every open connection and refuses new ones until [`Proxy::restore`].
+    pub fn cut(&self) {
+        self.control.mode.store(CUT, Ordering::Release);
+        for c in self.control.connections().drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Keeps connections open but moves no byte until [`Proxy::restore`].
+    pub fn stall(&self) {
+        self.control.mode.store(STALL, Ordering::Release);
+    }
+
+    pub fn restore(&self) {
+        self.control.mode.store(PASS, Ordering::Release);
+    }
+
+    /// Delays every chunk forwarded in either direction.
+    pub fn set_latency(&self, latency: Duration) {
+        self.control
+            .latency_ms
+            .store(latency.as_millis() as u64, Ordering::Release);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+        for c in self.control.connections().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    ctl: Arc<Control>,
+) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while ctl.mode.load(Ordering::Acquire) == STALL {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let latency = ctl.latency_ms.load(Ordering::Acquire);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
