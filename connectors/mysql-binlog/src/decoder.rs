@@ -20,13 +20,13 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mysql_async::binlog::events::{
-    Event, EventData, GtidEvent, PreviousGtidsEvent, QueryEvent, RotateEvent, RowsEventData,
-    TableMapEvent, TransactionPayloadEvent,
+    Event, EventData, GtidEvent, QueryEvent, RotateEvent, RowsEventData, TableMapEvent,
+    TransactionPayloadEvent,
 };
 use rowlog_api::{
     BinlogFileName, BinlogPosition, ChangeEvent, ChangeId, Gtid, GtidState, MariadbGtidPos,
-    MysqlGtid, MysqlGtidSet, Op, ResumePoint, SchemaChange, SchemaChangeKind, SourceEvent,
-    SourceMeta, TableName, TableSchema, Value,
+    MysqlGtid, Op, ResumePoint, SchemaChange, SchemaChangeKind, SourceEvent, SourceMeta, TableName,
+    TableSchema, Value,
 };
 use tracing::{debug, warn};
 
@@ -273,6 +273,32 @@ impl Decoder {
         }
     }
 
+    /// [`Decoder::handle`], with a panic inside the binlog library (mysql_common trusts
+    /// lengths and counts in events; a damaged event can make it index out of bounds)
+    /// turned into a decode error naming the event and position, instead of unwinding
+    /// through the pipeline.
+    pub async fn handle_guarded(
+        &mut self,
+        ev: &Event,
+        lookup: &mut impl TableLookup,
+    ) -> Result<(), SourceError> {
+        use futures_util::FutureExt;
+        let code = ev.header().event_type_raw();
+        let log_pos = ev.header().log_pos() as u64;
+        let file = self.file.clone();
+        match std::panic::AssertUnwindSafe(self.handle(ev, lookup))
+            .catch_unwind()
+            .await
+        {
+            Ok(r) => r,
+            Err(panic) => Err(SourceError::Decode {
+                event: mariadb::event_name(code),
+                position: BinlogPosition { file, pos: log_pos },
+                detail: format!("the binlog library failed on it: {}", panic_message(&panic)),
+            }),
+        }
+    }
+
     /// Handles one event; what it produced is then available from [`Decoder::pop`].
     pub async fn handle(
         &mut self,
@@ -364,16 +390,8 @@ impl Decoder {
             }
             // MySQL: the GTID set executed before this file, i.e. the state here.
             PREVIOUS_GTIDS => {
-                let prev: PreviousGtidsEvent = ev
-                    .read_event()
+                let set = crate::mysql::parse_previous_gtids(ev.data())
                     .map_err(|e| self.decode_error("PREVIOUS_GTIDS", e))?;
-                let mut set = MysqlGtidSet::default();
-                for sid in prev.sids() {
-                    let tag = sid.tag().map(|t| t.as_str().to_owned());
-                    for iv in sid.intervals() {
-                        set.add_interval(sid.uuid(), tag.as_deref(), iv.start(), iv.end());
-                    }
-                }
                 if self.read_from_file_start(&header) {
                     self.gtid_state = Some(GtidState::MySql(set));
                 }
@@ -667,6 +685,15 @@ impl Decoder {
         self.last_rows = Some((self.last_pos, next));
         Ok(())
     }
+}
+
+/// The text of a caught panic.
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }
 
 /// What every change of one rows event shares.

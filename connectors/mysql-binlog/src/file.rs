@@ -152,7 +152,18 @@ impl BinlogFileReader {
                 Some(ev) => ev,
                 None => {
                     let start = self.input.consumed;
-                    match self.events.read(&mut self.input) {
+                    // mysql_common trusts the lengths in an event header: a damaged
+                    // file can make it panic, which is reported as a decode error.
+                    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.events.read(&mut self.input)
+                    }))
+                    .unwrap_or_else(|panic| {
+                        Err(std::io::Error::other(format!(
+                            "the binlog library failed on it: {}",
+                            crate::decoder::panic_message(&panic)
+                        )))
+                    });
+                    match read {
                         Ok(Some(ev)) => ev,
                         Ok(None) => {
                             self.done = true;
@@ -170,9 +181,19 @@ impl BinlogFileReader {
                     }
                 }
             };
-            self.decoder.handle(&ev, &mut NoLookup).await?;
+            self.decoder.handle_guarded(&ev, &mut NoLookup).await?;
             if ev.header().event_type_raw() == TRANSACTION_PAYLOAD {
-                self.unpack(&ev)?;
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.unpack(&ev)))
+                    .unwrap_or_else(|panic| {
+                        Err(SourceError::Decode {
+                            event: "TRANSACTION_PAYLOAD",
+                            position: self.decoder.here(),
+                            detail: format!(
+                                "the binlog library failed on it: {}",
+                                crate::decoder::panic_message(&panic)
+                            ),
+                        })
+                    })?;
             }
         }
     }

@@ -28,6 +28,7 @@ mod error;
 mod file;
 mod filter;
 pub mod mariadb;
+mod mysql;
 mod reader;
 mod rows;
 mod server;

@@ -431,7 +431,28 @@ impl ChangeSource for BinlogReader {
             if let Some(ev) = self.decoder.pop() {
                 return Ok(ev);
             }
-            let ev = match self.stream.next().await {
+            // mysql_async parses some events itself while streaming (compressed
+            // transactions); a damaged one can make it panic: a named error instead.
+            let next = {
+                use futures_util::FutureExt;
+                std::panic::AssertUnwindSafe(self.stream.next())
+                    .catch_unwind()
+                    .await
+            };
+            let next = match next {
+                Ok(n) => n,
+                Err(panic) => {
+                    return Err(SourceError::Decode {
+                        event: "event",
+                        position: self.decoder.here(),
+                        detail: format!(
+                            "mysql_async failed reading the next event: {}",
+                            crate::decoder::panic_message(&panic)
+                        ),
+                    })
+                }
+            };
+            let ev = match next {
                 Some(Ok(ev)) => ev,
                 Some(Err(e)) => {
                     return Err(stream_error(&self.decoder.here(), self.config.server_id, e))
@@ -442,7 +463,7 @@ impl ChangeSource for BinlogReader {
                     })
                 }
             };
-            self.decoder.handle(&ev, &mut self.lookup).await?;
+            self.decoder.handle_guarded(&ev, &mut self.lookup).await?;
         }
     }
 }

@@ -8,7 +8,7 @@
 //!   conversion refuses "opaque" scalars (DECIMAL, DATE, TIME, DATETIME inside a JSON
 //!   document, as `CAST(… AS JSON)` stores them) and turns decimals into strings.
 
-use mysql_async::binlog::jsonb::{JsonContainer, JsonDom, JsonNumber, JsonScalar};
+use mysql_async::binlog::jsonb::{self, JsonContainer, JsonDom, JsonNumber, JsonScalar};
 use mysql_async::binlog::value::BinlogValue;
 use mysql_async::Value as My;
 use rowlog_api::{Column, ColumnType, Value};
@@ -20,6 +20,7 @@ pub(crate) fn convert(col: &Column, v: BinlogValue<'_>) -> Result<Value, String>
     let v = match v {
         BinlogValue::Value(v) => v,
         BinlogValue::Jsonb(j) => {
+            check_jsonb(&j, 0).map_err(|e| format!("binary JSON: {e}"))?;
             let dom = j.parse().map_err(|e| format!("binary JSON: {e}"))?;
             let mut text = String::new();
             write_json(&dom, &mut text);
@@ -147,6 +148,52 @@ pub(crate) fn convert(col: &Column, v: BinlogValue<'_>) -> Result<Value, String>
         ) => Value::Bytes(b),
         (_, v) => return Err(mismatch(&v)),
     })
+}
+
+/// MySQL caps JSON nesting at 100 levels; deeper is damage (and would overflow the
+/// stack of the library's recursive parser).
+const MAX_JSON_DEPTH: usize = 100;
+
+/// Checks what mysql_common's JSON parser trusts: nesting depth, and each DECIMAL
+/// scalar's precision and scale (a scale above the precision makes it panic on an
+/// integer underflow; found by `tests/decode_fuzz.rs`).
+fn check_jsonb(v: &jsonb::Value<'_>, depth: usize) -> Result<(), String> {
+    use jsonb::Value as J;
+    if depth > MAX_JSON_DEPTH {
+        return Err(format!("nested deeper than {MAX_JSON_DEPTH} levels"));
+    }
+    let io = |e: std::io::Error| e.to_string();
+    match v {
+        J::SmallArray(a) => a
+            .iter()
+            .try_for_each(|x| check_jsonb(&x.map_err(io)?, depth + 1)),
+        J::LargeArray(a) => a
+            .iter()
+            .try_for_each(|x| check_jsonb(&x.map_err(io)?, depth + 1)),
+        J::SmallObject(o) => o
+            .iter()
+            .try_for_each(|x| check_jsonb(&x.map_err(io)?.1, depth + 1)),
+        J::LargeObject(o) => o
+            .iter()
+            .try_for_each(|x| check_jsonb(&x.map_err(io)?.1, depth + 1)),
+        J::Opaque(op)
+            if op.value_type() == mysql_async::consts::ColumnType::MYSQL_TYPE_NEWDECIMAL =>
+        {
+            let d = op.data_raw();
+            let (Some(&p), Some(&s)) = (d.first(), d.get(1)) else {
+                return Err("DECIMAL without precision and scale".into());
+            };
+            if s > p || p > 65 || p == 0 {
+                return Err(format!("DECIMAL({p},{s})"));
+            }
+            let need = 2 + mysql_common::binlog::decimal::decimal_bin_size(p as usize, s as usize);
+            if d.len() < need {
+                return Err(format!("DECIMAL({p},{s}) in {} bytes", d.len()));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// JSON text of a binary JSON document as MySQL prints it: decimals as numbers with
