@@ -346,6 +346,18 @@ impl Config {
         }
         self.source.validate()?;
         self.sink.validate()?;
+        // Contradictions between sections.
+        let endpoint = |url: &str| {
+            mysql_async::Opts::from_url(url)
+                .ok()
+                .map(|o| (o.ip_or_hostname().to_ascii_lowercase(), o.tcp_port()))
+        };
+        if endpoint(&self.source.url).is_some() && endpoint(&self.source.url) == endpoint(&self.sink.url) {
+            return Err(format!(
+                "sink.url: points at the same server as source.url ({}); rowlog would replicate a server into itself",
+                self.sink.url.split('@').next_back().unwrap_or(&self.sink.url)
+            ));
+        }
         if !(1..=4096).contains(&self.log.partitions) {
             return Err(format!(
                 "log.partitions: must be between 1 and 4096, got {}",

@@ -42,6 +42,10 @@ fn invalid_config_exits_2_and_names_the_key() {
             "binlog:12",
         ),
         ("[source\nurl=".to_string(), "rowlog.toml"),
+        (
+            VALID.replace("127.0.0.1:2", "127.0.0.1:1"),
+            "replicate a server into itself",
+        ),
     ] {
         let path = config_file(dir.path(), &body);
         for args in [vec!["run", "--config", &path], vec!["check-config", &path]] {

@@ -212,3 +212,22 @@ fn column_type(my: My, meta: &[u8]) -> Result<ColumnType, String> {
         other => return Err(format!("type {} is not supported", other as u8)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_column_type_rowlog_cannot_carry_is_a_named_error() {
+        for (ty, meta) in [
+            (My::MYSQL_TYPE_NULL, &[][..]),
+            (My::MYSQL_TYPE_TYPED_ARRAY, &[3, 0][..]),
+        ] {
+            let err = column_type(ty, meta).unwrap_err();
+            assert!(err.contains("not supported"), "{err}");
+        }
+        // Metadata too short for the type is refused, not indexed past its end.
+        assert!(column_type(My::MYSQL_TYPE_NEWDECIMAL, &[10]).is_err());
+        assert!(column_type(My::MYSQL_TYPE_BLOB, &[9]).is_err());
+    }
+}
