@@ -352,7 +352,9 @@ impl Config {
                 .ok()
                 .map(|o| (o.ip_or_hostname().to_ascii_lowercase(), o.tcp_port()))
         };
-        if endpoint(&self.source.url).is_some() && endpoint(&self.source.url) == endpoint(&self.sink.url) {
+        if endpoint(&self.source.url).is_some()
+            && endpoint(&self.source.url) == endpoint(&self.sink.url)
+        {
             return Err(format!(
                 "sink.url: points at the same server as source.url ({}); rowlog would replicate a server into itself",
                 self.sink.url.split('@').next_back().unwrap_or(&self.sink.url)
