@@ -153,6 +153,7 @@ async fn run_with(
     let mut tasks: JoinSet<Result<(), DaemonError>> = JoinSet::new();
 
     {
+        let full_cfg = cfg.clone();
         let (log, stats, metrics, shutdown, source_cfg, ingest_cfg) = (
             log.clone(),
             stats.clone(),
@@ -169,7 +170,9 @@ async fn run_with(
                     let c = source_cfg.clone();
                     async move { BinlogReader::connect(&c, resume).await }
                 };
-                let result = ingest::run(log.clone(), connect, ingest_cfg.clone(), stats.clone(), metrics.clone(), shutdown.clone()).await;
+                // Re-snapshots requested by `rowlog snapshot --tables` while this runs.
+                let resnapshot = crate::resnapshot::Resnapshot::new(&full_cfg, metrics.clone());
+                let result = ingest::run(log.clone(), connect, ingest_cfg.clone(), stats.clone(), metrics.clone(), shutdown.clone(), Some(resnapshot)).await;
                 match result {
                     // A full disk: appends were rolled back; restart from the checkpoint once space returns.
                     Err(IngestError::Log(e)) if e.is_retryable() && !shutdown.is_triggered() => {

@@ -39,6 +39,7 @@ pub mod log;
 pub mod metrics;
 pub mod pipeline;
 pub mod report;
+pub mod resnapshot;
 pub mod shutdown;
 pub mod snapshot;
 pub mod status;

@@ -68,8 +68,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Copy tables to the destination again (the daemon must be stopped); the next run
-    /// streams on and skips what the copies hold.
+    /// Copy tables to the destination again: through the running daemon while it
+    /// streams the rest, or straight to the destination when rowlog is stopped.
     Snapshot {
         #[arg(long, short)]
         config: PathBuf,

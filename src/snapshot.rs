@@ -162,7 +162,9 @@ pub struct Floors(Arc<HashMap<TableName, ChangeId>>);
 impl Floors {
     /// Whether the copy of `table` already holds the change `id`.
     pub fn covers(&self, table: &TableName, id: &ChangeId) -> bool {
-        self.0.get(table).is_some_and(|f| id <= f)
+        // A row a later copy placed into the stream is never in an earlier copy, even
+        // when placed at the very position that copy was taken at.
+        !id.is_copy() && self.0.get(table).is_some_and(|f| id <= f)
     }
 
     pub fn is_empty(&self) -> bool {

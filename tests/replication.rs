@@ -186,28 +186,7 @@ async fn a_purged_stored_position_stops_naming_it_and_the_way_to_accept_the_gap(
         ])
         .await
         .unwrap();
-    let mut c = pair.src.conn().await.unwrap();
-    let (oldest, _): (String, u64) = {
-        let row: mysql_async::Row = c.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();
-        (row.get(0).unwrap(), row.get(1).unwrap())
-    };
-    // The server keeps a binlog a dump thread still reads: the first run's thread
-    // may outlive its client by a moment, so purge until the old logs are gone.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        c.query_drop(format!("PURGE BINARY LOGS TO '{oldest}'"))
-            .await
-            .unwrap();
-        let logs: Vec<(String, u64)> = c.query("SHOW BINARY LOGS").await.unwrap();
-        if logs.first().map(|(f, _)| f.as_str()) == Some(oldest.as_str()) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "binlogs not purged: {logs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let oldest = pair.src.purge_binlogs().await.unwrap();
     let second = InProcess::start(pair.config(1, 2));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !second.finished() {

@@ -1,7 +1,8 @@
 //! The initial snapshot: an empty destination gets a copy of every replicated table
 //! while the source takes writes, then the stream goes on from exactly where each copy
-//! left off; a crash mid-copy resumes after the last chunk; `rowlog snapshot --tables`
-//! copies chosen tables again.
+//! left off; a crash mid-copy resumes after the last chunk; `when_needed` copies again
+//! after a purged position; `rowlog snapshot --tables` copies chosen tables again, with
+//! rowlog stopped or while it streams the rest.
 
 mod common;
 
@@ -115,6 +116,16 @@ async fn converge_and_verify(pair: &Pair, config: &std::path::Path) {
     assert!(text.contains("3 tables: equal"), "{text}");
 }
 
+/// `rowlog snapshot -c CONFIG --tables TABLES`, run to its end.
+fn rowlog_snapshot(config: &std::path::Path, tables: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_rowlog"))
+        .args(["snapshot", "-c"])
+        .arg(config)
+        .args(["--tables", tables])
+        .output()
+        .unwrap()
+}
+
 async fn wait_for_log(daemon: &Daemon, what: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while !daemon.log().contains(what) {
@@ -225,12 +236,7 @@ async fn rowlog_snapshot_copies_chosen_tables_again_and_the_stream_goes_on() {
         .exec(&["UPDATE app.events SET payload = 'before the copy' WHERE seq = 20"])
         .await
         .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rowlog"))
-        .args(["snapshot", "-c"])
-        .arg(&config)
-        .args(["--tables", "app.events,app.tags"])
-        .output()
-        .unwrap();
+    let out = rowlog_snapshot(&config, "app.events,app.tags");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -249,4 +255,152 @@ async fn rowlog_snapshot_copies_chosen_tables_again_and_the_stream_goes_on() {
     let daemon = Daemon::spawn(&config, pair.dir.path().join("second.log"));
     converge_and_verify(&pair, &config).await;
     daemon.terminate_cleanly();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rowlog_snapshot_while_rowlog_runs_repairs_chosen_tables_and_the_stream_never_stops() {
+    let pair = Pair::start().await;
+    fill(&pair, 20_000).await;
+    let config = snapshot_config(&pair, "chunk_rows = 3000\n");
+    let daemon = Daemon::spawn(&config, pair.dir.path().join("rowlog.log"));
+    wait_for_log(&daemon, "snapshot done", Duration::from_secs(120)).await;
+    converge_and_verify(&pair, &config).await;
+
+    // The destination is damaged behind rowlog's back: rows missing, rows changed,
+    // rows the source never had.
+    pair.dst
+        .exec(&[
+            "DELETE FROM app.events WHERE stream < 30",
+            "UPDATE app.events SET payload = 'damaged' WHERE stream = 60",
+            "INSERT INTO app.events VALUES (1000, 1, 'extra', NULL), (1000, 2, 'extra', NULL)",
+            "INSERT INTO app.accounts VALUES (5000000, 'ghost', 0, NULL, NOW())",
+        ])
+        .await
+        .unwrap();
+    // The source takes writes to every table the whole time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = load(pair.src.url(), stop.clone());
+    let run = |tables: &'static str| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || rowlog_snapshot(&config, tables))
+    };
+    let out = run("app.events,app.accounts").await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("rowlog is running") && text.contains("2 table(s) copied"),
+        "{text}"
+    );
+    // A table the copy cannot key is refused with the reason, and streaming goes on.
+    let out = run("app.tags").await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("app.tags has no primary key"),
+        "{err}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let written = writes.await.unwrap();
+    assert!(
+        written > 20,
+        "the load ran during the copy ({written} transactions)"
+    );
+    converge_and_verify(&pair, &config).await;
+    let log = daemon.log();
+    assert!(log.contains("re-snapshot done"), "{log}");
+    daemon.terminate_cleanly();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_needed_copies_again_once_the_stored_position_is_purged_from_the_source() {
+    let pair = Pair::start().await;
+    fill(&pair, 2_000).await;
+    let config = snapshot_config(&pair, "");
+    let toml = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("mode = \"initial\"", "mode = \"when_needed\"");
+    std::fs::write(&config, toml).unwrap();
+    let daemon = Daemon::spawn(&config, pair.dir.path().join("first.log"));
+    wait_for_log(&daemon, "snapshot done", Duration::from_secs(120)).await;
+    converge_and_verify(&pair, &config).await;
+    daemon.terminate_cleanly();
+
+    // While rowlog is stopped the source changes and drops the binlogs holding its
+    // stored position.
+    pair.src
+        .exec(&[
+            "UPDATE app.accounts SET balance = -1 WHERE id <= 100",
+            "DELETE FROM app.events WHERE stream = 7",
+            "FLUSH BINARY LOGS",
+        ])
+        .await
+        .unwrap();
+    pair.src.purge_binlogs().await.unwrap();
+
+    let daemon = Daemon::spawn(&config, pair.dir.path().join("second.log"));
+    wait_for_log(&daemon, "snapshot done", Duration::from_secs(120)).await;
+    assert!(
+        daemon.log().contains("no longer on the source"),
+        "{}",
+        daemon.log()
+    );
+    converge_and_verify(&pair, &config).await;
+    daemon.terminate_cleanly();
+}
+
+/// Changes are partitioned and coalesced by their key's bytes: a row a re-snapshot
+/// copies while streaming must key exactly like the binlog's change of that row, or
+/// the two could land in different partitions and apply out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_row_keys_exactly_like_the_binlogs_change_of_that_row() {
+    use rowlog_api::{ChangeSource, SourceEvent, TableName, Value};
+    let pair = Pair::start().await;
+    pair.src
+        .exec(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.k (a INT UNSIGNED, b BIGINT, c DECIMAL(10,2), d DATE, \
+             e DATETIME(6), f TIME(3), g VARCHAR(10), h VARBINARY(4), \
+             i CHAR(3) CHARACTER SET latin1, j SMALLINT, v INT, \
+             PRIMARY KEY (a, b, c, d, e, f, g, h, i, j))",
+            "INSERT INTO app.k VALUES (4000000000, -5, -12.50, '2026-11-26', \
+             '2026-11-26 10:00:00.123456', '-12:34:56.789', 'ß', 0x00ff, 'é', -3, 1)",
+        ])
+        .await
+        .unwrap();
+    let cfg = pair.config(1, 2);
+    let mut reader = rowlog_mysql_binlog::BinlogReader::connect(&cfg.source, None)
+        .await
+        .unwrap();
+    let streamed = loop {
+        let ev = tokio::time::timeout(Duration::from_secs(30), reader.next_event())
+            .await
+            .expect("the insert is streamed")
+            .unwrap();
+        if let SourceEvent::Change(c) = ev {
+            break c;
+        }
+    };
+    let mut session = rowlog_mysql_binlog::SnapshotSession::open(&cfg.source)
+        .await
+        .unwrap();
+    let table = session.describe(&TableName::new("app", "k")).await.unwrap();
+    let rows = session.read_chunk(&table, None, 10).await.unwrap();
+    let copied = table.binlog_shaped(rows[0].clone()).unwrap();
+    let copied_key: Vec<&Value> = table
+        .schema
+        .primary_key
+        .iter()
+        .map(|&i| &copied[i])
+        .collect();
+    let streamed_key: Vec<&Value> = streamed.key().collect();
+    assert_eq!(copied_key, streamed_key);
+    assert_eq!(
+        rowlog_api::key_bytes(&table.schema.name, copied_key.into_iter()),
+        streamed.key_bytes()
+    );
+    session.close().await;
 }

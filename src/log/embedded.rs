@@ -125,6 +125,15 @@ impl EmbeddedLog {
         Self::open_with(dir, partitions, segment_bytes, FsyncPolicy::Batch)
     }
 
+    /// Whether a running rowlog holds the log at `dir` (its lock is taken).
+    pub fn in_use(dir: &Path) -> bool {
+        let Ok(lock) = OpenOptions::new().write(true).open(dir.join("lock")) else {
+            return false;
+        };
+        // Dropping the file releases the lock this probe may have taken.
+        lock.try_lock().is_err()
+    }
+
     /// Opens the log for writing, creating it when the directory holds none, and
     /// recovers every partition's tail.
     pub fn open_with(

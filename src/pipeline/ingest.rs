@@ -21,8 +21,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rowlog_api::{ChangeId, ChangeSource, Gtid, Op, ResumePoint, Retry, SourceEvent, TableSchema};
-use tokio::sync::mpsc;
+use rowlog_api::{
+    ChangeEvent, ChangeId, ChangeSource, Gtid, Op, ResumePoint, Retry, SourceEvent, TableSchema,
+};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::backoff::Backoff;
@@ -31,6 +33,7 @@ use super::Stats;
 use crate::log::{AppendBatch, LogEntry, LogError, PartitionedLog};
 use crate::metrics::{ErrorStage, Metrics};
 use crate::report::error_chain;
+use crate::resnapshot::{Chunk, Resnapshot, ResnapshotError};
 use crate::shutdown::Shutdown;
 use crate::status::ErrorReport;
 
@@ -71,6 +74,7 @@ pub async fn run<L, S, F, Fut>(
     stats: Arc<Stats>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
+    resnapshot: Option<Resnapshot>,
 ) -> Result<(), IngestError>
 where
     L: PartitionedLog + Clone,
@@ -85,6 +89,7 @@ where
         connect,
         start.clone(),
         tx,
+        resnapshot,
         metrics.clone(),
         shutdown.clone(),
     ));
@@ -103,7 +108,8 @@ where
 async fn read_source<S, F, Fut>(
     mut connect: F,
     mut resume: Option<ResumePoint>,
-    tx: mpsc::Sender<SourceEvent>,
+    tx: mpsc::Sender<Item>,
+    mut resnapshot: Option<Resnapshot>,
     metrics: Arc<Metrics>,
     mut shutdown: Shutdown,
 ) -> Result<(), IngestError>
@@ -113,6 +119,8 @@ where
     Fut: Future<Output = Result<S, S::Error>>,
 {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    // A re-snapshot chunk read and waiting for the stream to reach its position.
+    let mut pending: Option<Pending> = None;
     loop {
         let connected = tokio::select! {
             _ = shutdown.wait() => return Ok(()),
@@ -143,10 +151,29 @@ where
             gtid: None,
             commit_time_ms: 0,
         };
-        if tx.send(announce).await.is_err() {
+        if tx.send(Item::Event(announce)).await.is_err() {
             return Ok(());
         }
+        // Between transactions: where a re-snapshot chunk may enter the log.
+        let mut at_boundary = true;
         loop {
+            if let (true, Some(r), Some(job)) = (at_boundary, &resume, resnapshot.as_mut()) {
+                match place_chunk(job, &mut pending, r, &tx, &mut shutdown).await {
+                    Ok(Placed::Stop) => return Ok(()),
+                    Ok(Placed::Again) => continue,
+                    Ok(Placed::Wait) => {}
+                    Err(e) if e.is_retryable() => {
+                        // The stream goes on meanwhile; the chunk is tried again after a pause.
+                        let delay = job.retry_later();
+                        warn!(error = %error_chain(&e), retry_in_ms = delay.as_millis() as u64, "re-snapshot chunk failed; retrying");
+                        pending = None;
+                    }
+                    Err(e) => {
+                        job.fail(&e);
+                        pending = None;
+                    }
+                }
+            }
             let event = tokio::select! {
                 biased;
                 _ = shutdown.wait() => return Ok(()),
@@ -155,10 +182,23 @@ where
             match event {
                 Ok(ev) => {
                     backoff.reset();
-                    if let SourceEvent::Committed { resume: r, .. } = &ev {
-                        resume = Some(r.clone());
+                    let read_at = match &ev {
+                        SourceEvent::Committed { resume: r, .. } => {
+                            resume = Some(r.clone());
+                            at_boundary = true;
+                            None
+                        }
+                        SourceEvent::Change(c) => Some(&c.source.id.event),
+                        SourceEvent::Schema(s) => Some(&s.source.id.event),
+                        SourceEvent::Heartbeat { .. } => None,
+                    };
+                    if let Some(at) = read_at {
+                        at_boundary = false;
+                        if let Some(p) = pending.as_mut() {
+                            p.overtaken |= *at > p.chunk.floor;
+                        }
                     }
-                    if tx.send(ev).await.is_err() {
+                    if tx.send(Item::Event(ev)).await.is_err() {
                         return Ok(());
                     }
                 }
@@ -176,6 +216,80 @@ where
             }
         }
     }
+}
+
+/// What the reader hands the appender.
+enum Item {
+    Event(SourceEvent),
+    /// Re-snapshot rows entering the log at the boundary `at` (the appender gives their
+    /// change ids); `durable` is told once they are appended.
+    Injected {
+        at: ResumePoint,
+        changes: Vec<ChangeEvent>,
+        durable: oneshot::Sender<()>,
+    },
+}
+
+struct Pending {
+    chunk: Chunk,
+    /// A change after the chunk's position was read before the chunk could enter
+    /// the log: it would land after newer changes, so it is read again.
+    overtaken: bool,
+}
+
+enum Placed {
+    /// Nothing to place yet: read on.
+    Wait,
+    /// Placed or dropped: look again before reading on.
+    Again,
+    /// Shutdown, or the appender is gone.
+    Stop,
+}
+
+/// At a transaction boundary `at`: reads the next re-snapshot chunk when none waits,
+/// and places the waiting one when the stream has reached its position.
+async fn place_chunk(
+    job: &mut Resnapshot,
+    pending: &mut Option<Pending>,
+    at: &ResumePoint,
+    tx: &mpsc::Sender<Item>,
+    shutdown: &mut Shutdown,
+) -> Result<Placed, ResnapshotError> {
+    if pending.is_none() {
+        if !job.wants_chunk() {
+            return Ok(Placed::Wait);
+        }
+        let chunk = tokio::select! {
+            _ = shutdown.wait() => return Ok(Placed::Stop),
+            c = job.next_chunk() => c?,
+        };
+        *pending = Some(Pending {
+            chunk,
+            overtaken: false,
+        });
+    }
+    let Some(p) = pending.take_if(|p| at.position >= p.chunk.floor) else {
+        return Ok(Placed::Wait);
+    };
+    if p.overtaken {
+        warn!(floor = %p.chunk.floor, "the stream passed a re-snapshot chunk's position before it could be placed; reading the chunk again");
+        return Ok(Placed::Again);
+    }
+    let (durable, appended) = oneshot::channel();
+    let item = Item::Injected {
+        at: at.clone(),
+        changes: p.chunk.changes.clone(),
+        durable,
+    };
+    if tx.send(item).await.is_err() {
+        return Ok(Placed::Stop);
+    }
+    tokio::select! {
+        _ = shutdown.wait() => return Ok(Placed::Stop),
+        r = appended => if r.is_err() { return Ok(Placed::Stop) },
+    }
+    job.chunk_durable(&p.chunk)?;
+    Ok(Placed::Again)
 }
 
 fn source_error(metrics: &Metrics, e: &dyn std::error::Error, retryable: bool) {
@@ -233,6 +347,45 @@ struct Appender<L> {
 }
 
 impl<L: PartitionedLog> Appender<L> {
+    fn take(
+        &mut self,
+        item: Item,
+        batch: &mut AppendBatch,
+        durable: &mut Vec<oneshot::Sender<()>>,
+    ) {
+        match item {
+            Item::Event(ev) => self.accept(ev, batch),
+            Item::Injected {
+                at,
+                changes,
+                durable: d,
+            } => {
+                // Ids at the boundary itself: after every change before it (earlier
+                // events), before every change after it (later events), and after
+                // what was injected at the same boundary before (even by an earlier
+                // run of rowlog, hence from the log's own last ids).
+                let mut index = self
+                    .last_ids
+                    .iter()
+                    .flatten()
+                    .filter(|id| id.epoch == at.epoch && id.event == at.position)
+                    .map(|id| id.index.saturating_add(1))
+                    .fold(ChangeId::COPY_INDEX, u32::max);
+                for mut c in changes {
+                    c.source.id = ChangeId {
+                        epoch: at.epoch,
+                        event: at.position.clone(),
+                        index,
+                    };
+                    c.source.txn_start = at.position.clone();
+                    index = index.saturating_add(1);
+                    self.accept(SourceEvent::Change(c), batch);
+                }
+                durable.push(d);
+            }
+        }
+    }
+
     fn accept(&mut self, ev: SourceEvent, batch: &mut AppendBatch) {
         match ev {
             SourceEvent::Change(c) => {
@@ -321,7 +474,7 @@ impl<L: PartitionedLog> Appender<L> {
 
 async fn append_loop<L: PartitionedLog>(
     log: L,
-    mut rx: mpsc::Receiver<SourceEvent>,
+    mut rx: mpsc::Receiver<Item>,
     start: Option<ResumePoint>,
     cfg: IngestConfig,
     stats: Arc<Stats>,
@@ -347,12 +500,14 @@ async fn append_loop<L: PartitionedLog>(
     loop {
         let Some(first) = rx.recv().await else { break };
         let mut batch = AppendBatch::new(partitions);
-        app.accept(first, &mut batch);
+        let mut durable = Vec::new();
+        app.take(first, &mut batch, &mut durable);
         let mut taken = 1;
-        while taken < cfg.max_batch_changes {
+        // Injected rows are appended at once: the reader waits for them.
+        while taken < cfg.max_batch_changes && durable.is_empty() {
             match rx.try_recv() {
-                Ok(ev) => {
-                    app.accept(ev, &mut batch);
+                Ok(item) => {
+                    app.take(item, &mut batch, &mut durable);
                     taken += 1;
                 }
                 Err(_) => break,
@@ -360,6 +515,9 @@ async fn append_loop<L: PartitionedLog>(
         }
         let checkpoint_due = app.stored_at.elapsed() >= cfg.checkpoint_interval;
         app.flush(batch, checkpoint_due).await?;
+        for d in durable {
+            let _ = d.send(());
+        }
     }
     // The reader is gone (shutdown): everything received is appended; store the final checkpoint.
     app.flush(AppendBatch::new(partitions), true).await?;

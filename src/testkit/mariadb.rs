@@ -214,6 +214,37 @@ impl MariaDb {
         c.disconnect().await
     }
 
+    /// Purges every binlog before the current one and returns the current one's name.
+    /// The server keeps a binlog a dump thread still reads, and a replica's thread may
+    /// outlive its client by a moment: purges until the old logs are gone (30 s at most).
+    pub async fn purge_binlogs(&self) -> Result<String, String> {
+        let mut c = self.conn().await.map_err(|e| e.to_string())?;
+        let status: Option<mysql_async::Row> = c
+            .query_first("SHOW MASTER STATUS")
+            .await
+            .map_err(|e| e.to_string())?;
+        let current: String = status
+            .and_then(|r| r.get(0))
+            .ok_or("SHOW MASTER STATUS is empty: no binlog")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            c.query_drop(format!("PURGE BINARY LOGS TO '{current}'"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let logs: Vec<(String, u64)> = c
+                .query("SHOW BINARY LOGS")
+                .await
+                .map_err(|e| e.to_string())?;
+            if logs.first().map(|(f, _)| f.as_str()) == Some(current.as_str()) {
+                return Ok(current);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("binlogs not purged after 30 s: {logs:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Stops the server cleanly (SIGTERM) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

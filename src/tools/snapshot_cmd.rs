@@ -1,7 +1,12 @@
-//! `rowlog snapshot [--tables …]`: copies chosen tables to the destination again (the
-//! daemon must be stopped), printing progress; the next `rowlog run` streams on from
-//! its checkpoint and skips, per table, what the new copies hold (see
-//! [`crate::snapshot`]).
+//! `rowlog snapshot [--tables …]`: copies chosen tables to the destination again,
+//! printing progress.
+//!
+//! * rowlog stopped: the copy goes straight to the destination; the next `rowlog run`
+//!   streams on from its checkpoint and skips, per table, what the new copies hold
+//!   (see [`crate::snapshot`]).
+//! * rowlog running: the command hands the request to the daemon, which copies the
+//!   tables through the log while it streams the rest (see [`crate::resnapshot`]),
+//!   and follows its progress until it is done.
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -10,13 +15,17 @@ use std::time::Instant;
 use rowlog_mysql_binlog::TableFilter;
 
 use crate::config::Config;
-use crate::log::PartitionedLog;
+use crate::log::{EmbeddedLog, PartitionedLog};
 use crate::metrics::Metrics;
+use crate::resnapshot::Request;
 use crate::snapshot::{self, Progress, SnapshotState};
 
 type ToolResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 pub async fn snapshot_cmd(cfg: &Config, tables: &[String]) -> ToolResult<()> {
+    if EmbeddedLog::in_use(&cfg.log.dir) {
+        return while_running(cfg, tables).await;
+    }
     let log = super::offsets::open_stopped(cfg)?;
     let only = TableFilter::new(tables, &[])?;
     let checkpoint = log.checkpoint().await?;
@@ -74,4 +83,52 @@ pub async fn snapshot_cmd(cfg: &Config, tables: &[String]) -> ToolResult<()> {
             .unwrap_or_else(|| "-".into())
     );
     Ok(())
+}
+
+/// The daemon runs: hand it the request and follow its progress.
+async fn while_running(cfg: &Config, tables: &[String]) -> ToolResult<()> {
+    let only = TableFilter::new(tables, &[])?;
+    let chosen = rowlog_mysql_binlog::list_tables(&cfg.source, &only).await?;
+    if chosen.is_empty() {
+        return Err(format!(
+            "no replicated table of the source matches --tables {}",
+            tables.join(",")
+        )
+        .into());
+    }
+    let dir = &cfg.log.dir;
+    Request::submit(dir, chosen.clone())?;
+    println!(
+        "rowlog is running: it copies {} table(s) through the log while it streams ({})",
+        chosen.len(),
+        crate::resnapshot::request_path(dir).display()
+    );
+    let started = Instant::now();
+    let mut shown = (usize::MAX, u64::MAX);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let Some(req) = Request::load(dir)? else {
+            println!(
+                "snapshot: {} table(s) copied in {:.1} s while streaming",
+                chosen.len(),
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        };
+        if let Some(e) = req.error {
+            let _ = std::fs::remove_file(crate::resnapshot::request_path(dir));
+            return Err(e.into());
+        }
+        if let (Some(t), Some(&rows)) = (req.tables.get(req.current), req.rows.get(req.current)) {
+            if shown != (req.current, rows) {
+                shown = (req.current, rows);
+                println!("{t}: {rows} rows");
+            }
+        }
+        if !EmbeddedLog::in_use(dir) {
+            return Err(
+                "rowlog stopped before the copy finished; it goes on when rowlog runs again".into(),
+            );
+        }
+    }
 }

@@ -109,11 +109,25 @@ impl FromStr for BinlogPosition {
 /// another server of the topology (whose file numbers are its own). Everything read
 /// in a new epoch sorts after everything before it, so nothing is taken for a
 /// duplicate of what the log already holds.
+///
+/// Indexes from [`ChangeId::COPY_INDEX`] up are rows a copy placed into the stream at a
+/// transaction boundary `event` (a re-snapshot while streaming): after every change of
+/// the binlog up to there, before every later one. No rows event holds 2³¹ rows.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ChangeId {
     pub epoch: u32,
     pub event: BinlogPosition,
     pub index: u32,
+}
+
+impl ChangeId {
+    /// The first index of copied rows.
+    pub const COPY_INDEX: u32 = 1 << 31;
+
+    /// Whether this is a copied row rather than a change read from the binlog.
+    pub fn is_copy(&self) -> bool {
+        self.index >= Self::COPY_INDEX
+    }
 }
 
 impl fmt::Display for ChangeId {

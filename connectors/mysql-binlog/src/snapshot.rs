@@ -38,7 +38,10 @@ pub struct SnapshotTable {
     pub create: String,
     /// The server's row estimate, for progress.
     pub estimated_rows: u64,
-    select: String,
+    /// Per column, what SELECT reads it as.
+    select: Vec<String>,
+    /// Per column, `information_schema.COLUMNS.DATA_TYPE`, lower case.
+    data_types: Vec<String>,
 }
 
 /// One consistent read of the source.
@@ -197,8 +200,10 @@ impl SnapshotSession {
 
         let mut columns = Vec::with_capacity(cols.len());
         let mut select = Vec::with_capacity(cols.len());
+        let mut data_types = Vec::with_capacity(cols.len());
         for (col, data_type, column_type, charset, nullable, generation) in &cols {
             let dt = data_type.to_ascii_lowercase();
+            data_types.push(dt.clone());
             let binary = matches!(
                 dt.as_str(),
                 "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob"
@@ -257,7 +262,8 @@ impl SnapshotSession {
             columns,
         };
         Ok(SnapshotTable {
-            select: select.join(", "),
+            select,
+            data_types,
             schema: Arc::new(schema),
             create,
             estimated_rows: estimated_rows.unwrap_or(0),
@@ -272,56 +278,26 @@ impl SnapshotSession {
         after: Option<&[Value]>,
         limit: u64,
     ) -> Result<Vec<Vec<Value>>, SourceError> {
+        self.read_range(t, after, None, limit).await
+    }
+
+    /// Up to `limit` rows with a primary key after `after` and at most `upto`, in key
+    /// order.
+    pub async fn read_range(
+        &mut self,
+        t: &SnapshotTable,
+        after: Option<&[Value]>,
+        upto: Option<&[Value]>,
+        limit: u64,
+    ) -> Result<Vec<Vec<Value>>, SourceError> {
         let s = &t.schema;
-        let ident = format!("{}.{}", quote(&s.name.db), quote(&s.name.table));
         let (q, params) = if s.keyless {
-            (format!("SELECT {} FROM {ident}", t.select), Vec::new())
-        } else {
-            let key: Vec<String> = s.pk_columns().map(|c| quote(&c.name)).collect();
-            let key_list = if key.len() == 1 {
-                key[0].clone()
-            } else {
-                format!("({})", key.join(", "))
-            };
-            let (cond, params) = match after {
-                None => ("1 = 1".to_string(), Vec::new()),
-                Some(k) => {
-                    // Key text in another character set goes back as hex, relabelled.
-                    let holes: Vec<String> = s
-                        .pk_columns()
-                        .map(|c| match foreign_charset(c) {
-                            Some(cs) => format!("CONVERT(UNHEX(?) USING {cs})"),
-                            None => "?".into(),
-                        })
-                        .collect();
-                    let tuple = if holes.len() == 1 {
-                        holes[0].clone()
-                    } else {
-                        format!("({})", holes.join(", "))
-                    };
-                    let params: Vec<mysql_async::Value> = k
-                        .iter()
-                        .zip(s.pk_columns())
-                        .map(|(v, c)| match (foreign_charset(c), v) {
-                            (Some(_), Value::Bytes(b)) => mysql_async::Value::Bytes(
-                                b.iter()
-                                    .flat_map(|x| format!("{x:02X}").into_bytes())
-                                    .collect(),
-                            ),
-                            _ => to_param(v),
-                        })
-                        .collect();
-                    (format!("{key_list} > {tuple}"), params)
-                }
-            };
             (
-                format!(
-                    "SELECT {} FROM {ident} WHERE {cond} ORDER BY {} LIMIT {limit}",
-                    t.select,
-                    key.join(", ")
-                ),
-                params,
+                format!("SELECT {} FROM {}", t.select.join(", "), ident(&s.name)),
+                Vec::new(),
             )
+        } else {
+            key_range_query(t, &t.select.join(", "), after, upto, limit)
         };
         let rows: Vec<Row> = self
             .conn
@@ -344,10 +320,175 @@ impl SnapshotSession {
             })
     }
 
+    /// Whether the snapshot holds a row whose primary key equals `key` as the server
+    /// compares it (collations included).
+    pub async fn has_key(&mut self, t: &SnapshotTable, key: &[Value]) -> Result<bool, SourceError> {
+        let (cond, params) = key_condition(t, "=", key);
+        let q = format!(
+            "SELECT 1 FROM {} WHERE {cond} LIMIT 1",
+            ident(&t.schema.name)
+        );
+        let row: Option<i64> = self
+            .conn
+            .exec_first(&q, params)
+            .await
+            .map_err(|e| server::query_error(&q, e))?;
+        Ok(row.is_some())
+    }
+
     /// Ends the snapshot's transaction.
     pub async fn close(mut self) {
         let _ = self.conn.query_drop("COMMIT").await;
         let _ = self.conn.disconnect().await;
+    }
+}
+
+fn ident(name: &TableName) -> String {
+    format!("{}.{}", quote(&name.db), quote(&name.table))
+}
+
+/// `pk OP (?, …)` with its parameters; key text in another character set goes back as
+/// hex, relabelled.
+fn key_condition(t: &SnapshotTable, op: &str, key: &[Value]) -> (String, Vec<mysql_async::Value>) {
+    let s = &t.schema;
+    let key_cols: Vec<String> = s.pk_columns().map(|c| quote(&c.name)).collect();
+    let holes: Vec<String> = s
+        .pk_columns()
+        .map(|c| match foreign_charset(c) {
+            Some(cs) => format!("CONVERT(UNHEX(?) USING {cs})"),
+            None => "?".into(),
+        })
+        .collect();
+    let tuple = |v: &[String]| {
+        if v.len() == 1 {
+            v[0].clone()
+        } else {
+            format!("({})", v.join(", "))
+        }
+    };
+    let params = key
+        .iter()
+        .zip(s.pk_columns())
+        .map(|(v, c)| match (foreign_charset(c), v) {
+            (Some(_), Value::Bytes(b)) => mysql_async::Value::Bytes(
+                b.iter()
+                    .flat_map(|x| format!("{x:02X}").into_bytes())
+                    .collect(),
+            ),
+            _ => to_param(v),
+        })
+        .collect();
+    (
+        format!("{} {op} {}", tuple(&key_cols), tuple(&holes)),
+        params,
+    )
+}
+
+/// `SELECT columns … WHERE after < pk <= upto ORDER BY pk LIMIT n`.
+fn key_range_query(
+    t: &SnapshotTable,
+    columns: &str,
+    after: Option<&[Value]>,
+    upto: Option<&[Value]>,
+    limit: u64,
+) -> (String, Vec<mysql_async::Value>) {
+    let mut conds = vec!["1 = 1".to_string()];
+    let mut params = Vec::new();
+    for (op, bound) in [(">", after), ("<=", upto)] {
+        if let Some(k) = bound {
+            let (c, p) = key_condition(t, op, k);
+            conds.push(c);
+            params.extend(p);
+        }
+    }
+    let order: Vec<String> = t.schema.pk_columns().map(|c| quote(&c.name)).collect();
+    (
+        format!(
+            "SELECT {columns} FROM {} WHERE {} ORDER BY {} LIMIT {limit}",
+            ident(&t.schema.name),
+            conds.join(" AND "),
+            order.join(", ")
+        ),
+        params,
+    )
+}
+
+impl SnapshotTable {
+    /// Up to `limit` primary keys of this table on another server (the destination),
+    /// after `after` and at most `upto`, in key order, shaped as [`Self::binlog_shaped`].
+    /// Errors are described in text: they are the other server's.
+    pub async fn read_keys(
+        &self,
+        conn: &mut Conn,
+        after: Option<&[Value]>,
+        upto: Option<&[Value]>,
+        limit: u64,
+    ) -> Result<Vec<Vec<Value>>, String> {
+        let s = &self.schema;
+        let columns: Vec<&str> = s
+            .primary_key
+            .iter()
+            .map(|&i| self.select[i].as_str())
+            .collect();
+        let (q, params) = key_range_query(self, &columns.join(", "), after, upto, limit);
+        let rows: Vec<Row> = conn
+            .exec(&q, params)
+            .await
+            .map_err(|e| format!("query `{q}` failed: {e}"))?;
+        rows.into_iter()
+            .map(|r| {
+                r.unwrap()
+                    .into_iter()
+                    .zip(&s.primary_key)
+                    .map(|(v, &i)| from_row_value(v, &s.columns[i]).and_then(|v| self.shape(i, v)))
+                    .collect::<Result<Vec<_>, String>>()
+            })
+            .collect()
+    }
+
+    /// A snapshot row with its primary-key values in the form the binlog decoder gives
+    /// them: changes are partitioned and coalesced by those bytes, so a copied row and a
+    /// streamed change of the same key must agree. A key column type whose binlog form
+    /// differs in a way not converted here is refused.
+    pub fn binlog_shaped(&self, mut row: Vec<Value>) -> Result<Vec<Value>, String> {
+        for &i in &self.schema.primary_key {
+            if let Some(v) = row.get_mut(i) {
+                *v = self.shape(i, std::mem::replace(v, Value::Null))?;
+            }
+        }
+        Ok(row)
+    }
+
+    fn shape(&self, i: usize, v: Value) -> Result<Value, String> {
+        let c = &self.schema.columns[i];
+        let dt = self.data_types.get(i).map(String::as_str).unwrap_or("");
+        Ok(match (dt, v) {
+            (_, Value::Null) => Value::Null,
+            (
+                "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint",
+                Value::Int(x),
+            ) if c.unsigned => Value::UInt(x as u64),
+            (
+                "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint",
+                Value::UInt(x),
+            ) if !c.unsigned => Value::Int(x as i64),
+            ("tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint", v) => v,
+            ("decimal" | "numeric", Value::Bytes(b)) => {
+                Value::Decimal(String::from_utf8(b).map_err(|e| format!("decimal text: {e}"))?)
+            }
+            (
+                "char" | "varchar" | "binary" | "varbinary" | "tinytext" | "text" | "mediumtext"
+                | "longtext" | "tinyblob" | "blob" | "mediumblob" | "longblob" | "date"
+                | "datetime" | "time" | "decimal" | "numeric",
+                v,
+            ) => v,
+            (other, _) => {
+                return Err(format!(
+                "key column `{}` is of type {other}, which a copy cannot key like the binlog does",
+                c.name
+            ))
+            }
+        })
     }
 }
 

@@ -1,0 +1,446 @@
+//! Copying chosen tables again while the daemon streams the rest
+//! (`rowlog snapshot --tables …` against a running daemon).
+//!
+//! # How the copy stays in order with the stream
+//! The copy goes through the log, in the stream's own order, instead of straight to
+//! the destination: each chunk is read through its own consistent read of the source
+//! (see `rowlog_mysql_binlog::SnapshotSession`), which comes with the binlog position
+//! `F` it corresponds to. The reader (in [`crate::pipeline::ingest`]) keeps streaming
+//! until it stands at a transaction boundary at or after `F` having read no change
+//! after `F`; there the chunk's rows enter the log as changes, between the last
+//! transaction before `F` and the first after it. Per key the log then holds: the
+//! changes before `F`, the copied state at `F`, the changes after `F`, which is
+//! exactly the source's history. When a change after `F` was read first (the
+//! boundaries did not line up), the chunk is read again.
+//!
+//! A chunk covers a primary-key range `(after, upto]`: the source's rows in it become
+//! upserts, and keys the destination has in it that the source has not (compared by
+//! the source server, collations included) become deletes, so rows the destination
+//! should not have are removed too. Copied keys carry the binlog decoder's value forms
+//! ([`rowlog_mysql_binlog::SnapshotTable::binlog_shaped`]): partitioning and
+//! coalescing compare key bytes.
+//!
+//! Nothing is emptied first: the table stays whole on the destination while its copy
+//! runs.
+//!
+//! # The request and its progress
+//! `<log.dir>/resnapshot.request` holds the request (JSON, framed with a CRC like the
+//! log's other small files): written by the command when absent
+//! (never overwritten), then owned by the daemon, which saves the last copied key
+//! after each chunk is durably in the log, and removes the file when every table is
+//! copied. After a crash the copy goes on after the last saved key. A definite
+//! failure (a table without a primary key, a key type the copy cannot shape) is
+//! written into the file for the command to report; the stream itself goes on.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mysql_async::{Conn, Opts};
+use rowlog_api::{BinlogPosition, ChangeEvent, ChangeId, Op, Retry, SourceMeta, TableName, Value};
+use rowlog_mysql_binlog::{SnapshotSession, SnapshotTable, SourceConfig, SourceError};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::log::{atomic_file, LogError};
+use crate::metrics::Metrics;
+
+pub const REQUEST_FILE: &str = "resnapshot.request";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResnapshotError {
+    #[error("re-snapshot: reading {table} failed")]
+    Source {
+        table: TableName,
+        #[source]
+        source: Box<SourceError>,
+    },
+    #[error("re-snapshot: reading {table}'s keys on the destination failed: {detail}")]
+    Destination { table: TableName, detail: String },
+    #[error("re-snapshot: {table} has no primary key, so it cannot be copied while streaming; stop rowlog and run `rowlog snapshot --tables {table}`")]
+    Keyless { table: TableName },
+    #[error("re-snapshot: {table} is not on the source")]
+    Missing { table: TableName },
+    #[error("re-snapshot: {table}: {detail}")]
+    Shape { table: TableName, detail: String },
+    #[error("re-snapshot request {path}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: LogError,
+    },
+    #[error("re-snapshot request {path} cannot be decoded: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+}
+
+impl Retry for ResnapshotError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            Self::Source { source, .. } => source.is_retryable(),
+            // The destination down or restarting: the apply stage waits it out too.
+            Self::Destination { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// What `resnapshot.request` holds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Request {
+    pub tables: Vec<TableName>,
+    /// Index in `tables` of the table being copied; `tables.len()` once all are.
+    #[serde(default)]
+    pub current: usize,
+    /// The last primary key of the current table durably in the log.
+    #[serde(default)]
+    pub last_key: Option<Vec<Value>>,
+    /// Rows copied per table.
+    #[serde(default)]
+    pub rows: Vec<u64>,
+    /// Why the copy stopped, when it failed for good.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+pub fn request_path(dir: &Path) -> PathBuf {
+    dir.join(REQUEST_FILE)
+}
+
+impl Request {
+    pub fn load(dir: &Path) -> Result<Option<Self>, ResnapshotError> {
+        let path = request_path(dir);
+        let bytes = atomic_file::read(&path).map_err(|source| ResnapshotError::File {
+            path: path.clone(),
+            source,
+        })?;
+        bytes
+            .map(|b| {
+                serde_json::from_slice(&b).map_err(|e| ResnapshotError::Corrupt {
+                    path: path.clone(),
+                    detail: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), ResnapshotError> {
+        let path = request_path(dir);
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| ResnapshotError::Corrupt {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        atomic_file::write(&path, &bytes).map_err(|source| ResnapshotError::File { path, source })
+    }
+
+    /// Places a new request for the daemon; refused when one is already there (it
+    /// belongs to the daemon until it removes it).
+    pub fn submit(dir: &Path, tables: Vec<TableName>) -> Result<(), String> {
+        let path = request_path(dir);
+        let tmp = dir.join(format!("{REQUEST_FILE}.new"));
+        let req = Request {
+            rows: vec![0; tables.len()],
+            tables,
+            ..Default::default()
+        };
+        let bytes = serde_json::to_vec_pretty(&req).map_err(|e| e.to_string())?;
+        atomic_file::write(&tmp, &bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+        // A hard link never replaces: the request is placed whole, or not at all.
+        let placed = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match placed {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(format!(
+                "a re-snapshot is already requested ({}); wait for it, or remove the file if it reports an error",
+                path.display()
+            )),
+            Err(e) => Err(format!("placing {}: {e}", path.display())),
+        }
+    }
+}
+
+/// One chunk, ready to enter the log at the first boundary at or after `floor`.
+pub struct Chunk {
+    pub floor: BinlogPosition,
+    /// Deletes of keys only the destination has, then upserts of the source's rows.
+    /// Their change ids are given where they enter the log.
+    pub changes: Vec<ChangeEvent>,
+    table: TableName,
+    /// The range's upper key; `None` when the chunk ends the table.
+    upto: Option<Vec<Value>>,
+    rows: u64,
+}
+
+/// The daemon's side of re-snapshots, driven by the ingest reader between transactions.
+pub struct Resnapshot {
+    source: SourceConfig,
+    sink_url: String,
+    dir: PathBuf,
+    chunk_rows: u64,
+    metrics: Arc<Metrics>,
+    job: Option<Request>,
+    polled: Option<Instant>,
+    dest: Option<Conn>,
+    /// After a transient failure: no chunk before this.
+    paused_until: Option<Instant>,
+    backoff: crate::pipeline::backoff::Backoff,
+}
+
+impl Resnapshot {
+    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Self {
+        Self {
+            source: cfg.source.clone(),
+            sink_url: cfg.sink.url.clone(),
+            dir: cfg.log.dir.clone(),
+            chunk_rows: cfg.snapshot.chunk_rows.max(1),
+            metrics,
+            job: None,
+            polled: None,
+            dest: None,
+            paused_until: None,
+            backoff: crate::pipeline::backoff::Backoff::new(
+                Duration::from_millis(500),
+                Duration::from_secs(30),
+            ),
+        }
+    }
+
+    /// After a transient failure: the next chunk waits a growing pause.
+    pub fn retry_later(&mut self) -> Duration {
+        let delay = self.backoff.next_delay();
+        self.paused_until = Some(Instant::now() + delay);
+        self.dest = None;
+        delay
+    }
+
+    /// Whether a chunk is to be read: a copy is under way, or a request has appeared
+    /// (the file is looked at no more than once a second).
+    pub fn wants_chunk(&mut self) -> bool {
+        if self.paused_until.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        if self.job.is_some() {
+            return true;
+        }
+        if self
+            .polled
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return false;
+        }
+        self.polled = Some(Instant::now());
+        match Request::load(&self.dir) {
+            Ok(Some(mut req)) if req.error.is_none() => {
+                req.rows.resize(req.tables.len(), 0);
+                info!(tables = ?req.tables.iter().map(|t| t.to_string()).collect::<Vec<_>>(), resume_after = ?req.last_key, "re-snapshot requested");
+                self.job = Some(req);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                warn!(error = %crate::report::error_chain(&e), "re-snapshot request unreadable; ignored");
+                false
+            }
+        }
+    }
+
+    /// Reads the next chunk of the current table. The caller retries on a retryable
+    /// error and calls [`Self::fail`] on a definite one.
+    pub async fn next_chunk(&mut self) -> Result<Chunk, ResnapshotError> {
+        let job = self.job.as_ref().expect("next_chunk without a request");
+        let table = job.tables[job.current].clone();
+        let after = job.last_key.clone();
+        let src_err = |source| ResnapshotError::Source {
+            table: table.clone(),
+            source: Box::new(source),
+        };
+        let mut session = SnapshotSession::open(&self.source).await.map_err(src_err)?;
+        let chunk = self.read(&mut session, &table, after.as_deref()).await;
+        session.close().await;
+        if chunk.is_err() {
+            // A broken destination connection is not reused.
+            self.dest = None;
+        }
+        chunk
+    }
+
+    async fn read(
+        &mut self,
+        session: &mut SnapshotSession,
+        table: &TableName,
+        after: Option<&[Value]>,
+    ) -> Result<Chunk, ResnapshotError> {
+        let src_err = |source| ResnapshotError::Source {
+            table: table.clone(),
+            source: Box::new(source),
+        };
+        let dst_err = |detail: String| ResnapshotError::Destination {
+            table: table.clone(),
+            detail,
+        };
+        let t: SnapshotTable = session.describe(table).await.map_err(src_err)?;
+        if t.schema.columns.is_empty() {
+            return Err(ResnapshotError::Missing {
+                table: table.clone(),
+            });
+        }
+        if t.schema.keyless {
+            return Err(ResnapshotError::Keyless {
+                table: table.clone(),
+            });
+        }
+        let n = self.chunk_rows;
+        let key_of = |row: &Vec<Value>| -> Vec<Value> {
+            t.schema
+                .primary_key
+                .iter()
+                .map(|&i| row[i].clone())
+                .collect()
+        };
+        let mut rows = session
+            .read_range(&t, after, None, n)
+            .await
+            .map_err(src_err)?;
+        let mut upto = (rows.len() as u64 >= n)
+            .then(|| rows.last().map(key_of))
+            .flatten();
+        let dest = match &mut self.dest {
+            Some(c) => c,
+            slot => {
+                let opts = Opts::from_url(&self.sink_url).map_err(|e| dst_err(e.to_string()))?;
+                let conn = Conn::new(opts)
+                    .await
+                    .map_err(|e| dst_err(format!("cannot connect: {e}")))?;
+                slot.insert(conn)
+            }
+        };
+        let dest_keys = t
+            .read_keys(dest, after, upto.as_deref(), n)
+            .await
+            .map_err(dst_err)?;
+        if dest_keys.len() as u64 >= n {
+            // The destination has more keys in the range than a chunk holds: the
+            // chunk ends at its last one, so memory stays bounded by the chunk size.
+            upto = dest_keys.last().cloned();
+            rows = session
+                .read_range(&t, after, upto.as_deref(), n)
+                .await
+                .map_err(src_err)?;
+        }
+        let shape_err = |detail| ResnapshotError::Shape {
+            table: table.clone(),
+            detail,
+        };
+        let rows = rows
+            .into_iter()
+            .map(|r| t.binlog_shaped(r))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(shape_err)?;
+        let copied: HashSet<Vec<u8>> = rows
+            .iter()
+            .map(|r| rowlog_api::key_bytes(table, key_of(r).iter()))
+            .collect();
+        let meta = SourceMeta {
+            id: ChangeId {
+                epoch: 0,
+                event: session.position.position.clone(),
+                index: 0,
+            },
+            txn_start: session.position.position.clone(),
+            gtid: None,
+            commit_time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        };
+        let mut changes = Vec::with_capacity(rows.len());
+        for key in dest_keys {
+            if copied.contains(&rowlog_api::key_bytes(table, key.iter())) {
+                continue;
+            }
+            // Bytes differ but the server may still call the keys equal (a case- or
+            // accent-insensitive collation): then the upsert covers it.
+            if session.has_key(&t, &key).await.map_err(src_err)? {
+                continue;
+            }
+            let mut before = vec![Value::Null; t.schema.columns.len()];
+            for (&i, v) in t.schema.primary_key.iter().zip(key) {
+                before[i] = v;
+            }
+            changes.push(ChangeEvent {
+                table: t.schema.clone(),
+                op: Op::Delete,
+                before: Some(before),
+                after: None,
+                source: meta.clone(),
+            });
+        }
+        let copied_rows = rows.len() as u64;
+        for row in rows {
+            changes.push(ChangeEvent {
+                table: t.schema.clone(),
+                op: Op::Insert,
+                before: None,
+                after: Some(row),
+                source: meta.clone(),
+            });
+        }
+        Ok(Chunk {
+            floor: session.position.position.clone(),
+            changes,
+            table: table.clone(),
+            upto,
+            rows: copied_rows,
+        })
+    }
+
+    /// The chunk is durably in the log: save how far the copy got.
+    pub fn chunk_durable(&mut self, chunk: &Chunk) -> Result<(), ResnapshotError> {
+        let Some(job) = self.job.as_mut() else {
+            return Ok(());
+        };
+        self.backoff.reset();
+        let i = job.current;
+        job.rows[i] += chunk.rows;
+        self.metrics.snapshot_chunk(&chunk.table, chunk.rows);
+        match &chunk.upto {
+            Some(k) => job.last_key = Some(k.clone()),
+            None => {
+                info!(table = %chunk.table, rows = job.rows[i], "re-snapshot of the table done");
+                job.current += 1;
+                job.last_key = None;
+            }
+        }
+        if job.current >= job.tables.len() {
+            let path = request_path(&self.dir);
+            std::fs::remove_file(&path).map_err(|e| ResnapshotError::File {
+                path: path.clone(),
+                source: LogError::Io {
+                    action: "remove",
+                    path,
+                    source: e,
+                },
+            })?;
+            info!("re-snapshot done");
+            self.job = None;
+            self.dest = None;
+            return Ok(());
+        }
+        job.save(&self.dir)
+    }
+
+    /// A definite failure: written into the request for the command to report; the
+    /// stream goes on.
+    pub fn fail(&mut self, e: &ResnapshotError) {
+        let text = crate::report::error_chain(e);
+        warn!(error = %text, "re-snapshot stopped");
+        if let Some(mut job) = self.job.take() {
+            job.error = Some(text);
+            if let Err(e) = job.save(&self.dir) {
+                warn!(error = %crate::report::error_chain(&e), "cannot record the re-snapshot's failure");
+            }
+        }
+        self.dest = None;
+    }
+}
