@@ -126,6 +126,17 @@ fn rowlog_snapshot(config: &std::path::Path, tables: &str) -> std::process::Outp
         .unwrap()
 }
 
+/// The command's output, once it is known to have exited 0.
+fn succeeded(out: &std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 async fn wait_for_log(daemon: &Daemon, what: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while !daemon.log().contains(what) {
@@ -237,12 +248,7 @@ async fn rowlog_snapshot_copies_chosen_tables_again_and_the_stream_goes_on() {
         .await
         .unwrap();
     let out = rowlog_snapshot(&config, "app.events,app.tags");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = succeeded(&out);
     assert!(
         text.contains("app.events: 300000 of ~") && text.contains("done"),
         "{text}"
@@ -285,12 +291,7 @@ async fn rowlog_snapshot_while_rowlog_runs_repairs_chosen_tables_and_the_stream_
         tokio::task::spawn_blocking(move || rowlog_snapshot(&config, tables))
     };
     let out = run("app.events,app.accounts").await.unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = succeeded(&out);
     assert!(
         text.contains("rowlog is running") && text.contains("2 table(s) copied"),
         "{text}"
