@@ -483,12 +483,11 @@ impl EmbeddedLog {
         entries: &[LogEntry],
     ) -> Result<(Arc<Partition>, u64), LogError> {
         let partition = self.partition(p)?;
-        let mut records = Vec::with_capacity(entries.len());
         // Consecutive changes usually share one schema allocation: compare pointers
         // before hashing a whole schema (both Arcs are alive for the whole batch).
         let mut last: Option<(&Arc<rowlog_api::TableSchema>, u32)> = None;
-        for e in entries {
-            let mut payload = Vec::with_capacity(256);
+        let encode = |i: usize, out: &mut Vec<u8>| -> Result<u64, LogError> {
+            let e = &entries[i];
             let encoded = match e {
                 LogEntry::Change(c) => {
                     let schema_id = match last {
@@ -499,18 +498,19 @@ impl EmbeddedLog {
                             id
                         }
                     };
-                    record::encode(schema_id, c, &mut payload)
+                    record::encode(schema_id, c, out)
                 }
-                LogEntry::Schema(s) => record::encode_schema_change(s, &mut payload),
+                LogEntry::Schema(s) => record::encode_schema_change(s, out),
             };
             encoded.map_err(|detail| LogError::Decode {
                 partition: p,
                 offset: partition.end(),
                 detail,
             })?;
-            records.push((e.source().commit_time_ms, payload));
-        }
-        let end = partition.write(&records, entries.last().map(|e| e.source().id.clone()))?;
+            Ok(e.source().commit_time_ms)
+        };
+        let id_of = |i: usize| entries.get(i).map(|e| e.source().id.clone());
+        let end = partition.write(entries.len(), encode, &id_of)?;
         Ok((partition.clone(), end))
     }
 

@@ -33,15 +33,24 @@ pub enum Frame<'a> {
 }
 
 pub fn encode(offset: u64, time_ms: u64, payload: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + HEADER_LEN, 0);
+    out.extend_from_slice(payload);
+    seal(&mut out[start..], offset, time_ms);
+}
+
+/// Frames a payload in place: `frame` is [`HEADER_LEN`] bytes of room followed by the
+/// payload, as an encoder wrote it straight into the write buffer (no copy).
+pub fn seal(frame: &mut [u8], offset: u64, time_ms: u64) {
+    let (header, payload) = frame.split_at_mut(HEADER_LEN);
     let mut h = crc32fast::Hasher::new();
     h.update(&offset.to_le_bytes());
     h.update(&time_ms.to_le_bytes());
     h.update(payload);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&h.finalize().to_le_bytes());
-    out.extend_from_slice(&offset.to_le_bytes());
-    out.extend_from_slice(&time_ms.to_le_bytes());
-    out.extend_from_slice(payload);
+    header[0..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    header[4..8].copy_from_slice(&h.finalize().to_le_bytes());
+    header[8..16].copy_from_slice(&offset.to_le_bytes());
+    header[16..24].copy_from_slice(&time_ms.to_le_bytes());
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {

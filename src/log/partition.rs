@@ -415,12 +415,15 @@ impl Partition {
         self.dir.join(index_name(base))
     }
 
-    /// Writes encoded payloads `(time_ms, payload)` at the end of the partition, not yet
-    /// synced; returns the new written end. Blocking.
+    /// Writes `count` records at the end of the partition, not yet synced; returns the
+    /// new written end. Blocking. `encode(i, out)` appends record `i`'s payload to `out`
+    /// (the write buffer itself: payloads are framed where they are encoded, never
+    /// copied) and returns its time; `id_of(i)` is record `i`'s change id.
     pub fn write(
         &self,
-        records: &[(u64, Vec<u8>)],
-        last: Option<ChangeId>,
+        count: usize,
+        mut encode: impl FnMut(usize, &mut Vec<u8>) -> Result<u64, LogError>,
+        id_of: &dyn Fn(usize) -> Option<ChangeId>,
     ) -> Result<u64, LogError> {
         let Some(writer) = &self.writer else {
             return Err(LogError::Failed {
@@ -429,7 +432,7 @@ impl Partition {
             });
         };
         let mut w = lock(writer);
-        if records.is_empty() {
+        if count == 0 {
             return Ok(w.next);
         }
         if let Some(cause) = &w.failed {
@@ -439,32 +442,56 @@ impl Partition {
             });
         }
         let before = (w.active_base, w.active_size, w.next, w.index.clone());
-        let mut buf = Vec::with_capacity(records.iter().map(|(_, p)| p.len() + HEADER_LEN).sum());
+        // Written out whenever it passes this, so a big batch needs no big buffer.
+        const FLUSH_AT: usize = 1 << 20;
+        let mut buf = Vec::with_capacity(FLUSH_AT + (64 << 10));
         let mut index_buf = Vec::new();
         let result = (|| -> Result<(), LogError> {
-            for (time_ms, payload) in records {
+            for i in 0..count {
                 let at = w.active_size + buf.len() as u64;
                 if at >= self.segment_bytes && at > 0 {
                     Self::write_out(&mut w, &mut buf, &mut index_buf)?;
                     self.roll(&mut w)?;
+                } else if buf.len() >= FLUSH_AT {
+                    Self::write_out(&mut w, &mut buf, &mut index_buf)?;
                 }
                 let at = w.active_size + buf.len() as u64;
                 let offset = w.next;
+                let start = buf.len();
+                buf.resize(start + HEADER_LEN, 0);
+                let time_ms = match encode(i, &mut buf) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        buf.truncate(start);
+                        return Err(e);
+                    }
+                };
+                let len = buf.len() - start - HEADER_LEN;
+                if len > MAX_PAYLOAD {
+                    buf.truncate(start);
+                    return Err(LogError::Decode {
+                        partition: self.id,
+                        offset,
+                        detail: format!(
+                            "a record of {len} bytes is over the {MAX_PAYLOAD}-byte limit"
+                        ),
+                    });
+                }
+                frame::seal(&mut buf[start..], offset, time_ms);
                 if let Some(e) = w.index.before_record(offset, at) {
                     e.encode(&mut index_buf);
                 }
-                frame::encode(offset, *time_ms, payload, &mut buf);
-                w.index.after_record(*time_ms);
+                w.index.after_record(time_ms);
                 w.next += 1;
             }
             Self::write_out(&mut w, &mut buf, &mut index_buf)
         })();
         if let Err(e) = result {
-            self.roll_back(&mut w, before, records, &e);
+            self.roll_back(&mut w, before, id_of, &e);
             return Err(e);
         }
         self.update_active_info(&w);
-        *lock(&self.last_change) = last;
+        *lock(&self.last_change) = id_of(count - 1);
         Ok(w.next)
     }
 
@@ -479,7 +506,7 @@ impl Partition {
         &self,
         w: &mut Writer,
         before: (u64, u64, u64, SegmentIndex),
-        records: &[(u64, Vec<u8>)],
+        id_of: &dyn Fn(usize) -> Option<ChangeId>,
         e: &LogError,
     ) {
         let (start_base, start_size, start_next, start_index) = before;
@@ -507,11 +534,7 @@ impl Partition {
                 // Records kept in sealed segments are part of the log now.
                 let kept = (next - start_next) as usize;
                 if kept > 0 {
-                    if let Some(id) = records
-                        .get(kept - 1)
-                        .and_then(|(_, p)| record::decode_source(p).ok())
-                        .map(|m| m.id)
-                    {
+                    if let Some(id) = id_of(kept - 1) {
                         *lock(&self.last_change) = Some(id);
                     }
                 }
@@ -539,7 +562,7 @@ impl Partition {
         if self.end() >= target {
             return Ok(self.end());
         }
-        let (file, index_file, path, end) = {
+        let (file, path, end) = {
             let w = lock(writer);
             if let Some(cause) = &w.failed {
                 return Err(LogError::Failed {
@@ -548,16 +571,13 @@ impl Partition {
                 });
             }
             let f = w.active.try_clone().map_err(io("dup", &w.active_path))?;
-            let i = w
-                .index_file
-                .try_clone()
-                .map_err(io("dup", &w.active_path))?;
-            (f, i, w.active_path.clone(), w.next)
+            (f, w.active_path.clone(), w.next)
         };
         // Rolled segments were synced when they were sealed: syncing the active file
-        // makes every record below `end` durable.
+        // makes every record below `end` durable. The active segment's index is not
+        // synced: recovery rebuilds it from the segment, so an fsync of it would only
+        // double the fsyncs of every append.
         file.sync_data().map_err(io("fsync", &path))?;
-        let _ = index_file.sync_data();
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.durable.send_if_modified(|d| {
             let changed = end > *d;
