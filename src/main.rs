@@ -221,6 +221,9 @@ enum BenchCommand {
         partitions: u32,
         #[arg(long, default_value_t = 4)]
         workers: u32,
+        /// Also catch up a backlog of this many row changes and report peak RSS (0: skip).
+        #[arg(long, default_value_t = 0)]
+        backlog_rows: u64,
     },
     /// Embedded log append and read speed against raw sequential write bandwidth.
     Log {
@@ -379,6 +382,7 @@ fn main() -> ExitCode {
                     lag_secs,
                     partitions,
                     workers,
+                    backlog_rows,
                 },
         } => {
             let opts = rowlog::tools::bench_replication::BenchOptions {
@@ -387,6 +391,7 @@ fn main() -> ExitCode {
                 lag_secs,
                 partitions,
                 workers,
+                backlog_rows,
             };
             match runtime().and_then(|rt| {
                 rt.block_on(rowlog::tools::bench_replication::run(opts))

@@ -137,6 +137,21 @@ fn succeeded(out: &std::process::Output) -> String {
     text
 }
 
+/// Private servers whose destination got its tables through an initial snapshot, and
+/// the daemon that made it, now streaming.
+async fn snapshotted(
+    accounts: u64,
+    snapshot: &str,
+    log: &str,
+) -> (Pair, std::path::PathBuf, Daemon) {
+    let pair = Pair::start().await;
+    fill(&pair, accounts).await;
+    let config = snapshot_config(&pair, snapshot);
+    let daemon = Daemon::spawn(&config, pair.dir.path().join(log));
+    wait_for_log(&daemon, "snapshot done", Duration::from_secs(120)).await;
+    (pair, config, daemon)
+}
+
 async fn wait_for_log(daemon: &Daemon, what: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while !daemon.log().contains(what) {
@@ -222,11 +237,7 @@ async fn a_snapshot_killed_mid_copy_resumes_after_its_last_chunk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rowlog_snapshot_copies_chosen_tables_again_and_the_stream_goes_on() {
-    let pair = Pair::start().await;
-    fill(&pair, 20_000).await;
-    let config = snapshot_config(&pair, "");
-    let daemon = Daemon::spawn(&config, pair.dir.path().join("first.log"));
-    wait_for_log(&daemon, "snapshot done", Duration::from_secs(120)).await;
+    let (pair, config, daemon) = snapshotted(20_000, "", "first.log").await;
     pair.src
         .exec(&["UPDATE app.events SET payload = 'streamed' WHERE seq < 10"])
         .await
@@ -265,11 +276,7 @@ async fn rowlog_snapshot_copies_chosen_tables_again_and_the_stream_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rowlog_snapshot_while_rowlog_runs_repairs_chosen_tables_and_the_stream_never_stops() {
-    let pair = Pair::start().await;
-    fill(&pair, 20_000).await;
-    let config = snapshot_config(&pair, "chunk_rows = 3000\n");
-    let daemon = Daemon::spawn(&config, pair.dir.path().join("rowlog.log"));
-    wait_for_log(&daemon, "snapshot done", Duration::from_secs(120)).await;
+    let (pair, config, daemon) = snapshotted(20_000, "chunk_rows = 3000\n", "rowlog.log").await;
     converge_and_verify(&pair, &config).await;
 
     // The destination is damaged behind rowlog's back: rows missing, rows changed,
@@ -313,6 +320,59 @@ async fn rowlog_snapshot_while_rowlog_runs_repairs_chosen_tables_and_the_stream_
     converge_and_verify(&pair, &config).await;
     let log = daemon.log();
     assert!(log.contains("re-snapshot done"), "{log}");
+    daemon.terminate_cleanly();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_while_streaming_killed_midway_goes_on_after_its_last_chunk_on_restart() {
+    let (pair, config, daemon) = snapshotted(20_000, "chunk_rows = 2000\n", "first.log").await;
+    pair.dst
+        .exec(&[
+            "DELETE FROM app.events WHERE stream BETWEEN 10 AND 60",
+            "INSERT INTO app.events VALUES (1000, 1, 'extra', NULL)",
+        ])
+        .await
+        .unwrap();
+    let command = std::process::Command::new(env!("CARGO_BIN_EXE_rowlog"))
+        .args(["snapshot", "-c"])
+        .arg(&config)
+        .args(["--tables", "app.events"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Killed once some chunks of the table are in the log.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let req = rowlog::resnapshot::Request::load(&pair.log_dir()).unwrap();
+        if req.is_some_and(|r| r.rows.first().is_some_and(|&n| n >= 10_000)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the copy never got going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.kill();
+    let out = tokio::task::spawn_blocking(move || command.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("rowlog stopped before the copy finished"),
+        "{err}"
+    );
+
+    let daemon = Daemon::spawn(&config, pair.dir.path().join("second.log"));
+    wait_for_log(&daemon, "re-snapshot done", Duration::from_secs(120)).await;
+    let log = daemon.log();
+    assert!(
+        log.contains("re-snapshot requested") && log.contains("resume_after=Some"),
+        "the second run goes on after the last chunk, not from zero:\n{log}"
+    );
+    assert!(!pair
+        .log_dir()
+        .join(rowlog::resnapshot::REQUEST_FILE)
+        .exists());
+    converge_and_verify(&pair, &config).await;
     daemon.terminate_cleanly();
 }
 

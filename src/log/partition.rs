@@ -184,6 +184,9 @@ struct Writer {
     active_size: u64,
     next: u64,
     failed: Option<String>,
+    /// The write buffer, kept between appends: a fresh megabyte per append would be
+    /// fresh pages, faulted in and zeroed by the kernel each time.
+    buf: Vec<u8>,
 }
 
 /// Read-only openers follow a writer in another process by rescanning the tail.
@@ -328,6 +331,7 @@ impl Partition {
                     active_size: scan.valid_len,
                     next,
                     failed: None,
+                    buf: Vec::new(),
                 };
                 (Some(Mutex::new(w)), None)
             }
@@ -444,7 +448,8 @@ impl Partition {
         let before = (w.active_base, w.active_size, w.next, w.index.clone());
         // Written out whenever it passes this, so a big batch needs no big buffer.
         const FLUSH_AT: usize = 1 << 20;
-        let mut buf = Vec::with_capacity(FLUSH_AT + (64 << 10));
+        let mut buf = std::mem::take(&mut w.buf);
+        buf.clear();
         let mut index_buf = Vec::new();
         let result = (|| -> Result<(), LogError> {
             for i in 0..count {
@@ -486,6 +491,11 @@ impl Partition {
             }
             Self::write_out(&mut w, &mut buf, &mut index_buf)
         })();
+        // A record far over the flush size would otherwise pin its memory.
+        if buf.capacity() <= 4 * FLUSH_AT {
+            buf.clear();
+            w.buf = buf;
+        }
         if let Err(e) = result {
             self.roll_back(&mut w, before, id_of, &e);
             return Err(e);
