@@ -234,6 +234,7 @@ impl Resnapshot {
             Ok(Some(mut req)) if req.error.is_none() => {
                 req.rows.resize(req.tables.len(), 0);
                 info!(tables = ?req.tables.iter().map(|t| t.to_string()).collect::<Vec<_>>(), resume_after = ?req.last_key, "re-snapshot requested");
+                self.metrics.snapshot_tables(req.tables.len(), req.current);
                 self.job = Some(req);
                 true
             }
@@ -412,6 +413,7 @@ impl Resnapshot {
                 job.last_key = None;
             }
         }
+        self.metrics.snapshot_tables(job.tables.len(), job.current);
         if job.current >= job.tables.len() {
             let path = request_path(&self.dir);
             std::fs::remove_file(&path).map_err(|e| ResnapshotError::File {

@@ -97,6 +97,12 @@ async fn while_running(cfg: &Config, tables: &[String]) -> ToolResult<()> {
         .into());
     }
     let dir = &cfg.log.dir;
+    // A request the daemon gave up on stays for its command to report; when that
+    // command is gone, the next one reports it and takes its place.
+    if let Some(Request { error: Some(e), .. }) = Request::load(dir)? {
+        eprintln!("an earlier re-snapshot failed: {e}; this request replaces it");
+        std::fs::remove_file(crate::resnapshot::request_path(dir))?;
+    }
     Request::submit(dir, chosen.clone())?;
     println!(
         "rowlog is running: it copies {} table(s) through the log while it streams ({})",
