@@ -268,7 +268,7 @@ async fn place_chunk(
             overtaken: false,
         });
     }
-    let Some(p) = pending.take_if(|p| at.position >= p.chunk.floor) else {
+    let Some(mut p) = pending.take_if(|p| at.position >= p.chunk.floor) else {
         return Ok(Placed::Wait);
     };
     if p.overtaken {
@@ -278,7 +278,8 @@ async fn place_chunk(
     let (durable, appended) = oneshot::channel();
     let item = Item::Injected {
         at: at.clone(),
-        changes: p.chunk.changes.clone(),
+        // The rows move into the log; the chunk keeps only where it ends.
+        changes: std::mem::take(&mut p.chunk.changes),
         durable,
     };
     if tx.send(item).await.is_err() {

@@ -11,6 +11,7 @@
 //! Connectors depend on this crate only; they never see the log or the pipeline.
 
 mod change;
+mod param;
 mod position;
 mod schema;
 mod schema_change;
@@ -18,6 +19,7 @@ mod traits;
 mod value;
 
 pub use change::{key_bytes, ChangeEvent, Op, SourceMeta};
+pub use param::hex_param;
 pub use position::{
     BinlogFileName, BinlogPosition, ChangeId, Gtid, GtidState, MariadbGtid, MariadbGtidPos,
     MysqlGtid, MysqlGtidRanges, MysqlGtidSet, ParsePositionError, ResumePoint,

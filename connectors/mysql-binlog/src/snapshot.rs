@@ -370,12 +370,8 @@ fn key_condition(t: &SnapshotTable, op: &str, key: &[Value]) -> (String, Vec<mys
         .iter()
         .zip(s.pk_columns())
         .map(|(v, c)| match (foreign_charset(c), v) {
-            (Some(_), Value::Bytes(b)) => mysql_async::Value::Bytes(
-                b.iter()
-                    .flat_map(|x| format!("{x:02X}").into_bytes())
-                    .collect(),
-            ),
-            _ => to_param(v),
+            (Some(_), Value::Bytes(b)) => rowlog_api::hex_param(b),
+            _ => v.to_param(),
         })
         .collect();
     (
@@ -534,46 +530,4 @@ fn from_row_value(v: mysql_async::Value, c: &Column) -> Result<Value, String> {
             micros,
         },
     })
-}
-
-/// A key value back as a query parameter (for the next chunk's lower bound).
-fn to_param(v: &Value) -> mysql_async::Value {
-    use mysql_async::Value as My;
-    match v {
-        Value::Null => My::NULL,
-        Value::Int(i) => My::Int(*i),
-        Value::UInt(u) => My::UInt(*u),
-        Value::Float(f) => My::Float(*f),
-        Value::Double(d) => My::Double(*d),
-        Value::Bytes(b) => My::Bytes(b.clone()),
-        Value::Decimal(s) | Value::Json(s) => My::Bytes(s.clone().into_bytes()),
-        Value::Date { year, month, day } => My::Date(*year, *month, *day, 0, 0, 0, 0),
-        Value::DateTime {
-            year,
-            month,
-            day,
-            hour,
-            minute,
-            second,
-            micros,
-        } => My::Date(*year, *month, *day, *hour, *minute, *second, *micros),
-        Value::Time {
-            negative,
-            hours,
-            minutes,
-            seconds,
-            micros,
-        } => My::Time(
-            *negative,
-            hours / 24,
-            (hours % 24) as u8,
-            *minutes,
-            *seconds,
-            *micros,
-        ),
-        Value::Timestamp { secs, .. } => My::UInt(*secs as u64),
-        Value::Year(y) => My::UInt(*y as u64),
-        Value::Bit(b) | Value::Set(b) => My::UInt(*b),
-        Value::Enum(i) => My::UInt(*i as u64),
-    }
 }

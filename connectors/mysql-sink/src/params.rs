@@ -1,6 +1,5 @@
-//! rowlog values as statement parameters. Temporal values are sent as fields, never as
-//! text, so the destination cannot reinterpret them; TIMESTAMPs are sent in UTC and
-//! every sink session runs with `time_zone = '+00:00'`.
+//! rowlog values as the sink's statement parameters (the conversion itself is
+//! [`rowlog_api::Value::to_param`]).
 
 use mysql_async::Value as My;
 use rowlog_api::Value;
@@ -8,104 +7,14 @@ use rowlog_api::Value;
 /// A value as its column's placeholder expects it (see [`crate::sql::send`]).
 pub(crate) fn column_param(v: &Value, send: crate::sql::Send) -> My {
     match (send, v) {
-        (crate::sql::Send::Hex, Value::Bytes(b)) => {
-            let mut hex = Vec::with_capacity(b.len() * 2);
-            for x in b {
-                hex.extend_from_slice(format!("{x:02X}").as_bytes());
-            }
-            My::Bytes(hex)
-        }
-        _ => to_param(v),
+        (crate::sql::Send::Hex, Value::Bytes(b)) => rowlog_api::hex_param(b),
+        _ => v.to_param(),
     }
-}
-
-pub(crate) fn to_param(v: &Value) -> My {
-    match v {
-        Value::Null => My::NULL,
-        Value::Int(i) => My::Int(*i),
-        Value::UInt(u) => My::UInt(*u),
-        Value::Float(f) => My::Float(*f),
-        Value::Double(d) => My::Double(*d),
-        Value::Decimal(s) => My::Bytes(s.as_bytes().to_vec()),
-        Value::Bytes(b) => My::Bytes(b.clone()),
-        Value::Json(s) => My::Bytes(s.as_bytes().to_vec()),
-        Value::Date { year, month, day } => My::Date(*year, *month, *day, 0, 0, 0, 0),
-        Value::DateTime {
-            year,
-            month,
-            day,
-            hour,
-            minute,
-            second,
-            micros,
-        } => My::Date(*year, *month, *day, *hour, *minute, *second, *micros),
-        Value::Timestamp { secs: 0, micros: 0 } => My::Date(0, 0, 0, 0, 0, 0, 0),
-        Value::Timestamp { secs, micros } => {
-            let (y, m, d, hh, mm, ss) = civil_from_unix(*secs as i64);
-            My::Date(y, m, d, hh, mm, ss, *micros)
-        }
-        Value::Time {
-            negative,
-            hours,
-            minutes,
-            seconds,
-            micros,
-        } => My::Time(
-            *negative,
-            hours / 24,
-            (hours % 24) as u8,
-            *minutes,
-            *seconds,
-            *micros,
-        ),
-        Value::Year(y) => My::UInt(*y as u64),
-        Value::Bit(b) => My::UInt(*b),
-        Value::Enum(i) => My::UInt(*i as u64),
-        Value::Set(s) => My::UInt(*s),
-    }
-}
-
-/// UTC calendar fields of a Unix time (Howard Hinnant's days-from-civil inverse).
-fn civil_from_unix(t: i64) -> (u16, u8, u8, u8, u8, u8) {
-    let days = t.div_euclid(86_400);
-    let secs = t.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    (
-        y as u16,
-        m as u8,
-        d as u8,
-        (secs / 3600) as u8,
-        (secs % 3600 / 60) as u8,
-        (secs % 60) as u8,
-    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn negative_zero_and_extreme_floats_are_bound_bit_for_bit() {
-        for d in [-0.0f64, f64::MIN_POSITIVE, f64::from_bits(1), f64::MAX] {
-            match to_param(&Value::Double(d)) {
-                My::Double(b) => assert_eq!(b.to_bits(), d.to_bits()),
-                other => panic!("{other:?}"),
-            }
-        }
-        match to_param(&Value::Float(-0.0)) {
-            My::Float(b) => assert!(b.is_sign_negative() && b == 0.0),
-            other => panic!("{other:?}"),
-        }
-    }
 
     #[test]
     fn bytes_for_hex_placeholders_go_as_hex_text() {
@@ -117,12 +26,5 @@ mod tests {
             column_param(&Value::Bytes(b"ok".to_vec()), crate::sql::Send::Plain),
             My::Bytes(b"ok".to_vec())
         );
-    }
-
-    #[test]
-    fn unix_times_map_to_utc_fields() {
-        assert_eq!(civil_from_unix(1), (1970, 1, 1, 0, 0, 1));
-        assert_eq!(civil_from_unix(2_147_483_647), (2038, 1, 19, 3, 14, 7));
-        assert_eq!(civil_from_unix(951_782_400), (2000, 2, 29, 0, 0, 0));
     }
 }

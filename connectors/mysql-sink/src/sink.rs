@@ -10,7 +10,7 @@ use rowlog_api::{
     TableSchema, Value, WorkerProgress,
 };
 
-use crate::params::{column_param, to_param};
+use crate::params::column_param;
 use crate::sql::{self, quote};
 use crate::{coalesce, SinkConfig, SinkError};
 
@@ -485,7 +485,7 @@ impl MySqlSink {
                 .chain(g.upserts.iter().map(|r| (r, true)));
             for (row, upsert) in items {
                 let key: Vec<mysql_async::Value> =
-                    t.primary_key.iter().map(|&i| to_param(&row[i])).collect();
+                    t.primary_key.iter().map(|&i| row[i].to_param()).collect();
                 let current: Option<mysql_async::Row> =
                     self.conn.exec_first(&select, key).await.map_err(|source| {
                         SinkError::Apply {
@@ -503,7 +503,7 @@ impl MySqlSink {
                     (Some(cur), true) => {
                         let same = row.iter().enumerate().all(|(i, v)| {
                             cur.as_ref(i).map(|c| c.as_sql(false))
-                                == Some(to_param(v).as_sql(false))
+                                == Some(v.to_param().as_sql(false))
                         });
                         if same {
                             "unchanged"
