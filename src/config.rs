@@ -42,6 +42,9 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub snapshot: SnapshotConfig,
+    /// The broker, with `log.backend = "kafka"`.
+    #[serde(default)]
+    pub kafka: Option<crate::log::KafkaSettings>,
 }
 
 fn default_dir() -> PathBuf {
@@ -118,6 +121,10 @@ impl RetentionConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
+    /// Where the log lives: `embedded` (on disk in `dir`) or `kafka` (the `[kafka]`
+    /// section's broker; `dir` then keeps only rowlog's local state).
+    #[serde(default)]
+    pub backend: LogBackend,
     /// Directory of the embedded log (created if missing).
     #[serde(default = "default_dir")]
     pub dir: PathBuf,
@@ -156,6 +163,7 @@ impl LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
+            backend: LogBackend::default(),
             dir: default_dir(),
             partitions: default_partitions(),
             segment_bytes: default_segment_bytes(),
@@ -166,6 +174,14 @@ impl Default for LogConfig {
             retention: RetentionConfig::default(),
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogBackend {
+    #[default]
+    Embedded,
+    Kafka,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -360,6 +376,23 @@ impl Config {
                 self.sink.url.split('@').next_back().unwrap_or(&self.sink.url)
             ));
         }
+        match (self.log.backend, &self.kafka) {
+            (LogBackend::Kafka, None) => {
+                return Err(
+                    "log.backend is \"kafka\" but there is no [kafka] section with brokers".into(),
+                )
+            }
+            (LogBackend::Kafka, Some(k)) => {
+                if let Some(problem) = k.problem() {
+                    return Err(problem);
+                }
+                let topic = k.topic_for(&self.name);
+                if let Some(why) = crate::log::kafka::topic_problem(&topic) {
+                    return Err(format!("kafka.topic: {topic:?} (from name): {why}"));
+                }
+            }
+            (LogBackend::Embedded, _) => {}
+        }
         if !(1..=4096).contains(&self.log.partitions) {
             return Err(format!(
                 "log.partitions: must be between 1 and 4096, got {}",
@@ -532,6 +565,22 @@ mod tests {
             (
                 format!("{MINIMAL}[http]\nlisten = \"localhost\"\n"),
                 "http.listen",
+            ),
+            (
+                format!("{MINIMAL}[log]\nbackend = \"kafka\"\n"),
+                "[kafka]",
+            ),
+            (
+                format!("{MINIMAL}[log]\nbackend = \"kafka\"\n[kafka]\nbrokers = \"k:9092\"\n[kafka.properties]\nacks = \"1\"\n"),
+                "kafka.properties.acks",
+            ),
+            (
+                format!("{MINIMAL}[log]\nbackend = \"kafka\"\n[kafka]\nbrokers = \"k:9092\"\ntopic = \"a b\"\n"),
+                "kafka.topic",
+            ),
+            (
+                format!("{MINIMAL}[log]\nbackend = \"kafka\"\n[kafka]\nbrokers = \"\"\n"),
+                "kafka.brokers",
             ),
         ];
         for (body, needle) in cases {

@@ -22,8 +22,9 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::config::LogBackend;
 use crate::http::{HttpError, OpsServer};
-use crate::log::{EmbeddedLog, LogError, PartitionedLog};
+use crate::log::{EmbeddedLog, KafkaLog, LogError, PartitionedLog};
 use crate::metrics::{ErrorStage, Metrics};
 use crate::pipeline::apply::{self, ApplyError};
 use crate::pipeline::ingest::{self, IngestError};
@@ -44,6 +45,8 @@ pub enum DaemonError {
     Ingest(#[from] IngestError),
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("a pipeline task panicked: {0}")]
     Panic(String),
     #[error(transparent)]
@@ -87,23 +90,48 @@ pub async fn run_with_stats(
 
 async fn run_with(
     cfg: Config,
+    external: Shutdown,
+    metrics: Arc<Metrics>,
+    stats: Arc<Stats>,
+) -> Result<Arc<Stats>, DaemonError> {
+    match cfg.log.backend {
+        LogBackend::Embedded => {
+            let (dir, p, seg, fsync) = (
+                cfg.log.dir.clone(),
+                cfg.log.partitions,
+                cfg.log.segment_bytes,
+                cfg.log.fsync_policy(),
+            );
+            let log =
+                tokio::task::spawn_blocking(move || EmbeddedLog::open_with(&dir, p, seg, fsync))
+                    .await
+                    .map_err(|e| DaemonError::Panic(e.to_string()))??;
+            info!(dir = %cfg.log.dir.display(), partitions = log.partitions(), "log opened");
+            run_on(log.clone(), Some(log), cfg, external, metrics, stats).await
+        }
+        LogBackend::Kafka => {
+            // The local state (snapshot progress, re-snapshot requests) stays in log.dir,
+            // which one daemon at a time owns.
+            let _lock = EmbeddedLog::lock(&cfg.log.dir)?;
+            let settings = cfg.kafka.clone().ok_or_else(|| {
+                DaemonError::Config("log.backend is \"kafka\" but [kafka] is missing".into())
+            })?;
+            let log = KafkaLog::open(&settings, &cfg.name, cfg.log.partitions).await?;
+            run_on(log, None, cfg, external, metrics, stats).await
+        }
+    }
+}
+
+/// The pipeline on an opened log. `embedded` is the same log when it is the embedded
+/// one: retention and fsync figures exist only there (Kafka retains and syncs by itself).
+async fn run_on<L: PartitionedLog + Clone>(
+    log: L,
+    embedded: Option<EmbeddedLog>,
+    cfg: Config,
     mut external: Shutdown,
     metrics: Arc<Metrics>,
     stats: Arc<Stats>,
 ) -> Result<Arc<Stats>, DaemonError> {
-    let log = {
-        let (dir, p, seg, fsync) = (
-            cfg.log.dir.clone(),
-            cfg.log.partitions,
-            cfg.log.segment_bytes,
-            cfg.log.fsync_policy(),
-        );
-        tokio::task::spawn_blocking(move || EmbeddedLog::open_with(&dir, p, seg, fsync))
-            .await
-            .map_err(|e| DaemonError::Panic(e.to_string()))??
-    };
-
-    info!(dir = %cfg.log.dir.display(), partitions = log.partitions(), "log opened");
     for p in 0..log.partitions() {
         metrics.set_log_end(p, log.end_offset(p));
     }
@@ -212,14 +240,12 @@ async fn run_with(
         tasks.spawn(async move { fut.await.map_err(DaemonError::from) });
     }
     let reporter = tokio::spawn(report(stats.clone(), shutdown.clone()));
-    let retention = tokio::spawn(retain(
-        log.clone(),
-        cfg.log.retention.clone(),
-        shutdown.clone(),
-    ));
+    let retention = embedded
+        .clone()
+        .map(|log| tokio::spawn(retain(log, cfg.log.retention.clone(), shutdown.clone())));
     let sampler = tokio::spawn(sample(
         metrics.clone(),
-        log.clone(),
+        embedded,
         cfg.log.dir.clone(),
         shutdown.clone(),
     ));
@@ -266,7 +292,9 @@ async fn run_with(
         }
     }
     reporter.abort();
-    retention.abort();
+    if let Some(retention) = retention {
+        retention.abort();
+    }
     let _ = sampler.await;
     stop_http(http).await;
     log_progress(&stats);
@@ -310,7 +338,7 @@ fn note_halt(metrics: &Metrics, e: &DaemonError) {
 /// pipeline does not depend on someone scraping.
 async fn sample(
     metrics: Arc<Metrics>,
-    log: EmbeddedLog,
+    log: Option<EmbeddedLog>,
     log_dir: std::path::PathBuf,
     mut shutdown: Shutdown,
 ) {
@@ -321,6 +349,7 @@ async fn sample(
             _ = shutdown.wait() => return,
             _ = tick.tick() => {
                 metrics.refresh();
+                let Some(log) = &log else { continue };
                 for p in 0..log.partitions() {
                     metrics.set_log_fsyncs(p, log.fsyncs(p));
                 }

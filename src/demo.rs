@@ -74,6 +74,7 @@ pub async fn run(changes: u64) -> anyhow::Result<()> {
         logging: LoggingConfig::default(),
         http: HttpConfig::disabled(),
         snapshot: Default::default(),
+        kafka: None,
     };
     let (trigger, stop) = shutdown::channel();
     let pipeline = tokio::spawn(crate::daemon::run(cfg, stop));

@@ -162,10 +162,10 @@ enum BinlogCommand {
 #[derive(clap::Args)]
 #[group(required = true, multiple = false)]
 struct LogLocation {
-    /// The log directory.
+    /// The embedded log's directory.
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// A config file whose log.dir to use.
+    /// A config file whose log to use (log.dir, or the Kafka topic with log.backend = "kafka").
     #[arg(long, short)]
     config: Option<PathBuf>,
 }
@@ -642,10 +642,13 @@ fn binlog_decode_options(
     Ok(FileDecodeOptions { filter, no_pk })
 }
 
-fn log_dir(at: &LogLocation) -> anyhow::Result<PathBuf> {
+/// The log a `rowlog log` command reads: an embedded log's directory, or a config
+/// (whose log may be on Kafka).
+fn log_dir(at: &LogLocation) -> anyhow::Result<rowlog::tools::LogLocation> {
+    use rowlog::tools::LogLocation as At;
     match (&at.dir, &at.config) {
-        (Some(d), _) => Ok(d.clone()),
-        (None, Some(c)) => Ok(Config::load(c)?.log.dir),
+        (Some(d), _) => Ok(At::Dir(d.clone())),
+        (None, Some(c)) => Ok(At::Config(Box::new(Config::load(c)?))),
         (None, None) => anyhow::bail!("give --dir or --config"),
     }
 }
@@ -671,7 +674,7 @@ async fn log_command(command: LogCommand) -> anyhow::Result<ExitCode> {
             log_cmd::tail(&log_dir(&at)?, partition, from, follow, limit).await?
         }
         LogCommand::Verify { at } => {
-            if !log_cmd::verify_cmd(&log_dir(&at)?)? {
+            if !log_cmd::verify_cmd(&log_dir(&at)?).await? {
                 return Ok(ExitCode::from(EXIT_FAILED));
             }
         }

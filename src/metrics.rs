@@ -49,15 +49,23 @@ pub enum RetryKind {
     Connect,
     /// Reading the progress rows failed.
     Progress,
+    /// Reading the log failed in a way it recovers from (a Kafka broker away).
+    LogRead,
 }
 
 impl RetryKind {
-    const ALL: [RetryKind; 3] = [RetryKind::Apply, RetryKind::Connect, RetryKind::Progress];
+    const ALL: [RetryKind; 4] = [
+        RetryKind::Apply,
+        RetryKind::Connect,
+        RetryKind::Progress,
+        RetryKind::LogRead,
+    ];
     fn as_str(self) -> &'static str {
         match self {
             RetryKind::Apply => "apply",
             RetryKind::Connect => "connect",
             RetryKind::Progress => "progress",
+            RetryKind::LogRead => "log_read",
         }
     }
 }

@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::config::{Config, SnapshotMode};
-use crate::log::{atomic_file, EmbeddedLog, LogError, PartitionedLog};
+use crate::log::{atomic_file, LogError, PartitionedLog};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -196,9 +196,9 @@ pub struct Outcome {
 /// Called by the daemon before streaming starts: runs (or resumes) the snapshot when
 /// `snapshot.mode` asks for one, and returns the floors the sink must respect (also
 /// those of an earlier, finished snapshot). `None` when shutdown came first.
-pub async fn before_streaming(
+pub async fn before_streaming<L: PartitionedLog>(
     cfg: &Config,
-    log: &EmbeddedLog,
+    log: &L,
     metrics: &Metrics,
     shutdown: &Shutdown,
 ) -> Result<Option<Floors>, SnapshotError> {
@@ -284,9 +284,9 @@ pub struct Progress<'a> {
 /// stored checkpoint and the floors filter what the copies hold. `None` when shutdown
 /// came first (progress is saved).
 #[allow(clippy::too_many_arguments)]
-pub async fn run(
+pub async fn run<L: PartitionedLog>(
     cfg: &Config,
-    log: &EmbeddedLog,
+    log: &L,
     mut state: SnapshotState,
     only: &TableFilter,
     set_checkpoint: bool,
@@ -358,16 +358,7 @@ pub async fn run(
                 p
             }
         };
-        let log = log.clone();
-        tokio::task::spawn_blocking(move || log.reset_source(start))
-            .await
-            .map_err(|e| {
-                SnapshotError::State(LogError::Io {
-                    action: "checkpoint (task)",
-                    path: dir.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })
-            })??;
+        log.store_checkpoint(start).await?;
     }
     state.done = true;
     state.save(&dir)?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::{Daemon, Pair};
 use mysql_async::prelude::Queryable;
+use rowlog::testkit::Tansu;
 
 /// Writes `txns` transactions of mixed inserts, updates and deletes; returns the row
 /// changes made.
@@ -45,9 +46,11 @@ async fn workload(url: String, first_id: u64, txns: u64) -> u64 {
     changes
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_mid_stream_it_converges_after_restart_with_no_row_lost() {
+async fn killed_mid_stream_it_converges_after_restart_with_no_row_lost_on(kafka: Option<&Tansu>) {
     let pair = Pair::start().await;
+    if let Some(k) = kafka {
+        pair.use_kafka(k.brokers());
+    }
     pair.create(&[
         "CREATE DATABASE app",
         "CREATE TABLE app.t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL, s VARCHAR(200) NOT NULL)",
@@ -201,4 +204,16 @@ async fn sigterm_during_start_up_exits_cleanly() {
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         daemon.terminate_cleanly();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_stream_it_converges_after_restart_with_no_row_lost() {
+    killed_mid_stream_it_converges_after_restart_with_no_row_lost_on(None).await
+}
+
+/// The same, with the log on Kafka: deliveries unconfirmed at the kill are sent again and dropped as duplicates by change id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_stream_it_converges_after_restart_with_no_row_lost_through_kafka() {
+    let broker = Tansu::start().expect("tansu broker starts");
+    killed_mid_stream_it_converges_after_restart_with_no_row_lost_on(Some(&broker)).await
 }

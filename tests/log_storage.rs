@@ -40,7 +40,7 @@ async fn any_offset_and_any_time_is_found_through_the_index() {
         (9_999_999, 20_000),
     ] {
         assert_eq!(
-            log.offset_for_time(0, time).unwrap(),
+            log.offset_for_time(0, time).await.unwrap(),
             expected,
             "first record at or after {time}"
         );

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::{InProcess, Pair};
 use mysql_async::prelude::Queryable;
+use rowlog::testkit::Tansu;
 
 const ITEMS: &str = "CREATE TABLE app.items (
     id INT PRIMARY KEY,
@@ -25,9 +26,13 @@ const ITEMS: &str = "CREATE TABLE app.items (
 const PAIRS: &str =
     "CREATE TABLE app.pairs (a INT NOT NULL, b VARCHAR(20) NOT NULL, v INT, PRIMARY KEY (a, b))";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inserts_updates_deletes_transactions_and_key_changes_arrive_value_for_value() {
+async fn inserts_updates_deletes_transactions_and_key_changes_arrive_value_for_value_on(
+    kafka: Option<&Tansu>,
+) {
     let pair = Pair::start().await;
+    if let Some(k) = kafka {
+        pair.use_kafka(k.brokers());
+    }
     pair.create(&["CREATE DATABASE app", ITEMS, PAIRS]).await;
     let rowlog = InProcess::start(pair.config(4, 8));
 
@@ -121,9 +126,11 @@ async fn inserts_updates_deletes_transactions_and_key_changes_arrive_value_for_v
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_pipeline_resumes_from_its_stored_positions() {
+async fn a_restarted_pipeline_resumes_from_its_stored_positions_on(kafka: Option<&Tansu>) {
     let pair = Pair::start().await;
+    if let Some(k) = kafka {
+        pair.use_kafka(k.brokers());
+    }
     pair.create(&[
         "CREATE DATABASE app",
         "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
@@ -200,4 +207,30 @@ async fn a_purged_stored_position_stops_naming_it_and_the_way_to_accept_the_gap(
             && err.contains(&format!("rowlog source reset --to {oldest}:4")),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_updates_deletes_transactions_and_key_changes_arrive_value_for_value() {
+    inserts_updates_deletes_transactions_and_key_changes_arrive_value_for_value_on(None).await
+}
+
+/// The same, with the log on Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_updates_deletes_transactions_and_key_changes_arrive_value_for_value_through_kafka()
+{
+    let broker = Tansu::start().expect("tansu broker starts");
+    inserts_updates_deletes_transactions_and_key_changes_arrive_value_for_value_on(Some(&broker))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_pipeline_resumes_from_its_stored_positions() {
+    a_restarted_pipeline_resumes_from_its_stored_positions_on(None).await
+}
+
+/// The same, with the log on Kafka: the checkpoint, last changes and group offsets come back from the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_pipeline_resumes_from_its_stored_positions_through_kafka() {
+    let broker = Tansu::start().expect("tansu broker starts");
+    a_restarted_pipeline_resumes_from_its_stored_positions_on(Some(&broker)).await
 }

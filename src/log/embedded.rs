@@ -107,7 +107,7 @@ fn partition_dir(dir: &Path, p: u32) -> PathBuf {
     dir.join("partitions").join(format!("{p:05}"))
 }
 
-fn new_log_id() -> u64 {
+pub(super) fn new_log_id() -> u64 {
     let mut h = RandomState::new().build_hasher();
     h.write_u128(
         std::time::SystemTime::now()
@@ -134,14 +134,11 @@ impl EmbeddedLog {
         lock.try_lock().is_err()
     }
 
-    /// Opens the log for writing, creating it when the directory holds none, and
-    /// recovers every partition's tail.
-    pub fn open_with(
-        dir: &Path,
-        partitions: u32,
-        segment_bytes: u64,
-        fsync: FsyncPolicy,
-    ) -> Result<Self, LogError> {
+    /// Takes `<dir>/lock` (creating `dir`): the one writer of what `dir` holds, until
+    /// the returned file is dropped. With the Kafka backend `dir` holds rowlog's local
+    /// state (snapshot progress, re-snapshot requests), and the same lock keeps a
+    /// second daemon of the same config out.
+    pub fn lock(dir: &Path) -> Result<File, LogError> {
         fs::create_dir_all(dir).map_err(io("create", dir))?;
         let lock_path = dir.join("lock");
         let lock = OpenOptions::new()
@@ -154,6 +151,18 @@ impl EmbeddedLog {
             dir: dir.to_path_buf(),
             detail: e.to_string(),
         })?;
+        Ok(lock)
+    }
+
+    /// Opens the log for writing, creating it when the directory holds none, and
+    /// recovers every partition's tail.
+    pub fn open_with(
+        dir: &Path,
+        partitions: u32,
+        segment_bytes: u64,
+        fsync: FsyncPolicy,
+    ) -> Result<Self, LogError> {
+        let lock = Self::lock(dir)?;
 
         let meta_path = dir.join("log.meta");
         let meta = match atomic_file::read(&meta_path)? {
@@ -332,15 +341,6 @@ impl EmbeddedLog {
         Ok(out)
     }
 
-    /// `rowlog source reset`: the source will read from `resume` (whose epoch the caller
-    /// advanced, so what it reads sorts after what the log holds and is appended again,
-    /// never dropped as a duplicate). Only with the log opened for writing, i.e. while
-    /// the daemon is stopped.
-    pub fn reset_source(&self, resume: ResumePoint) -> Result<(), LogError> {
-        let ends = self.inner.partitions.iter().map(|p| p.end()).collect();
-        self.write_checkpoint(&SourceCheckpoint { resume, ends })
-    }
-
     /// Replaces `source.checkpoint` atomically. Blocking.
     fn write_checkpoint(&self, cp: &SourceCheckpoint) -> Result<(), LogError> {
         let path = self.inner.dir.join("source.checkpoint");
@@ -381,11 +381,6 @@ impl EmbeddedLog {
             p.refresh()?;
         }
         Ok(())
-    }
-
-    /// The first offset of `partition` whose commit time is ≥ `time_ms`.
-    pub fn offset_for_time(&self, partition: u32, time_ms: u64) -> Result<u64, LogError> {
-        self.partition(partition)?.offset_for_time(time_ms)
     }
 
     pub fn fsyncs(&self, partition: u32) -> u64 {
@@ -612,6 +607,15 @@ impl PartitionedLog for EmbeddedLog {
 
     fn last_change(&self, partition: u32) -> Option<ChangeId> {
         self.partition(partition).ok().and_then(|p| p.last_change())
+    }
+
+    async fn start_offset(&self, partition: u32) -> Result<u64, LogError> {
+        Ok(self.partition(partition)?.start())
+    }
+
+    async fn offset_for_time(&self, partition: u32, time_ms: u64) -> Result<u64, LogError> {
+        // Reads at most one sparse index and a few KiB of one segment.
+        self.partition(partition)?.offset_for_time(time_ms)
     }
 
     async fn committed(&self, consumer: &str, partition: u32) -> Result<Option<u64>, LogError> {

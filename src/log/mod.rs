@@ -19,6 +19,7 @@ pub(crate) mod atomic_file;
 mod embedded;
 pub mod frame;
 mod index;
+pub mod kafka;
 mod partition;
 pub mod record;
 mod schemas;
@@ -35,6 +36,7 @@ use serde::{Deserialize, Serialize};
 pub use embedded::{
     EmbeddedLog, EmbeddedReader, FsyncPolicy, PartitionInfo, Retention, RetentionReport,
 };
+pub use kafka::{KafkaLog, KafkaReader, KafkaSettings};
 pub use schemas::SchemaStore;
 pub use verify::{verify, VerifyReport};
 
@@ -145,6 +147,22 @@ pub enum LogError {
         offset: u64,
         detail: String,
     },
+    #[error("Kafka {action} failed (topic {topic})")]
+    Kafka {
+        action: &'static str,
+        topic: String,
+        /// The broker or network recovers from it (a broker away, a leader moving).
+        retryable: bool,
+        // Boxed: librdkafka's error is large, and every log result carries its size.
+        #[source]
+        source: Box<rdkafka::error::KafkaError>,
+    },
+    #[error("Kafka topic {topic} has {existing} partitions but log.partitions is {configured}; a different count would break per-key order. Use the old value, or another kafka.topic")]
+    TopicPartitions {
+        topic: String,
+        configured: u32,
+        existing: u32,
+    },
     #[error("another rowlog process holds the log at {dir} ({detail})")]
     Locked { dir: PathBuf, detail: String },
 }
@@ -169,9 +187,16 @@ impl LogError {
 }
 
 impl Retry for LogError {
-    /// A full disk empties again; everything else needs an operator.
+    /// A full disk empties again and a broker comes back; everything else needs an operator.
     fn is_retryable(&self) -> bool {
         self.is_disk_full()
+            || matches!(
+                self,
+                LogError::Kafka {
+                    retryable: true,
+                    ..
+                }
+            )
     }
 }
 
@@ -206,6 +231,17 @@ pub trait PartitionedLog: Send + Sync + 'static {
 
     /// One past the last durable record of `partition`: what readers can reach.
     fn end_offset(&self, partition: u32) -> u64;
+
+    /// The first offset `partition` still holds (retention removes older records).
+    fn start_offset(&self, partition: u32) -> impl Future<Output = Result<u64, LogError>> + Send;
+
+    /// The first offset of `partition` whose source commit time is ≥ `time_ms`; the
+    /// end offset when there is none.
+    fn offset_for_time(
+        &self,
+        partition: u32,
+        time_ms: u64,
+    ) -> impl Future<Output = Result<u64, LogError>> + Send;
 
     /// The source identity of the last durable change in `partition`.
     fn last_change(&self, partition: u32) -> Option<ChangeId>;

@@ -194,16 +194,26 @@ where
             }
         })
         .collect();
-    let committed = log
-        .committed(&cfg.consumer, partition)
-        .await
-        .map_err(|source| ApplyError::Log { partition, source })?;
+    let Some(committed) = retry_log(partition, &metrics, &mut shutdown, || {
+        log.committed(&cfg.consumer, partition)
+    })
+    .await?
+    else {
+        return Ok(());
+    };
     let mut start = committed.unwrap_or(0);
     if skip.iter().all(Option::is_some) {
         let lowest = skip.iter().flatten().map(|o| o + 1).min().unwrap_or(0);
         start = start.max(lowest);
     }
     start = start.min(log.end_offset(partition));
+    let Some(mut reader) = retry_log(partition, &metrics, &mut shutdown, || {
+        log.reader(partition, start)
+    })
+    .await?
+    else {
+        return Ok(());
+    };
     info!(partition, start, workers = n, "applying partition");
     metrics.set_committed(partition, start);
     let _applying = metrics.applying();
@@ -241,10 +251,6 @@ where
         });
     }
 
-    let mut reader = log
-        .reader(partition, start)
-        .await
-        .map_err(|source| ApplyError::Log { partition, source })?;
     let mut next_dispatch = start;
     let mut committed_at = committed;
     let mut last_commit = Instant::now();
@@ -263,6 +269,12 @@ where
             batch = reader.next_batch(read_max) => {
                 let batch = match batch {
                     Ok(b) => b,
+                    Err(e) if e.is_retryable() => {
+                        // The reader keeps its place: the same call is made again.
+                        log_retry(partition, &metrics, &e);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
                     Err(source) => { failure = Some(ApplyError::Log { partition, source }); break 'run; }
                 };
                 for rec in batch {
@@ -552,6 +564,39 @@ fn watermark(workers: &[Worker], next_dispatch: u64) -> u64 {
         })
         .min()
         .unwrap_or(next_dispatch)
+}
+
+/// Calls the log until it answers, retrying what the log recovers from (a Kafka broker
+/// away) with backoff; `None` when shutdown came first.
+async fn retry_log<T, Fut>(
+    partition: u32,
+    metrics: &Metrics,
+    shutdown: &mut Shutdown,
+    mut call: impl FnMut() -> Fut,
+) -> Result<Option<T>, ApplyError>
+where
+    Fut: Future<Output = Result<T, LogError>>,
+{
+    let mut pause = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        match call().await {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if e.is_retryable() => {
+                log_retry(partition, metrics, &e);
+                tokio::select! {
+                    _ = shutdown.wait() => return Ok(None),
+                    _ = tokio::time::sleep(pause.next_delay()) => {}
+                }
+            }
+            Err(source) => return Err(ApplyError::Log { partition, source }),
+        }
+    }
+}
+
+fn log_retry(partition: u32, metrics: &Metrics, e: &LogError) {
+    metrics.retry(RetryKind::LogRead);
+    metrics.error(ErrorStage::Log, true);
+    warn!(partition, error = %error_chain(e), "reading the log failed; retrying");
 }
 
 async fn commit<L: PartitionedLog>(log: &L, consumer: &str, partition: u32, next: u64) {

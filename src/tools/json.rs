@@ -54,7 +54,8 @@ pub fn value(v: &Value) -> Json {
     }
 }
 
-fn row(c: &ChangeEvent, image: &Option<Vec<Value>>) -> Json {
+/// A row image as an object of column name → value.
+pub fn row(c: &ChangeEvent, image: &Option<Vec<Value>>) -> Json {
     match image {
         None => Json::Null,
         Some(values) => {

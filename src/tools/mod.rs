@@ -10,3 +10,71 @@ pub mod log_cmd;
 pub mod offsets;
 pub mod snapshot_cmd;
 pub mod verify_tables;
+
+use std::fs::File;
+use std::path::PathBuf;
+
+use crate::config::{Config, LogBackend};
+use crate::log::{EmbeddedLog, KafkaLog, LogError};
+
+/// The log a tool works on: the config's `log.backend`.
+pub enum ToolLog {
+    Embedded(EmbeddedLog),
+    /// With the lock on `log.dir` when the tool changes positions (see [`open_stopped`]).
+    Kafka(KafkaLog, Option<File>),
+}
+
+/// Where a `rowlog log …` command finds the log.
+pub enum LogLocation {
+    /// An embedded log's directory.
+    Dir(PathBuf),
+    Config(Box<Config>),
+}
+
+/// Opens the log to read it, beside a running daemon or not.
+pub async fn open_read_only(at: &LogLocation) -> Result<ToolLog, LogError> {
+    match at {
+        LogLocation::Dir(dir) => Ok(ToolLog::Embedded(EmbeddedLog::open_read_only(dir)?)),
+        LogLocation::Config(cfg) => match (&cfg.log.backend, &cfg.kafka) {
+            (LogBackend::Kafka, Some(k)) => Ok(ToolLog::Kafka(
+                KafkaLog::open_existing(k, &cfg.name, cfg.log.partitions).await?,
+                None,
+            )),
+            _ => Ok(ToolLog::Embedded(EmbeddedLog::open_read_only(
+                &cfg.log.dir,
+            )?)),
+        },
+    }
+}
+
+/// Opens the log to change positions: refused while `rowlog run` holds `log.dir`
+/// (two writers of the same positions would race).
+pub async fn open_stopped(
+    cfg: &Config,
+) -> Result<ToolLog, Box<dyn std::error::Error + Send + Sync>> {
+    let locked = |dir: &std::path::Path| {
+        format!(
+            "the log at {} is in use by a running rowlog: stop it first (this command changes positions the daemon holds)",
+            dir.display()
+        )
+    };
+    match (&cfg.log.backend, &cfg.kafka) {
+        (LogBackend::Kafka, Some(k)) => {
+            let lock = match EmbeddedLog::lock(&cfg.log.dir) {
+                Err(LogError::Locked { dir, .. }) => return Err(locked(&dir).into()),
+                other => other?,
+            };
+            let log = KafkaLog::open_existing(k, &cfg.name, cfg.log.partitions).await?;
+            Ok(ToolLog::Kafka(log, Some(lock)))
+        }
+        _ => match EmbeddedLog::open_with(
+            &cfg.log.dir,
+            cfg.log.partitions,
+            cfg.log.segment_bytes,
+            cfg.log.fsync_policy(),
+        ) {
+            Err(LogError::Locked { dir, .. }) => Err(locked(&dir).into()),
+            other => Ok(ToolLog::Embedded(other?)),
+        },
+    }
+}

@@ -12,25 +12,21 @@ use std::io::Write;
 use rowlog_api::{BinlogPosition, ChangeEvent, ChangeSink, GtidState, WorkerProgress};
 use rowlog_mysql_sink::MySqlSink;
 
+use super::{open_read_only, open_stopped, LogLocation, ToolLog};
 use crate::config::Config;
-use crate::log::{EmbeddedLog, LogEntry, LogError, PartitionReader, PartitionedLog};
+use crate::log::{LogEntry, PartitionReader, PartitionedLog};
 
 type ToolResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-pub(crate) fn open_stopped(cfg: &Config) -> ToolResult<EmbeddedLog> {
-    match EmbeddedLog::open_with(&cfg.log.dir, cfg.log.partitions, cfg.log.segment_bytes, cfg.log.fsync_policy()) {
-        Err(LogError::Locked { dir, .. }) => Err(format!(
-            "the log at {} is in use by a running rowlog: stop it first (this command changes positions the daemon holds)",
-            dir.display()
-        )
-        .into()),
-        other => Ok(other?),
+/// Per partition: log end, the log's committed offset, the destination's progress, lag.
+pub async fn show(cfg: &Config) -> ToolResult<()> {
+    match open_read_only(&LogLocation::Config(Box::new(cfg.clone()))).await? {
+        ToolLog::Embedded(log) => show_on(cfg, &log).await,
+        ToolLog::Kafka(log, _) => show_on(cfg, &log).await,
     }
 }
 
-/// Per partition: log end, the log's committed offset, the destination's progress, lag.
-pub async fn show(cfg: &Config) -> ToolResult<()> {
-    let log = EmbeddedLog::open_read_only(&cfg.log.dir)?;
+async fn show_on<L: PartitionedLog>(cfg: &Config, log: &L) -> ToolResult<()> {
     let consumer = cfg.apply().consumer;
     let mut sink = MySqlSink::connect(&cfg.sink, &cfg.name).await?;
     sink.ensure_progress_table().await?;
@@ -57,7 +53,7 @@ pub async fn show(cfg: &Config) -> ToolResult<()> {
         };
         let end = log.end_offset(p);
         let lag = end.saturating_sub(committed.unwrap_or(0));
-        let start = log.segments(p)?.first().copied().unwrap_or(0);
+        let start = log.start_offset(p).await?;
         let committed = committed
             .map(|c| c.to_string())
             .unwrap_or_else(|| "-".into());
@@ -86,7 +82,18 @@ pub enum Target {
 /// Moves partitions' positions to `target`: the log's committed offset and the
 /// destination's progress rows, so the next `rowlog run` applies from there.
 pub async fn set(cfg: &Config, partitions: Option<u32>, target: Target) -> ToolResult<()> {
-    let log = open_stopped(cfg)?;
+    match open_stopped(cfg).await? {
+        ToolLog::Embedded(log) => set_on(cfg, &log, partitions, target).await,
+        ToolLog::Kafka(log, _lock) => set_on(cfg, &log, partitions, target).await,
+    }
+}
+
+async fn set_on<L: PartitionedLog>(
+    cfg: &Config,
+    log: &L,
+    partitions: Option<u32>,
+    target: Target,
+) -> ToolResult<()> {
     let consumer = cfg.apply().consumer;
     let mut sink = MySqlSink::connect(&cfg.sink, &cfg.name).await?;
     sink.ensure_progress_table().await?;
@@ -103,11 +110,11 @@ pub async fn set(cfg: &Config, partitions: Option<u32>, target: Target) -> ToolR
         None => (0..log.partitions()).collect(),
     };
     for p in list {
-        let start = log.segments(p)?.first().copied().unwrap_or(0);
+        let start = log.start_offset(p).await?;
         let end = log.end_offset(p);
         let to = match target {
             Target::Offset(o) => o,
-            Target::TimeMs(t) => log.offset_for_time(p, t)?,
+            Target::TimeMs(t) => log.offset_for_time(p, t).await?,
             Target::Earliest => start,
             Target::End => end,
         };
@@ -146,25 +153,29 @@ pub struct Range {
 /// Re-applies a stretch of the log to the destination without moving any position; with
 /// `dry_run`, prints what it would change instead.
 pub async fn replay(cfg: &Config, range: Range, dry_run: bool) -> ToolResult<()> {
-    let log = open_stopped(cfg)?;
+    match open_stopped(cfg).await? {
+        ToolLog::Embedded(log) => replay_on(cfg, &log, range, dry_run).await,
+        ToolLog::Kafka(log, _lock) => replay_on(cfg, &log, range, dry_run).await,
+    }
+}
+
+async fn replay_on<L: PartitionedLog>(
+    cfg: &Config,
+    log: &L,
+    range: Range,
+    dry_run: bool,
+) -> ToolResult<()> {
     let mut sink = MySqlSink::connect(&cfg.sink, &cfg.name).await?;
     let list: Vec<u32> = match range.partition {
         Some(p) => vec![p],
         None => (0..log.partitions()).collect(),
     };
-    let resolve = |p: u32, t: &Target| -> ToolResult<u64> {
-        Ok(match *t {
-            Target::Offset(o) => o,
-            Target::TimeMs(ms) => log.offset_for_time(p, ms)?,
-            Target::Earliest => log.segments(p)?.first().copied().unwrap_or(0),
-            Target::End => log.end_offset(p),
-        })
-    };
+
     let (mut applied, mut planned) = (0u64, 0u64);
     for p in list {
-        let from = resolve(p, &range.from)?;
+        let from = resolve(log, p, &range.from).await?;
         let to = match &range.to {
-            Some(t) => resolve(p, t)?,
+            Some(t) => resolve(log, p, t).await?,
             None => log.end_offset(p),
         }
         .min(log.end_offset(p));
@@ -216,6 +227,16 @@ pub async fn replay(cfg: &Config, range: Range, dry_run: bool) -> ToolResult<()>
     Ok(())
 }
 
+/// The offset of `partition` a target names.
+async fn resolve<L: PartitionedLog>(log: &L, p: u32, t: &Target) -> ToolResult<u64> {
+    Ok(match *t {
+        Target::Offset(o) => o,
+        Target::TimeMs(ms) => log.offset_for_time(p, ms).await?,
+        Target::Earliest => log.start_offset(p).await?,
+        Target::End => log.end_offset(p),
+    })
+}
+
 /// Where `rowlog source reset` points the source.
 pub enum ResetTo {
     Position(BinlogPosition),
@@ -227,14 +248,20 @@ pub enum ResetTo {
 /// is taken for a duplicate). The place is checked on the source and completed there:
 /// a position gets its GTID state, a GTID state gets its position.
 pub async fn source_reset(cfg: &Config, to: ResetTo) -> ToolResult<()> {
-    let log = open_stopped(cfg)?;
+    match open_stopped(cfg).await? {
+        ToolLog::Embedded(log) => source_reset_on(cfg, &log, to).await,
+        ToolLog::Kafka(log, _lock) => source_reset_on(cfg, &log, to).await,
+    }
+}
+
+async fn source_reset_on<L: PartitionedLog>(cfg: &Config, log: &L, to: ResetTo) -> ToolResult<()> {
     let before = log.checkpoint().await?.map(|c| c.resume);
     let mut resume = match to {
         ResetTo::Position(p) => rowlog_mysql_binlog::locate_position(&cfg.source, p).await?,
         ResetTo::Gtid(g) => rowlog_mysql_binlog::locate_gtid(&cfg.source, g).await?,
     };
     resume.epoch = before.as_ref().map(|b| b.epoch + 1).unwrap_or(0);
-    log.reset_source(resume.clone())?;
+    log.store_checkpoint(resume.clone()).await?;
     println!(
         "source checkpoint: {} → {resume}; the next run reads from there (epoch {})",
         before

@@ -26,7 +26,14 @@ pub async fn snapshot_cmd(cfg: &Config, tables: &[String]) -> ToolResult<()> {
     if EmbeddedLog::in_use(&cfg.log.dir) {
         return while_running(cfg, tables).await;
     }
-    let log = super::offsets::open_stopped(cfg)?;
+    match super::open_stopped(cfg).await? {
+        super::ToolLog::Embedded(log) => offline(cfg, tables, &log).await,
+        super::ToolLog::Kafka(log, _lock) => offline(cfg, tables, &log).await,
+    }
+}
+
+/// The snapshot with the daemon stopped: this command copies the tables itself.
+async fn offline<L: PartitionedLog>(cfg: &Config, tables: &[String], log: &L) -> ToolResult<()> {
     let only = TableFilter::new(tables, &[])?;
     let checkpoint = log.checkpoint().await?;
     let mut state = SnapshotState::load(&cfg.log.dir)?.unwrap_or_default();
@@ -61,7 +68,7 @@ pub async fn snapshot_cmd(cfg: &Config, tables: &[String]) -> ToolResult<()> {
     };
     let outcome = snapshot::run(
         cfg,
-        &log,
+        log,
         state,
         &only,
         checkpoint.is_none(),

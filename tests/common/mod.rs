@@ -25,6 +25,8 @@ pub struct Pair {
     /// Where rowlog starts reading: after the last [`Pair::create`], else the earliest
     /// binlog position.
     start: std::sync::Mutex<String>,
+    /// Brokers of the Kafka log, when configs use `log.backend = "kafka"`.
+    kafka: std::sync::Mutex<Option<String>>,
 }
 
 impl Pair {
@@ -46,6 +48,7 @@ impl Pair {
             dst,
             dir: tempfile::tempdir().unwrap(),
             start: std::sync::Mutex::new("earliest".into()),
+            kafka: std::sync::Mutex::new(None),
         }
     }
 
@@ -71,6 +74,11 @@ impl Pair {
         *self.start.lock().unwrap() = format!("{file}:{pos}");
     }
 
+    /// Configs made from now on put the log on this Kafka broker.
+    pub fn use_kafka(&self, brokers: String) {
+        *self.kafka.lock().unwrap() = Some(brokers);
+    }
+
     pub fn log_dir(&self) -> PathBuf {
         self.dir.path().join("log")
     }
@@ -83,12 +91,21 @@ impl Pair {
     }
 
     pub fn config_toml(&self, workers: u32, partitions: u32) -> String {
+        let kafka = match &*self.kafka.lock().unwrap() {
+            Some(brokers) => format!("[kafka]\nbrokers = \"{brokers}\"\nreplication_factor = 1\n"),
+            None => String::new(),
+        };
+        let backend = if kafka.is_empty() {
+            "embedded"
+        } else {
+            "kafka"
+        };
         format!(
             "name = \"test\"\n\
              [source]\nurl = \"{}\"\nstart = \"{}\"\nserver_id = 4001\n\
-             [log]\ndir = \"{}\"\npartitions = {partitions}\n\
+             [log]\nbackend = \"{backend}\"\ndir = \"{}\"\npartitions = {partitions}\n\
              [sink]\nurl = \"{}\"\nworkers = {workers}\n\
-             [http]\nlisten = \"127.0.0.1:0\"\n",
+             [http]\nlisten = \"127.0.0.1:0\"\n{kafka}",
             self.src.url(),
             self.start.lock().unwrap(),
             self.log_dir().display(),
@@ -274,9 +291,7 @@ impl Drop for Daemon {
 pub mod records {
     use std::sync::Arc;
 
-    use rowlog::log::{
-        AppendBatch, EmbeddedLog, LogEntry, LogError, PartitionReader, PartitionedLog,
-    };
+    use rowlog::log::{AppendBatch, LogEntry, LogError, PartitionReader, PartitionedLog};
     use rowlog_api::{
         BinlogPosition, ChangeEvent, ChangeId, Column, ColumnType, Op, SourceMeta, TableName,
         TableSchema, Value,
@@ -347,8 +362,8 @@ pub mod records {
         change_at(t, i, 150, 1_700_000_000_000 + i)
     }
 
-    pub async fn append(
-        log: &EmbeddedLog,
+    pub async fn append<L: PartitionedLog>(
+        log: &L,
         partition: u32,
         changes: Vec<ChangeEvent>,
     ) -> Result<(), LogError> {
@@ -358,8 +373,8 @@ pub mod records {
     }
 
     /// Every durable record of `partition` from `from`, in order.
-    pub async fn read_from(
-        log: &EmbeddedLog,
+    pub async fn read_from<L: PartitionedLog>(
+        log: &L,
         partition: u32,
         from: u64,
     ) -> Result<Vec<(u64, ChangeEvent)>, LogError> {

@@ -1,0 +1,1231 @@
+//! The Kafka backend of the partitioned log (`log.backend = "kafka"`), on librdkafka.
+//!
+//! # Layout, for a pipeline whose topic is `T`
+//! * `T`: `log.partitions` partitions, one message per log record, in the partition
+//!   rowlog's partitioner chose (the same as the embedded log, so a key's changes stay
+//!   in one partition in source order). Message key: `{"db","table","key":[…]}`. Value: a
+//!   Debezium-shaped JSON envelope (`before`, `after`, `source`, `op`, `ts_ms`) that any
+//!   Kafka consumer can read, whose extra field `rowlog` holds the record exactly as the
+//!   embedded log stores it ([`super::record`], base64): that is what rowlog's own sink
+//!   decodes, so the two backends carry the same bytes and replay the same values. (Not
+//!   a message header: tansu, the broker the tests run against, looks headers up with a
+//!   table scan per record, which makes reading quadratic in the topic's size.) The
+//!   message timestamp is the source commit time, so Kafka's time index finds records
+//!   by it.
+//! * `T.schemas`: one partition; the message at offset N is table schema version N
+//!   (postcard). Records refer to their schema by that id (`source.rowlog_schema_id` in
+//!   the JSON), so an old record always decodes with the columns it was written with.
+//! * `T.checkpoint`: one partition; its last message holds the log's identity and the
+//!   source checkpoint.
+//!
+//! # Durability and order
+//! * The producer is idempotent with `acks=all` and no delivery timeout: librdkafka
+//!   retries until the broker confirms, without duplicates or reordering within a
+//!   partition. [`PartitionedLog::append`] returns only once every delivery report of
+//!   the batch confirmed, and only then may the source checkpoint move past it.
+//! * A schema is confirmed in `T.schemas` before any record that refers to it is sent.
+//! * Consumer offsets are the consumer group's (group id = the consumer's name),
+//!   committed only by [`PartitionedLog::commit`] (auto-commit is off). Readers never
+//!   jump: `auto.offset.reset = error`, so a record that retention removed is an
+//!   "offset out of range" error, not a silent skip.
+//! * Zero loss also needs the broker side: replication factor > 1 and
+//!   `min.insync.replicas` > 1 (README, "Running on Kafka").
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::prelude::{Engine, BASE64_STANDARD};
+use futures_util::FutureExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use rowlog_api::{ChangeEvent, ChangeId, Op, ResumePoint, SchemaChange, TableSchema};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{
+    record, AppendBatch, LogEntry, LogError, LogRecord, PartitionReader, PartitionedLog,
+    SourceCheckpoint,
+};
+
+/// The `[kafka]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`: comma-separated `host:port` list.
+    pub brokers: String,
+    /// The pipeline's topic; `rowlog.<name>` when unset. `<topic>.schemas` and
+    /// `<topic>.checkpoint` are created beside it.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Replication factor of topics rowlog creates. Zero loss needs ≥ 3 with the
+    /// broker's `min.insync.replicas` ≥ 2; a single test broker needs 1.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// How long metadata, admin and offset requests may take before they fail.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Extra librdkafka properties (TLS, SASL, …), passed as given. Properties that
+    /// rowlog's delivery guarantees rest on are refused (see [`RESERVED`]).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_replication_factor() -> i32 {
+    3
+}
+fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+
+/// librdkafka properties rowlog sets itself: changing them would lose, reorder or
+/// skip records.
+pub const RESERVED: &[&str] = &[
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "group.id",
+    "isolation.level",
+];
+
+impl KafkaSettings {
+    /// Why the settings cannot work, naming the key; `None` when they can.
+    pub fn problem(&self) -> Option<String> {
+        if self.brokers.trim().is_empty() {
+            return Some("kafka.brokers is empty; give host:port of at least one broker".into());
+        }
+        if self.replication_factor < 1 {
+            return Some(format!(
+                "kafka.replication_factor is {}; it must be at least 1",
+                self.replication_factor
+            ));
+        }
+        if let Some(t) = &self.topic {
+            if let Some(why) = topic_problem(t) {
+                return Some(format!("kafka.topic {t:?}: {why}"));
+            }
+        }
+        self.properties
+            .keys()
+            .find(|k| RESERVED.contains(&k.as_str()))
+            .map(|k| {
+                format!("kafka.properties.{k} is set by rowlog itself: its delivery guarantees depend on it")
+            })
+    }
+
+    /// The topic of pipeline `name`.
+    pub fn topic_for(&self, name: &str) -> String {
+        self.topic
+            .clone()
+            .unwrap_or_else(|| format!("rowlog.{name}"))
+    }
+}
+
+/// Kafka's rules for topic names (the `.schemas`/`.checkpoint` suffixes included).
+pub fn topic_problem(t: &str) -> Option<&'static str> {
+    if t.is_empty() || t.len() > 249 - ".checkpoint".len() {
+        return Some("a topic name has 1 to 238 characters here");
+    }
+    if !t
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Some("a topic name may hold only ASCII letters, digits, '.', '_' and '-'");
+    }
+    None
+}
+
+/// What the last message of `T.checkpoint` holds.
+#[derive(Serialize, Deserialize)]
+struct CheckpointMessage {
+    log_id: u64,
+    checkpoint: Option<SourceCheckpoint>,
+}
+
+/// The value's field holding the exact record (base64 of [`super::record`]'s bytes).
+const RECORD_FIELD: &str = "rowlog";
+
+#[derive(Default)]
+struct Schemas {
+    by_id: HashMap<u32, Arc<TableSchema>>,
+    ids: HashMap<Arc<TableSchema>, u32>,
+    /// `T.schemas` has been read up to here.
+    loaded_to: i64,
+}
+
+struct Inner {
+    settings: KafkaSettings,
+    topic: String,
+    schemas_topic: String,
+    checkpoint_topic: String,
+    client_id: String,
+    partitions: u32,
+    /// Set once while opening (read from, or first written to, `T.checkpoint`).
+    log_id: AtomicU64,
+    producer: FutureProducer,
+    /// Reads watermarks and metadata.
+    meta: BaseConsumer,
+    ends: Vec<AtomicU64>,
+    last: Mutex<Vec<Option<ChangeId>>>,
+    checkpoint: Mutex<Option<SourceCheckpoint>>,
+    schemas: Mutex<Schemas>,
+    /// One append at a time: a schema is sent, then the records that use it.
+    append: tokio::sync::Mutex<()>,
+    groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+}
+
+/// A handle to a Kafka-backed log; clones share it.
+#[derive(Clone)]
+pub struct KafkaLog {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Only in-memory caches sit behind these locks; a panic elsewhere leaves them usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether a Kafka error is one the broker or network recovers from.
+fn transient(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::OperationTimedOut
+                | C::RequestTimedOut
+                | C::NetworkException
+                | C::LeaderNotAvailable
+                | C::NotLeaderForPartition
+                | C::CoordinatorNotAvailable
+                | C::NotCoordinator
+                | C::CoordinatorLoadInProgress
+                | C::NotEnoughReplicas
+                | C::NotEnoughReplicasAfterAppend
+                | C::UnknownTopicOrPartition
+                | C::QueueFull
+        )
+    )
+}
+
+fn kafka(action: &'static str, topic: &str) -> impl FnOnce(KafkaError) -> LogError {
+    let topic = topic.to_string();
+    move |source| LogError::Kafka {
+        action,
+        topic,
+        retryable: transient(&source),
+        source: Box::new(source),
+    }
+}
+
+/// Runs blocking librdkafka calls off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| LogError::Failed {
+            partition: u32::MAX,
+            cause: format!("Kafka client task: {e}"),
+        })?
+}
+
+/// A message read by the blocking fetcher.
+struct Fetched {
+    partition: i32,
+    offset: i64,
+    /// The message timestamp: the source commit time.
+    time_ms: Option<i64>,
+    payload: Option<Vec<u8>>,
+    record: Result<Vec<u8>, String>,
+}
+
+/// The exact record a message value carries, or why there is none.
+fn record_of(m: &impl Message) -> Result<Vec<u8>, String> {
+    #[derive(Deserialize)]
+    struct Carrier {
+        rowlog: Option<String>,
+    }
+    let value = m.payload().ok_or("the message has no value")?;
+    // The other fields are skipped, not built.
+    let carrier: Carrier =
+        serde_json::from_slice(value).map_err(|e| format!("the value is not JSON: {e}"))?;
+    let text = carrier.rowlog.ok_or_else(|| {
+        format!("the value has no \"{RECORD_FIELD}\" field: it was not written by rowlog")
+    })?;
+    BASE64_STANDARD
+        .decode(text)
+        .map_err(|e| format!("the \"{RECORD_FIELD}\" field is not base64: {e}"))
+}
+
+impl KafkaLog {
+    /// Connects, creates the three topics when missing (or refuses a topic with another
+    /// partition count), and loads the log's state: each partition's end and last
+    /// change, the source checkpoint and every schema version.
+    pub async fn open(
+        settings: &KafkaSettings,
+        name: &str,
+        partitions: u32,
+    ) -> Result<KafkaLog, LogError> {
+        Self::open_with(settings, name, partitions, true).await
+    }
+
+    /// Opens the topics of an existing log without creating or writing anything (for
+    /// tools beside a running daemon).
+    pub async fn open_existing(
+        settings: &KafkaSettings,
+        name: &str,
+        partitions: u32,
+    ) -> Result<KafkaLog, LogError> {
+        Self::open_with(settings, name, partitions, false).await
+    }
+
+    async fn open_with(
+        settings: &KafkaSettings,
+        name: &str,
+        partitions: u32,
+        create: bool,
+    ) -> Result<KafkaLog, LogError> {
+        let topic = settings.topic_for(name);
+        let client_id = format!("rowlog-{name}");
+        let base = base_config(settings, &client_id);
+        let producer: FutureProducer = base
+            .clone()
+            // Deliver exactly once per send and in order, however long the broker is away.
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "0")
+            .set("linger.ms", "5")
+            .create()
+            .map_err(kafka("create producer", &topic))?;
+        let meta: BaseConsumer = reader_config(settings, &client_id)
+            .create()
+            .map_err(kafka("create consumer", &topic))?;
+        let timeout = Duration::from_millis(settings.request_timeout_ms);
+
+        let topics = [
+            (topic.clone(), partitions as i32),
+            (format!("{topic}.schemas"), 1),
+            (format!("{topic}.checkpoint"), 1),
+        ];
+        if create {
+            ensure_topics(&base, settings, &topics, timeout).await?;
+        }
+
+        let inner = Inner {
+            settings: settings.clone(),
+            schemas_topic: topics[1].0.clone(),
+            checkpoint_topic: topics[2].0.clone(),
+            topic,
+            client_id,
+            partitions,
+            log_id: AtomicU64::new(0),
+            producer,
+            meta,
+            ends: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            last: Mutex::new(vec![None; partitions as usize]),
+            checkpoint: Mutex::new(None),
+            schemas: Mutex::new(Schemas::default()),
+            append: tokio::sync::Mutex::new(()),
+            groups: Mutex::new(HashMap::new()),
+        };
+        let log = KafkaLog {
+            inner: Arc::new(inner),
+        };
+        log.check_partition_count(timeout).await?;
+        log.load_tails().await?;
+        let (log_id, checkpoint) = log.load_checkpoint(create).await?;
+        log.inner.log_id.store(log_id, Ordering::Release);
+        if let Some(cp) = &checkpoint {
+            for (p, &acked) in cp.ends.iter().enumerate() {
+                let found = log.end_offset(p as u32);
+                if found < acked {
+                    return Err(LogError::LostAcknowledged {
+                        partition: p as u32,
+                        expected: acked,
+                        found,
+                    });
+                }
+            }
+        }
+        *lock(&log.inner.checkpoint) = checkpoint;
+        log.refresh_schemas().await?;
+        info!(topic = %log.inner.topic, partitions, log_id, "Kafka log opened");
+        Ok(log)
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+
+    /// Reads the partitions' ends again: what a tool beside the daemon needs to follow
+    /// its appends.
+    pub async fn refresh(&self) -> Result<(), LogError> {
+        let this = self.clone();
+        blocking(move || {
+            for p in 0..this.inner.partitions {
+                let (_, high) = this.watermarks(&this.inner.topic, p as i32)?;
+                this.inner.ends[p as usize].fetch_max(high.max(0) as u64, Ordering::AcqRel);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.settings.request_timeout_ms)
+    }
+
+    async fn check_partition_count(&self, timeout: Duration) -> Result<(), LogError> {
+        let this = self.clone();
+        let existing = blocking(move || {
+            let md = this
+                .inner
+                .meta
+                .fetch_metadata(Some(&this.inner.topic), timeout)
+                .map_err(kafka("fetch metadata", &this.inner.topic))?;
+            Ok(md
+                .topics()
+                .iter()
+                .find(|t| t.name() == this.inner.topic)
+                .map(|t| t.partitions().len() as u32)
+                .unwrap_or(0))
+        })
+        .await?;
+        if existing != self.inner.partitions {
+            return Err(LogError::TopicPartitions {
+                topic: self.inner.topic.clone(),
+                configured: self.inner.partitions,
+                existing,
+            });
+        }
+        Ok(())
+    }
+
+    /// Each partition's end, and the source identity of its last record (what the
+    /// pipeline compares with after a crash to drop changes the log already holds).
+    async fn load_tails(&self) -> Result<(), LogError> {
+        let this = self.clone();
+        let tails = blocking(move || {
+            let mut ranges = Vec::new();
+            for p in 0..this.inner.partitions {
+                let (low, high) = this.watermarks(&this.inner.topic, p as i32)?;
+                this.inner.ends[p as usize].store(high as u64, Ordering::Release);
+                if high > low {
+                    ranges.push((p as i32, high - 1, high));
+                }
+            }
+            this.fetch(&this.inner.topic, &ranges)
+        })
+        .await?;
+        let mut last = lock(&self.inner.last);
+        for m in tails {
+            let bytes = m
+                .record
+                .map_err(|detail| self.undecodable(m.partition, m.offset, detail))?;
+            let source = record::decode_source(&bytes).map_err(|detail| LogError::Decode {
+                partition: m.partition as u32,
+                offset: m.offset as u64,
+                detail,
+            })?;
+            last[m.partition as usize] = Some(source.id);
+        }
+        Ok(())
+    }
+
+    fn undecodable(&self, partition: i32, offset: i64, detail: String) -> LogError {
+        LogError::Decode {
+            partition: partition as u32,
+            offset: offset as u64,
+            detail: format!("topic {}: {detail}", self.inner.topic),
+        }
+    }
+
+    /// The log's identity and the stored checkpoint; a new log gets its identity here
+    /// when `create` (a tool sees identity 0 until the daemon has run).
+    async fn load_checkpoint(
+        &self,
+        create: bool,
+    ) -> Result<(u64, Option<SourceCheckpoint>), LogError> {
+        let this = self.clone();
+        let topic = self.inner.checkpoint_topic.clone();
+        let last = blocking(move || {
+            let (low, high) = this.watermarks(&topic, 0)?;
+            if high > low {
+                Ok(this.fetch(&topic, &[(0, high - 1, high)])?.pop())
+            } else {
+                Ok(None)
+            }
+        })
+        .await?;
+        match last {
+            Some(m) => {
+                let bytes = m.payload.unwrap_or_default();
+                let msg: CheckpointMessage =
+                    postcard::from_bytes(&bytes).map_err(|e| LogError::Decode {
+                        partition: 0,
+                        offset: m.offset as u64,
+                        detail: format!("{}: {e}", self.inner.checkpoint_topic),
+                    })?;
+                Ok((msg.log_id, msg.checkpoint))
+            }
+            None if !create => Ok((0, None)),
+            None => {
+                let log_id = super::embedded::new_log_id();
+                self.write_checkpoint(&CheckpointMessage {
+                    log_id,
+                    checkpoint: None,
+                })
+                .await?;
+                Ok((log_id, None))
+            }
+        }
+    }
+
+    async fn write_checkpoint(&self, msg: &CheckpointMessage) -> Result<(), LogError> {
+        let topic = &self.inner.checkpoint_topic;
+        let bytes = postcard::to_allocvec(msg).map_err(|e| LogError::Failed {
+            partition: u32::MAX,
+            cause: format!("encoding the checkpoint: {e}"),
+        })?;
+        // A constant key: a compacted checkpoint topic keeps the newest.
+        let record = FutureRecord::to(topic)
+            .partition(0)
+            .key("checkpoint")
+            .payload(bytes.as_slice());
+        self.deliver(record).await.map(|_| ())
+    }
+
+    /// Sends one message and waits for its delivery report; its offset.
+    async fn deliver(&self, record: FutureRecord<'_, str, [u8]>) -> Result<i64, LogError> {
+        let topic = record.topic.to_string();
+        let f = self
+            .inner
+            .producer
+            .send_result(record)
+            .map_err(|(e, _)| kafka("produce", &topic)(e))?;
+        settle(f, &topic).await.map(|(_, offset)| offset)
+    }
+
+    /// Reads `T.schemas` from where it was read up to its end.
+    async fn refresh_schemas(&self) -> Result<(), LogError> {
+        let this = self.clone();
+        let topic = self.inner.schemas_topic.clone();
+        let from = lock(&self.inner.schemas).loaded_to;
+        let (high, found) = blocking(move || {
+            let (low, high) = this.watermarks(&topic, 0)?;
+            let from = from.max(low);
+            Ok((high, this.fetch(&topic, &[(0, from, high)])?))
+        })
+        .await?;
+        let mut s = lock(&self.inner.schemas);
+        for m in found {
+            let schema: TableSchema = postcard::from_bytes(m.payload.as_deref().unwrap_or(&[]))
+                .map_err(|e| LogError::Decode {
+                    partition: 0,
+                    offset: m.offset as u64,
+                    detail: format!("{}: {e}", self.inner.schemas_topic),
+                })?;
+            let schema = Arc::new(schema);
+            s.ids.entry(schema.clone()).or_insert(m.offset as u32);
+            s.by_id.insert(m.offset as u32, schema);
+        }
+        s.loaded_to = s.loaded_to.max(high);
+        Ok(())
+    }
+
+    /// The id of `schema`, storing it in `T.schemas` first if it is new.
+    async fn schema_id(&self, schema: &Arc<TableSchema>) -> Result<u32, LogError> {
+        if let Some(&id) = lock(&self.inner.schemas).ids.get(schema) {
+            return Ok(id);
+        }
+        let bytes = postcard::to_allocvec(schema.as_ref()).map_err(|e| LogError::Failed {
+            partition: u32::MAX,
+            cause: format!("encoding the schema of {}: {e}", schema.name),
+        })?;
+        let topic = &self.inner.schemas_topic;
+        let key = schema.name.to_string();
+        let offset = self
+            .deliver(
+                FutureRecord::to(topic)
+                    .partition(0)
+                    .key(key.as_str())
+                    .payload(bytes.as_slice()),
+            )
+            .await?;
+        let id = u32::try_from(offset).map_err(|_| LogError::Failed {
+            partition: u32::MAX,
+            cause: format!("{topic} holds more than 2^32 schema versions"),
+        })?;
+        let mut s = lock(&self.inner.schemas);
+        s.ids.insert(schema.clone(), id);
+        s.by_id.insert(id, schema.clone());
+        Ok(id)
+    }
+
+    fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64), LogError> {
+        self.inner
+            .meta
+            .fetch_watermarks(topic, partition, self.timeout())
+            .map_err(kafka("fetch watermarks", topic))
+    }
+
+    /// Reads offsets `[from, to)` of each `(partition, from, to)` of `topic`. Blocking.
+    fn fetch(&self, topic: &str, ranges: &[(i32, i64, i64)]) -> Result<Vec<Fetched>, LogError> {
+        let mut want: HashMap<i32, i64> = HashMap::new();
+        let mut tpl = TopicPartitionList::new();
+        for &(p, from, to) in ranges {
+            if from < to {
+                tpl.add_partition_offset(topic, p, Offset::Offset(from))
+                    .map_err(kafka("assign", topic))?;
+                want.insert(p, to - 1);
+            }
+        }
+        if want.is_empty() {
+            return Ok(Vec::new());
+        }
+        let consumer: BaseConsumer = reader_config(&self.inner.settings, &self.inner.client_id)
+            .create()
+            .map_err(kafka("create consumer", topic))?;
+        consumer.assign(&tpl).map_err(kafka("assign", topic))?;
+        let deadline = Instant::now() + self.timeout();
+        let mut out = Vec::new();
+        while !want.is_empty() {
+            if Instant::now() > deadline {
+                return Err(LogError::Kafka {
+                    action: "read",
+                    topic: topic.to_string(),
+                    retryable: true,
+                    source: Box::new(KafkaError::MessageConsumption(
+                        RDKafkaErrorCode::OperationTimedOut,
+                    )),
+                });
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Err(e)) if transient(&e) => {}
+                Some(Err(e)) => return Err(kafka("read", topic)(e)),
+                Some(Ok(m)) => {
+                    let last = want.get(&m.partition()).copied();
+                    if let Some(last) = last {
+                        if m.offset() <= last {
+                            out.push(Fetched {
+                                partition: m.partition(),
+                                offset: m.offset(),
+                                time_ms: m.timestamp().to_millis(),
+                                payload: m.payload().map(<[u8]>::to_vec),
+                                record: record_of(&m),
+                            });
+                        }
+                        if m.offset() >= last {
+                            want.remove(&m.partition());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The consumer of group `name`, which only reads and commits offsets.
+    fn group(&self, name: &str) -> Result<Arc<BaseConsumer>, LogError> {
+        let mut groups = lock(&self.inner.groups);
+        if let Some(c) = groups.get(name) {
+            return Ok(c.clone());
+        }
+        let c: BaseConsumer = reader_config(&self.inner.settings, &self.inner.client_id)
+            .set("group.id", name)
+            .create()
+            .map_err(kafka("create consumer", &self.inner.topic))?;
+        let c = Arc::new(c);
+        groups.insert(name.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Decodes a record of `partition`, reading new schema versions when it refers to
+    /// one this process has not seen (another process wrote it).
+    async fn decode(
+        &self,
+        partition: u32,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<LogRecord, LogError> {
+        let mut refreshed = false;
+        loop {
+            let mut missing = false;
+            let decoded = record::decode(bytes, |id| {
+                let s = lock(&self.inner.schemas).by_id.get(&id).cloned();
+                missing = s.is_none();
+                s
+            });
+            match decoded {
+                Ok(entry) => return Ok(LogRecord { offset, entry }),
+                Err(_) if missing && !refreshed => {
+                    self.refresh_schemas().await?;
+                    refreshed = true;
+                }
+                Err(detail) => {
+                    return Err(LogError::Decode {
+                        partition,
+                        offset,
+                        detail,
+                    })
+                }
+            }
+        }
+    }
+
+    /// The message of one entry: key, and the Debezium-shaped value carrying the exact
+    /// record in its `rowlog` field.
+    async fn encode(&self, entry: &LogEntry) -> Result<Encoded, LogError> {
+        let mut record = Vec::new();
+        let fail = |e: String| LogError::Failed {
+            partition: u32::MAX,
+            cause: format!("encoding a record: {e}"),
+        };
+        let (key, mut value, time_ms) = match entry {
+            LogEntry::Change(c) => {
+                let schema_id = self.schema_id(&c.table).await?;
+                record::encode(schema_id, c, &mut record).map_err(fail)?;
+                let key = json!({
+                    "db": c.table.name.db,
+                    "table": c.table.name.table,
+                    "key": c.key().map(crate::tools::json::value).collect::<Vec<_>>(),
+                });
+                (
+                    Some(key.to_string()),
+                    envelope(c, schema_id, &self.inner.topic),
+                    c.source.commit_time_ms,
+                )
+            }
+            LogEntry::Schema(s) => {
+                record::encode_schema_change(s, &mut record).map_err(fail)?;
+                (
+                    None,
+                    schema_envelope(s, &self.inner.topic),
+                    s.source.commit_time_ms,
+                )
+            }
+        };
+        if let serde_json::Value::Object(m) = &mut value {
+            m.insert(
+                RECORD_FIELD.into(),
+                serde_json::Value::String(BASE64_STANDARD.encode(&record)),
+            );
+        }
+        Ok(Encoded {
+            key,
+            value: value.to_string(),
+            time_ms,
+        })
+    }
+}
+
+struct Encoded {
+    key: Option<String>,
+    value: String,
+    time_ms: u64,
+}
+
+/// Waits for a delivery report: the partition and offset the broker gave the message.
+///
+/// With no delivery timeout, librdkafka reports a failure only when the idempotent
+/// producer cannot go on (say, the broker lost its sequence state). Messages of the
+/// batch may then be in the log or not, so the cached partition ends and last changes
+/// are no longer known: the error is definite, and the next start reads them again.
+async fn settle(f: DeliveryFuture, topic: &str) -> Result<(i32, i64), LogError> {
+    match f.await {
+        Ok(Ok(d)) => Ok((d.partition, d.offset)),
+        Ok(Err((source, _))) => Err(LogError::Kafka {
+            action: "deliver",
+            topic: topic.to_string(),
+            retryable: false,
+            source: Box::new(source),
+        }),
+        Err(_) => Err(LogError::Failed {
+            partition: u32::MAX,
+            cause: format!("the Kafka producer for {topic} went away before confirming delivery"),
+        }),
+    }
+}
+
+/// Settings every client shares: brokers, identity, the operator's extra properties.
+fn base_config(settings: &KafkaSettings, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &settings.brokers)
+        .set("client.id", client_id)
+        .set_log_level(RDKafkaLogLevel::Warning);
+    for (k, v) in &settings.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A consumer that only reads what it is assigned and never moves by itself.
+fn reader_config(settings: &KafkaSettings, client_id: &str) -> ClientConfig {
+    let mut c = base_config(settings, client_id);
+    // librdkafka wants a group even for assigned partitions; this one never joins
+    // (no subscribe) and never commits.
+    c.set("group.id", format!("{client_id}.reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "error");
+    c
+}
+
+async fn ensure_topics(
+    base: &ClientConfig,
+    settings: &KafkaSettings,
+    topics: &[(String, i32)],
+    timeout: Duration,
+) -> Result<(), LogError> {
+    let main = &topics[0].0;
+    let admin: AdminClient<DefaultClientContext> =
+        base.create().map_err(kafka("create admin client", main))?;
+    let rf = settings.replication_factor;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(rf)))
+        .collect();
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
+    let results = admin
+        .create_topics(&new, &opts)
+        .await
+        .map_err(kafka("create topics", main))?;
+    for r in results {
+        match r {
+            Ok(name) => info!(topic = %name, "created Kafka topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(kafka("create topic", &name)(KafkaError::AdminOp(code)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The Debezium-shaped envelope of a row change.
+fn envelope(c: &ChangeEvent, schema_id: u32, topic: &str) -> serde_json::Value {
+    let op = match (c.source.id.is_copy(), c.op) {
+        (true, _) => "r",
+        (_, Op::Insert) => "c",
+        (_, Op::Update) => "u",
+        (_, Op::Delete) => "d",
+    };
+    json!({
+        "before": crate::tools::json::row(c, &c.before),
+        "after": crate::tools::json::row(c, &c.after),
+        "source": source(&c.source, &c.table.name.db, Some(&c.table.name.table), topic, Some(schema_id)),
+        "op": op,
+        "ts_ms": now_ms(),
+    })
+}
+
+/// A schema change in the shape of Debezium's schema-change events: no `op`, so
+/// consumers of row changes pass over it.
+fn schema_envelope(s: &SchemaChange, topic: &str) -> serde_json::Value {
+    json!({
+        "source": source(&s.source, &s.db, None, topic, None),
+        "ts_ms": now_ms(),
+        "databaseName": s.db,
+        "ddl": s.statement,
+        "tableChanges": s.tables.iter().map(|t| json!({"id": t.to_string(), "type": s.kind.as_str()})).collect::<Vec<_>>(),
+    })
+}
+
+fn source(
+    m: &rowlog_api::SourceMeta,
+    db: &str,
+    table: Option<&str>,
+    topic: &str,
+    schema_id: Option<u32>,
+) -> serde_json::Value {
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "connector": "rowlog",
+        "name": topic,
+        "ts_ms": m.commit_time_ms,
+        "snapshot": if m.id.is_copy() { "true" } else { "false" },
+        "db": db,
+        "table": table,
+        "gtid": m.gtid.as_ref().map(|g| g.to_string()),
+        "file": m.id.event.file.to_string(),
+        "pos": m.id.event.pos,
+        "row": m.id.index,
+        "txn_start": m.txn_start.to_string(),
+        "rowlog_schema_id": schema_id,
+    })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl PartitionedLog for KafkaLog {
+    type Reader = KafkaReader;
+
+    fn partitions(&self) -> u32 {
+        self.inner.partitions
+    }
+
+    fn log_id(&self) -> u64 {
+        self.inner.log_id.load(Ordering::Acquire)
+    }
+
+    async fn append(&self, batch: AppendBatch) -> Result<(), LogError> {
+        let _one = self.inner.append.lock().await;
+        let topic = self.inner.topic.as_str();
+        let producer = &self.inner.producer;
+        let p_count = self.inner.partitions as usize;
+        let mut inflight: VecDeque<DeliveryFuture> = VecDeque::new();
+        let mut top: Vec<Option<i64>> = vec![None; p_count];
+        let mut last: Vec<Option<ChangeId>> = vec![None; p_count];
+        let mut counts = vec![0u64; p_count];
+        let note = |top: &mut Vec<Option<i64>>, (p, off): (i32, i64)| {
+            if let Some(t) = top.get_mut(p as usize) {
+                *t = Some(t.map_or(off, |t| t.max(off)));
+            }
+        };
+        for (p, entries) in batch.partitions.into_iter().enumerate() {
+            if p >= p_count {
+                return Err(LogError::NoSuchPartition {
+                    partition: p as u32,
+                    partitions: self.inner.partitions,
+                });
+            }
+            for entry in entries {
+                let m = self.encode(&entry).await?;
+                let mut rec: FutureRecord<'_, str, str> = FutureRecord::to(topic)
+                    .partition(p as i32)
+                    .payload(m.value.as_str())
+                    .timestamp(m.time_ms as i64);
+                if let Some(k) = &m.key {
+                    rec = rec.key(k.as_str());
+                }
+                loop {
+                    match producer.send_result(rec) {
+                        Ok(f) => {
+                            inflight.push_back(f);
+                            break;
+                        }
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                            // librdkafka's queue is full: wait for the oldest delivery.
+                            rec = back;
+                            match inflight.pop_front() {
+                                Some(f) => note(&mut top, settle(f, topic).await?),
+                                None => tokio::time::sleep(Duration::from_millis(10)).await,
+                            }
+                        }
+                        // Earlier messages of the batch may be on their way: as in
+                        // `settle`, the caches are no longer known, so it is definite.
+                        Err((source, _)) => {
+                            return Err(LogError::Kafka {
+                                action: "produce",
+                                topic: topic.to_string(),
+                                retryable: false,
+                                source: Box::new(source),
+                            })
+                        }
+                    }
+                }
+                counts[p] += 1;
+                last[p] = Some(entry.source().id.clone());
+            }
+        }
+        for f in inflight {
+            note(&mut top, settle(f, topic).await?);
+        }
+        let mut last_known = lock(&self.inner.last);
+        for p in 0..p_count {
+            let Some(t) = top[p] else { continue };
+            let before = self.inner.ends[p].swap(t as u64 + 1, Ordering::AcqRel);
+            if before + counts[p] != t as u64 + 1 {
+                warn!(topic, partition = p, expected_end = before + counts[p], end = t + 1, "partition offsets moved by more than this append: another producer writes the topic");
+            }
+            last_known[p] = last[p].take();
+        }
+        Ok(())
+    }
+
+    async fn reader(&self, partition: u32, from: u64) -> Result<KafkaReader, LogError> {
+        if partition >= self.inner.partitions {
+            return Err(LogError::NoSuchPartition {
+                partition,
+                partitions: self.inner.partitions,
+            });
+        }
+        let this = self.clone();
+        let (low, high) =
+            blocking(move || this.watermarks(&this.inner.topic, partition as i32)).await?;
+        let (start, end) = (low.max(0) as u64, high.max(0) as u64);
+        if from < start || from > end {
+            return Err(LogError::OffsetOutOfRange {
+                partition,
+                requested: from,
+                start,
+                end,
+            });
+        }
+        let consumer: StreamConsumer = reader_config(&self.inner.settings, &self.inner.client_id)
+            .create()
+            .map_err(kafka("create consumer", &self.inner.topic))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(
+            &self.inner.topic,
+            partition as i32,
+            Offset::Offset(from as i64),
+        )
+        .map_err(kafka("assign", &self.inner.topic))?;
+        consumer
+            .assign(&tpl)
+            .map_err(kafka("assign", &self.inner.topic))?;
+        Ok(KafkaReader {
+            log: self.clone(),
+            partition,
+            consumer,
+            raw: VecDeque::new(),
+            next: from,
+            warned: None,
+        })
+    }
+
+    fn end_offset(&self, partition: u32) -> u64 {
+        self.inner
+            .ends
+            .get(partition as usize)
+            .map(|e| e.load(Ordering::Acquire))
+            .unwrap_or(0)
+    }
+
+    async fn start_offset(&self, partition: u32) -> Result<u64, LogError> {
+        let this = self.clone();
+        let (low, _) =
+            blocking(move || this.watermarks(&this.inner.topic, partition as i32)).await?;
+        Ok(low.max(0) as u64)
+    }
+
+    async fn offset_for_time(&self, partition: u32, time_ms: u64) -> Result<u64, LogError> {
+        // Message timestamps are source commit times, so Kafka's time index answers.
+        let this = self.clone();
+        blocking(move || {
+            let topic = &this.inner.topic;
+            let (low, high) = this.watermarks(topic, partition as i32)?;
+            let end = high.max(0) as u64;
+            // After the last record: the end. Asked first because not every
+            // Kafka-protocol broker answers it (tansu 0.6 says offset 0).
+            let last = this.fetch(topic, &[(partition as i32, high - 1, high)])?;
+            if high <= low
+                || last
+                    .first()
+                    .and_then(|m| m.time_ms)
+                    .is_some_and(|t| t < time_ms as i64)
+            {
+                return Ok(end);
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, partition as i32, Offset::Offset(time_ms as i64))
+                .map_err(kafka("look up offsets by time", topic))?;
+            let found = this
+                .inner
+                .meta
+                .offsets_for_times(tpl, this.timeout())
+                .map_err(kafka("look up offsets by time", topic))?;
+            let offset = found
+                .find_partition(topic, partition as i32)
+                .map(|e| e.offset());
+            Ok(match offset {
+                Some(Offset::Offset(n)) if n >= 0 => (n as u64).clamp(low.max(0) as u64, end),
+                _ => end,
+            })
+        })
+        .await
+    }
+
+    fn last_change(&self, partition: u32) -> Option<ChangeId> {
+        lock(&self.inner.last)
+            .get(partition as usize)
+            .cloned()
+            .flatten()
+    }
+
+    async fn committed(&self, consumer: &str, partition: u32) -> Result<Option<u64>, LogError> {
+        let c = self.group(consumer)?;
+        let (topic, timeout) = (self.inner.topic.clone(), self.timeout());
+        blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, partition as i32);
+            let got = c
+                .committed_offsets(tpl, timeout)
+                .map_err(kafka("read committed offsets", &topic))?;
+            let offset = got
+                .find_partition(&topic, partition as i32)
+                .map(|e| e.offset());
+            Ok(match offset {
+                Some(Offset::Offset(n)) if n >= 0 => Some(n as u64),
+                _ => None,
+            })
+        })
+        .await
+    }
+
+    async fn commit(&self, consumer: &str, partition: u32, next: u64) -> Result<(), LogError> {
+        let c = self.group(consumer)?;
+        let topic = self.inner.topic.clone();
+        blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, partition as i32, Offset::Offset(next as i64))
+                .map_err(kafka("commit", &topic))?;
+            c.commit(&tpl, CommitMode::Sync)
+                .map_err(kafka("commit", &topic))
+        })
+        .await
+    }
+
+    async fn checkpoint(&self) -> Result<Option<SourceCheckpoint>, LogError> {
+        Ok(lock(&self.inner.checkpoint).clone())
+    }
+
+    async fn store_checkpoint(&self, resume: ResumePoint) -> Result<(), LogError> {
+        // Appends return only after delivery, so every change the position covers is
+        // already confirmed; the ends say how far.
+        let ends: Vec<u64> = (0..self.inner.partitions)
+            .map(|p| self.end_offset(p))
+            .collect();
+        let cp = SourceCheckpoint { resume, ends };
+        self.write_checkpoint(&CheckpointMessage {
+            log_id: self.log_id(),
+            checkpoint: Some(cp.clone()),
+        })
+        .await?;
+        *lock(&self.inner.checkpoint) = Some(cp);
+        Ok(())
+    }
+}
+
+/// A message taken from the consumer but not yet handed out: kept until decoded, so a
+/// cancelled [`PartitionReader::next_batch`] loses nothing.
+struct Raw {
+    offset: u64,
+    record: Result<Vec<u8>, String>,
+}
+
+/// Reads one partition of the topic from an offset, in order.
+pub struct KafkaReader {
+    log: KafkaLog,
+    partition: u32,
+    consumer: StreamConsumer,
+    raw: VecDeque<Raw>,
+    next: u64,
+    warned: Option<Instant>,
+}
+
+impl Raw {
+    fn of(m: &impl Message) -> Raw {
+        Raw {
+            offset: m.offset() as u64,
+            record: record_of(m),
+        }
+    }
+}
+
+impl KafkaReader {
+    fn take(&mut self, raw: Raw) {
+        self.next = raw.offset + 1;
+        self.raw.push_back(raw);
+    }
+
+    /// A consumer error: out of range is final, the rest librdkafka recovers from
+    /// (the broker is away, a leader moves); those are reported at most every 30 s.
+    fn consume_error(&mut self, e: KafkaError) -> Result<(), LogError> {
+        let topic = &self.log.inner.topic;
+        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset)
+            || e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetOutOfRange)
+        {
+            return Err(LogError::OffsetOutOfRange {
+                partition: self.partition,
+                requested: self.next,
+                start: 0,
+                end: self.log.end_offset(self.partition),
+            });
+        }
+        if matches!(e, KafkaError::MessageConsumptionFatal(_)) {
+            return Err(kafka("consume", topic)(e));
+        }
+        if self
+            .warned
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(30))
+        {
+            warn!(topic = %topic, partition = self.partition, error = %e, "Kafka consumer error; librdkafka retries");
+            self.warned = Some(Instant::now());
+        }
+        Ok(())
+    }
+}
+
+impl PartitionReader for KafkaReader {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<LogRecord>, LogError> {
+        let max = max.max(1);
+        while self.raw.is_empty() {
+            // The only wait; a message is in `raw` before any other await.
+            let got = self.consumer.recv().await.map(|m| Raw::of(&m));
+            match got {
+                Ok(raw) => self.take(raw),
+                Err(e) => {
+                    self.consume_error(e)?;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        while self.raw.len() < max {
+            let got = self
+                .consumer
+                .recv()
+                .now_or_never()
+                .map(|r| r.map(|m| Raw::of(&m)));
+            match got {
+                Some(Ok(raw)) => self.take(raw),
+                Some(Err(e)) => {
+                    self.consume_error(e)?;
+                    break;
+                }
+                None => break,
+            }
+        }
+        let n = self.raw.len().min(max);
+        let mut out = Vec::with_capacity(n);
+        for raw in self.raw.iter().take(n) {
+            let bytes = match &raw.record {
+                Ok(b) => b,
+                Err(detail) => {
+                    return Err(self.log.undecodable(
+                        self.partition as i32,
+                        raw.offset as i64,
+                        detail.clone(),
+                    ))
+                }
+            };
+            out.push(self.log.decode(self.partition, raw.offset, bytes).await?);
+        }
+        self.raw.drain(..n);
+        Ok(out)
+    }
+}

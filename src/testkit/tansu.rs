@@ -1,0 +1,140 @@
+//! A real Kafka-protocol broker for tests: a private `tansu` process (Apache-Kafka
+//! compatible, from crates.io) on a free loopback port, storing in SQLite in its own
+//! directory, so it can be stopped and started again with what it held.
+//!
+//! `tansu` is found as `$TANSU_BIN`, on `PATH`, or in `~/.cargo/bin`; `.ci/run`
+//! installs it there when it is missing. Its `memory://` engine loses messages on
+//! resume and it has no transactions, so neither is used.
+
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub struct Tansu {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Where the `tansu` binary is, if anywhere.
+pub fn tansu_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("TANSU_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let home = std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin"));
+    on_path
+        .into_iter()
+        .chain(home)
+        .map(|d| d.join("tansu"))
+        .find(|p| p.is_file())
+}
+
+impl Tansu {
+    /// Starts a broker and waits until it accepts connections.
+    pub fn start() -> io::Result<Tansu> {
+        let dir = std::env::temp_dir().join(format!(
+            "rowlog-tansu-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut broker = Tansu {
+            port,
+            dir,
+            child: None,
+        };
+        broker.launch()?;
+        Ok(broker)
+    }
+
+    /// `host:port` for `kafka.brokers`.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn launch(&mut self) -> io::Result<()> {
+        let bin = tansu_binary().ok_or_else(|| {
+            io::Error::other(
+                "the tansu broker is not installed: run `cargo install tansu --version 0.6.0 --locked --features libsql` (or `bash .ci/run`, which does), or set TANSU_BIN",
+            )
+        })?;
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tansu.log"))?;
+        let child = Command::new(&bin)
+            .arg("broker")
+            .arg("--listener-url")
+            .arg(&url)
+            .arg("--advertised-listener-url")
+            .arg(&url)
+            // A relative path, from the broker's own directory: tansu reads the path of
+            // `sqlite:///abs/path` without its leading slash.
+            .current_dir(&self.dir)
+            .arg("--storage-engine")
+            .arg("sqlite://tansu.db")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| io::Error::other(format!("cannot start {}: {e}", bin.display())))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Err(io::Error::other(format!(
+                    "tansu exited with {status} before listening: {}",
+                    self.log()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(io::Error::other(format!(
+            "tansu did not listen on port {} within 30 s: {}",
+            self.port,
+            self.log()
+        )))
+    }
+
+    /// What the broker printed.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default()
+    }
+
+    /// Stops the broker (SIGKILL: a broker crash; SQLite keeps what it committed).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a stopped broker again on the same port and storage.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.stop();
+        self.launch()
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.stop();
+        if std::env::var_os("ROWLOG_KEEP_SERVERS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The log on Kafka (`log.backend = "kafka"`) against a real Kafka-protocol broker
+//! (`tansu`): what any Kafka consumer sees in rowlog's topic, a topic of the wrong
+//! shape, and a broker that goes away mid-stream. The shared end-to-end and crash
+//! tests run on Kafka too (tests/replication.rs, tests/crash_restart.rs), and so does
+//! the log trait's contract (tests/log_conformance.rs).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{InProcess, Pair};
+use mysql_async::prelude::Queryable;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rowlog::log::{KafkaLog, KafkaSettings, LogError};
+use rowlog::testkit::Tansu;
+use serde_json::Value as Json;
+
+fn settings(broker: &Tansu) -> KafkaSettings {
+    KafkaSettings {
+        brokers: broker.brokers(),
+        topic: None,
+        replication_factor: 1,
+        request_timeout_ms: 30_000,
+        properties: Default::default(),
+    }
+}
+
+/// Every message of `topic`'s `partitions` partitions, read with a plain librdkafka
+/// consumer that knows nothing of rowlog: (key, value) as JSON.
+fn read_topic(brokers: &str, topic: &str, partitions: i32, expected: usize) -> Vec<(Json, Json)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "any-debezium-consumer")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while out.len() < expected && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let json = |b: Option<&[u8]>| {
+                b.map(|b| serde_json::from_slice(b).expect("JSON"))
+                    .unwrap_or(Json::Null)
+            };
+            out.push((json(m.key()), json(m.payload())));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_kafka_consumer_reads_debezium_shaped_events() {
+    let broker = Tansu::start().expect("tansu broker starts");
+    let pair = Pair::start().await;
+    pair.use_kafka(broker.brokers());
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id INT PRIMARY KEY, name VARCHAR(20), price DECIMAL(10,2))",
+    ])
+    .await;
+    let rowlog = InProcess::start(pair.config(2, 4));
+    let mut c = pair.src.conn().await.unwrap();
+    c.query_drop("INSERT INTO app.t VALUES (1, 'one', 1.50), (2, 'two', 2.00)")
+        .await
+        .unwrap();
+    c.query_drop("UPDATE app.t SET name = 'uno' WHERE id = 1")
+        .await
+        .unwrap();
+    c.query_drop("DELETE FROM app.t WHERE id = 2")
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    rowlog.stop().await;
+    let master: mysql_async::Row = c.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();
+    let binlog_file: String = master.get(0).unwrap();
+
+    let brokers = broker.brokers();
+    let events = tokio::task::spawn_blocking(move || read_topic(&brokers, "rowlog.test", 4, 4))
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 4, "one message per row change: {events:#?}");
+    let of = |id: i64, op: &str| {
+        events
+            .iter()
+            .find(|(k, v)| k["key"][0] == id && v["op"] == op)
+            .unwrap_or_else(|| panic!("no op {op} for id {id} in {events:#?}"))
+            .clone()
+    };
+    let (key, insert) = of(1, "c");
+    assert_eq!(key["db"], "app");
+    assert_eq!(key["table"], "t");
+    assert_eq!(insert["before"], Json::Null);
+    assert_eq!(insert["after"]["name"], "one");
+    assert_eq!(
+        insert["after"]["price"], "1.50",
+        "decimals are exact strings"
+    );
+    let source = &insert["source"];
+    assert_eq!(source["connector"], "rowlog");
+    assert_eq!(source["db"], "app");
+    assert_eq!(source["table"], "t");
+    assert_eq!(source["file"], binlog_file, "the source's binlog file");
+    assert!(source["pos"].as_u64().is_some_and(|p| p > 4));
+    assert!(source["ts_ms"]
+        .as_u64()
+        .is_some_and(|t| t > 1_600_000_000_000));
+    assert!(
+        source["rowlog_schema_id"].is_u64(),
+        "the schema version is named"
+    );
+    assert!(insert["ts_ms"].is_u64());
+
+    let (_, update) = of(1, "u");
+    assert_eq!(update["before"]["name"], "one");
+    assert_eq!(update["after"]["name"], "uno");
+    let (_, delete) = of(2, "d");
+    assert_eq!(delete["before"]["name"], "two");
+    assert_eq!(delete["after"], Json::Null);
+
+    // rowlog's own tools read the topic through the config.
+    let config = pair.write_config(2, 4);
+    let rowlog_cmd = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rowlog"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "rowlog {args:?} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let partitions = rowlog_cmd(&["log", "partitions"]);
+    let ends: u64 = partitions
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.first()?.parse::<u32>().ok()?;
+            f.get(2)?.parse::<u64>().ok()
+        })
+        .sum();
+    assert_eq!(ends, 4, "four records across the partitions:\n{partitions}");
+    assert!(partitions.contains("sink-test="), "{partitions}");
+    let verify = rowlog_cmd(&["log", "verify"]);
+    assert!(
+        verify.contains("4 records checked: ok"),
+        "log verify: {verify}"
+    );
+    let mut lines = Vec::new();
+    for p in 0..4 {
+        let tail = rowlog_cmd(&["log", "tail", "-p", &p.to_string(), "--from", "0"]);
+        lines.extend(
+            tail.lines()
+                .map(|l| serde_json::from_str::<Json>(l).unwrap()),
+        );
+    }
+    assert_eq!(lines.len(), 4, "log tail prints every record: {lines:#?}");
+    assert!(lines
+        .iter()
+        .any(|l| l["op"] == "update" && l["after"]["name"] == "uno"));
+    let show = rowlog_cmd(&["offsets", "show"]);
+    assert!(show.contains("source checkpoint"), "offsets show: {show}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_with_another_partition_count_is_refused() {
+    let broker = Tansu::start().expect("tansu broker starts");
+    let s = settings(&broker);
+    drop(
+        KafkaLog::open(&s, "shop", 2)
+            .await
+            .expect("first open creates the topic"),
+    );
+    match KafkaLog::open(&s, "shop", 4).await {
+        Err(e @ LogError::TopicPartitions { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("rowlog.shop")
+                    && text.contains("2 partitions")
+                    && text.contains("is 4"),
+                "the error names the topic and both counts: {text}"
+            );
+        }
+        Err(e) => panic!("expected a partition-count error, got {e}"),
+        Ok(_) => panic!("a 2-partition topic was used as 4 partitions"),
+    }
+}
+
+/// Transactions of inserts and updates, `txns` of them, from id `first`.
+async fn write(url: String, first: u64, txns: u64) {
+    let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(&url).unwrap())
+        .await
+        .unwrap();
+    for t in 0..txns {
+        let base = first + t * 10;
+        c.query_drop(format!(
+            "INSERT INTO app.t (id, v) SELECT seq, seq FROM app.seq_{base}_to_{}",
+            base + 9
+        ))
+        .await
+        .unwrap();
+        c.query_drop(format!(
+            "UPDATE app.t SET v = v + 1 WHERE id BETWEEN {} AND {}",
+            base.saturating_sub(5),
+            base + 2
+        ))
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_down_for_30_seconds_mid_stream_loses_nothing() {
+    common::init_test_logging();
+    let mut broker = Tansu::start().expect("tansu broker starts");
+    let pair = Pair::start().await;
+    pair.use_kafka(broker.brokers());
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)",
+    ])
+    .await;
+    let rowlog = InProcess::start(pair.config(2, 4));
+    let writer = tokio::spawn(write(pair.src.url(), 1, 600));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    broker.stop();
+    let down_at_source = count(&pair.src.url()).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        !rowlog.finished(),
+        "rowlog waits for the broker instead of stopping"
+    );
+    broker.restart().expect("tansu comes back");
+    writer.await.unwrap();
+    let total = count(&pair.src.url()).await;
+    assert!(
+        total > down_at_source,
+        "the source kept writing while the broker was away ({down_at_source} → {total})"
+    );
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(180))
+        .await;
+    assert!(!rowlog.finished(), "the pipeline resumed by itself");
+    rowlog.stop().await;
+}
+
+async fn count(url: &str) -> u64 {
+    let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(url).unwrap())
+        .await
+        .unwrap();
+    c.query_first("SELECT COUNT(*) FROM app.t")
+        .await
+        .unwrap()
+        .unwrap()
+}
