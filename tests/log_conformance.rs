@@ -108,6 +108,11 @@ async fn keeps_order_and_reads_from_any_offset<B: Backend>(b: B) {
         300,
         "a time after every record is the end"
     );
+    assert_eq!(
+        log.offset_for_time(1, at(0)).await.unwrap(),
+        0,
+        "an empty partition's answer is its end"
+    );
 }
 
 async fn a_reader_waits_for_the_next_append<B: Backend>(b: B) {

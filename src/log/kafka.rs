@@ -589,7 +589,7 @@ impl KafkaLog {
         let mut want: HashMap<i32, i64> = HashMap::new();
         let mut tpl = TopicPartitionList::new();
         for &(p, from, to) in ranges {
-            if from < to {
+            if 0 <= from && from < to {
                 tpl.add_partition_offset(topic, p, Offset::Offset(from))
                     .map_err(kafka("assign", topic))?;
                 want.insert(p, to - 1);
@@ -1032,12 +1032,14 @@ impl PartitionedLog for KafkaLog {
             let end = high.max(0) as u64;
             // After the last record: the end. Asked first because not every
             // Kafka-protocol broker answers it (tansu 0.6 says offset 0).
+            if high <= low {
+                return Ok(end);
+            }
             let last = this.fetch(topic, &[(partition as i32, high - 1, high)])?;
-            if high <= low
-                || last
-                    .first()
-                    .and_then(|m| m.time_ms)
-                    .is_some_and(|t| t < time_ms as i64)
+            if last
+                .first()
+                .and_then(|m| m.time_ms)
+                .is_some_and(|t| t < time_ms as i64)
             {
                 return Ok(end);
             }
