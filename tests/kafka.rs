@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{InProcess, Pair};
+use common::{Daemon, InProcess, Pair};
 use mysql_async::prelude::Queryable;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -320,4 +320,56 @@ async fn the_sink_resumes_from_the_destination_when_it_is_ahead_of_the_group() {
         1,
         "only the new change is applied; the 1000 the destination holds are not replayed"
     );
+}
+
+/// SIGTERM while the broker is away: appends cannot be confirmed, so draining cannot
+/// finish; rowlog exits after `shutdown_timeout_secs`, and the next start (broker back)
+/// sends what was not confirmed, losing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_broker_is_away_exits_in_time_and_loses_nothing() {
+    let mut broker = Tansu::start().expect("tansu broker starts");
+    let pair = Pair::start().await;
+    pair.use_kafka(broker.brokers());
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)",
+    ])
+    .await;
+    let config = pair.dir.path().join("rowlog.toml");
+    std::fs::write(
+        &config,
+        format!("shutdown_timeout_secs = 5\n{}", pair.config_toml(2, 4)),
+    )
+    .unwrap();
+    let log = pair.dir.path().join("rowlog.log");
+    let daemon = Daemon::spawn(&config, log.clone());
+    let mut c = pair.src.conn().await.unwrap();
+    c.query_drop("INSERT INTO app.t SELECT seq, seq FROM app.seq_1_to_100")
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+
+    broker.stop();
+    c.query_drop("INSERT INTO app.t SELECT seq, seq FROM app.seq_101_to_300")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let asked = std::time::Instant::now();
+    let status = daemon.terminate();
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "rowlog took {took:?} to exit with shutdown_timeout_secs = 5"
+    );
+    assert!(
+        !status.success(),
+        "draining could not finish without the broker, and the exit code says so"
+    );
+
+    broker.restart().expect("tansu comes back");
+    let daemon = Daemon::spawn(&config, log.clone());
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(120))
+        .await;
+    daemon.terminate_cleanly();
 }

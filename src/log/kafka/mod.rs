@@ -30,123 +30,35 @@
 //!   "offset out of range" error, not a silent skip.
 //! * Zero loss also needs the broker side: replication factor > 1 and
 //!   `min.insync.replicas` > 1 (README, "Running on Kafka").
+//!
+//! Files: `settings.rs` (the `[kafka]` section), `message.rs` (the message format),
+//! `reader.rs` (reading a partition), `client.rs` (librdkafka plumbing); this file
+//! holds the log's state and the trait implementation.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+mod client;
+mod message;
+mod reader;
+mod settings;
+
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::prelude::{Engine, BASE64_STANDARD};
-use futures_util::FutureExt;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use rowlog_api::{ChangeEvent, ChangeId, Op, ResumePoint, SchemaChange, TableSchema};
+use rowlog_api::{ChangeId, ResumePoint, TableSchema};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tracing::{info, warn};
 
-use super::{
-    record, AppendBatch, LogEntry, LogError, LogRecord, PartitionReader, PartitionedLog,
-    SourceCheckpoint,
-};
-
-/// The `[kafka]` section.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaSettings {
-    /// `bootstrap.servers`: comma-separated `host:port` list.
-    pub brokers: String,
-    /// The pipeline's topic; `rowlog.<name>` when unset. `<topic>.schemas` and
-    /// `<topic>.checkpoint` are created beside it.
-    #[serde(default)]
-    pub topic: Option<String>,
-    /// Replication factor of topics rowlog creates. Zero loss needs ≥ 3 with the
-    /// broker's `min.insync.replicas` ≥ 2; a single test broker needs 1.
-    #[serde(default = "default_replication_factor")]
-    pub replication_factor: i32,
-    /// How long metadata, admin and offset requests may take before they fail.
-    #[serde(default = "default_request_timeout_ms")]
-    pub request_timeout_ms: u64,
-    /// Extra librdkafka properties (TLS, SASL, …), passed as given. Properties that
-    /// rowlog's delivery guarantees rest on are refused (see [`RESERVED`]).
-    #[serde(default)]
-    pub properties: BTreeMap<String, String>,
-}
-
-fn default_replication_factor() -> i32 {
-    3
-}
-fn default_request_timeout_ms() -> u64 {
-    30_000
-}
-
-/// librdkafka properties rowlog sets itself: changing them would lose, reorder or
-/// skip records.
-pub const RESERVED: &[&str] = &[
-    "enable.idempotence",
-    "acks",
-    "request.required.acks",
-    "message.timeout.ms",
-    "delivery.timeout.ms",
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "auto.offset.reset",
-    "group.id",
-    "isolation.level",
-];
-
-impl KafkaSettings {
-    /// Why the settings cannot work, naming the key; `None` when they can.
-    pub fn problem(&self) -> Option<String> {
-        if self.brokers.trim().is_empty() {
-            return Some("kafka.brokers is empty; give host:port of at least one broker".into());
-        }
-        if self.replication_factor < 1 {
-            return Some(format!(
-                "kafka.replication_factor is {}; it must be at least 1",
-                self.replication_factor
-            ));
-        }
-        if let Some(t) = &self.topic {
-            if let Some(why) = topic_problem(t) {
-                return Some(format!("kafka.topic {t:?}: {why}"));
-            }
-        }
-        self.properties
-            .keys()
-            .find(|k| RESERVED.contains(&k.as_str()))
-            .map(|k| {
-                format!("kafka.properties.{k} is set by rowlog itself: its delivery guarantees depend on it")
-            })
-    }
-
-    /// The topic of pipeline `name`.
-    pub fn topic_for(&self, name: &str) -> String {
-        self.topic
-            .clone()
-            .unwrap_or_else(|| format!("rowlog.{name}"))
-    }
-}
-
-/// Kafka's rules for topic names (the `.schemas`/`.checkpoint` suffixes included).
-pub fn topic_problem(t: &str) -> Option<&'static str> {
-    if t.is_empty() || t.len() > 249 - ".checkpoint".len() {
-        return Some("a topic name has 1 to 238 characters here");
-    }
-    if !t
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        return Some("a topic name may hold only ASCII letters, digits, '.', '_' and '-'");
-    }
-    None
-}
+use self::client::{base_config, blocking, ensure_topics, kafka, reader_config, settle, transient};
+use self::message::{record_of, Encoded};
+pub use self::reader::KafkaReader;
+pub use self::settings::{topic_problem, KafkaSettings, RESERVED};
+use super::{record, AppendBatch, LogEntry, LogError, LogRecord, PartitionedLog, SourceCheckpoint};
 
 /// What the last message of `T.checkpoint` holds.
 #[derive(Serialize, Deserialize)]
@@ -154,9 +66,6 @@ struct CheckpointMessage {
     log_id: u64,
     checkpoint: Option<SourceCheckpoint>,
 }
-
-/// The value's field holding the exact record (base64 of [`super::record`]'s bytes).
-const RECORD_FIELD: &str = "rowlog";
 
 #[derive(Default)]
 struct Schemas {
@@ -198,52 +107,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Whether a Kafka error is one the broker or network recovers from.
-fn transient(e: &KafkaError) -> bool {
-    use RDKafkaErrorCode as C;
-    matches!(
-        e.rdkafka_error_code(),
-        Some(
-            C::BrokerTransportFailure
-                | C::AllBrokersDown
-                | C::OperationTimedOut
-                | C::RequestTimedOut
-                | C::NetworkException
-                | C::LeaderNotAvailable
-                | C::NotLeaderForPartition
-                | C::CoordinatorNotAvailable
-                | C::NotCoordinator
-                | C::CoordinatorLoadInProgress
-                | C::NotEnoughReplicas
-                | C::NotEnoughReplicasAfterAppend
-                | C::UnknownTopicOrPartition
-                | C::QueueFull
-        )
-    )
-}
-
-fn kafka(action: &'static str, topic: &str) -> impl FnOnce(KafkaError) -> LogError {
-    let topic = topic.to_string();
-    move |source| LogError::Kafka {
-        action,
-        topic,
-        retryable: transient(&source),
-        source: Box::new(source),
-    }
-}
-
-/// Runs blocking librdkafka calls off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, LogError> + Send + 'static,
-) -> Result<T, LogError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| LogError::Failed {
-            partition: u32::MAX,
-            cause: format!("Kafka client task: {e}"),
-        })?
-}
-
 /// A message read by the blocking fetcher.
 struct Fetched {
     partition: i32,
@@ -252,24 +115,6 @@ struct Fetched {
     time_ms: Option<i64>,
     payload: Option<Vec<u8>>,
     record: Result<Vec<u8>, String>,
-}
-
-/// The exact record a message value carries, or why there is none.
-fn record_of(m: &impl Message) -> Result<Vec<u8>, String> {
-    #[derive(Deserialize)]
-    struct Carrier {
-        rowlog: Option<String>,
-    }
-    let value = m.payload().ok_or("the message has no value")?;
-    // The other fields are skipped, not built.
-    let carrier: Carrier =
-        serde_json::from_slice(value).map_err(|e| format!("the value is not JSON: {e}"))?;
-    let text = carrier.rowlog.ok_or_else(|| {
-        format!("the value has no \"{RECORD_FIELD}\" field: it was not written by rowlog")
-    })?;
-    BASE64_STANDARD
-        .decode(text)
-        .map_err(|e| format!("the \"{RECORD_FIELD}\" field is not base64: {e}"))
 }
 
 impl KafkaLog {
@@ -689,195 +534,18 @@ impl KafkaLog {
         }
     }
 
-    /// The message of one entry: key, and the Debezium-shaped value carrying the exact
-    /// record in its `rowlog` field.
+    /// The message of one entry (see [`message::encode`]), storing a change's table
+    /// schema first when it is new.
     async fn encode(&self, entry: &LogEntry) -> Result<Encoded, LogError> {
-        let mut record = Vec::new();
-        let fail = |e: String| LogError::Failed {
+        let schema_id = match entry {
+            LogEntry::Change(c) => self.schema_id(&c.table).await?,
+            LogEntry::Schema(_) => 0,
+        };
+        message::encode(entry, schema_id, &self.inner.topic).map_err(|e| LogError::Failed {
             partition: u32::MAX,
             cause: format!("encoding a record: {e}"),
-        };
-        let (key, mut value, time_ms) = match entry {
-            LogEntry::Change(c) => {
-                let schema_id = self.schema_id(&c.table).await?;
-                record::encode(schema_id, c, &mut record).map_err(fail)?;
-                let key = json!({
-                    "db": c.table.name.db,
-                    "table": c.table.name.table,
-                    "key": c.key().map(crate::tools::json::value).collect::<Vec<_>>(),
-                });
-                (
-                    Some(key.to_string()),
-                    envelope(c, schema_id, &self.inner.topic),
-                    c.source.commit_time_ms,
-                )
-            }
-            LogEntry::Schema(s) => {
-                record::encode_schema_change(s, &mut record).map_err(fail)?;
-                (
-                    None,
-                    schema_envelope(s, &self.inner.topic),
-                    s.source.commit_time_ms,
-                )
-            }
-        };
-        if let serde_json::Value::Object(m) = &mut value {
-            m.insert(
-                RECORD_FIELD.into(),
-                serde_json::Value::String(BASE64_STANDARD.encode(&record)),
-            );
-        }
-        Ok(Encoded {
-            key,
-            value: value.to_string(),
-            time_ms,
         })
     }
-}
-
-struct Encoded {
-    key: Option<String>,
-    value: String,
-    time_ms: u64,
-}
-
-/// Waits for a delivery report: the partition and offset the broker gave the message.
-///
-/// With no delivery timeout, librdkafka reports a failure only when the idempotent
-/// producer cannot go on (say, the broker lost its sequence state). Messages of the
-/// batch may then be in the log or not, so the cached partition ends and last changes
-/// are no longer known: the error is definite, and the next start reads them again.
-async fn settle(f: DeliveryFuture, topic: &str) -> Result<(i32, i64), LogError> {
-    match f.await {
-        Ok(Ok(d)) => Ok((d.partition, d.offset)),
-        Ok(Err((source, _))) => Err(LogError::Kafka {
-            action: "deliver",
-            topic: topic.to_string(),
-            retryable: false,
-            source: Box::new(source),
-        }),
-        Err(_) => Err(LogError::Failed {
-            partition: u32::MAX,
-            cause: format!("the Kafka producer for {topic} went away before confirming delivery"),
-        }),
-    }
-}
-
-/// Settings every client shares: brokers, identity, the operator's extra properties.
-fn base_config(settings: &KafkaSettings, client_id: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &settings.brokers)
-        .set("client.id", client_id)
-        .set_log_level(RDKafkaLogLevel::Warning);
-    for (k, v) in &settings.properties {
-        c.set(k, v);
-    }
-    c
-}
-
-/// A consumer that only reads what it is assigned and never moves by itself.
-fn reader_config(settings: &KafkaSettings, client_id: &str) -> ClientConfig {
-    let mut c = base_config(settings, client_id);
-    // librdkafka wants a group even for assigned partitions; this one never joins
-    // (no subscribe) and never commits.
-    c.set("group.id", format!("{client_id}.reader"))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "error");
-    c
-}
-
-async fn ensure_topics(
-    base: &ClientConfig,
-    settings: &KafkaSettings,
-    topics: &[(String, i32)],
-    timeout: Duration,
-) -> Result<(), LogError> {
-    let main = &topics[0].0;
-    let admin: AdminClient<DefaultClientContext> =
-        base.create().map_err(kafka("create admin client", main))?;
-    let rf = settings.replication_factor;
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(rf)))
-        .collect();
-    let opts = AdminOptions::new()
-        .operation_timeout(Some(timeout))
-        .request_timeout(Some(timeout));
-    let results = admin
-        .create_topics(&new, &opts)
-        .await
-        .map_err(kafka("create topics", main))?;
-    for r in results {
-        match r {
-            Ok(name) => info!(topic = %name, "created Kafka topic"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => {
-                return Err(kafka("create topic", &name)(KafkaError::AdminOp(code)));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The Debezium-shaped envelope of a row change.
-fn envelope(c: &ChangeEvent, schema_id: u32, topic: &str) -> serde_json::Value {
-    let op = match (c.source.id.is_copy(), c.op) {
-        (true, _) => "r",
-        (_, Op::Insert) => "c",
-        (_, Op::Update) => "u",
-        (_, Op::Delete) => "d",
-    };
-    json!({
-        "before": crate::tools::json::row(c, &c.before),
-        "after": crate::tools::json::row(c, &c.after),
-        "source": source(&c.source, &c.table.name.db, Some(&c.table.name.table), topic, Some(schema_id)),
-        "op": op,
-        "ts_ms": now_ms(),
-    })
-}
-
-/// A schema change in the shape of Debezium's schema-change events: no `op`, so
-/// consumers of row changes pass over it.
-fn schema_envelope(s: &SchemaChange, topic: &str) -> serde_json::Value {
-    json!({
-        "source": source(&s.source, &s.db, None, topic, None),
-        "ts_ms": now_ms(),
-        "databaseName": s.db,
-        "ddl": s.statement,
-        "tableChanges": s.tables.iter().map(|t| json!({"id": t.to_string(), "type": s.kind.as_str()})).collect::<Vec<_>>(),
-    })
-}
-
-fn source(
-    m: &rowlog_api::SourceMeta,
-    db: &str,
-    table: Option<&str>,
-    topic: &str,
-    schema_id: Option<u32>,
-) -> serde_json::Value {
-    json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "connector": "rowlog",
-        "name": topic,
-        "ts_ms": m.commit_time_ms,
-        "snapshot": if m.id.is_copy() { "true" } else { "false" },
-        "db": db,
-        "table": table,
-        "gtid": m.gtid.as_ref().map(|g| g.to_string()),
-        "file": m.id.event.file.to_string(),
-        "pos": m.id.event.pos,
-        "row": m.id.index,
-        "txn_start": m.txn_start.to_string(),
-        "rowlog_schema_id": schema_id,
-    })
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl PartitionedLog for KafkaLog {
@@ -1120,114 +788,5 @@ impl PartitionedLog for KafkaLog {
         .await?;
         *lock(&self.inner.checkpoint) = Some(cp);
         Ok(())
-    }
-}
-
-/// A message taken from the consumer but not yet handed out: kept until decoded, so a
-/// cancelled [`PartitionReader::next_batch`] loses nothing.
-struct Raw {
-    offset: u64,
-    record: Result<Vec<u8>, String>,
-}
-
-/// Reads one partition of the topic from an offset, in order.
-pub struct KafkaReader {
-    log: KafkaLog,
-    partition: u32,
-    consumer: StreamConsumer,
-    raw: VecDeque<Raw>,
-    next: u64,
-    warned: Option<Instant>,
-}
-
-impl Raw {
-    fn of(m: &impl Message) -> Raw {
-        Raw {
-            offset: m.offset() as u64,
-            record: record_of(m),
-        }
-    }
-}
-
-impl KafkaReader {
-    fn take(&mut self, raw: Raw) {
-        self.next = raw.offset + 1;
-        self.raw.push_back(raw);
-    }
-
-    /// A consumer error: out of range is final, the rest librdkafka recovers from
-    /// (the broker is away, a leader moves); those are reported at most every 30 s.
-    fn consume_error(&mut self, e: KafkaError) -> Result<(), LogError> {
-        let topic = &self.log.inner.topic;
-        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset)
-            || e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetOutOfRange)
-        {
-            return Err(LogError::OffsetOutOfRange {
-                partition: self.partition,
-                requested: self.next,
-                start: 0,
-                end: self.log.end_offset(self.partition),
-            });
-        }
-        if matches!(e, KafkaError::MessageConsumptionFatal(_)) {
-            return Err(kafka("consume", topic)(e));
-        }
-        if self
-            .warned
-            .is_none_or(|t| t.elapsed() > Duration::from_secs(30))
-        {
-            warn!(topic = %topic, partition = self.partition, error = %e, "Kafka consumer error; librdkafka retries");
-            self.warned = Some(Instant::now());
-        }
-        Ok(())
-    }
-}
-
-impl PartitionReader for KafkaReader {
-    async fn next_batch(&mut self, max: usize) -> Result<Vec<LogRecord>, LogError> {
-        let max = max.max(1);
-        while self.raw.is_empty() {
-            // The only wait; a message is in `raw` before any other await.
-            let got = self.consumer.recv().await.map(|m| Raw::of(&m));
-            match got {
-                Ok(raw) => self.take(raw),
-                Err(e) => {
-                    self.consume_error(e)?;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-        while self.raw.len() < max {
-            let got = self
-                .consumer
-                .recv()
-                .now_or_never()
-                .map(|r| r.map(|m| Raw::of(&m)));
-            match got {
-                Some(Ok(raw)) => self.take(raw),
-                Some(Err(e)) => {
-                    self.consume_error(e)?;
-                    break;
-                }
-                None => break,
-            }
-        }
-        let n = self.raw.len().min(max);
-        let mut out = Vec::with_capacity(n);
-        for raw in self.raw.iter().take(n) {
-            let bytes = match &raw.record {
-                Ok(b) => b,
-                Err(detail) => {
-                    return Err(self.log.undecodable(
-                        self.partition as i32,
-                        raw.offset as i64,
-                        detail.clone(),
-                    ))
-                }
-            };
-            out.push(self.log.decode(self.partition, raw.offset, bytes).await?);
-        }
-        self.raw.drain(..n);
-        Ok(out)
     }
 }
