@@ -47,14 +47,22 @@ impl Tansu {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut broker = Tansu {
-            port,
+            port: 0,
             dir,
             child: None,
         };
-        broker.launch()?;
-        Ok(broker)
+        // A free port can be taken by a test running beside this one before tansu
+        // binds it: then tansu exits, and another free port is tried.
+        let mut last = None;
+        for _ in 0..3 {
+            broker.port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            match broker.launch() {
+                Ok(()) => return Ok(broker),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("tansu did not start")))
     }
 
     /// `host:port` for `kafka.brokers`.
@@ -92,10 +100,18 @@ impl Tansu {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            let listening = TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+            if listening {
+                // Someone listens; make sure it is this tansu, not a process that
+                // took the port first (tansu then exits at once).
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let exited = self.child.as_mut().map(Child::try_wait);
+            if listening && matches!(exited, Some(Ok(None))) {
                 return Ok(());
             }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+            if let Some(Ok(Some(status))) = exited {
+                self.child = None;
                 return Err(io::Error::other(format!(
                     "tansu exited with {status} before listening: {}",
                     self.log()
@@ -103,6 +119,7 @@ impl Tansu {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        self.stop();
         Err(io::Error::other(format!(
             "tansu did not listen on port {} within 30 s: {}",
             self.port,

@@ -210,6 +210,8 @@ impl InProcess {
 pub struct Daemon {
     child: Child,
     pub log_path: PathBuf,
+    /// Where this process's lines start in the (shared, appended) log file.
+    log_start: usize,
 }
 
 impl Daemon {
@@ -228,7 +230,35 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .expect("spawn rowlog");
-        Self { child, log_path }
+        let log_start = std::fs::metadata(&log_path)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
+        Self {
+            child,
+            log_path,
+            log_start,
+        }
+    }
+
+    /// Waits until this rowlog has started (its "log opened" line; signal handlers are
+    /// installed before it) or exited. A SIGTERM before that finds the process still
+    /// loading, with the signal's default action: a crash, not the drain under test.
+    fn wait_started(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            let log = std::fs::read(&self.log_path).unwrap_or_default();
+            let mine = log.get(self.log_start..).unwrap_or_default();
+            if mine
+                .windows(b"log opened".len())
+                .any(|w| w == b"log opened")
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// SIGKILL: no draining, no final commit — a crash.
@@ -237,8 +267,9 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, then waits for the exit status.
+    /// SIGTERM to a started rowlog, then waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.wait_started();
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
