@@ -224,6 +224,9 @@ enum BenchCommand {
         /// Also catch up a backlog of this many row changes and report peak RSS (0: skip).
         #[arg(long, default_value_t = 0)]
         backlog_rows: u64,
+        /// rowlog's bulk upserts as LOAD DATA where exact (`sink.load_data = true`).
+        #[arg(long)]
+        load_data: bool,
     },
     /// Embedded log append and read speed against raw sequential write bandwidth.
     Log {
@@ -383,6 +386,7 @@ fn main() -> ExitCode {
                     partitions,
                     workers,
                     backlog_rows,
+                    load_data,
                 },
         } => {
             let opts = rowlog::tools::bench_replication::BenchOptions {
@@ -392,6 +396,7 @@ fn main() -> ExitCode {
                 partitions,
                 workers,
                 backlog_rows,
+                load_data,
             };
             match runtime().and_then(|rt| {
                 rt.block_on(rowlog::tools::bench_replication::run(opts))

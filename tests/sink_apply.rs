@@ -1,6 +1,6 @@
 //! The apply path under conflict and fault: secondary unique keys swapped across
-//! workers, lock waits, a destination restart, and a change the destination rejects
-//! for good.
+//! workers, lock waits, a destination restart, a change the destination rejects for
+//! good, and generated columns the destination computes out of strict bounds.
 
 mod common;
 
@@ -358,17 +358,13 @@ async fn with_a_dead_letter_file_a_rejected_change_is_recorded_there_and_the_par
         .exec(&["INSERT INTO app.c VALUES (31, 31)"])
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while d
-        .query_first::<u64, _>("SELECT COUNT(*) FROM app.c")
-        .await
-        .unwrap()
-        .unwrap()
-        != 30
-    {
-        assert!(Instant::now() < deadline, "row 31 did not arrive");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_for_count(
+        &mut d,
+        "SELECT COUNT(*) FROM app.c",
+        30,
+        "row 31 did not arrive",
+    )
+    .await;
     rowlog.stop().await;
     assert_eq!(std::fs::read_to_string(&dead).unwrap().lines().count(), 1);
 }
@@ -459,5 +455,313 @@ async fn a_deadlock_on_the_destination_is_retried_without_loss() {
     assert!(
         Stats::get(&stats.apply_retries) >= 1,
         "the deadlock was retried"
+    );
+}
+
+/// MariaDB computes virtual columns in the update part of `INSERT … ON DUPLICATE KEY
+/// UPDATE`, and strict mode rejects a computed value its column cannot hold — here
+/// `i + 1` for the largest INT — although the source holds the row (a source in a
+/// non-strict mode updates it). The update of such a row arrives, and the computed
+/// columns match the source's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_column_computed_out_of_range_does_not_stop_the_update_of_its_row() {
+    let pair = Pair::start().await;
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.g (id INT PRIMARY KEY, i INT, b INT, \
+           v INT AS (i + 1) VIRTUAL, s BIGINT AS (i * 2) STORED)",
+    ])
+    .await;
+    let rowlog = InProcess::start(pair.config(2, 4));
+    // A source in a non-strict sql_mode, which computes `v` leniently.
+    pair.src
+        .exec(&[
+            "SET SESSION sql_mode = ''",
+            "INSERT INTO app.g (id, i, b) VALUES (1, 2147483647, 1), (2, 5, 1)",
+        ])
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.g", "id")], Duration::from_secs(60))
+        .await;
+    // Both rows exist on the destination now: their updates take the upsert's update path.
+    pair.src
+        .exec(&[
+            "SET SESSION sql_mode = ''",
+            "UPDATE app.g SET b = 2",
+            "UPDATE app.g SET b = 3 WHERE id = 1",
+        ])
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.g", "id")], Duration::from_secs(60))
+        .await;
+    let mut d = pair.dst.conn().await.unwrap();
+    let rows: Vec<(i64, i64, i64, i64)> = d
+        .query("SELECT id, b, v, s FROM app.g ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        [(1, 3, 2147483647, 4294967294), (2, 2, 6, 10)],
+        "the destination's computed values are the source's"
+    );
+    let stats = rowlog.stop().await;
+    assert!(stats.halted().is_empty(), "{:?}", stats.halted());
+}
+
+/// The lenient retry above never lets a value rowlog writes be truncated. A batch
+/// whose first row's generated column overflows and whose last row's written value does
+/// not fit the destination's narrower column — as one multi-row upsert (4 rows) and as
+/// one LOAD DATA (20 rows) — is rejected naming the last row's key and column, and the
+/// destination keeps every previous value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_written_value_out_of_range_is_rejected_next_to_an_overflowing_generated_column() {
+    use rowlog_api::{ChangeEvent, Column, ColumnType, Op};
+    let pair = Pair::start().await;
+    pair.dst
+        .exec(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.g (id INT PRIMARY KEY, i INT, b TINYINT, v INT AS (i + 1) VIRTUAL)",
+        ])
+        .await
+        .unwrap();
+    let col = |name: &str, generated| Column {
+        name: name.into(),
+        ty: ColumnType::Int,
+        unsigned: false,
+        charset: None,
+        charset_name: None,
+        generated,
+        nullable: true,
+    };
+    let table = std::sync::Arc::new(rowlog_api::TableSchema {
+        name: TableName::new("app", "g"),
+        columns: vec![
+            col("id", false),
+            col("i", false),
+            col("b", false),
+            col("v", true),
+        ],
+        primary_key: vec![0],
+        unique_keys: vec![],
+        keyless: false,
+    });
+    let row = |id: i64, b: i64| {
+        let i = if id == 1 { i64::from(i32::MAX) } else { id };
+        vec![
+            Value::Int(id),
+            Value::Int(i),
+            Value::Int(b),
+            Value::Int(i.min(i64::from(i32::MAX) - 1) + 1),
+        ]
+    };
+    let mut cfg = pair.config(1, 1);
+    cfg.sink.load_data = true;
+    let mut sink = rowlog_mysql_sink::MySqlSink::connect(&cfg.sink, "test")
+        .await
+        .unwrap();
+    let mut d = pair.dst.conn().await.unwrap();
+    for rows in [4i64, 20] {
+        d.query_drop("DELETE FROM app.g").await.unwrap();
+        d.query_drop(format!(
+            "INSERT INTO app.g (id, i, b) SELECT seq, IF(seq = 1, 2147483647, seq), 1 \
+             FROM app.seq_1_to_{rows}"
+        ))
+        .await
+        .unwrap();
+        let changes: Vec<ChangeEvent> = (1..=rows)
+            .map(|id| {
+                let b = if id == rows { 1000 } else { 2 };
+                let (before, after) = (Some(row(id, 1)), Some(row(id, b)));
+                common::records::change_of(&table, Op::Update, before, after, id as u64, 0)
+            })
+            .collect();
+        let err = sink
+            .apply_without_progress(&changes)
+            .await
+            .expect_err("a value the destination cannot hold is rejected");
+        let err = rowlog::report::error_chain(&err);
+        for needle in [format!("key id={rows}"), "column 'b'".to_string()] {
+            assert!(
+                err.contains(&needle),
+                "{rows} rows: error does not say {needle:?}: {err}"
+            );
+        }
+        let b: Vec<i64> = d.query("SELECT b FROM app.g ORDER BY id").await.unwrap();
+        assert_eq!(
+            b,
+            vec![1; rows as usize],
+            "{rows} rows: nothing of the batch was kept"
+        );
+    }
+}
+
+/// How many LOAD DATA statements the destination has run (`Com_load`).
+async fn loads_run(d: &mut mysql_async::Conn) -> u64 {
+    let (_, n): (String, u64) = d
+        .query_first("SHOW GLOBAL STATUS LIKE 'Com_load'")
+        .await
+        .unwrap()
+        .unwrap();
+    n
+}
+
+/// With `sink.load_data`, batches of 16 or more upserts of a table go as `LOAD DATA
+/// LOCAL INFILE … REPLACE`:
+/// every value type that path takes, with its edge values, separators and escapes in
+/// text, every byte value in binary columns, and NULLs, arrives byte for byte — first
+/// as inserts, then as updates of existing rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_upserts_through_load_data_arrive_byte_for_byte() {
+    let pair = Pair::start().await;
+    pair.src
+        .exec(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.bulk (id INT PRIMARY KEY, ti TINYINT, iu INT UNSIGNED, \
+               bi BIGINT, biu BIGINT UNSIGNED, d65 DECIMAL(65,30), f FLOAT, dbl DOUBLE, \
+               dt6 DATETIME(6), ts6 TIMESTAMP(6) NULL DEFAULT NULL, t6 TIME(6), y YEAR, d DATE, \
+               c CHAR(10) CHARACTER SET utf8mb4, vc VARCHAR(300) CHARACTER SET utf8mb4, \
+               l1 VARCHAR(50) CHARACTER SET latin1, asc_ VARCHAR(20) CHARACTER SET ascii, \
+               tx TEXT CHARACTER SET utf8mb4, vb VARBINARY(300), bl BLOB, \
+               gen BIGINT AS (bi DIV 2) STORED)",
+        ])
+        .await
+        .unwrap();
+    let mut d = pair.dst.conn().await.unwrap();
+    let loads_before = loads_run(&mut d).await;
+    let mut cfg = pair.config(1, 1);
+    cfg.sink.load_data = true;
+    let rowlog = InProcess::start(cfg);
+    let every_byte: String = (0..=255u8).map(|b| format!("{b:02X}")).collect();
+    let mut s = pair.src.conn().await.unwrap();
+    s.query_drop("SET time_zone = '+00:00'").await.unwrap();
+    s.query_drop(format!(
+        "INSERT INTO app.bulk (id, ti, iu, bi, biu, d65, f, dbl, dt6, ts6, t6, y, d, c, vc, l1, \
+           asc_, tx, vb, bl) \
+         SELECT seq, IF(seq % 2, -128, 127), 4294967295 - seq, \
+           IF(seq % 3 = 0, -9223372036854775808, 9223372036854775807 - seq), \
+           18446744073709551615 - seq, \
+           CONCAT(IF(seq % 2, '-', ''), REPEAT('9', 35), '.', LPAD(seq, 30, '0')), \
+           IF(seq % 2, -3.40282e38, 1.17549e-38 * seq), \
+           IF(seq % 2, 4.9406564584124654e-324, -1.7976931348623157e308 / seq), \
+           IF(seq % 4 = 0, '0000-00-00 00:00:00', '9999-12-31 23:59:59.999999'), \
+           IF(seq % 5 = 0, NULL, '2038-01-19 03:14:07.999999'), \
+           IF(seq % 2, '-838:59:59.000000', '-00:00:00.000001'), \
+           IF(seq % 3 = 0, 0, 1901 + seq), IF(seq % 2, '1000-01-01', '0000-00-00'), \
+           'ab😀 ', CONCAT('tab\\there\\nnl\\\\bs', CHAR(0), ' 😀 𝄞 end ', seq), \
+           CONVERT('café naïve £' USING latin1), 'plain ascii ~', \
+           IF(seq % 7 = 0, NULL, REPEAT('x\\t\\r', seq)), UNHEX(LEFT('{every_byte}', seq * 2)), \
+           UNHEX('{every_byte}') \
+         FROM app.seq_1_to_40"
+    ))
+    .await
+    .unwrap();
+    pair.assert_converges(&[("app.bulk", "id")], Duration::from_secs(60))
+        .await;
+    s.query_drop(
+        "UPDATE app.bulk SET vc = CONCAT(vc, '\\\\!'), f = -f, t6 = '838:59:59.999999', \
+           bl = REVERSE(bl), ts6 = IF(ts6 IS NULL, '1970-01-01 00:00:01', NULL)",
+    )
+    .await
+    .unwrap();
+    pair.assert_converges(&[("app.bulk", "id")], Duration::from_secs(60))
+        .await;
+    let loads = loads_run(&mut d).await - loads_before;
+    assert!(
+        loads >= 2,
+        "the upserts did not go as LOAD DATA ({loads} loads)"
+    );
+    let stats = rowlog.stop().await;
+    assert!(stats.halted().is_empty(), "{:?}", stats.halted());
+}
+
+/// LOAD DATA … REPLACE writes whole rows and deletes before it inserts where a table
+/// has triggers or references: with `sink.load_data` on, where the destination's table has a column of its
+/// own, a trigger, or a foreign key pointing at it, upserts go as statements, which
+/// leave that column, fire UPDATE triggers only and delete nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upserts_keep_statements_where_replace_would_differ_on_the_destination() {
+    let pair = Pair::start().await;
+    pair.src
+        .exec(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.extra (id INT PRIMARY KEY, v INT)",
+            "CREATE TABLE app.trig (id INT PRIMARY KEY, v INT)",
+            "CREATE TABLE app.parent (id INT PRIMARY KEY, v INT)",
+        ])
+        .await
+        .unwrap();
+    pair.dst
+        .exec(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.extra (id INT PRIMARY KEY, v INT, note VARCHAR(20) DEFAULT 'default')",
+            "CREATE TABLE app.trig (id INT PRIMARY KEY, v INT)",
+            "CREATE TABLE app.deleted (id INT)",
+            "CREATE TRIGGER app.trig_del AFTER DELETE ON app.trig FOR EACH ROW \
+               INSERT INTO app.deleted VALUES (OLD.id)",
+            "CREATE TABLE app.parent (id INT PRIMARY KEY, v INT)",
+            "CREATE TABLE app.child (id INT PRIMARY KEY, parent INT, \
+               FOREIGN KEY (parent) REFERENCES app.parent (id) ON DELETE CASCADE)",
+        ])
+        .await
+        .unwrap();
+    let mut d = pair.dst.conn().await.unwrap();
+    let loads_before = loads_run(&mut d).await;
+    let mut cfg = pair.config(1, 1);
+    cfg.sink.load_data = true;
+    let rowlog = InProcess::start(cfg);
+    pair.src
+        .exec(&[
+            "INSERT INTO app.extra SELECT seq, 0 FROM app.seq_1_to_40",
+            "INSERT INTO app.trig SELECT seq, 0 FROM app.seq_1_to_40",
+            "INSERT INTO app.parent SELECT seq, 0 FROM app.seq_1_to_40",
+        ])
+        .await
+        .unwrap();
+    common::wait_for_count(
+        &mut d,
+        "SELECT COUNT(*) FROM app.parent",
+        40,
+        "the inserts did not arrive",
+    )
+    .await;
+    d.query_drop("UPDATE app.extra SET note = 'kept'")
+        .await
+        .unwrap();
+    d.query_drop("INSERT INTO app.child SELECT seq, seq FROM app.seq_1_to_40")
+        .await
+        .unwrap();
+    pair.src
+        .exec(&[
+            "UPDATE app.extra SET v = 1",
+            "UPDATE app.trig SET v = 1",
+            "UPDATE app.parent SET v = 1",
+        ])
+        .await
+        .unwrap();
+    common::wait_for_count(
+        &mut d,
+        "SELECT COUNT(*) FROM app.parent WHERE v = 1",
+        40,
+        "the updates did not arrive",
+    )
+    .await;
+    let stats = rowlog.stop().await;
+    assert!(stats.halted().is_empty(), "{:?}", stats.halted());
+    for (q, want) in [
+        (
+            "SELECT COUNT(*) FROM app.extra WHERE v = 1 AND note = 'kept'",
+            40,
+        ),
+        ("SELECT COUNT(*) FROM app.trig WHERE v = 1", 40),
+        ("SELECT COUNT(*) FROM app.deleted", 0),
+        ("SELECT COUNT(*) FROM app.child", 40),
+    ] {
+        let got: u64 = d.query_first(q).await.unwrap().unwrap();
+        assert_eq!(got, want, "{q}");
+    }
+    assert_eq!(
+        loads_run(&mut d).await,
+        loads_before,
+        "no LOAD DATA was run"
     );
 }

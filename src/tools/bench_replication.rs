@@ -5,7 +5,9 @@
 //! transactions from 4 clients: index updates, non-index updates, delete + insert) —
 //! the same binlog stretch is applied three ways, each timed from empty:
 //! (a) raw: the final rows upserted into a fresh server, 1,000-row prepared
-//!     `INSERT … ON DUPLICATE KEY UPDATE` from 4 connections;
+//!     `INSERT … ON DUPLICATE KEY UPDATE` from 4 connections — and, as a second
+//!     baseline, the same rows as 1,000-row `LOAD DATA LOCAL INFILE … REPLACE`, the
+//!     bulk path rowlog's sink takes where it has the upsert's exact effect;
 //! (b) native: a fresh MariaDB replica (`CHANGE MASTER TO` the stretch's start,
 //!     default settings) until it has executed the stretch's end;
 //! (c) rowlog: the pipeline, from the stretch's start, until every change is applied.
@@ -35,6 +37,8 @@ pub struct BenchOptions {
     pub workers: u32,
     /// Rows of the backlog phase (f); 0 skips it.
     pub backlog_rows: u64,
+    /// `sink.load_data` for rowlog's runs.
+    pub load_data: bool,
 }
 
 const TABLE: &str =
@@ -158,6 +162,75 @@ async fn raw_upsert(src: &MariaDb, dst: &MariaDb) -> BenchResult<(u64, f64)> {
     Ok((n, started.elapsed().as_secs_f64()))
 }
 
+/// The same final rows as `LOAD DATA LOCAL INFILE … REPLACE` into `dst` (emptied
+/// first), 1,000 rows a load from 4 connections.
+async fn raw_load(src: &MariaDb, dst: &MariaDb) -> BenchResult<(u64, f64)> {
+    use futures_util::StreamExt;
+    use std::collections::HashMap;
+    dst.exec(&["TRUNCATE TABLE bench.t"]).await?;
+    let rows: Vec<(i64, i32, String, String)> = src
+        .conn()
+        .await?
+        .query("SELECT id, k, c, pad FROM bench.t")
+        .await?;
+    let n = rows.len() as u64;
+    // Encoded before the clock starts. The bench's values hold no tab, newline or
+    // backslash, so they need no escapes: checked, not assumed.
+    let mut files: HashMap<String, bytes::Bytes> = HashMap::new();
+    let mut names: Vec<Vec<String>> = vec![Vec::new(); 4];
+    for (part, names) in names.iter_mut().enumerate() {
+        let mine: Vec<_> = rows.iter().skip(part).step_by(4).collect();
+        for (i, chunk) in mine.chunks(1000).enumerate() {
+            let mut text = String::new();
+            for (id, k, c, pad) in chunk {
+                if [c, pad].iter().any(|v| v.contains(['\t', '\n', '\\'])) {
+                    return Err("raw load: a bench value needs escaping".into());
+                }
+                text.push_str(&format!("{id}\t{k}\t{c}\t{pad}\n"));
+            }
+            let name = format!("part{part}-{i}");
+            files.insert(name.clone(), text.into());
+            names.push(name);
+        }
+    }
+    let files = Arc::new(files);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for names in names {
+        let files = files.clone();
+        let handler = move |name: &[u8]| {
+            let data = std::str::from_utf8(name)
+                .ok()
+                .and_then(|n| files.get(n).cloned());
+            let answer = data
+                .map(|d| futures_util::stream::once(async move { Ok(d) }).boxed())
+                .ok_or_else(|| {
+                    mysql_async::LocalInfileError::PathIsNotInTheWhiteList(
+                        String::from_utf8_lossy(name).into_owned(),
+                    )
+                });
+            Box::pin(async move { answer }) as futures_util::future::BoxFuture<'static, _>
+        };
+        let opts =
+            mysql_async::OptsBuilder::from_opts(dst.opts()).local_infile_handler(Some(handler));
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::new(opts).await?;
+            for name in names {
+                c.query_drop(format!(
+                    "LOAD DATA LOCAL INFILE '{name}' REPLACE INTO TABLE bench.t \
+                     FIELDS TERMINATED BY '\\t' LINES TERMINATED BY '\\n' (id, k, c, pad)"
+                ))
+                .await?;
+            }
+            Ok::<(), mysql_async::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok((n, started.elapsed().as_secs_f64()))
+}
+
 async fn native(
     src: &MariaDb,
     replica: &MariaDb,
@@ -206,14 +279,15 @@ fn rowlog_config(
         &path,
         format!(
             "name = \"bench\"\n[source]\nurl = \"{}\"\nstart = \"{}:{}\"\nserver_id = 4280777\n\
-             [log]\ndir = \"{}\"\npartitions = {}\n[sink]\nurl = \"{}\"\nworkers = {}\n",
+             [log]\ndir = \"{}\"\npartitions = {}\n[sink]\nurl = \"{}\"\nworkers = {}\nload_data = {}\n",
             src.url(),
             from.0,
             from.1,
             dir.join("log").display(),
             opts.partitions,
             dst.url(),
-            opts.workers
+            opts.workers,
+            opts.load_data
         ),
     )?;
     Ok(Config::load_with_env(&path, Default::default())?)
@@ -232,6 +306,8 @@ struct ShapeResult {
     shape: &'static str,
     changes: u64,
     raw: f64,
+    /// Rows/s of the same final rows as LOAD DATA … REPLACE.
+    raw_load: f64,
     native: f64,
     rowlog: f64,
     /// Rows/s of an initial snapshot of the shape's final table.
@@ -282,6 +358,11 @@ async fn shape(
     println!(
         "[{name}] (a) raw upsert capacity: {raw_rows} rows in {raw_secs:.2} s = {raw:.0} rows/s"
     );
+    let (load_rows, load_secs) = raw_load(&src, &raw_dst).await?;
+    let raw_load = load_rows as f64 / load_secs;
+    println!(
+        "[{name}] (a') raw LOAD DATA … REPLACE capacity: {load_rows} rows in {load_secs:.2} s = {raw_load:.0} rows/s"
+    );
 
     let native_secs = native(&src, &native_dst, &from, &to).await?;
     let native = changes as f64 / native_secs;
@@ -316,6 +397,7 @@ async fn shape(
             shape: name,
             changes,
             raw,
+            raw_load,
             native,
             rowlog: rowlog_rate,
             snapshot: snapshot_rate,
@@ -481,7 +563,11 @@ async fn catch_up(
     let stats = Arc::new(Stats::default());
     let started = Instant::now();
     let pipeline = tokio::spawn(crate::daemon::run_with_stats(cfg, stop, stats.clone()));
+    let mut in_log = None;
     while Stats::get(&stats.applied) < changes {
+        if in_log.is_none() && Stats::get(&stats.appended) >= changes {
+            in_log = Some(started.elapsed().as_secs_f64());
+        }
         if pipeline.is_finished() {
             return Err(format!("[{tag}] rowlog stopped during the benchmark").into());
         }
@@ -491,6 +577,13 @@ async fn catch_up(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let secs = started.elapsed().as_secs_f64();
+    // Where the time went: reading and decoding the binlog into the log is the first
+    // stage, applying the second; they overlap.
+    let in_log = in_log.unwrap_or(secs);
+    println!(
+        "[{tag}] rowlog's source stage had every change in the log after {in_log:.2} s ({:.0} row changes/s)",
+        changes as f64 / in_log
+    );
     Ok((
         secs,
         Running {
@@ -560,31 +653,44 @@ pub async fn run(opts: BenchOptions) -> BenchResult<()> {
     let (oltp, lag) = shape("oltp", &opts, opts.lag_secs > 0).await?;
     println!();
     println!(
-        "rowlog bench replication ({} partitions × {} workers, 2-core machine, same run):",
-        opts.partitions, opts.workers
+        "rowlog bench replication ({} partitions × {} workers, upserts {}, 2-core machine, same run):",
+        opts.partitions,
+        opts.workers,
+        if opts.load_data {
+            "as LOAD DATA where exact"
+        } else {
+            "as statements"
+        }
     );
     println!(
-        "{:<6} {:>10} {:>14} {:>14} {:>14} {:>14} {:>14}",
+        "{:<6} {:>8} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9} {:>10}",
         "shape",
         "changes",
         "raw rows/s",
-        "native rows/s",
-        "rowlog rows/s",
-        "rowlog/native",
-        "rowlog/raw"
+        "load rows/s",
+        "native/s",
+        "rowlog/s",
+        "/native",
+        "/raw",
+        "/raw load"
     );
     for r in [&bulk, &oltp] {
         println!(
-            "{:<6} {:>10} {:>14.0} {:>14.0} {:>14.0} {:>14.2} {:>14.2}",
+            "{:<6} {:>8} {:>11.0} {:>11.0} {:>11.0} {:>11.0} {:>9.2} {:>9.2} {:>10.2}",
             r.shape,
             r.changes,
             r.raw,
+            r.raw_load,
             r.native,
             r.rowlog,
             r.rowlog / r.native,
-            r.rowlog / r.raw
+            r.rowlog / r.raw,
+            r.rowlog / r.raw_load
         );
     }
+    println!(
+        "(raw: 1,000-row upserts; raw load: 1,000-row LOAD DATA … REPLACE; both from 4 connections)"
+    );
     if let Some(rate) = bulk.snapshot {
         println!(
             "initial snapshot of the bulk table: {rate:.0} rows/s = {:.2} × the raw upsert capacity",

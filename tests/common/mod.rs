@@ -160,6 +160,29 @@ pub fn init_test_logging() {
         .try_init();
 }
 
+/// Waits (60 s at most) until `count_query` on `conn` returns `want`; `what` names
+/// what did not happen in the failure message.
+pub async fn wait_for_count(
+    conn: &mut mysql_async::Conn,
+    count_query: &str,
+    want: u64,
+    what: &str,
+) {
+    use mysql_async::prelude::Queryable;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: Option<u64> = conn.query_first(count_query).await.unwrap();
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} within 60 s: `{count_query}` returned {got:?}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// rowlog running in this process, stopped cleanly by [`InProcess::stop`].
 pub struct InProcess {
     trigger: ShutdownTrigger,
@@ -357,15 +380,28 @@ pub mod records {
         payload_len: usize,
         time_ms: u64,
     ) -> ChangeEvent {
+        let after = vec![
+            Value::Int(i as i64),
+            Value::Bytes(vec![(i % 251) as u8; payload_len]),
+        ];
+        change_of(t, Op::Insert, None, Some(after), i, time_ms)
+    }
+
+    /// Change number `i` of any table and kind, at its own binlog position.
+    pub fn change_of(
+        t: &Arc<TableSchema>,
+        op: Op,
+        before: Option<Vec<Value>>,
+        after: Option<Vec<Value>>,
+        i: u64,
+        time_ms: u64,
+    ) -> ChangeEvent {
         let pos: BinlogPosition = format!("binlog.000001:{}", 1000 + i * 100).parse().unwrap();
         ChangeEvent {
             table: t.clone(),
-            op: Op::Insert,
-            before: None,
-            after: Some(vec![
-                Value::Int(i as i64),
-                Value::Bytes(vec![(i % 251) as u8; payload_len]),
-            ]),
+            op,
+            before,
+            after,
             source: SourceMeta {
                 id: ChangeId {
                     epoch: 0,

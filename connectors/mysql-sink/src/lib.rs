@@ -3,8 +3,11 @@
 //!
 //! # Guarantees
 //! * **Idempotent**: inserts and updates are `INSERT … ON DUPLICATE KEY UPDATE` with the
-//!   full after-image, deletes are `DELETE … WHERE pk IN (…)`. Applying any stretch of
-//!   changes twice leaves the same rows as applying it once.
+//!   full after-image — or, with `sink.load_data`, for 16 rows or more of a table
+//!   where it has exactly that effect, `LOAD DATA LOCAL INFILE … REPLACE` (see
+//!   [`load`]) — and deletes are
+//!   `DELETE … WHERE pk IN (…)`. Applying any stretch of changes twice leaves the same
+//!   rows as applying it once.
 //! * **Atomic progress**: each batch's data and the worker's progress row
 //!   (`<progress_database>.rowlog_progress`) commit in one destination transaction, so
 //!   after a crash the stored offset says exactly which changes are in.
@@ -19,6 +22,7 @@
 mod coalesce;
 mod config;
 mod error;
+mod load;
 mod params;
 mod sink;
 mod sql;

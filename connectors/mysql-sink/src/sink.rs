@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, OptsBuilder, TxOpts};
+use mysql_async::{Conn, Opts, OptsBuilder, ServerError, Transaction, TxOpts};
 use rowlog_api::{
     ApplyBatch, ChangeEvent, ChangeId, ChangeSink, Retry, SchemaChange, SinkProgress, TableName,
     TableSchema, Value, WorkerProgress,
@@ -12,7 +13,7 @@ use rowlog_api::{
 
 use crate::params::column_param;
 use crate::sql::{self, quote};
-use crate::{coalesce, SinkConfig, SinkError};
+use crate::{coalesce, load, SinkConfig, SinkError};
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
@@ -22,6 +23,8 @@ enum Kind {
     /// Keyless tables: a plain insert, and a delete of one equal row.
     Insert,
     DeleteOne,
+    /// The upserts of a table as `LOAD DATA LOCAL INFILE … REPLACE` (see [`crate::load`]).
+    Load,
 }
 
 /// What a dry-run replay would do to one key.
@@ -40,6 +43,8 @@ struct Stmt<'a> {
     text: Arc<str>,
     /// The same statement for one row (to find the row a definite error is about).
     one: Arc<str>,
+    /// [`Kind::Load`]: the rows, encoded as the statement reads them.
+    data: Option<Bytes>,
 }
 
 impl Stmt<'_> {
@@ -51,7 +56,7 @@ impl Stmt<'_> {
                 .iter()
                 .map(|&i| column_param(&row[i], sql::send(&t.columns[i])))
                 .collect(),
-            Kind::Upsert | Kind::Replace | Kind::Insert | Kind::DeleteOne => t
+            Kind::Upsert | Kind::Replace | Kind::Insert | Kind::DeleteOne | Kind::Load => t
                 .written_columns()
                 .map(|(i, c)| column_param(&row[i], sql::send(c)))
                 .collect(),
@@ -84,6 +89,197 @@ fn render_key(t: &TableSchema, row: &[Value]) -> String {
         .join(", ")
 }
 
+/// The session's sql_mode while applying (see [`MySqlSink::connect`]).
+const STRICT_MODE: &str = "STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION";
+/// The same without strictness, for the one retry [`exec_write`] describes.
+const LENIENT_MODE: &str = "NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION";
+/// The session's `max_error_count`: every warning of a statement can be checked.
+const MAX_WARNINGS: usize = 65_535;
+
+/// Value errors, which strict mode raises and other modes downgrade to warnings: out of
+/// range (1264), data truncated (1265), incorrect value (1366), data too long (1406).
+fn value_error(code: u16) -> bool {
+    matches!(code, 1264 | 1265 | 1366 | 1406)
+}
+
+/// The column a value error or warning names: `… for column 'c' at row 1` (MySQL and
+/// MariaDB) or ``… for column `db`.`t`.`c` at row 1`` (MariaDB).
+fn named_column(message: &str) -> Option<String> {
+    const MARK: &str = "for column ";
+    // The last mention: the rejected value, quoted earlier in the message, may hold any text.
+    let rest = &message[message.rfind(MARK)? + MARK.len()..];
+    if let Some(quoted) = rest.strip_prefix('\'') {
+        return quoted.find('\'').map(|end| quoted[..end].to_owned());
+    }
+    let mut last = None;
+    let mut chars = rest.chars().peekable();
+    while chars.next() == Some('`') {
+        let mut part = String::new();
+        loop {
+            match chars.next()? {
+                '`' if chars.peek() == Some(&'`') => {
+                    chars.next();
+                    part.push('`');
+                }
+                '`' => break,
+                c => part.push(c),
+            }
+        }
+        last = Some(part);
+        if chars.peek() != Some(&'.') {
+            break;
+        }
+        chars.next();
+    }
+    last
+}
+
+/// Whether `message` is about one of `t`'s generated columns (names are case-insensitive).
+fn about_generated_column(t: &TableSchema, message: &str) -> bool {
+    named_column(message).is_some_and(|name| {
+        t.columns
+            .iter()
+            .any(|c| c.generated && c.name.eq_ignore_ascii_case(&name))
+    })
+}
+
+/// Runs a batch's statements in `tx`. On a definite error in a multi-row statement, the
+/// rows are tried one by one so that the error names the key the destination rejects.
+async fn write_all(
+    tx: &mut Transaction<'_>,
+    work: &[Stmt<'_>],
+    staged: Option<&load::Staged>,
+    apply_error: &(dyn Fn(&TableSchema, Option<String>, mysql_async::Error) -> SinkError + Sync),
+) -> Result<(), SinkError> {
+    for stmt in work {
+        let done = match (&stmt.data, staged) {
+            (Some(data), Some(staged)) => {
+                staged.set(data.clone());
+                let done = exec_write(tx, stmt.table, &stmt.text, None::<fn() -> _>).await;
+                staged.set(Bytes::new());
+                done
+            }
+            _ => exec_write(tx, stmt.table, &stmt.text, Some(|| stmt.params())).await,
+        };
+        let Err(err) = done else {
+            continue;
+        };
+        let failed = apply_error(stmt.table, None, err);
+        if failed.is_retryable() || stmt.rows.len() == 1 {
+            let key = (stmt.rows.len() == 1).then(|| render_key(stmt.table, stmt.rows[0]));
+            return Err(match failed {
+                SinkError::Apply { source, .. } => apply_error(stmt.table, key, source),
+                other => other,
+            });
+        }
+        // A definite error in a multi-row statement: find the row the destination
+        // rejects, so the error names its key (each try is rolled back on its own).
+        for row in &stmt.rows {
+            let one = exec_write(tx, stmt.table, &stmt.one, Some(|| stmt.row_params(row)));
+            if let Err(e) = one.await {
+                return Err(apply_error(
+                    stmt.table,
+                    Some(render_key(stmt.table, row)),
+                    e,
+                ));
+            }
+        }
+        return Err(failed);
+    }
+    Ok(())
+}
+
+/// Runs one write statement of a batch.
+///
+/// Generated columns are computed by the destination, never written by rowlog. MariaDB
+/// computes a table's virtual columns while it runs the update part of `INSERT … ON
+/// DUPLICATE KEY UPDATE`, and in strict mode a computed value outside its column's range
+/// fails the statement — although the source holds that row (a virtual column is
+/// computed on read, leniently, and a plain `UPDATE` of the row passes even in strict
+/// mode). So when strict mode rejects a value of a generated column, the statement
+/// (rolled back on its own) runs once more without strictness and every warning it
+/// leaves is checked: one about a generated column is the destination's own
+/// computation; any other is returned as the error strict mode would have raised, and
+/// the caller rolls the transaction back. Nothing rowlog writes is ever truncated.
+async fn exec_write(
+    tx: &mut Transaction<'_>,
+    table: &TableSchema,
+    text: &str,
+    params: Option<impl Fn() -> Vec<mysql_async::Value>>,
+) -> Result<(), mysql_async::Error> {
+    let err = match run_once(tx, table, text, params.as_ref().map(|p| p())).await {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    match &err {
+        mysql_async::Error::Server(s)
+            if value_error(s.code) && about_generated_column(table, &s.message) => {}
+        _ => return Err(err),
+    }
+    tracing::debug!(table = %table.name, error = %err,
+        "a generated column's computed value is out of strict bounds; retrying leniently");
+    tx.query_drop(format!("SET SESSION sql_mode='{LENIENT_MODE}'"))
+        .await?;
+    let checked = match run_once(tx, table, text, params.as_ref().map(|p| p())).await {
+        Ok(()) => warning_as_error(tx, table).await,
+        Err(e) => Err(e),
+    };
+    tx.query_drop(format!("SET SESSION sql_mode='{STRICT_MODE}'"))
+        .await?;
+    checked
+}
+
+/// Runs a statement: prepared with `params`, or as text without (LOAD DATA cannot be
+/// prepared). A load's warnings are checked: MySQL runs LOCAL loads as IGNORE, turning
+/// value errors into warnings.
+async fn run_once(
+    tx: &mut Transaction<'_>,
+    table: &TableSchema,
+    text: &str,
+    params: Option<Vec<mysql_async::Value>>,
+) -> Result<(), mysql_async::Error> {
+    match params {
+        Some(p) => tx.exec_drop(text, p).await,
+        None => {
+            tx.query_drop(text).await?;
+            warning_as_error(tx, table).await
+        }
+    }
+}
+
+/// After a lenient statement or a load: the first warning that is not about a generated column
+/// (nor a note, nor a deprecation), as the error strict mode would have raised.
+async fn warning_as_error(
+    tx: &mut Transaction<'_>,
+    table: &TableSchema,
+) -> Result<(), mysql_async::Error> {
+    if tx.get_warnings() == 0 {
+        return Ok(());
+    }
+    let warnings: Vec<(String, u16, String)> = tx.query("SHOW WARNINGS").await?;
+    let as_error = |code, message| {
+        Err(mysql_async::Error::Server(ServerError {
+            code,
+            message,
+            state: "22000".into(),
+        }))
+    };
+    if warnings.len() >= MAX_WARNINGS {
+        return as_error(
+            1264,
+            format!("more than {MAX_WARNINGS} warnings; they cannot all be checked"),
+        );
+    }
+    for (level, code, message) in warnings {
+        // 1287: a deprecated syntax (MySQL 8 deprecates VALUES() in the upsert).
+        if level == "Note" || code == 1287 || about_generated_column(table, &message) {
+            continue;
+        }
+        return as_error(code, message);
+    }
+    Ok(())
+}
+
 /// Statement text by (schema, kind, rows). The schema `Arc` is kept in the value so its
 /// address cannot be reused by another schema while the entry exists.
 type SqlCache = HashMap<(usize, Kind, usize), (Arc<TableSchema>, Arc<str>)>;
@@ -99,6 +295,12 @@ pub struct MySqlSink {
     schema_changes_table: String,
     progress_db: String,
     sql: SqlCache,
+    /// The batch the LOCAL INFILE handler serves; `None` when LOAD DATA is off
+    /// (`sink.load_data = false`, or the destination has `local_infile=OFF`).
+    staged: Option<load::Staged>,
+    /// Per schema version: whether the destination's table takes LOAD DATA with the
+    /// upsert's exact effect (see [`crate::load`]).
+    load_fits: HashMap<usize, (Arc<TableSchema>, bool)>,
 }
 
 impl MySqlSink {
@@ -106,6 +308,7 @@ impl MySqlSink {
     /// * `time_zone='+00:00'`: TIMESTAMP values travel as UTC fields;
     /// * strict mode, so a value the table cannot hold is an error, never a silent
     ///   truncation; `NO_AUTO_VALUE_ON_ZERO` so an id of 0 stays 0;
+    /// * every warning of a statement kept (`max_error_count`), for [`exec_write`];
     /// * READ COMMITTED: no gap locks, so concurrent workers upserting neighbouring
     ///   keys of one table do not deadlock each other;
     /// * `foreign_key_checks=0`: rows of different tables arrive through different
@@ -114,15 +317,38 @@ impl MySqlSink {
     pub async fn connect(cfg: &SinkConfig, pipeline: &str) -> Result<Self, SinkError> {
         let opts = Opts::from_url(&cfg.url).map_err(SinkError::BadUrl)?;
         let addr = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
+        let staged = cfg.load_data.then(load::Staged::default);
         let opts = OptsBuilder::from_opts(opts).stmt_cache_size(256).init(vec![
-            "SET time_zone='+00:00'",
-            "SET sql_mode='STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION'",
-            "SET foreign_key_checks=0",
-            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            "SET time_zone='+00:00'".to_string(),
+            format!("SET sql_mode='{STRICT_MODE}', max_error_count={MAX_WARNINGS}"),
+            "SET foreign_key_checks=0".to_string(),
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string(),
         ]);
-        let conn = Conn::new(opts)
-            .await
-            .map_err(|source| SinkError::Connect { addr, source })?;
+        let opts = match &staged {
+            Some(s) => opts.local_infile_handler(Some(s.handler())),
+            None => opts,
+        };
+        let mut conn = Conn::new(opts).await.map_err(|source| SinkError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
+        let staged = match staged {
+            Some(s) => {
+                let allowed: Option<i64> = conn
+                    .query_first("SELECT @@local_infile")
+                    .await
+                    .map_err(|source| SinkError::Connect { addr, source })?;
+                if allowed == Some(1) {
+                    Some(s)
+                } else {
+                    tracing::info!(
+                        "the destination has local_infile=OFF: upserts go as statements, not LOAD DATA"
+                    );
+                    None
+                }
+            }
+            None => None,
+        };
         Ok(Self {
             conn,
             pipeline: pipeline.to_owned(),
@@ -133,6 +359,8 @@ impl MySqlSink {
             ),
             progress_db: cfg.progress_database.clone(),
             sql: HashMap::new(),
+            staged,
+            load_fits: HashMap::new(),
         })
     }
 
@@ -195,6 +423,11 @@ impl MySqlSink {
             .unwrap_or_default();
         let offset = progress.map(|p| p.offset).unwrap_or(u64::MAX);
         let groups = coalesce(changes);
+        for g in &groups {
+            if g.upserts.len() >= load::MIN_ROWS {
+                self.check_load_fits(g.table).await?;
+            }
+        }
 
         // Build every statement's text before the transaction borrows the connection.
         let mut work: Vec<Stmt<'_>> = Vec::new();
@@ -225,12 +458,26 @@ impl MySqlSink {
                     rows: vec![row],
                     text: self.statement(g.table, kind, 1),
                     one: self.statement(g.table, kind, 1),
+                    data: None,
                 });
             }
-            for (kind, rows, width) in [
-                (Kind::Delete, &g.deletes, g.table.primary_key.len()),
-                (write, &g.upserts, g.table.columns.len()),
-            ] {
+            let mut groups_of = vec![(Kind::Delete, &g.deletes, g.table.primary_key.len())];
+            if write == Kind::Upsert && g.upserts.len() >= load::MIN_ROWS && self.load_fits(g.table)
+            {
+                let mut data = Vec::new();
+                load::encode(g.table, &g.upserts, &mut data);
+                work.push(Stmt {
+                    table: g.table,
+                    kind: Kind::Load,
+                    rows: g.upserts.clone(),
+                    text: self.statement(g.table, Kind::Load, 0),
+                    one: self.statement(g.table, Kind::Upsert, 1),
+                    data: Some(data.into()),
+                });
+            } else {
+                groups_of.push((write, &g.upserts, g.table.columns.len()));
+            }
+            for (kind, rows, width) in groups_of {
                 let mut rest: &[&[Value]] = rows;
                 for n in sql::chunks(rest.len(), width) {
                     let (now, later) = rest.split_at(n);
@@ -240,6 +487,7 @@ impl MySqlSink {
                         rows: now.to_vec(),
                         text: self.statement(g.table, kind, n),
                         one: self.statement(g.table, kind, 1),
+                        data: None,
                     });
                     rest = later;
                 }
@@ -253,6 +501,7 @@ impl MySqlSink {
             source_position: source_position.clone(),
             source,
         };
+        let staged = self.staged.clone();
         let mut tx = self
             .conn
             .start_transaction(TxOpts::default())
@@ -262,30 +511,14 @@ impl MySqlSink {
                 action: "begin",
                 source,
             })?;
-        for stmt in &work {
-            let Err(err) = tx.exec_drop(&*stmt.text, stmt.params()).await else {
-                continue;
-            };
-            let failed = apply_error(stmt.table, None, err);
-            if failed.is_retryable() || stmt.rows.len() == 1 {
-                let key = (stmt.rows.len() == 1).then(|| render_key(stmt.table, stmt.rows[0]));
-                return Err(match failed {
-                    SinkError::Apply { source, .. } => apply_error(stmt.table, key, source),
-                    other => other,
-                });
+        if let Err(e) = write_all(&mut tx, &work, staged.as_ref(), &apply_error).await {
+            // Release the batch's row locks now: a dropped transaction is rolled back
+            // only at the connection's next use, and a halted partition's connection
+            // may not be used again (its locks would block whoever fixes the row).
+            if let Err(r) = tx.rollback().await {
+                tracing::debug!(error = %r, "rolling back a rejected batch failed");
             }
-            // A definite error in a multi-row statement: find the row the destination
-            // rejects, so the error names its key (each try is rolled back on its own).
-            for row in &stmt.rows {
-                if let Err(e) = tx.exec_drop(&*stmt.one, stmt.row_params(row)).await {
-                    return Err(apply_error(
-                        stmt.table,
-                        Some(render_key(stmt.table, row)),
-                        e,
-                    ));
-                }
-            }
-            return Err(failed);
+            return Err(e);
         }
         let progress_sql = format!(
             "INSERT INTO {} (pipeline, log_id, part, worker, workers, log_offset, source_position, source_commit_ms, updated_at) \
@@ -522,6 +755,55 @@ impl MySqlSink {
         Ok(out)
     }
 
+    /// Whether `table`'s upserts go as LOAD DATA (after [`Self::check_load_fits`]).
+    fn load_fits(&self, table: &Arc<TableSchema>) -> bool {
+        self.staged.is_some()
+            && self
+                .load_fits
+                .get(&(Arc::as_ptr(table) as usize))
+                .is_some_and(|(_, fits)| *fits)
+    }
+
+    /// Checks once per schema version what [`crate::load`] requires of the destination's
+    /// table: the event's columns and no more, the primary key as its only unique index,
+    /// no triggers, no foreign key referencing it.
+    async fn check_load_fits(&mut self, table: &Arc<TableSchema>) -> Result<(), SinkError> {
+        let key = Arc::as_ptr(table) as usize;
+        if self.staged.is_none() || self.load_fits.contains_key(&key) {
+            return Ok(());
+        }
+        let fits = load::columns_fit(table)
+            && {
+                let (db, name) = (&table.name.db, &table.name.table);
+                let q = "SELECT \
+                (SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?), \
+                (SELECT COUNT(DISTINCT INDEX_NAME) FROM information_schema.STATISTICS \
+                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0), \
+                (SELECT COUNT(*) FROM information_schema.TRIGGERS \
+                  WHERE EVENT_OBJECT_SCHEMA = ? AND EVENT_OBJECT_TABLE = ?), \
+                (SELECT COUNT(*) FROM information_schema.KEY_COLUMN_USAGE \
+                  WHERE REFERENCED_TABLE_SCHEMA = ? AND REFERENCED_TABLE_NAME = ?)";
+                let found: Option<(u64, u64, u64, u64)> = self
+                    .conn
+                    .exec_first(q, (db, name, db, name, db, name, db, name))
+                    .await
+                    .map_err(|source| SinkError::Apply {
+                        table: table.name.clone(),
+                        key: None,
+                        offset: u64::MAX,
+                        source_position: "checking the destination table for LOAD DATA".into(),
+                        source,
+                    })?;
+                found == Some((table.columns.len() as u64, 1, 0, 0))
+            };
+        tracing::debug!(table = %table.name, fits, "LOAD DATA for upserts");
+        if self.load_fits.len() >= SQL_CACHE_LIMIT {
+            self.load_fits.clear();
+        }
+        self.load_fits.insert(key, (table.clone(), fits));
+        Ok(())
+    }
+
     fn statement(&mut self, table: &Arc<TableSchema>, kind: Kind, rows: usize) -> Arc<str> {
         if self.sql.len() >= SQL_CACHE_LIMIT {
             self.sql.clear();
@@ -536,6 +818,7 @@ impl MySqlSink {
                     Kind::Delete => sql::delete(table, rows),
                     Kind::Insert => sql::insert(table, rows),
                     Kind::DeleteOne => sql::delete_one_equal(table),
+                    Kind::Load => load::statement(table),
                 };
                 tracing::debug!(table = %table.name, rows, sql = %text, "statement built");
                 (table.clone(), text.into())
@@ -663,5 +946,34 @@ impl ChangeSink for MySqlSink {
                 offset,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::named_column;
+
+    #[test]
+    fn value_errors_name_their_column_in_either_quoting() {
+        let cases = [
+            (
+                "Out of range value for column 'gen_v' at row 1",
+                Some("gen_v"),
+            ),
+            (
+                "Incorrect integer value: 'x7' for column `t`.`g`.`b` at row 1",
+                Some("b"),
+            ),
+            // The rejected value may itself look like a column mention.
+            (
+                "Incorrect integer value: 'for column `a`' for column `d`.`t`.`we``ird` at row 2",
+                Some("we`ird"),
+            ),
+            ("Data too long for column 'c' at row 3", Some("c")),
+            ("Truncated incorrect DOUBLE value: 'x'", None),
+        ];
+        for (message, column) in cases {
+            assert_eq!(named_column(message).as_deref(), column, "{message}");
+        }
     }
 }
