@@ -72,16 +72,10 @@ async fn killed_mid_stream_it_converges_after_restart_with_no_row_lost_on(kafka:
     assert!(written > 50_000, "the workload made {written} changes");
     // The crashed runs made progress that survived, and the destination is behind:
     // what follows tests recovery, not a pipeline that had already finished.
-    let count = |url: String| async move {
-        let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(&url).unwrap())
-            .await
-            .unwrap();
-        c.query_first::<u64, _>("SELECT COUNT(*) FROM app.t")
-            .await
-            .unwrap()
-            .unwrap()
-    };
-    let (at_source, at_destination) = (count(pair.src.url()).await, count(pair.dst.url()).await);
+    let (at_source, at_destination) = (
+        common::count(&pair.src, "app.t").await,
+        common::count(&pair.dst, "app.t").await,
+    );
     assert!(
         at_destination > 0 && at_destination < at_source,
         "destination {at_destination} rows, source {at_source}"

@@ -13,18 +13,21 @@ use mysql_async::prelude::Queryable;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use rowlog::log::{KafkaLog, KafkaSettings, LogError};
+use rowlog::log::{KafkaLog, LogError};
 use rowlog::testkit::Tansu;
 use serde_json::Value as Json;
 
-fn settings(broker: &Tansu) -> KafkaSettings {
-    KafkaSettings {
-        brokers: broker.brokers(),
-        topic: None,
-        replication_factor: 1,
-        request_timeout_ms: 30_000,
-        properties: Default::default(),
-    }
+/// A source and a destination with rowlog's log on `broker`, and the table `app.t`
+/// the tests below write.
+async fn pair_on(broker: &Tansu) -> Pair {
+    let pair = Pair::start().await;
+    pair.use_kafka(broker.brokers());
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)",
+    ])
+    .await;
+    pair
 }
 
 /// Every message of `topic`'s `partitions` partitions, read with a plain librdkafka
@@ -185,7 +188,7 @@ async fn any_kafka_consumer_reads_debezium_shaped_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_with_another_partition_count_is_refused() {
     let broker = Tansu::start().expect("tansu broker starts");
-    let s = settings(&broker);
+    let s = broker.settings();
     drop(
         KafkaLog::open(&s, "shop", 2)
             .await
@@ -234,19 +237,13 @@ async fn write(url: String, first: u64, txns: u64) {
 async fn the_broker_down_for_30_seconds_mid_stream_loses_nothing() {
     common::init_test_logging();
     let mut broker = Tansu::start().expect("tansu broker starts");
-    let pair = Pair::start().await;
-    pair.use_kafka(broker.brokers());
-    pair.create(&[
-        "CREATE DATABASE app",
-        "CREATE TABLE app.t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)",
-    ])
-    .await;
+    let pair = pair_on(&broker).await;
     let rowlog = InProcess::start(pair.config(2, 4));
     let writer = tokio::spawn(write(pair.src.url(), 1, 600));
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     broker.stop();
-    let down_at_source = count(&pair.src.url()).await;
+    let down_at_source = common::count(&pair.src, "app.t").await;
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(
         !rowlog.finished(),
@@ -254,7 +251,7 @@ async fn the_broker_down_for_30_seconds_mid_stream_loses_nothing() {
     );
     broker.restart().expect("tansu comes back");
     writer.await.unwrap();
-    let total = count(&pair.src.url()).await;
+    let total = common::count(&pair.src, "app.t").await;
     assert!(
         total > down_at_source,
         "the source kept writing while the broker was away ({down_at_source} → {total})"
@@ -265,28 +262,12 @@ async fn the_broker_down_for_30_seconds_mid_stream_loses_nothing() {
     rowlog.stop().await;
 }
 
-async fn count(url: &str) -> u64 {
-    let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(url).unwrap())
-        .await
-        .unwrap();
-    c.query_first("SELECT COUNT(*) FROM app.t")
-        .await
-        .unwrap()
-        .unwrap()
-}
-
 /// The destination's progress table is the truth: a consumer group whose offsets were
 /// moved back (or lost) does not make the sink apply again what the destination has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sink_resumes_from_the_destination_when_it_is_ahead_of_the_group() {
     let broker = Tansu::start().expect("tansu broker starts");
-    let pair = Pair::start().await;
-    pair.use_kafka(broker.brokers());
-    pair.create(&[
-        "CREATE DATABASE app",
-        "CREATE TABLE app.t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)",
-    ])
-    .await;
+    let pair = pair_on(&broker).await;
     let mut c = pair.src.conn().await.unwrap();
     c.query_drop("INSERT INTO app.t SELECT seq, seq FROM app.seq_1_to_1000")
         .await
@@ -298,7 +279,7 @@ async fn the_sink_resumes_from_the_destination_when_it_is_ahead_of_the_group() {
     assert_eq!(rowlog::pipeline::Stats::get(&stats.applied), 1000);
 
     // Move the sink's consumer group back to the start of every partition.
-    let log = KafkaLog::open_existing(&settings(&broker), "test", 4)
+    let log = KafkaLog::open_existing(&broker.settings(), "test", 4)
         .await
         .unwrap();
     for p in 0..4 {
@@ -328,13 +309,7 @@ async fn the_sink_resumes_from_the_destination_when_it_is_ahead_of_the_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_while_the_broker_is_away_exits_in_time_and_loses_nothing() {
     let mut broker = Tansu::start().expect("tansu broker starts");
-    let pair = Pair::start().await;
-    pair.use_kafka(broker.brokers());
-    pair.create(&[
-        "CREATE DATABASE app",
-        "CREATE TABLE app.t (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)",
-    ])
-    .await;
+    let pair = pair_on(&broker).await;
     let config = pair.dir.path().join("rowlog.toml");
     std::fs::write(
         &config,
@@ -372,4 +347,61 @@ async fn sigterm_while_the_broker_is_away_exits_in_time_and_loses_nothing() {
     pair.assert_converges(&[("app.t", "id")], Duration::from_secs(120))
         .await;
     daemon.terminate_cleanly();
+}
+
+/// `/metrics` and `/status` of a pipeline whose log is on Kafka: rows read and applied,
+/// each partition's end offset (the topic's high watermark) and committed offset (the
+/// consumer group's, after the destination), no lag, ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_report_offsets_and_rows_of_a_pipeline_on_kafka() {
+    use common::http::{
+        assert_rows_by_op, assert_status_caught_up, config_with_http, get, poll, scrape,
+    };
+    let broker = Tansu::start().expect("tansu broker starts");
+    let pair = pair_on(&broker).await;
+    let (cfg, addr) = config_with_http(&pair, 2, 4);
+    let rowlog = InProcess::start(cfg);
+    pair.src
+        .exec(&[
+            "INSERT INTO app.t SELECT seq, seq FROM app.seq_1_to_600",
+            "UPDATE app.t SET v = v + 1 WHERE id <= 200",
+            "DELETE FROM app.t WHERE id > 500",
+        ])
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    let m = poll(
+        "all 900 changes applied and committed",
+        Duration::from_secs(30),
+        || async {
+            let m = scrape(&addr).await;
+            (m.sum("rowlog_sink_rows_applied_total", &[]) == Some(900.0)
+                && m.get("rowlog_sink_lag_records", &[]) == 0.0)
+                .then_some(m)
+        },
+    )
+    .await;
+    assert_rows_by_op(
+        &m,
+        "app.t",
+        &[("insert", 600.0), ("update", 200.0), ("delete", 100.0)],
+    );
+    assert_eq!(m.get("rowlog_log_appended_records_total", &[]), 900.0);
+    assert_eq!(m.get("rowlog_log_end_offset", &[]), 900.0);
+    assert_eq!(m.get("rowlog_sink_committed_offset", &[]), 900.0);
+    assert_eq!(m.get("rowlog_pipeline_halted", &[]), 0.0);
+    assert_eq!(m.get("rowlog_errors_total", &[("kind", "definite")]), 0.0);
+
+    let (code, body) = poll("/readyz 200", Duration::from_secs(10), || async {
+        get(&addr, "/readyz").await.filter(|(c, _)| *c == 200)
+    })
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = get(&addr, "/status").await.unwrap();
+    assert_eq!(code, 200);
+    let status: Json = serde_json::from_str(&body).unwrap();
+    assert_status_caught_up(&status, 4, 900);
+    assert_eq!(status["halted"], false);
+    rowlog.stop().await;
 }

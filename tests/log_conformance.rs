@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use common::records::{append, change, read_from, resume_at, table};
 use rowlog::log::{
-    AppendBatch, EmbeddedLog, KafkaLog, KafkaSettings, LogEntry, LogError, PartitionReader,
-    PartitionedLog,
+    AppendBatch, EmbeddedLog, KafkaLog, LogEntry, LogError, PartitionReader, PartitionedLog,
 };
 use rowlog::testkit::Tansu;
 use rowlog_api::{SchemaChange, SchemaChangeKind, TableName};
@@ -38,20 +37,10 @@ fn embedded() -> Embedded {
 
 struct Kafka(Tansu);
 
-pub fn kafka_settings(brokers: String) -> KafkaSettings {
-    KafkaSettings {
-        brokers,
-        topic: None,
-        replication_factor: 1,
-        request_timeout_ms: 30_000,
-        properties: Default::default(),
-    }
-}
-
 impl Backend for Kafka {
     type Log = KafkaLog;
     async fn open(&self) -> KafkaLog {
-        KafkaLog::open(&kafka_settings(self.0.brokers()), "conformance", PARTITIONS)
+        KafkaLog::open(&self.0.settings(), "conformance", PARTITIONS)
             .await
             .expect("Kafka log opens")
     }

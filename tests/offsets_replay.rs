@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::{Daemon, Pair};
 use mysql_async::prelude::Queryable;
+use rowlog::testkit::Tansu;
 
 fn rowlog(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_rowlog"))
@@ -33,9 +34,30 @@ async fn count(pair: &Pair, sql: &str) -> u64 {
         .unwrap()
 }
 
+/// A pair whose log is on `kafka` when given, embedded otherwise.
+async fn pair_on(kafka: Option<&Tansu>) -> Pair {
+    let pair = Pair::start().await;
+    if let Some(k) = kafka {
+        pair.use_kafka(k.brokers());
+    }
+    pair
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_and_replay_repair_a_damaged_destination() {
-    let pair = Pair::start().await;
+    offsets_and_replay_repair_a_damaged_destination_on(None).await
+}
+
+/// The same with the log on Kafka: offsets are the consumer group's and the
+/// destination's, replay reads the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_and_replay_repair_a_damaged_destination_through_kafka() {
+    let broker = Tansu::start().expect("tansu broker starts");
+    offsets_and_replay_repair_a_damaged_destination_on(Some(&broker)).await
+}
+
+async fn offsets_and_replay_repair_a_damaged_destination_on(kafka: Option<&Tansu>) {
+    let pair = pair_on(kafka).await;
     pair.create(&[
         "CREATE DATABASE app",
         "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
@@ -137,7 +159,20 @@ async fn offsets_and_replay_repair_a_damaged_destination() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_reset_re_reads_the_binlog_from_an_earlier_position() {
-    let pair = Pair::start().await;
+    source_reset_re_reads_the_binlog_from_an_earlier_position_on(None).await
+}
+
+/// The same with the log on Kafka: the checkpoint is in the topic's `.checkpoint`
+/// companion, and the reset's new epoch makes the re-read changes sort after the
+/// topic's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_reset_re_reads_the_binlog_from_an_earlier_position_through_kafka() {
+    let broker = Tansu::start().expect("tansu broker starts");
+    source_reset_re_reads_the_binlog_from_an_earlier_position_on(Some(&broker)).await
+}
+
+async fn source_reset_re_reads_the_binlog_from_an_earlier_position_on(kafka: Option<&Tansu>) {
+    let pair = pair_on(kafka).await;
     pair.create(&[
         "CREATE DATABASE app",
         "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
@@ -219,7 +254,20 @@ async fn source_reset_re_reads_the_binlog_from_an_earlier_position() {
 /// offset range of one partition: each re-applies exactly that stretch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_move_to_an_offset_or_a_time_and_replay_takes_an_offset_range() {
-    let pair = Pair::start().await;
+    offsets_move_to_an_offset_or_a_time_and_replay_takes_an_offset_range_on(None).await
+}
+
+/// The same with the log on Kafka: times go through the topic's time index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_move_to_an_offset_or_a_time_and_replay_takes_an_offset_range_through_kafka() {
+    let broker = Tansu::start().expect("tansu broker starts");
+    offsets_move_to_an_offset_or_a_time_and_replay_takes_an_offset_range_on(Some(&broker)).await
+}
+
+async fn offsets_move_to_an_offset_or_a_time_and_replay_takes_an_offset_range_on(
+    kafka: Option<&Tansu>,
+) {
+    let pair = pair_on(kafka).await;
     pair.create(&[
         "CREATE DATABASE app",
         "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",

@@ -70,6 +70,17 @@ impl Tansu {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// `[kafka]` settings for this broker: one broker, so replication factor 1.
+    pub fn settings(&self) -> crate::log::KafkaSettings {
+        crate::log::KafkaSettings {
+            brokers: self.brokers(),
+            topic: None,
+            replication_factor: 1,
+            request_timeout_ms: 30_000,
+            properties: Default::default(),
+        }
+    }
+
     fn launch(&mut self) -> io::Result<()> {
         let bin = tansu_binary().ok_or_else(|| {
             io::Error::other(

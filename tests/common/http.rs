@@ -122,3 +122,31 @@ pub fn config_with_http(
     cfg.http.listen = addr.clone();
     (cfg, addr)
 }
+
+/// Rows read from the source and applied to the destination, by operation, equal
+/// `expected` for `table`.
+pub fn assert_rows_by_op(m: &Scrape, table: &str, expected: &[(&str, f64)]) {
+    for &(op, n) in expected {
+        let labels = [("table", table), ("op", op)];
+        assert_eq!(m.get("rowlog_source_rows_total", &labels), n, "{op} read");
+        assert_eq!(
+            m.get("rowlog_sink_rows_applied_total", &labels),
+            n,
+            "{op} applied"
+        );
+    }
+}
+
+/// `/status` lists `partitions` partitions, each committed up to its end, holding
+/// `records` in all.
+pub fn assert_status_caught_up(status: &serde_json::Value, partitions: usize, records: i64) {
+    let parts = status["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), partitions, "{status:#}");
+    let mut total = 0;
+    for p in parts {
+        assert_eq!(p["end_offset"], p["committed_offset"], "{p}");
+        assert_eq!(p["lag_records"], 0, "{p}");
+        total += p["end_offset"].as_i64().unwrap();
+    }
+    assert_eq!(total, records, "{status:#}");
+}

@@ -160,6 +160,15 @@ pub fn init_test_logging() {
         .try_init();
 }
 
+/// `SELECT COUNT(*)` of `table` on `server`.
+pub async fn count(server: &MariaDb, table: &str) -> u64 {
+    let mut c = server.conn().await.unwrap();
+    c.query_first(format!("SELECT COUNT(*) FROM {table}"))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// Waits (60 s at most) until `count_query` on `conn` returns `want`; `what` names
 /// what did not happen in the failure message.
 pub async fn wait_for_count(
@@ -168,7 +177,6 @@ pub async fn wait_for_count(
     want: u64,
     what: &str,
 ) {
-    use mysql_async::prelude::Queryable;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let got: Option<u64> = conn.query_first(count_query).await.unwrap();
