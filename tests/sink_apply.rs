@@ -525,13 +525,8 @@ async fn a_written_value_out_of_range_is_rejected_next_to_an_overflowing_generat
         .await
         .unwrap();
     let col = |name: &str, generated| Column {
-        name: name.into(),
-        ty: ColumnType::Int,
-        unsigned: false,
-        charset: None,
-        charset_name: None,
         generated,
-        nullable: true,
+        ..Column::plain(name, ColumnType::Int)
     };
     let table = std::sync::Arc::new(rowlog_api::TableSchema {
         name: TableName::new("app", "g"),
@@ -554,11 +549,7 @@ async fn a_written_value_out_of_range_is_rejected_next_to_an_overflowing_generat
             Value::Int(i.min(i64::from(i32::MAX) - 1) + 1),
         ]
     };
-    let mut cfg = pair.config(1, 1);
-    cfg.sink.load_data = true;
-    let mut sink = rowlog_mysql_sink::MySqlSink::connect(&cfg.sink, "test")
-        .await
-        .unwrap();
+    let mut sink = load_data_sink(&pair).await;
     let mut d = pair.dst.conn().await.unwrap();
     for rows in [4i64, 20] {
         d.query_drop("DELETE FROM app.g").await.unwrap();
@@ -593,6 +584,15 @@ async fn a_written_value_out_of_range_is_rejected_next_to_an_overflowing_generat
             "{rows} rows: nothing of the batch was kept"
         );
     }
+}
+
+/// A sink connection to `pair`'s destination with `sink.load_data` on.
+async fn load_data_sink(pair: &Pair) -> rowlog_mysql_sink::MySqlSink {
+    let mut cfg = pair.config(1, 1);
+    cfg.sink.load_data = true;
+    rowlog_mysql_sink::MySqlSink::connect(&cfg.sink, "test")
+        .await
+        .unwrap()
 }
 
 /// How many LOAD DATA statements the destination has run (`Com_load`).
@@ -674,10 +674,12 @@ async fn bulk_upserts_through_load_data_arrive_byte_for_byte() {
     assert!(stats.halted().is_empty(), "{:?}", stats.halted());
 }
 
-/// LOAD DATA … REPLACE writes whole rows and deletes before it inserts where a table
-/// has triggers or references: with `sink.load_data` on, where the destination's table has a column of its
-/// own, a trigger, or a foreign key pointing at it, upserts go as statements, which
-/// leave that column, fire UPDATE triggers only and delete nothing.
+/// LOAD DATA … REPLACE writes whole rows, sends bytes unconverted, and deletes before it
+/// inserts where a table has triggers or references. With `sink.load_data` on, where
+/// the destination's table has a column of its own (also in place of one of the
+/// source's), a text column in another character set, a trigger, or a foreign key
+/// pointing at it, upserts go as statements, which leave that column, convert the text,
+/// fire UPDATE triggers only and delete nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upserts_keep_statements_where_replace_would_differ_on_the_destination() {
     let pair = Pair::start().await;
@@ -687,6 +689,8 @@ async fn upserts_keep_statements_where_replace_would_differ_on_the_destination()
             "CREATE TABLE app.extra (id INT PRIMARY KEY, v INT)",
             "CREATE TABLE app.trig (id INT PRIMARY KEY, v INT)",
             "CREATE TABLE app.parent (id INT PRIMARY KEY, v INT)",
+            "CREATE TABLE app.names (id INT PRIMARY KEY, v INT, g INT AS (v * 2) VIRTUAL)",
+            "CREATE TABLE app.cs (id INT PRIMARY KEY, v INT, s VARCHAR(20) CHARACTER SET utf8mb4)",
         ])
         .await
         .unwrap();
@@ -701,6 +705,10 @@ async fn upserts_keep_statements_where_replace_would_differ_on_the_destination()
             "CREATE TABLE app.parent (id INT PRIMARY KEY, v INT)",
             "CREATE TABLE app.child (id INT PRIMARY KEY, parent INT, \
                FOREIGN KEY (parent) REFERENCES app.parent (id) ON DELETE CASCADE)",
+            // As many columns as the source's, but not the same ones.
+            "CREATE TABLE app.names (id INT PRIMARY KEY, v INT, note VARCHAR(20) DEFAULT 'default')",
+            // Another character set: bytes sent unconverted would be stored wrong.
+            "CREATE TABLE app.cs (id INT PRIMARY KEY, v INT, s VARCHAR(20) CHARACTER SET latin1)",
         ])
         .await
         .unwrap();
@@ -713,6 +721,8 @@ async fn upserts_keep_statements_where_replace_would_differ_on_the_destination()
         .exec(&[
             "INSERT INTO app.extra SELECT seq, 0 FROM app.seq_1_to_40",
             "INSERT INTO app.trig SELECT seq, 0 FROM app.seq_1_to_40",
+            "INSERT INTO app.names (id, v) SELECT seq, 0 FROM app.seq_1_to_40",
+            "INSERT INTO app.cs SELECT seq, 0, 'café' FROM app.seq_1_to_40",
             "INSERT INTO app.parent SELECT seq, 0 FROM app.seq_1_to_40",
         ])
         .await
@@ -727,6 +737,9 @@ async fn upserts_keep_statements_where_replace_would_differ_on_the_destination()
     d.query_drop("UPDATE app.extra SET note = 'kept'")
         .await
         .unwrap();
+    d.query_drop("UPDATE app.names SET note = 'kept'")
+        .await
+        .unwrap();
     d.query_drop("INSERT INTO app.child SELECT seq, seq FROM app.seq_1_to_40")
         .await
         .unwrap();
@@ -734,6 +747,8 @@ async fn upserts_keep_statements_where_replace_would_differ_on_the_destination()
         .exec(&[
             "UPDATE app.extra SET v = 1",
             "UPDATE app.trig SET v = 1",
+            "UPDATE app.names SET v = 1",
+            "UPDATE app.cs SET v = 1",
             "UPDATE app.parent SET v = 1",
         ])
         .await
@@ -755,6 +770,14 @@ async fn upserts_keep_statements_where_replace_would_differ_on_the_destination()
         ("SELECT COUNT(*) FROM app.trig WHERE v = 1", 40),
         ("SELECT COUNT(*) FROM app.deleted", 0),
         ("SELECT COUNT(*) FROM app.child", 40),
+        (
+            "SELECT COUNT(*) FROM app.names WHERE v = 1 AND note = 'kept'",
+            40,
+        ),
+        (
+            "SELECT COUNT(*) FROM app.cs WHERE v = 1 AND HEX(s) = '636166E9'",
+            40,
+        ),
     ] {
         let got: u64 = d.query_first(q).await.unwrap().unwrap();
         assert_eq!(got, want, "{q}");
@@ -764,4 +787,72 @@ async fn upserts_keep_statements_where_replace_would_differ_on_the_destination()
         loads_before,
         "no LOAD DATA was run"
     );
+}
+
+/// A key the source changes only in a way the destination's collation ignores ('abc' →
+/// 'ABC') is a delete of one key and an upsert of the other, which the destination sees
+/// as one row: the delete must go first, also when the upserts go as LOAD DATA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_changed_only_in_case_survives_a_batch_loaded_with_load_data() {
+    use rowlog_api::{ChangeEvent, Column, ColumnType, Op};
+    let pair = Pair::start().await;
+    pair.dst
+        .exec(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.k (id VARCHAR(20) CHARACTER SET utf8mb4 \
+               COLLATE utf8mb4_general_ci PRIMARY KEY, v INT)",
+            "INSERT INTO app.k VALUES ('abc', 1)",
+        ])
+        .await
+        .unwrap();
+    let table = std::sync::Arc::new(rowlog_api::TableSchema {
+        name: TableName::new("app", "k"),
+        columns: vec![
+            Column {
+                charset: Some(45),
+                charset_name: Some("utf8mb4".into()),
+                nullable: false,
+                ..Column::plain("id", ColumnType::VarString { max_bytes: 80 })
+            },
+            Column::plain("v", ColumnType::Int),
+        ],
+        primary_key: vec![0],
+        unique_keys: vec![],
+        keyless: false,
+    });
+    let row = |id: &str, v: i64| vec![Value::Bytes(id.as_bytes().to_vec()), Value::Int(v)];
+    let mut changes: Vec<ChangeEvent> = vec![
+        common::records::change_of(&table, Op::Delete, Some(row("abc", 1)), None, 1, 0),
+        common::records::change_of(&table, Op::Insert, None, Some(row("ABC", 2)), 2, 0),
+    ];
+    for i in 0..16u64 {
+        let after = Some(row(&format!("k{i}"), 0));
+        changes.push(common::records::change_of(
+            &table,
+            Op::Insert,
+            None,
+            after,
+            3 + i,
+            0,
+        ));
+    }
+    let mut sink = load_data_sink(&pair).await;
+    let mut d = pair.dst.conn().await.unwrap();
+    let loads_before = loads_run(&mut d).await;
+    sink.apply_without_progress(&changes).await.unwrap();
+    assert_eq!(
+        loads_run(&mut d).await,
+        loads_before + 1,
+        "the upserts went as LOAD DATA"
+    );
+    let k: Vec<(String, i64)> = d
+        .query("SELECT id, v FROM app.k WHERE id = 'abc'")
+        .await
+        .unwrap();
+    assert_eq!(
+        k,
+        [("ABC".to_string(), 2)],
+        "the changed key holds its new value"
+    );
+    assert_eq!(common::count(&pair.dst, "app.k").await, 17);
 }

@@ -92,6 +92,22 @@ pub struct Column {
     pub nullable: bool,
 }
 
+impl Column {
+    /// A nullable, signed column of `ty` without a character set, not generated: what
+    /// tests and tools build by hand.
+    pub fn plain(name: &str, ty: ColumnType) -> Column {
+        Column {
+            name: name.into(),
+            ty,
+            unsigned: false,
+            charset: None,
+            charset_name: None,
+            generated: false,
+            nullable: true,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TableSchema {
     pub name: TableName,

@@ -6,11 +6,13 @@
 //!
 //! When on, it is used only where it has the upsert's exact effect:
 //! * the table has no secondary unique key (REPLACE would delete a row holding one);
-//! * on the destination, the table has exactly the columns the event carries (REPLACE
-//!   writes whole rows: a column only the destination has would be reset), no other
-//!   unique index, no triggers (REPLACE fires DELETE and INSERT triggers, the upsert
-//!   UPDATE ones) and no foreign key referencing it (REPLACE may delete the parent
-//!   row);
+//! * on the destination, the table has exactly the columns the event carries, by name
+//!   (REPLACE writes whole rows: a column only the destination has would be reset),
+//!   text columns in the event's character sets (bytes go unconverted), the primary
+//!   key on the event's key columns as its only unique index, no triggers (REPLACE
+//!   fires DELETE and INSERT triggers, the upsert UPDATE ones) and no foreign key
+//!   referencing it (REPLACE may delete the parent row); checked per table version and
+//!   again every minute;
 //! * every written column has a type whose text form this file renders exactly, in a
 //!   character set the bytes can go to unconverted (`CHARACTER SET binary`).
 //!
@@ -147,8 +149,11 @@ fn field(v: &Value, ty: &ColumnType, out: &mut Vec<u8>) {
         Value::Null => write!(out, "\\N"),
         Value::Int(i) => write!(out, "{i}"),
         Value::UInt(u) => write!(out, "{u}"),
+        // The server reads a float's text as a double, then rounds: the exact double of
+        // the float rounds back to it (the float's own shortest digits may not, e.g.
+        // its maximum reads as a double just above it, out of range).
+        Value::Float(f) => write!(out, "{:e}", f64::from(*f)),
         // The shortest digits that read back as the same value.
-        Value::Float(f) => write!(out, "{f:e}"),
         Value::Double(d) => write!(out, "{d:e}"),
         Value::Decimal(s) => write!(out, "{s}"),
         Value::Json(s) => {
@@ -225,10 +230,15 @@ mod tests {
         let mut out = Vec::new();
         escape(b"a\tb\nc\\d\0e", &mut out);
         assert_eq!(out, b"a\\tb\\nc\\\\d\\0e");
-        let cases: [(Value, ColumnType, &str); 7] = [
+        let cases: [(Value, ColumnType, &str); 8] = [
             (Value::Null, ColumnType::Int, "\\N"),
             (Value::Year(0), ColumnType::Year, "0000"),
             (Value::Float(-0.0), ColumnType::Float, "-0e0"),
+            (
+                Value::Float(f32::MAX),
+                ColumnType::Float,
+                "3.4028234663852886e38",
+            ),
             (Value::Double(5e-324), ColumnType::Double, "5e-324"),
             (
                 Value::Time {

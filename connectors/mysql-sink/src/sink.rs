@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mysql_async::prelude::Queryable;
@@ -89,6 +90,10 @@ fn render_key(t: &TableSchema, row: &[Value]) -> String {
         .join(", ")
 }
 
+/// How long a table's LOAD DATA check holds: the destination's table can change without
+/// a schema change from the source (someone adds a trigger or a column there).
+const LOAD_CHECK_TTL: Duration = Duration::from_secs(60);
+
 /// The session's sql_mode while applying (see [`MySqlSink::connect`]).
 const STRICT_MODE: &str = "STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION";
 /// The same without strictness, for the one retry [`exec_write`] describes.
@@ -102,45 +107,46 @@ fn value_error(code: u16) -> bool {
     matches!(code, 1264 | 1265 | 1366 | 1406)
 }
 
-/// The column a value error or warning names: `… for column 'c' at row 1` (MySQL and
-/// MariaDB) or ``… for column `db`.`t`.`c` at row 1`` (MariaDB).
-fn named_column(message: &str) -> Option<String> {
+/// The column a value error or warning names, with its database and table when the
+/// message gives them: `… for column 'c' at row 1` (MySQL and MariaDB) or ``… for
+/// column `db`.`t`.`c` at row 1`` (MariaDB). The server does not escape quotes in
+/// these names, so a name holding one cannot be read for sure: `None`.
+fn named_column(message: &str) -> Option<(Option<(String, String)>, String)> {
     const MARK: &str = "for column ";
     // The last mention: the rejected value, quoted earlier in the message, may hold any text.
     let rest = &message[message.rfind(MARK)? + MARK.len()..];
+    let clean = |part: &str| (!part.contains(['\'', '`'])).then(|| part.to_owned());
     if let Some(quoted) = rest.strip_prefix('\'') {
-        return quoted.find('\'').map(|end| quoted[..end].to_owned());
+        let end = quoted
+            .rfind("' at row")
+            .or_else(|| quoted.strip_suffix('\'').map(str::len))?;
+        return Some((None, clean(&quoted[..end])?));
     }
-    let mut last = None;
-    let mut chars = rest.chars().peekable();
-    while chars.next() == Some('`') {
-        let mut part = String::new();
-        loop {
-            match chars.next()? {
-                '`' if chars.peek() == Some(&'`') => {
-                    chars.next();
-                    part.push('`');
-                }
-                '`' => break,
-                c => part.push(c),
-            }
-        }
-        last = Some(part);
-        if chars.peek() != Some(&'.') {
-            break;
-        }
-        chars.next();
+    let inner = rest.strip_prefix('`')?;
+    let end = inner
+        .rfind("` at row")
+        .or_else(|| inner.strip_suffix('`').map(str::len))?;
+    let parts: Vec<&str> = inner[..end].split("`.`").collect();
+    match parts[..] {
+        [column] => Some((None, clean(column)?)),
+        [db, table, column] => Some((Some((clean(db)?, clean(table)?)), clean(column)?)),
+        _ => None,
     }
-    last
 }
 
 /// Whether `message` is about one of `t`'s generated columns (names are case-insensitive).
+/// A message naming another table (a trigger's write) is not.
 fn about_generated_column(t: &TableSchema, message: &str) -> bool {
-    named_column(message).is_some_and(|name| {
-        t.columns
+    let Some((table, name)) = named_column(message) else {
+        return false;
+    };
+    let same_table = table.is_none_or(|(db, table)| {
+        db.eq_ignore_ascii_case(&t.name.db) && table.eq_ignore_ascii_case(&t.name.table)
+    });
+    same_table
+        && t.columns
             .iter()
             .any(|c| c.generated && c.name.eq_ignore_ascii_case(&name))
-    })
 }
 
 /// Runs a batch's statements in `tx`. On a definite error in a multi-row statement, the
@@ -300,7 +306,7 @@ pub struct MySqlSink {
     staged: Option<load::Staged>,
     /// Per schema version: whether the destination's table takes LOAD DATA with the
     /// upsert's exact effect (see [`crate::load`]).
-    load_fits: HashMap<usize, (Arc<TableSchema>, bool)>,
+    load_fits: HashMap<usize, (Arc<TableSchema>, bool, Instant)>,
 }
 
 impl MySqlSink {
@@ -461,20 +467,14 @@ impl MySqlSink {
                     data: None,
                 });
             }
+            // Deletes go first: a key the source changed only in a way the destination's
+            // collation ignores ('abc' → 'ABC') is a delete of one and an upsert of the
+            // other, and the destination sees both as the same row.
+            let load = write == Kind::Upsert
+                && g.upserts.len() >= load::MIN_ROWS
+                && self.load_fits(g.table);
             let mut groups_of = vec![(Kind::Delete, &g.deletes, g.table.primary_key.len())];
-            if write == Kind::Upsert && g.upserts.len() >= load::MIN_ROWS && self.load_fits(g.table)
-            {
-                let mut data = Vec::new();
-                load::encode(g.table, &g.upserts, &mut data);
-                work.push(Stmt {
-                    table: g.table,
-                    kind: Kind::Load,
-                    rows: g.upserts.clone(),
-                    text: self.statement(g.table, Kind::Load, 0),
-                    one: self.statement(g.table, Kind::Upsert, 1),
-                    data: Some(data.into()),
-                });
-            } else {
+            if !load {
                 groups_of.push((write, &g.upserts, g.table.columns.len()));
             }
             for (kind, rows, width) in groups_of {
@@ -491,6 +491,18 @@ impl MySqlSink {
                     });
                     rest = later;
                 }
+            }
+            if load {
+                let mut data = Vec::new();
+                load::encode(g.table, &g.upserts, &mut data);
+                work.push(Stmt {
+                    table: g.table,
+                    kind: Kind::Load,
+                    rows: g.upserts.clone(),
+                    text: self.statement(g.table, Kind::Load, 0),
+                    one: self.statement(g.table, Kind::Upsert, 1),
+                    data: Some(data.into()),
+                });
             }
         }
 
@@ -761,47 +773,100 @@ impl MySqlSink {
             && self
                 .load_fits
                 .get(&(Arc::as_ptr(table) as usize))
-                .is_some_and(|(_, fits)| *fits)
+                .is_some_and(|(_, fits, _)| *fits)
     }
 
-    /// Checks once per schema version what [`crate::load`] requires of the destination's
-    /// table: the event's columns and no more, the primary key as its only unique index,
-    /// no triggers, no foreign key referencing it.
+    /// Checks, per schema version and again after [`LOAD_CHECK_TTL`], what
+    /// [`crate::load`] requires of the destination's table.
     async fn check_load_fits(&mut self, table: &Arc<TableSchema>) -> Result<(), SinkError> {
         let key = Arc::as_ptr(table) as usize;
-        if self.staged.is_none() || self.load_fits.contains_key(&key) {
+        let fresh = |(_, _, at): &(Arc<TableSchema>, bool, Instant)| at.elapsed() < LOAD_CHECK_TTL;
+        if self.staged.is_none() || self.load_fits.get(&key).is_some_and(fresh) {
             return Ok(());
         }
-        let fits = load::columns_fit(table)
-            && {
-                let (db, name) = (&table.name.db, &table.name.table);
-                let q = "SELECT \
-                (SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?), \
-                (SELECT COUNT(DISTINCT INDEX_NAME) FROM information_schema.STATISTICS \
-                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0), \
-                (SELECT COUNT(*) FROM information_schema.TRIGGERS \
-                  WHERE EVENT_OBJECT_SCHEMA = ? AND EVENT_OBJECT_TABLE = ?), \
-                (SELECT COUNT(*) FROM information_schema.KEY_COLUMN_USAGE \
-                  WHERE REFERENCED_TABLE_SCHEMA = ? AND REFERENCED_TABLE_NAME = ?)";
-                let found: Option<(u64, u64, u64, u64)> = self
-                    .conn
-                    .exec_first(q, (db, name, db, name, db, name, db, name))
-                    .await
-                    .map_err(|source| SinkError::Apply {
-                        table: table.name.clone(),
-                        key: None,
-                        offset: u64::MAX,
-                        source_position: "checking the destination table for LOAD DATA".into(),
-                        source,
-                    })?;
-                found == Some((table.columns.len() as u64, 1, 0, 0))
-            };
+        let fits = load::columns_fit(table) && self.destination_fits(table).await?;
         tracing::debug!(table = %table.name, fits, "LOAD DATA for upserts");
         if self.load_fits.len() >= SQL_CACHE_LIMIT {
             self.load_fits.clear();
         }
-        self.load_fits.insert(key, (table.clone(), fits));
+        self.load_fits
+            .insert(key, (table.clone(), fits, Instant::now()));
         Ok(())
+    }
+
+    /// Whether the destination's table is one LOAD DATA … REPLACE writes exactly as the
+    /// upsert would: the event's columns by name and no column of its own (REPLACE
+    /// resets those), each written text column in the event's character set (the load
+    /// sends bytes unconverted), the primary key on the event's key columns as its only
+    /// unique index, no triggers, no foreign key referencing it.
+    async fn destination_fits(&mut self, t: &TableSchema) -> Result<bool, SinkError> {
+        let (db, name) = (&t.name.db, &t.name.table);
+        let failed = |source| SinkError::Apply {
+            table: t.name.clone(),
+            key: None,
+            offset: u64::MAX,
+            source_position: "checking the destination table for LOAD DATA".into(),
+            source,
+        };
+        let columns: Vec<(String, Option<String>)> = self
+            .conn
+            .exec(
+                "SELECT COLUMN_NAME, CHARACTER_SET_NAME FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (db, name),
+            )
+            .await
+            .map_err(failed)?;
+        // utf8 is utf8mb3; binary strings have no character set on the destination.
+        let charset = |cs: Option<&str>| match cs {
+            None | Some("binary") => None,
+            Some("utf8") => Some("utf8mb3".to_string()),
+            Some(cs) => Some(cs.to_ascii_lowercase()),
+        };
+        let columns_match = columns.len() == t.columns.len()
+            && t.columns.iter().all(|c| {
+                columns
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(&c.name))
+                    .is_some_and(|(_, cs)| {
+                        c.generated || charset(cs.as_deref()) == charset(c.charset_name.as_deref())
+                    })
+            });
+        if !columns_match {
+            return Ok(false);
+        }
+        let unique: Vec<(String, String)> = self
+            .conn
+            .exec(
+                "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 \
+                 ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+                (db, name),
+            )
+            .await
+            .map_err(failed)?;
+        let pk_only = unique.len() == t.primary_key.len()
+            && unique
+                .iter()
+                .zip(t.pk_columns())
+                .all(|((index, column), pk)| {
+                    index == "PRIMARY" && column.eq_ignore_ascii_case(&pk.name)
+                });
+        if !pk_only {
+            return Ok(false);
+        }
+        let found: Option<(u64, u64)> = self
+            .conn
+            .exec_first(
+                "SELECT (SELECT COUNT(*) FROM information_schema.TRIGGERS \
+                   WHERE EVENT_OBJECT_SCHEMA = ? AND EVENT_OBJECT_TABLE = ?), \
+                 (SELECT COUNT(*) FROM information_schema.KEY_COLUMN_USAGE \
+                   WHERE REFERENCED_TABLE_SCHEMA = ? AND REFERENCED_TABLE_NAME = ?)",
+                (db, name, db, name),
+            )
+            .await
+            .map_err(failed)?;
+        Ok(found == Some((0, 0)))
     }
 
     fn statement(&mut self, table: &Arc<TableSchema>, kind: Kind, rows: usize) -> Arc<str> {
@@ -951,29 +1016,69 @@ impl ChangeSink for MySqlSink {
 
 #[cfg(test)]
 mod tests {
-    use super::named_column;
+    use super::{about_generated_column, named_column};
+    use rowlog_api::{Column, ColumnType, TableName, TableSchema};
 
     #[test]
     fn value_errors_name_their_column_in_either_quoting() {
+        let named = |db: &str, t: &str, c: &str| Some((Some((db.into(), t.into())), c.into()));
         let cases = [
             (
                 "Out of range value for column 'gen_v' at row 1",
-                Some("gen_v"),
+                Some((None, "gen_v".into())),
             ),
             (
                 "Incorrect integer value: 'x7' for column `t`.`g`.`b` at row 1",
-                Some("b"),
+                named("t", "g", "b"),
             ),
             // The rejected value may itself look like a column mention.
             (
-                "Incorrect integer value: 'for column `a`' for column `d`.`t`.`we``ird` at row 2",
-                Some("we`ird"),
+                "Incorrect integer value: 'for column `a`' for column `d`.`t`.`c2` at row 2",
+                named("d", "t", "c2"),
             ),
-            ("Data too long for column 'c' at row 3", Some("c")),
+            (
+                "Data too long for column 'c' at row 3",
+                Some((None, "c".into())),
+            ),
             ("Truncated incorrect DOUBLE value: 'x'", None),
+            // Quotes in a name are not escaped in messages: unreadable for sure.
+            ("Out of range value for column 'a'b' at row 1", None),
+            ("Out of range value for column `d`.`t`.`a`b` at row 1", None),
         ];
         for (message, column) in cases {
-            assert_eq!(named_column(message).as_deref(), column, "{message}");
+            assert_eq!(named_column(message), column, "{message}");
         }
+    }
+
+    #[test]
+    fn only_the_tables_own_generated_columns_are_let_through() {
+        let col = |name: &str, generated| Column {
+            generated,
+            ..Column::plain(name, ColumnType::Int)
+        };
+        let t = TableSchema {
+            name: TableName::new("app", "g"),
+            columns: vec![col("id", false), col("v", true)],
+            primary_key: vec![0],
+            unique_keys: vec![],
+            keyless: false,
+        };
+        assert!(about_generated_column(
+            &t,
+            "Out of range value for column 'V' at row 1"
+        ));
+        assert!(about_generated_column(
+            &t,
+            "Out of range value for column `app`.`g`.`v` at row 1"
+        ));
+        // A trigger writing another table's column of the same name.
+        assert!(!about_generated_column(
+            &t,
+            "Out of range value for column `app`.`audit`.`v` at row 1"
+        ));
+        assert!(!about_generated_column(
+            &t,
+            "Out of range value for column 'id' at row 1"
+        ));
     }
 }
