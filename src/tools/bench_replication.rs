@@ -130,21 +130,38 @@ async fn workload(src: &MariaDb, shape: &str, opts: &BenchOptions) -> BenchResul
     Ok(changes)
 }
 
+type BenchRow = (i64, i32, String, String);
+
+/// The source's final rows, dealt to 4 connections in 1,000-row chunks: what each raw
+/// baseline applies.
+async fn final_rows(src: &MariaDb) -> BenchResult<(u64, Vec<Vec<Vec<BenchRow>>>)> {
+    let rows: Vec<BenchRow> = src
+        .conn()
+        .await?
+        .query("SELECT id, k, c, pad FROM bench.t")
+        .await?;
+    let n = rows.len() as u64;
+    let mut parts: Vec<Vec<BenchRow>> = vec![Vec::new(); 4];
+    for (i, row) in rows.into_iter().enumerate() {
+        parts[i % 4].push(row);
+    }
+    let chunked = parts
+        .into_iter()
+        .map(|p| p.chunks(1000).map(<[BenchRow]>::to_vec).collect())
+        .collect();
+    Ok((n, chunked))
+}
+
 /// Upserts the source's final rows into `dst` from 4 connections, 1,000 rows a statement.
 async fn raw_upsert(src: &MariaDb, dst: &MariaDb) -> BenchResult<(u64, f64)> {
-    let mut c = src.conn().await?;
-    let rows: Vec<(i64, i32, String, String)> =
-        c.query("SELECT id, k, c, pad FROM bench.t").await?;
-    let n = rows.len() as u64;
-    let rows = Arc::new(rows);
+    let (n, parts) = final_rows(src).await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for part in 0..4usize {
-        let (rows, opts) = (rows.clone(), dst.opts());
+    for chunks in parts {
+        let opts = dst.opts();
         tasks.push(tokio::spawn(async move {
             let mut c = Conn::new(opts).await?;
-            let mine: Vec<&(i64, i32, String, String)> = rows.iter().skip(part).step_by(4).collect();
-            for chunk in mine.chunks(1000) {
+            for chunk in chunks {
                 let sql = format!(
                     "INSERT INTO bench.t VALUES {} ON DUPLICATE KEY UPDATE k = VALUES(k), c = VALUES(c), pad = VALUES(pad)",
                     vec!["(?,?,?,?)"; chunk.len()].join(",")
@@ -163,61 +180,40 @@ async fn raw_upsert(src: &MariaDb, dst: &MariaDb) -> BenchResult<(u64, f64)> {
 }
 
 /// The same final rows as `LOAD DATA LOCAL INFILE … REPLACE` into `dst` (emptied
-/// first), 1,000 rows a load from 4 connections.
+/// first), 1,000 rows a load from 4 connections, served as the sink serves its loads.
 async fn raw_load(src: &MariaDb, dst: &MariaDb) -> BenchResult<(u64, f64)> {
-    use futures_util::StreamExt;
-    use std::collections::HashMap;
+    use rowlog_mysql_sink::{StagedInfile, STAGED_INFILE};
     dst.exec(&["TRUNCATE TABLE bench.t"]).await?;
-    let rows: Vec<(i64, i32, String, String)> = src
-        .conn()
-        .await?
-        .query("SELECT id, k, c, pad FROM bench.t")
-        .await?;
-    let n = rows.len() as u64;
+    let (n, parts) = final_rows(src).await?;
     // Encoded before the clock starts. The bench's values hold no tab, newline or
     // backslash, so they need no escapes: checked, not assumed.
-    let mut files: HashMap<String, bytes::Bytes> = HashMap::new();
-    let mut names: Vec<Vec<String>> = vec![Vec::new(); 4];
-    for (part, names) in names.iter_mut().enumerate() {
-        let mine: Vec<_> = rows.iter().skip(part).step_by(4).collect();
-        for (i, chunk) in mine.chunks(1000).enumerate() {
+    let mut files: Vec<Vec<bytes::Bytes>> = Vec::new();
+    for chunks in parts {
+        let mut mine = Vec::new();
+        for chunk in chunks {
             let mut text = String::new();
-            for (id, k, c, pad) in chunk {
+            for (id, k, c, pad) in &chunk {
                 if [c, pad].iter().any(|v| v.contains(['\t', '\n', '\\'])) {
                     return Err("raw load: a bench value needs escaping".into());
                 }
                 text.push_str(&format!("{id}\t{k}\t{c}\t{pad}\n"));
             }
-            let name = format!("part{part}-{i}");
-            files.insert(name.clone(), text.into());
-            names.push(name);
+            mine.push(text.into());
         }
+        files.push(mine);
     }
-    let files = Arc::new(files);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for names in names {
-        let files = files.clone();
-        let handler = move |name: &[u8]| {
-            let data = std::str::from_utf8(name)
-                .ok()
-                .and_then(|n| files.get(n).cloned());
-            let answer = data
-                .map(|d| futures_util::stream::once(async move { Ok(d) }).boxed())
-                .ok_or_else(|| {
-                    mysql_async::LocalInfileError::PathIsNotInTheWhiteList(
-                        String::from_utf8_lossy(name).into_owned(),
-                    )
-                });
-            Box::pin(async move { answer }) as futures_util::future::BoxFuture<'static, _>
-        };
-        let opts =
-            mysql_async::OptsBuilder::from_opts(dst.opts()).local_infile_handler(Some(handler));
+    for mine in files {
+        let staged = StagedInfile::default();
+        let opts = mysql_async::OptsBuilder::from_opts(dst.opts())
+            .local_infile_handler(Some(staged.handler()));
         tasks.push(tokio::spawn(async move {
             let mut c = Conn::new(opts).await?;
-            for name in names {
+            for data in mine {
+                staged.set(data);
                 c.query_drop(format!(
-                    "LOAD DATA LOCAL INFILE '{name}' REPLACE INTO TABLE bench.t \
+                    "LOAD DATA LOCAL INFILE '{STAGED_INFILE}' REPLACE INTO TABLE bench.t \
                      FIELDS TERMINATED BY '\\t' LINES TERMINATED BY '\\n' (id, k, c, pad)"
                 ))
                 .await?;

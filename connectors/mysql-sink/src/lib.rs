@@ -30,4 +30,5 @@ mod sql;
 pub use coalesce::{coalesce, Coalesced};
 pub use config::SinkConfig;
 pub use error::SinkError;
+pub use load::{Staged as StagedInfile, FILE as STAGED_INFILE};
 pub use sink::{MySqlSink, Planned};

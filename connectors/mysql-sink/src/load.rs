@@ -30,27 +30,28 @@ use rowlog_api::{ColumnType, TableSchema, Value};
 
 use crate::sql::{quote, table_ident};
 
-/// The file name the statement asks for; the connection's handler answers it with
-/// the staged batch (one statement runs at a time on a connection).
-const FILE: &str = "rowlog-batch";
+/// The file name a statement asks for; the connection's handler answers it with the
+/// staged bytes (one statement runs at a time on a connection).
+pub const FILE: &str = "rowlog-batch";
 
 /// An upsert group smaller than this goes as statements: LOAD DATA costs one more
 /// round trip, which only pays off over enough rows.
 pub(crate) const MIN_ROWS: usize = 16;
 
-/// The encoded batch the connection's LOCAL INFILE handler serves.
+/// The bytes a connection's LOCAL INFILE handler serves as [`FILE`]: set them, then
+/// run a `LOAD DATA LOCAL INFILE` of that name on the connection.
 #[derive(Clone, Default)]
-pub(crate) struct Staged(Arc<Mutex<Bytes>>);
+pub struct Staged(Arc<Mutex<Bytes>>);
 
 impl Staged {
-    pub(crate) fn set(&self, data: Bytes) {
+    pub fn set(&self, data: Bytes) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = data;
     }
 
     /// The handler for the connection's options: serves the staged bytes for
     /// [`FILE`] and refuses any other name (the server names the file, so a
     /// statement rowlog did not write cannot read anything else).
-    pub(crate) fn handler(
+    pub fn handler(
         &self,
     ) -> impl for<'a> Fn(
         &'a [u8],
@@ -143,6 +144,7 @@ pub(crate) fn encode(t: &TableSchema, rows: &[&[Value]], out: &mut Vec<u8>) {
 }
 
 fn field(v: &Value, ty: &ColumnType, out: &mut Vec<u8>) {
+    use mysql_async::Value as My;
     use std::io::Write;
     // Writing to a Vec cannot fail.
     let _ = match v {
@@ -164,41 +166,26 @@ fn field(v: &Value, ty: &ColumnType, out: &mut Vec<u8>) {
             escape(b, out);
             Ok(())
         }
-        Value::Date { year, month, day } => write!(out, "{year:04}-{month:02}-{day:02}"),
-        Value::DateTime {
-            year,
-            month,
-            day,
-            hour,
-            minute,
-            second,
-            micros,
-        } => {
-            let (y, mo, d, h, mi, s, us) = (year, month, day, hour, minute, second, micros);
-            if matches!(ty, ColumnType::Date) {
+        // The fields the statements' parameters carry (a TIMESTAMP as UTC fields: the
+        // sink's session time zone is +00:00).
+        Value::Date { .. }
+        | Value::DateTime { .. }
+        | Value::Timestamp { .. }
+        | Value::Time { .. } => match v.to_param() {
+            My::Date(y, mo, d, ..) if matches!(ty, ColumnType::Date) => {
                 write!(out, "{y:04}-{mo:02}-{d:02}")
-            } else {
+            }
+            My::Date(y, mo, d, h, mi, s, us) => {
                 write!(out, "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}")
             }
-        }
-        Value::Timestamp { .. } => match v.to_param() {
-            // UTC fields: the sink's session time zone is +00:00.
-            mysql_async::Value::Date(y, mo, d, h, mi, s, us) => {
-                write!(out, "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}")
-            }
-            _ => unreachable!("a timestamp converts to date fields"),
+            My::Time(negative, days, h, mi, s, us) => write!(
+                out,
+                "{}{}:{mi:02}:{s:02}.{us:06}",
+                if negative { "-" } else { "" },
+                days * 24 + u32::from(h)
+            ),
+            other => unreachable!("a date or time converts to date or time fields, not {other:?}"),
         },
-        Value::Time {
-            negative,
-            hours,
-            minutes,
-            seconds,
-            micros,
-        } => write!(
-            out,
-            "{}{hours}:{minutes:02}:{seconds:02}.{micros:06}",
-            if *negative { "-" } else { "" }
-        ),
         // Text `0` would read as the year 2000.
         Value::Year(y) => write!(out, "{y:04}"),
         Value::Bit(b) => write!(out, "{b}"),

@@ -213,7 +213,11 @@ async fn exec_write(
     text: &str,
     params: Option<impl Fn() -> Vec<mysql_async::Value>>,
 ) -> Result<(), mysql_async::Error> {
-    let err = match run_once(tx, table, text, params.as_ref().map(|p| p())).await {
+    // A load's warnings are checked: MySQL runs LOCAL loads as IGNORE, turning value
+    // errors into warnings.
+    let is_load = params.is_none();
+    let err = match run_once(tx, text, params.as_ref().map(|p| p())).await {
+        Ok(()) if is_load => return warning_as_error(tx, table).await,
         Ok(()) => return Ok(()),
         Err(e) => e,
     };
@@ -226,7 +230,7 @@ async fn exec_write(
         "a generated column's computed value is out of strict bounds; retrying leniently");
     tx.query_drop(format!("SET SESSION sql_mode='{LENIENT_MODE}'"))
         .await?;
-    let checked = match run_once(tx, table, text, params.as_ref().map(|p| p())).await {
+    let checked = match run_once(tx, text, params.as_ref().map(|p| p())).await {
         Ok(()) => warning_as_error(tx, table).await,
         Err(e) => Err(e),
     };
@@ -236,20 +240,15 @@ async fn exec_write(
 }
 
 /// Runs a statement: prepared with `params`, or as text without (LOAD DATA cannot be
-/// prepared). A load's warnings are checked: MySQL runs LOCAL loads as IGNORE, turning
-/// value errors into warnings.
+/// prepared).
 async fn run_once(
     tx: &mut Transaction<'_>,
-    table: &TableSchema,
     text: &str,
     params: Option<Vec<mysql_async::Value>>,
 ) -> Result<(), mysql_async::Error> {
     match params {
         Some(p) => tx.exec_drop(text, p).await,
-        None => {
-            tx.query_drop(text).await?;
-            warning_as_error(tx, table).await
-        }
+        None => tx.query_drop(text).await,
     }
 }
 
