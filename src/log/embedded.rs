@@ -509,8 +509,19 @@ impl EmbeddedLog {
         Ok((partition.clone(), end))
     }
 
-    /// Encodes and writes the partitions of a batch on parallel threads (encoding is
-    /// the CPU cost of an append), then syncs them, also in parallel. Each thread also
+    /// Writes one partition's entries and, under the batch policy, syncs them.
+    fn append_partition(&self, p: u32, entries: &[LogEntry]) -> Result<(), LogError> {
+        let (partition, end) = self.write_partition(p, entries)?;
+        if self.inner.fsync == FsyncPolicy::Batch {
+            partition.sync(end)?;
+        }
+        Ok(())
+    }
+
+    /// Appends the partitions of a batch on parallel threads, each encoding, writing
+    /// and syncing its own partition. Encoding is the CPU cost of an append and fsync
+    /// its wait: without a barrier between them, one partition's fsync overlaps another's
+    /// encoding. The append returns when every partition is durable. Each thread also
     /// frees its partition's changes: freeing a batch of values costs about as much as
     /// encoding it, and done after the join it ran on one core.
     fn append_blocking(&self, batch: AppendBatch) -> Result<(), LogError> {
@@ -521,40 +532,44 @@ impl EmbeddedLog {
             .filter(|(_, c)| !c.is_empty())
             .map(|(p, c)| (p as u32, c))
             .collect();
-        let written: Vec<Result<(Arc<Partition>, u64), LogError>> = if work.len() <= 1 {
+        if work.len() <= 1 {
             work.iter()
-                .map(|(p, c)| self.write_partition(*p, c))
-                .collect()
+                .try_for_each(|(p, c)| self.append_partition(*p, c))
         } else {
             std::thread::scope(|s| {
+                // Named, so `top -H` shows where an append's time goes.
                 let handles: Vec<_> = work
                     .into_iter()
                     .map(|(p, c)| {
-                        s.spawn(move || {
-                            let written = self.write_partition(p, &c);
-                            drop(c);
-                            written
-                        })
+                        std::thread::Builder::new()
+                            .name(format!("rowlog-append-{p}"))
+                            .spawn_scoped(s, move || {
+                                let appended = self.append_partition(p, &c);
+                                drop(c);
+                                appended
+                            })
+                            .map_err(|source| LogError::Io {
+                                action: "start an append thread",
+                                path: self.inner.dir.clone(),
+                                source,
+                            })
                     })
                     .collect();
-                handles
+                // Every thread is joined, even after an error, before the error returns.
+                let results: Vec<_> = handles
                     .into_iter()
                     .map(|h| {
-                        h.join().unwrap_or_else(|_| {
+                        h?.join().unwrap_or_else(|_| {
                             Err(LogError::Failed {
                                 partition: u32::MAX,
                                 cause: "append thread panicked".into(),
                             })
                         })
                     })
-                    .collect()
+                    .collect();
+                results.into_iter().collect::<Result<(), _>>()
             })
-        };
-        let written = written.into_iter().collect::<Result<Vec<_>, _>>()?;
-        if self.inner.fsync == FsyncPolicy::Batch {
-            sync_all(&written)?;
         }
-        Ok(())
     }
 }
 

@@ -51,7 +51,32 @@ pub struct SegmentIndex {
     pub max_time: u64,
 }
 
+/// Where a [`SegmentIndex`] stood before a write, to undo that write's entries
+/// without copying the whole index (which grows with the segment) on every append.
+#[derive(Clone, Copy, Debug)]
+pub struct IndexMark {
+    len: usize,
+    last_byte: u64,
+    max_time: u64,
+}
+
 impl SegmentIndex {
+    pub fn mark(&self) -> IndexMark {
+        IndexMark {
+            len: self.entries.len(),
+            last_byte: self.last_byte,
+            max_time: self.max_time,
+        }
+    }
+
+    /// Back to `mark`: entries added since are dropped. Only entries are ever added
+    /// between a mark and its rewind, so the prefix is the index as it was.
+    pub fn rewind(&mut self, mark: IndexMark) {
+        self.entries.truncate(mark.len);
+        self.last_byte = mark.last_byte;
+        self.max_time = mark.max_time;
+    }
+
     /// Called before writing the record `offset` at `byte`; returns the entry to
     /// persist when one is due.
     pub fn before_record(&mut self, offset: u64, byte: u64) -> Option<Entry> {
@@ -144,5 +169,30 @@ mod tests {
         let (o, _) = idx.seek_time(100, 1150);
         assert!(o <= 150, "every record before {o} is older than 1150");
         assert_eq!(idx.seek_offset(100, 100), (100, 0));
+    }
+
+    #[test]
+    fn a_rewind_undoes_exactly_the_records_since_its_mark() {
+        let mut idx = SegmentIndex::default();
+        let record = |idx: &mut SegmentIndex, off: u64| {
+            idx.before_record(off, off * 1000);
+            idx.after_record(5000 + off);
+        };
+        (0..20).for_each(|off| record(&mut idx, off));
+        let kept = idx.clone();
+        let mark = idx.mark();
+        (20..40).for_each(|off| record(&mut idx, off));
+        assert!(idx.entries.len() > kept.entries.len());
+        idx.rewind(mark);
+        assert_eq!(
+            (&idx.entries, idx.last_byte, idx.max_time),
+            (&kept.entries, kept.last_byte, kept.max_time)
+        );
+        // Writing the same records again yields the same index as the first time.
+        let mut again = idx.clone();
+        (20..40).for_each(|off| record(&mut again, off));
+        let mut once = kept;
+        (20..40).for_each(|off| record(&mut once, off));
+        assert_eq!(again.entries, once.entries);
     }
 }

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use super::frame::{self, HEADER_LEN, MAX_PAYLOAD};
-use super::index::{self, Entry, SegmentIndex};
+use super::index::{self, Entry, IndexMark, SegmentIndex};
 use super::{atomic_file, io, record, LogError};
 
 pub(crate) fn segment_name(base: u64) -> String {
@@ -445,7 +445,7 @@ impl Partition {
                 cause: cause.clone(),
             });
         }
-        let before = (w.active_base, w.active_size, w.next, w.index.clone());
+        let before = (w.active_base, w.active_size, w.next, w.index.mark());
         // Written out whenever it passes this, so a big batch needs no big buffer.
         const FLUSH_AT: usize = 1 << 20;
         let mut buf = std::mem::take(&mut w.buf);
@@ -515,15 +515,15 @@ impl Partition {
     fn roll_back(
         &self,
         w: &mut Writer,
-        before: (u64, u64, u64, SegmentIndex),
+        before: (u64, u64, u64, IndexMark),
         id_of: &dyn Fn(usize) -> Option<ChangeId>,
         e: &LogError,
     ) {
         let (start_base, start_size, start_next, start_index) = before;
-        let (keep_bytes, next, index) = if w.active_base == start_base {
-            (start_size, start_next, start_index)
+        let (keep_bytes, next) = if w.active_base == start_base {
+            (start_size, start_next)
         } else {
-            (0, w.active_base, SegmentIndex::default())
+            (0, w.active_base)
         };
         match w
             .active
@@ -533,7 +533,11 @@ impl Partition {
             Ok(()) => {
                 w.active_size = keep_bytes;
                 w.next = next;
-                w.index = index;
+                if w.active_base == start_base {
+                    w.index.rewind(start_index);
+                } else {
+                    w.index = SegmentIndex::default();
+                }
                 let index_path = self.index_path(w.active_base);
                 let reopened = index::write(&index_path, &w.index.entries, false)
                     .and_then(|_| OpenOptions::new().append(true).open(&index_path));

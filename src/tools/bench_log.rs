@@ -3,6 +3,14 @@
 //!
 //! Baseline: the same number of bytes written to one file in the same batch sizes,
 //! fsynced after each batch — the best any log doing fsync-per-batch could do.
+//! It runs twice, before the log is written and after the log is removed, and the
+//! faster pass is the baseline. Why twice: on a virtual machine, writing into page
+//! cache the guest has never touched is several times slower than writing into pages
+//! a removed file gave back (measured here: 400 MiB with fsync per 2 MiB ran at
+//! ~320 MB/s while the earlier files were kept, 0.6–1.6 GB/s when each was removed
+//! first). A single pass after the log measured that artifact, in whichever direction
+//! the page cache happened to lean, not the disk. Each pass removes its file, so the
+//! log then writes into the pages the first pass gave back.
 //! Reported: records/s and MB/s for append (fsync per batch) and sequential read, the
 //! ratio append/raw, and the process's RSS before and after (memory must stay flat).
 
@@ -92,6 +100,54 @@ fn change(t: &Arc<TableSchema>, i: u64) -> ChangeEvent {
     }
 }
 
+/// Frame plus payload bytes of a sample of the benchmark's records, scaled to `records`.
+fn estimated_bytes(t: &Arc<TableSchema>, records: u64) -> Result<u64, LogError> {
+    let sample = records.clamp(1, 10_000);
+    let mut out = Vec::new();
+    let mut sum = 0u64;
+    for i in 0..sample {
+        out.clear();
+        crate::log::record::encode(0, &change(t, i), &mut out).map_err(|detail| {
+            LogError::Decode {
+                partition: 0,
+                offset: i,
+                detail,
+            }
+        })?;
+        sum += (crate::log::frame::HEADER_LEN + out.len()) as u64;
+    }
+    Ok(sum * records / sample)
+}
+
+/// Writes `bytes` to one new file in `batches` equal writes, each followed by
+/// fdatasync, removes the file and returns MB/s.
+fn raw_write(dir: &Path, bytes: u64, batches: u64) -> Result<f64, LogError> {
+    let raw_path = dir.join("raw.bin");
+    let chunk = vec![0x5au8; (bytes / batches.max(1)).max(1) as usize];
+    let io = |source| LogError::Io {
+        action: "raw write",
+        path: raw_path.clone(),
+        source,
+    };
+    let mut f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&raw_path)
+        .map_err(io)?;
+    let started = Instant::now();
+    let mut written = 0;
+    while written < bytes {
+        f.write_all(&chunk).map_err(io)?;
+        f.sync_data().map_err(io)?;
+        written += chunk.len() as u64;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&raw_path).map_err(io)?;
+    Ok(written as f64 / 1e6 / secs)
+}
+
 pub async fn run(dir: &Path, records: u64, partitions: u32, batch: u64) -> Result<(), LogError> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|source| LogError::Io {
@@ -101,6 +157,11 @@ pub async fn run(dir: &Path, records: u64, partitions: u32, batch: u64) -> Resul
     })?;
     let t = schema();
     let rss_start = rss_kib("VmRSS:");
+    let batches = records.div_ceil(batch);
+
+    // The first raw pass writes about as many bytes as the log will (sized from a
+    // sample of encoded records) and is removed before the log is written.
+    let raw_before = raw_write(dir, estimated_bytes(&t, records)?, batches)?;
 
     // Log append, fsync per batch.
     let log = EmbeddedLog::open(&dir.join("log"), partitions, 128 << 20)?;
@@ -141,34 +202,19 @@ pub async fn run(dir: &Path, records: u64, partitions: u32, batch: u64) -> Resul
     let rss_after_read = rss_kib("VmRSS:");
     drop(log);
 
-    // Raw baseline: the same bytes, one file, same number of fsyncs per batch.
-    let raw_path = dir.join("raw.bin");
-    let chunk = vec![0x5au8; (bytes / records.div_ceil(batch)).max(1) as usize];
-    let io = |source| LogError::Io {
-        action: "raw write",
-        path: raw_path.clone(),
-        source,
-    };
-    let mut f = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&raw_path)
-        .map_err(io)?;
-    let started = Instant::now();
-    let mut written = 0;
-    while written < bytes {
-        f.write_all(&chunk).map_err(io)?;
-        f.sync_data().map_err(io)?;
-        written += chunk.len() as u64;
-    }
-    let raw_secs = started.elapsed().as_secs_f64();
+    // The log is removed before the second raw pass, so that pass writes into page
+    // cache the log's files have just given back, as the first pass's did for the log.
+    let _ = std::fs::remove_dir_all(dir.join("log"));
+    let raw_after = raw_write(dir, bytes, batches)?;
     let _ = std::fs::remove_dir_all(dir);
+    let raw_mbs = raw_before.max(raw_after);
 
     let mb = bytes as f64 / 1e6;
-    let (append_mbs, raw_mbs) = (mb / append_secs, written as f64 / 1e6 / raw_secs);
+    let append_mbs = mb / append_secs;
     println!("rowlog bench log: {records} records in {partitions} partitions, {batch} records per append, {:.0} bytes per record on disk", bytes as f64 / records as f64);
-    println!("  raw sequential write + fsync per batch  {raw_mbs:>9.1} MB/s");
+    println!(
+        "  raw sequential write + fsync per batch  {raw_before:>9.1} MB/s before the log, {raw_after:.1} MB/s after it"
+    );
     println!(
         "  log append, fsync per batch ({fsyncs} fsyncs) {:>9.0} records/s {append_mbs:>9.1} MB/s",
         records as f64 / append_secs
@@ -179,7 +225,7 @@ pub async fn run(dir: &Path, records: u64, partitions: u32, batch: u64) -> Resul
         mb / read_secs
     );
     println!(
-        "  append / raw bandwidth: {:.2} (target >= 0.50); read: {:.2} M records/s (target >= 1.0)",
+        "  append / raw bandwidth: {:.2} (the faster raw pass; target >= 0.50); read: {:.2} M records/s (target >= 1.0)",
         append_mbs / raw_mbs,
         read as f64 / read_secs / 1e6
     );
