@@ -42,15 +42,15 @@ pub fn encode(offset: u64, time_ms: u64, payload: &[u8], out: &mut Vec<u8>) {
 /// Frames a payload in place: `frame` is [`HEADER_LEN`] bytes of room followed by the
 /// payload, as an encoder wrote it straight into the write buffer (no copy).
 pub fn seal(frame: &mut [u8], offset: u64, time_ms: u64) {
-    let (header, payload) = frame.split_at_mut(HEADER_LEN);
-    let mut h = crc32fast::Hasher::new();
-    h.update(&offset.to_le_bytes());
-    h.update(&time_ms.to_le_bytes());
-    h.update(payload);
-    header[0..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    header[4..8].copy_from_slice(&h.finalize().to_le_bytes());
-    header[8..16].copy_from_slice(&offset.to_le_bytes());
-    header[16..24].copy_from_slice(&time_ms.to_le_bytes());
+    let payload_len = frame.len() - HEADER_LEN;
+    frame[0..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    frame[8..16].copy_from_slice(&offset.to_le_bytes());
+    frame[16..24].copy_from_slice(&time_ms.to_le_bytes());
+    // `offset`, `time_ms` and the payload lie side by side: one pass over them gives
+    // the same CRC as hashing the three in turn (what `check` does), at a third of
+    // the calls, which for ~200-byte records is most of the cost.
+    let crc = crc32fast::hash(&frame[8..]);
+    frame[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {

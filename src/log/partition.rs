@@ -450,6 +450,8 @@ impl Partition {
         const FLUSH_AT: usize = 1 << 20;
         let mut buf = std::mem::take(&mut w.buf);
         buf.clear();
+        // Room for a full flush and a record past it, so a batch never regrows it.
+        buf.reserve(FLUSH_AT + (64 << 10));
         let mut index_buf = Vec::new();
         let result = (|| -> Result<(), LogError> {
             for i in 0..count {

@@ -62,14 +62,24 @@ fn schema() -> Arc<TableSchema> {
     })
 }
 
-/// A realistic change of about 200 bytes on disk.
+/// A realistic change of about 200 bytes on disk. Its binlog file name is shared
+/// with every other change of the same file, as the source's reader shares it.
 fn change(t: &Arc<TableSchema>, i: u64) -> ChangeEvent {
+    thread_local! {
+        static FILE: std::cell::RefCell<rowlog_api::BinlogFileName> =
+            std::cell::RefCell::new(rowlog_api::BinlogFileName {
+                base: "binlog".into(),
+                seq: 1,
+                width: 6,
+            });
+    }
+    let seq = 1 + (i / 1_000_000) as u32;
+    let file = FILE.with_borrow_mut(|f| {
+        f.seq = seq;
+        f.clone()
+    });
     let pos = BinlogPosition {
-        file: rowlog_api::BinlogFileName {
-            base: "binlog".into(),
-            seq: 1 + (i / 1_000_000) as u32,
-            width: 6,
-        },
+        file,
         pos: 4 + (i % 1_000_000) * 180,
     };
     ChangeEvent {

@@ -95,7 +95,7 @@ impl BinlogFileReader {
             event: "file header",
             position: BinlogPosition {
                 file: BinlogFileName {
-                    base: path.display().to_string(),
+                    base: path.display().to_string().into(),
                     seq: 0,
                     width: 1,
                 },
@@ -110,7 +110,7 @@ impl BinlogFileReader {
         // Positions name the file as the server would; a name without a numeric
         // extension (a renamed copy) is kept whole, numbered 0.
         let file = BinlogFileName::parse(&name).unwrap_or(BinlogFileName {
-            base: name,
+            base: name.into(),
             seq: 0,
             width: 1,
         });
