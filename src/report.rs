@@ -17,6 +17,24 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// CPU seconds (user + system) from a `/proc/.../stat` file: `"self"` for the whole
+/// process (its ended threads included), `"thread-self"` for the calling thread. 0
+/// where there is no procfs. The kernel reports them in USER_HZ ticks, which Linux
+/// fixes at 100 per second for every architecture's /proc.
+pub fn proc_cpu_secs(which: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{which}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses and may hold spaces:
+            // state is field 3, utime 14 and stime 15.
+            let rest = &s[s.rfind(')')? + 1..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 /// A `/proc/<pid>/status` field in KiB (`VmRSS:`, `VmHWM:`), or 0 where there is no
 /// procfs. `pid` is `"self"` or a process id.
 pub fn proc_status_kib(pid: &str, field: &str) -> u64 {

@@ -177,6 +177,10 @@ pub async fn run(dir: &Path, records: u64, partitions: u32, batch: u64) -> Resul
     let log = EmbeddedLog::open(&dir.join("log"), partitions, 128 << 20)?;
     // Only the appends are timed: building the records is the source's work.
     let mut append_secs = 0.0;
+    // CPU of every thread but this one (which builds the records) while appending: a
+    // measure of the log's work per record that does not move with the disk.
+    let cpu = || crate::report::proc_cpu_secs("self") - crate::report::proc_cpu_secs("thread-self");
+    let cpu_before = cpu();
     let mut i = 0;
     while i < records {
         let mut b = AppendBatch::new(partitions);
@@ -190,6 +194,7 @@ pub async fn run(dir: &Path, records: u64, partitions: u32, batch: u64) -> Resul
         log.append(b).await?;
         append_secs += started.elapsed().as_secs_f64();
     }
+    let append_cpu = cpu() - cpu_before;
     let info = log.info().await?;
     let bytes: u64 = info.iter().map(|p| p.bytes).sum();
     let fsyncs: u64 = info.iter().map(|p| p.fsyncs).sum();
@@ -228,6 +233,10 @@ pub async fn run(dir: &Path, records: u64, partitions: u32, batch: u64) -> Resul
     println!(
         "  log append, fsync per batch ({fsyncs} fsyncs) {:>9.0} records/s {append_mbs:>9.1} MB/s",
         records as f64 / append_secs
+    );
+    println!(
+        "  log append CPU, all threads but the one building records: {:.0} ns per record ({append_cpu:.2} CPU-s over {append_secs:.2} s)",
+        append_cpu * 1e9 / records as f64
     );
     println!(
         "  log sequential read                     {:>9.0} records/s {:>9.1} MB/s",
