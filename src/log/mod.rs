@@ -16,6 +16,7 @@
 //! * Offsets are dense per partition: 0, 1, 2, … with no gaps.
 
 pub(crate) mod atomic_file;
+mod codec;
 mod embedded;
 pub mod frame;
 mod index;
