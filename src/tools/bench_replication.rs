@@ -7,7 +7,9 @@
 //! (a) raw: the final rows upserted into a fresh server, 1,000-row prepared
 //!     `INSERT … ON DUPLICATE KEY UPDATE` from 4 connections — and, as a second
 //!     baseline, the same rows as 1,000-row `LOAD DATA LOCAL INFILE … REPLACE`, the
-//!     bulk path rowlog's sink takes where it has the upsert's exact effect;
+//!     bulk path rowlog's sink takes where it has the upsert's exact effect; for the
+//!     bulk shape also (a'') the stretch's own changes, not coalesced to final rows,
+//!     as the same upserts: the bound on any sink that applies SQL statements here;
 //! (b) native: a fresh MariaDB replica (`CHANGE MASTER TO` the stretch's start,
 //!     default settings) until it has executed the stretch's end;
 //! (c) rowlog: the pipeline, from the stretch's start, until every change is applied.
@@ -132,29 +134,84 @@ async fn workload(src: &MariaDb, shape: &str, opts: &BenchOptions) -> BenchResul
 
 type BenchRow = (i64, i32, String, String);
 
-/// The source's final rows, dealt to 4 connections in 1,000-row chunks: what each raw
-/// baseline applies.
-async fn final_rows(src: &MariaDb) -> BenchResult<(u64, Vec<Vec<Vec<BenchRow>>>)> {
-    let rows: Vec<BenchRow> = src
+async fn source_rows(src: &MariaDb) -> BenchResult<Vec<BenchRow>> {
+    Ok(src
         .conn()
         .await?
-        .query("SELECT id, k, c, pad FROM bench.t")
-        .await?;
-    let n = rows.len() as u64;
+        .query("SELECT id, k, c, pad FROM bench.t ORDER BY id")
+        .await?)
+}
+
+/// Rows dealt to 4 connections by primary key (so each key's rows stay in order on
+/// one connection), in 1,000-row chunks.
+fn deal(rows: Vec<BenchRow>) -> Vec<Vec<Vec<BenchRow>>> {
     let mut parts: Vec<Vec<BenchRow>> = vec![Vec::new(); 4];
-    for (i, row) in rows.into_iter().enumerate() {
-        parts[i % 4].push(row);
+    for row in rows {
+        parts[(row.0 % 4) as usize].push(row);
     }
-    let chunked = parts
+    parts
         .into_iter()
         .map(|p| p.chunks(1000).map(<[BenchRow]>::to_vec).collect())
-        .collect();
-    Ok((n, chunked))
+        .collect()
+}
+
+/// The source's final rows, dealt to 4 connections: what each raw baseline applies.
+async fn final_rows(src: &MariaDb) -> BenchResult<(u64, Vec<Vec<Vec<BenchRow>>>)> {
+    let rows = source_rows(src).await?;
+    Ok((rows.len() as u64, deal(rows)))
 }
 
 /// Upserts the source's final rows into `dst` from 4 connections, 1,000 rows a statement.
 async fn raw_upsert(src: &MariaDb, dst: &MariaDb) -> BenchResult<(u64, f64)> {
     let (n, parts) = final_rows(src).await?;
+    Ok((n, upsert_parts(dst, parts).await?))
+}
+
+/// (a'') The bulk stretch's own changes, not coalesced to final rows: every row as the
+/// insert wrote it, then the updated half as the update left it, as 1,000-row upserts
+/// from 4 connections dealt by key, into a fresh server (as native's and rowlog's
+/// destinations are: a server's first writes measured far slower than its later ones)
+/// with the machine to itself.
+/// That is what a sink applying SQL statements must make the destination do when its
+/// batches cannot span the stretch (the updates come 100 transactions after the
+/// inserts they change), so its rate bounds any such sink on this machine. Built from
+/// the final rows by undoing the workload's update (`k = k + 1` on the first half of
+/// the ids), so it holds for the bulk shape only. Returns (row changes, seconds).
+async fn bulk_replay_upsert(src: &MariaDb, opts: &BenchOptions) -> BenchResult<(u64, f64)> {
+    let dst = MariaDb::start(ServerOptions::destination(5)).await?;
+    dst.exec(&["CREATE DATABASE bench", TABLE]).await?;
+    let rows = source_rows(src).await?;
+    let updated = (opts.bulk_rows / 2000 * 1000) as i64;
+    let inserts: Vec<BenchRow> = rows
+        .iter()
+        .map(|(id, k, c, pad)| {
+            let k = if *id <= updated { k - 1 } else { *k };
+            (*id, k, c.clone(), pad.clone())
+        })
+        .collect();
+    let updates: Vec<BenchRow> = rows.into_iter().filter(|r| r.0 <= updated).collect();
+    let n = (inserts.len() + updates.len()) as u64;
+    let mut parts = deal(inserts);
+    for (part, later) in parts.iter_mut().zip(deal(updates)) {
+        part.extend(later);
+    }
+    let secs = upsert_parts(&dst, parts).await?;
+    let (a, b) = (
+        checksum(src, "bench.t").await?,
+        checksum(&dst, "bench.t").await?,
+    );
+    if a != b {
+        return Err(format!(
+            "[bulk] the replay left its destination unlike the source: CHECKSUM TABLE {a:?} vs {b:?}"
+        )
+        .into());
+    }
+    Ok((n, secs))
+}
+
+/// Applies each part's chunks in order on its own connection as 1,000-row
+/// `INSERT … ON DUPLICATE KEY UPDATE` statements; returns the seconds taken.
+async fn upsert_parts(dst: &MariaDb, parts: Vec<Vec<Vec<BenchRow>>>) -> BenchResult<f64> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for chunks in parts {
@@ -176,7 +233,7 @@ async fn raw_upsert(src: &MariaDb, dst: &MariaDb) -> BenchResult<(u64, f64)> {
     for t in tasks {
         t.await??;
     }
-    Ok((n, started.elapsed().as_secs_f64()))
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// The same final rows as `LOAD DATA LOCAL INFILE … REPLACE` into `dst` (emptied
@@ -306,6 +363,9 @@ struct ShapeResult {
     raw_load: f64,
     native: f64,
     rowlog: f64,
+    /// Row changes/s of the stretch's own changes as upserts (bulk only): the bound
+    /// on any SQL-statement sink here.
+    replay: Option<f64>,
     /// Rows/s of an initial snapshot of the shape's final table.
     snapshot: Option<f64>,
 }
@@ -360,6 +420,16 @@ async fn shape(
         "[{name}] (a') raw LOAD DATA … REPLACE capacity: {load_rows} rows in {load_secs:.2} s = {raw_load:.0} rows/s"
     );
 
+    let mut replay = None;
+    if name == "bulk" {
+        let (n, secs) = bulk_replay_upsert(&src, opts).await?;
+        let rate = n as f64 / secs;
+        println!(
+            "[{name}] (a'') the stretch's own changes, uncoalesced, as 1,000-row upserts from 4 connections: {n} row changes in {secs:.2} s = {rate:.0} row changes/s"
+        );
+        replay = Some(rate);
+    }
+
     let native_secs = native(&src, &native_dst, &from, &to).await?;
     let native = changes as f64 / native_secs;
     println!("[{name}] (b) native replication: {native_secs:.2} s = {native:.0} row changes/s");
@@ -396,6 +466,7 @@ async fn shape(
             raw_load,
             native,
             rowlog: rowlog_rate,
+            replay,
             snapshot: snapshot_rate,
         },
         lag_result,
@@ -687,6 +758,15 @@ pub async fn run(opts: BenchOptions) -> BenchResult<()> {
     println!(
         "(raw: 1,000-row upserts; raw load: 1,000-row LOAD DATA … REPLACE; both from 4 connections)"
     );
+    if let Some(replay) = bulk.replay {
+        println!(
+            "bulk ceiling for a sink of SQL statements: the destination applies the stretch's own {} changes (uncoalesced, 1,000-row upserts, 4 connections, machine to itself) at {replay:.0}/s = {:.2} × native, {:.2} × raw; rowlog reaches {:.2} of it",
+            bulk.changes,
+            replay / bulk.native,
+            replay / bulk.raw,
+            bulk.rowlog / replay
+        );
+    }
     if let Some(rate) = bulk.snapshot {
         println!(
             "initial snapshot of the bulk table: {rate:.0} rows/s = {:.2} × the raw upsert capacity",
