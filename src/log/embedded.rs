@@ -12,7 +12,8 @@
 //!
 //! Appends are made durable with one fsync per partition per batch before
 //! [`PartitionedLog::append`] returns; the pipeline batches many source changes into
-//! one append, which is the group commit.
+//! one append, which is the group commit. Each partition is written and synced by its
+//! own thread, which lives as long as the log (`append.rs`).
 
 use std::collections::hash_map::RandomState;
 use std::fs::{self, File, OpenOptions};
@@ -28,6 +29,7 @@ use tokio::sync::watch;
 use rowlog_api::ResumePoint;
 use tracing::info;
 
+use super::append::AppendThreads;
 use super::partition::{Cursor, Partition, SegmentInfo};
 use super::{
     atomic_file, io, record, AppendBatch, LogEntry, LogError, LogRecord, PartitionReader,
@@ -89,11 +91,13 @@ struct Meta {
 }
 
 struct Inner {
+    /// Declared first so it drops first: the append threads stop before the lock goes.
+    /// None when opened read-only.
+    appenders: Option<AppendThreads>,
     dir: PathBuf,
     log_id: u64,
     partitions: Vec<Arc<Partition>>,
     schemas: Arc<SchemaStore>,
-    fsync: FsyncPolicy,
     _lock: Option<File>,
 }
 
@@ -248,13 +252,26 @@ impl EmbeddedLog {
                 Partition::open(&partition_dir(dir, p), p, segment_bytes, writable).map(Arc::new)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let appenders = if writable {
+            Some(
+                AppendThreads::start(&partitions, &schemas, fsync).map_err(|source| {
+                    LogError::Io {
+                        action: "start the append threads",
+                        path: dir.to_path_buf(),
+                        source,
+                    }
+                })?,
+            )
+        } else {
+            None
+        };
         let log = Self {
             inner: Arc::new(Inner {
+                appenders,
                 dir: dir.to_path_buf(),
                 log_id: meta.log_id,
                 partitions,
                 schemas,
-                fsync,
                 _lock: lock,
             }),
         };
@@ -471,86 +488,14 @@ impl EmbeddedLog {
             .join(format!("{p:05}.offset")))
     }
 
-    /// Encodes and writes one partition's entries (not yet synced); returns its written end.
-    fn write_partition(
-        &self,
-        p: u32,
-        entries: &[LogEntry],
-    ) -> Result<(Arc<Partition>, u64), LogError> {
-        let partition = self.partition(p)?;
-        // Consecutive changes usually share one schema allocation: compare pointers
-        // before hashing a whole schema (both Arcs are alive for the whole batch).
-        let mut last: Option<(&Arc<rowlog_api::TableSchema>, u32)> = None;
-        let encode = |i: usize, out: &mut Vec<u8>| -> Result<u64, LogError> {
-            let e = &entries[i];
-            let encoded = match e {
-                LogEntry::Change(c) => {
-                    let schema_id = match last {
-                        Some((t, id)) if Arc::ptr_eq(t, &c.table) => id,
-                        _ => {
-                            let (id, _) = self.inner.schemas.intern(&c.table)?;
-                            last = Some((&c.table, id));
-                            id
-                        }
-                    };
-                    record::encode(schema_id, c, out)
-                }
-                LogEntry::Schema(s) => record::encode_schema_change(s, out),
-            };
-            encoded.map_err(|detail| LogError::Decode {
-                partition: p,
-                offset: partition.end(),
-                detail,
-            })?;
-            Ok(e.source().commit_time_ms)
-        };
-        let id_of = |i: usize| entries.get(i).map(|e| e.source().id.clone());
-        let end = partition.write(entries.len(), encode, &id_of)?;
-        Ok((partition.clone(), end))
-    }
-
-    /// Writes one partition's entries and, under the batch policy, syncs them; frees
-    /// the entries before returning.
-    ///
-    /// Freeing a batch of changes costs more CPU than encoding it (each value is its
-    /// own allocation, made on another thread), while fsync leaves the core idle. When
-    /// the append has no more partitions than there are cores (`spare_cores`), nothing
-    /// else would use the core during the fsync, so the entries are freed on a second
-    /// thread meanwhile. With more partitions than cores their threads fill that idle
-    /// time already, and a second thread each measured as more CPU, not less time
-    /// (8 partitions on 2 cores: 530 against 405–475 ns of CPU per record).
-    fn append_partition(
-        &self,
-        p: u32,
-        entries: Vec<LogEntry>,
-        spare_cores: bool,
-    ) -> Result<(), LogError> {
-        let (partition, end) = self.write_partition(p, &entries)?;
-        if self.inner.fsync != FsyncPolicy::Batch {
-            return Ok(());
-        }
-        // Starting a thread costs tens of microseconds: a small batch is freed here.
-        const FREE_ON_THREAD_FROM: usize = 512;
-        if !spare_cores || entries.len() < FREE_ON_THREAD_FROM {
-            return partition.sync(end).map(|_| ());
-        }
-        std::thread::scope(|s| {
-            let freeing = std::thread::Builder::new()
-                .name(format!("rowlog-free-{p}"))
-                .spawn_scoped(s, move || drop(entries));
-            // When no thread starts, the entries were freed with the refused closure.
-            let synced = partition.sync(end);
-            drop(freeing);
-            synced.map(|_| ())
-        })
-    }
-
-    /// Appends the partitions of a batch on parallel threads, each encoding, writing
-    /// and syncing its own partition. Encoding is the CPU cost of an append and fsync
-    /// its wait: without a barrier between them, one partition's fsync overlaps another's
-    /// encoding. The append returns when every partition is durable and its changes
-    /// are freed.
+    /// Appends the partitions of a batch, each on its own append thread.
     fn append_blocking(&self, batch: AppendBatch) -> Result<(), LogError> {
+        let Some(appenders) = &self.inner.appenders else {
+            return Err(LogError::Failed {
+                partition: 0,
+                cause: "opened read-only".into(),
+            });
+        };
         let work: Vec<(u32, Vec<LogEntry>)> = batch
             .partitions
             .into_iter()
@@ -558,41 +503,7 @@ impl EmbeddedLog {
             .filter(|(_, c)| !c.is_empty())
             .map(|(p, c)| (p as u32, c))
             .collect();
-        let spare_cores = work.len() <= std::thread::available_parallelism().map_or(1, |n| n.get());
-        if work.len() <= 1 {
-            work.into_iter()
-                .try_for_each(|(p, c)| self.append_partition(p, c, spare_cores))
-        } else {
-            std::thread::scope(|s| {
-                // Named, so `top -H` shows where an append's time goes.
-                let handles: Vec<_> = work
-                    .into_iter()
-                    .map(|(p, c)| {
-                        std::thread::Builder::new()
-                            .name(format!("rowlog-append-{p}"))
-                            .spawn_scoped(s, move || self.append_partition(p, c, spare_cores))
-                            .map_err(|source| LogError::Io {
-                                action: "start an append thread",
-                                path: self.inner.dir.clone(),
-                                source,
-                            })
-                    })
-                    .collect();
-                // Every thread is joined, even after an error, before the error returns.
-                let results: Vec<_> = handles
-                    .into_iter()
-                    .map(|h| {
-                        h?.join().unwrap_or_else(|_| {
-                            Err(LogError::Failed {
-                                partition: u32::MAX,
-                                cause: "append thread panicked".into(),
-                            })
-                        })
-                    })
-                    .collect();
-                results.into_iter().collect::<Result<(), _>>()
-            })
-        }
+        appenders.append(work)
     }
 }
 

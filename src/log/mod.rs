@@ -15,6 +15,7 @@
 //!   pipeline drops changes a partition already holds ([`PartitionedLog::last_change`]).
 //! * Offsets are dense per partition: 0, 1, 2, … with no gaps.
 
+mod append;
 pub(crate) mod atomic_file;
 mod codec;
 mod embedded;
