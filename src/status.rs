@@ -85,7 +85,8 @@ fn render_value(v: &Value) -> String {
         Value::Null => "NULL".into(),
         Value::Int(i) => i.to_string(),
         Value::UInt(u) => u.to_string(),
-        Value::Decimal(s) | Value::Json(s) => s.clone(),
+        Value::Decimal(s) => s.to_string(),
+        Value::Json(s) => s.clone(),
         Value::Bytes(b) => format!("{:?}", String::from_utf8_lossy(b)),
         other => format!("{other:?}"),
     }

@@ -820,7 +820,7 @@ async fn a_key_changed_only_in_case_survives_a_batch_loaded_with_load_data() {
         unique_keys: vec![],
         keyless: false,
     });
-    let row = |id: &str, v: i64| vec![Value::Bytes(id.as_bytes().to_vec()), Value::Int(v)];
+    let row = |id: &str, v: i64| vec![Value::Bytes(id.as_bytes().into()), Value::Int(v)];
     let mut changes: Vec<ChangeEvent> = vec![
         common::records::change_of(&table, Op::Delete, Some(row("abc", 1)), None, 1, 0),
         common::records::change_of(&table, Op::Insert, None, Some(row("ABC", 2)), 2, 0),

@@ -203,8 +203,8 @@ mod tests {
             any::<u64>().prop_map(Value::UInt),
             any::<f32>().prop_map(Value::Float),
             any::<f64>().prop_map(Value::Double),
-            ".{0,40}".prop_map(Value::Decimal),
-            proptest::collection::vec(any::<u8>(), 0..300).prop_map(Value::Bytes),
+            ".{0,40}".prop_map(|s| Value::Decimal(s.into())),
+            proptest::collection::vec(any::<u8>(), 0..300).prop_map(|b| Value::Bytes(b.into())),
             (any::<u16>(), any::<u8>(), any::<u8>()).prop_map(|(year, month, day)| Value::Date {
                 year,
                 month,
@@ -343,6 +343,29 @@ mod tests {
             let mut theirs = vec![0xAA];
             theirs.extend(postcard::to_allocvec(&body).unwrap());
             prop_assert_eq!(ours, theirs);
+        }
+    }
+
+    /// Short values are kept inline (`SmallBytes`, `SmallText`) since 2026-11-27; before,
+    /// they were a `Vec<u8>` and a `String`. Records written before must read the same,
+    /// and records written now must be what the old types wrote: postcard writes an
+    /// enum as its variant index, then the payload.
+    #[test]
+    fn inline_short_values_keep_the_record_bytes_of_vec_and_string() {
+        /// `v` must write and read as `variant` followed by the old payload `old`.
+        fn same_bytes(variant: u8, old: &impl serde::Serialize, v: Value) {
+            let mut bytes = vec![variant];
+            bytes.extend(postcard::to_allocvec(old).unwrap());
+            assert_eq!(postcard::to_allocvec(&v).unwrap(), bytes, "{v:?}");
+            assert_eq!(postcard::from_bytes::<Value>(&bytes).unwrap(), v);
+        }
+        for len in [0usize, 1, 15, 16, 17, 24, 25, 40, 300] {
+            let raw: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
+            same_bytes(6, &raw, Value::Bytes(raw.clone().into()));
+            let text: String = (0..len)
+                .map(|i| char::from(b'0' + (i % 10) as u8))
+                .collect();
+            same_bytes(5, &text, Value::Decimal(text.as_str().into()));
         }
     }
 }

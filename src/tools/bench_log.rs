@@ -87,15 +87,15 @@ fn change(t: &Arc<TableSchema>, i: u64) -> ChangeEvent {
         op: Op::Update,
         before: Some(vec![
             Value::Int(i as i64),
-            Value::Bytes(format!("owner-{i}").into_bytes()),
-            Value::Decimal(format!("{}.{:02}", i * 3, i % 100)),
-            Value::Bytes(vec![b'x'; 40]),
+            Value::Bytes(format!("owner-{i}").into_bytes().into()),
+            Value::Decimal(format!("{}.{:02}", i * 3, i % 100).into()),
+            Value::Bytes(vec![b'x'; 40].into()),
         ]),
         after: Some(vec![
             Value::Int(i as i64),
-            Value::Bytes(format!("owner-{i}").into_bytes()),
-            Value::Decimal(format!("{}.{:02}", i * 3 + 1, i % 100)),
-            Value::Bytes(vec![b'y'; 40]),
+            Value::Bytes(format!("owner-{i}").into_bytes().into()),
+            Value::Decimal(format!("{}.{:02}", i * 3 + 1, i % 100).into()),
+            Value::Bytes(vec![b'y'; 40].into()),
         ]),
         source: SourceMeta {
             id: ChangeId {

@@ -390,7 +390,7 @@ pub mod records {
     ) -> ChangeEvent {
         let after = vec![
             Value::Int(i as i64),
-            Value::Bytes(vec![(i % 251) as u8; payload_len]),
+            Value::Bytes(vec![(i % 251) as u8; payload_len].into()),
         ];
         change_of(t, Op::Insert, None, Some(after), i, time_ms)
     }

@@ -29,4 +29,4 @@ pub use schema_change::{SchemaChange, SchemaChangeKind, SchemaChangePolicy};
 pub use traits::{
     ApplyBatch, ChangeSink, ChangeSource, Retry, SinkProgress, SourceEvent, WorkerProgress,
 };
-pub use value::Value;
+pub use value::{SmallBytes, SmallText, Value};

@@ -17,7 +17,7 @@ impl Value {
             Value::Float(f) => My::Float(*f),
             Value::Double(d) => My::Double(*d),
             Value::Decimal(s) => My::Bytes(s.as_bytes().to_vec()),
-            Value::Bytes(b) => My::Bytes(b.clone()),
+            Value::Bytes(b) => My::Bytes(b.to_vec()),
             Value::Json(s) => My::Bytes(s.as_bytes().to_vec()),
             Value::Date { year, month, day } => My::Date(*year, *month, *day, 0, 0, 0, 0),
             Value::DateTime {

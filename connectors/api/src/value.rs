@@ -7,6 +7,14 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Bytes that are kept inline up to 16 (a `Vec<u8>`'s size), on the heap beyond.
+/// Serialized exactly as a `Vec<u8>` is, so records written before read the same.
+pub type SmallBytes = smallvec::SmallVec<[u8; 16]>;
+
+/// Text kept inline up to 24 bytes (a `String`'s size), on the heap beyond.
+/// Serialized exactly as a `String` is.
+pub type SmallText = compact_str::CompactString;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Value {
     Null,
@@ -15,10 +23,10 @@ pub enum Value {
     Float(f32),
     Double(f64),
     /// Exact decimal text, e.g. `-12345.678900`.
-    Decimal(String),
+    Decimal(SmallText),
     /// CHAR/VARCHAR/TEXT in the column charset, BINARY/BLOB, MariaDB JSON (LONGTEXT),
     /// spatial values as stored (WKB with SRID prefix).
-    Bytes(Vec<u8>),
+    Bytes(SmallBytes),
     /// DATE; all-zero fields are the zero date `0000-00-00`.
     Date {
         year: u16,
@@ -65,7 +73,8 @@ impl Value {
     pub fn approx_bytes(&self) -> usize {
         match self {
             Value::Bytes(b) => 24 + b.len(),
-            Value::Decimal(s) | Value::Json(s) => 24 + s.len(),
+            Value::Decimal(s) => 24 + s.len(),
+            Value::Json(s) => 24 + s.len(),
             _ => 24,
         }
     }
@@ -138,5 +147,31 @@ impl Value {
             Value::Set(v) => tagged(out, 14, &v.to_le_bytes()),
             Value::Json(s) => tagged(out, 15, s.as_bytes()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inline short values must not make every value bigger: a row image is a
+    /// `Vec<Value>`, and a value of any type costs this much.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_value_stays_as_small_as_a_vec_and_a_tag() {
+        assert_eq!(std::mem::size_of::<SmallBytes>(), 24);
+        assert_eq!(std::mem::size_of::<SmallText>(), 24);
+        assert_eq!(std::mem::size_of::<Value>(), 32);
+    }
+
+    #[test]
+    fn short_values_are_inline_and_long_ones_spill() {
+        let short: SmallBytes = b"owner-1234567".to_vec().into();
+        assert!(!short.spilled());
+        let long: SmallBytes = vec![7u8; 17].into();
+        assert!(long.spilled());
+        assert_eq!(&long[..], &[7u8; 17][..]);
+        let text = SmallText::from("-12345678901234.567890");
+        assert!(!text.is_heap_allocated());
     }
 }

@@ -469,9 +469,9 @@ impl SnapshotTable {
                 Value::UInt(x),
             ) if !c.unsigned => Value::Int(x as i64),
             ("tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint", v) => v,
-            ("decimal" | "numeric", Value::Bytes(b)) => {
-                Value::Decimal(String::from_utf8(b).map_err(|e| format!("decimal text: {e}"))?)
-            }
+            ("decimal" | "numeric", Value::Bytes(b)) => Value::Decimal(
+                rowlog_api::SmallText::from_utf8(b).map_err(|e| format!("decimal text: {e}"))?,
+            ),
             (
                 "char" | "varchar" | "binary" | "varbinary" | "tinytext" | "text" | "mediumtext"
                 | "longtext" | "tinyblob" | "blob" | "mediumblob" | "longblob" | "date"
@@ -509,7 +509,7 @@ fn from_row_value(v: mysql_async::Value, c: &Column) -> Result<Value, String> {
         My::UInt(u) => Value::UInt(u),
         My::Float(f) => Value::Float(f),
         My::Double(d) => Value::Double(d),
-        My::Bytes(b) => Value::Bytes(b),
+        My::Bytes(b) => Value::Bytes(b.into()),
         My::Date(year, month, day, ..) if c.ty == ColumnType::Date => {
             Value::Date { year, month, day }
         }

@@ -80,9 +80,9 @@ pub(crate) fn convert(col: &Column, v: BinlogValue<'_>) -> Result<Value, String>
         }
         (ColumnType::Float, My::Float(f)) => Value::Float(f),
         (ColumnType::Double, My::Double(d)) => Value::Double(d),
-        (ColumnType::Decimal { .. }, My::Bytes(b)) => {
-            Value::Decimal(String::from_utf8(b).map_err(|e| format!("decimal text: {e}"))?)
-        }
+        (ColumnType::Decimal { .. }, My::Bytes(b)) => Value::Decimal(
+            rowlog_api::SmallText::from_utf8(b).map_err(|e| format!("decimal text: {e}"))?,
+        ),
         (ColumnType::Date, My::Date(year, month, day, ..)) => Value::Date { year, month, day },
         (ColumnType::DateTime { .. }, My::Date(year, month, day, hour, minute, second, micros)) => {
             Value::DateTime {
@@ -136,7 +136,7 @@ pub(crate) fn convert(col: &Column, v: BinlogValue<'_>) -> Result<Value, String>
             if col.charset == Some(BINARY_CHARSET) && b.len() < *max_bytes as usize {
                 b.resize(*max_bytes as usize, 0);
             }
-            Value::Bytes(b)
+            Value::Bytes(b.into())
         }
         (
             ColumnType::VarString { .. }
@@ -145,7 +145,7 @@ pub(crate) fn convert(col: &Column, v: BinlogValue<'_>) -> Result<Value, String>
             | ColumnType::Json
             | ColumnType::Other(_),
             My::Bytes(b),
-        ) => Value::Bytes(b),
+        ) => Value::Bytes(b.into()),
         (_, v) => return Err(mismatch(&v)),
     })
 }
@@ -288,12 +288,12 @@ mod tests {
         c.charset = Some(BINARY_CHARSET);
         assert_eq!(
             convert(&c, BinlogValue::Value(My::Bytes(b"a\0".to_vec()))).unwrap(),
-            Value::Bytes(b"a\0\0\0".to_vec())
+            Value::Bytes(b"a\0\0\0".to_vec().into())
         );
         c.charset = Some(45);
         assert_eq!(
             convert(&c, BinlogValue::Value(My::Bytes(b"a".to_vec()))).unwrap(),
-            Value::Bytes(b"a".to_vec())
+            Value::Bytes(b"a".to_vec().into())
         );
     }
 

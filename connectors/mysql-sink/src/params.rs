@@ -19,11 +19,17 @@ mod tests {
     #[test]
     fn bytes_for_hex_placeholders_go_as_hex_text() {
         assert_eq!(
-            column_param(&Value::Bytes(vec![0xe9, 0x00, 0xff]), crate::sql::Send::Hex),
+            column_param(
+                &Value::Bytes(vec![0xe9, 0x00, 0xff].into()),
+                crate::sql::Send::Hex
+            ),
             My::Bytes(b"E900FF".to_vec())
         );
         assert_eq!(
-            column_param(&Value::Bytes(b"ok".to_vec()), crate::sql::Send::Plain),
+            column_param(
+                &Value::Bytes(b"ok".to_vec().into()),
+                crate::sql::Send::Plain
+            ),
             My::Bytes(b"ok".to_vec())
         );
     }

@@ -79,7 +79,7 @@ fn render_key(t: &TableSchema, row: &[Value]) -> String {
         .map(|&i| {
             let v = match &row[i] {
                 Value::Bytes(b) => format!("'{}'", String::from_utf8_lossy(b)),
-                Value::Decimal(d) => d.clone(),
+                Value::Decimal(d) => d.to_string(),
                 Value::Int(v) => v.to_string(),
                 Value::UInt(v) => v.to_string(),
                 other => format!("{other:?}"),
