@@ -73,8 +73,9 @@ impl Appender {
     /// fsync (the group commit of appends that arrived together); frees the entries,
     /// then reports to each job.
     ///
-    /// Freeing a batch of changes costs more CPU than encoding it (each value is its
-    /// own allocation, made on another thread), while fsync leaves the core idle. When
+    /// Freeing a batch of changes costs more CPU than encoding it (each row image and
+    /// each long value is its own allocation, made on another thread), while fsync
+    /// leaves the core idle. When
     /// the append has no more partitions than there are cores (`spare_cores`), nothing
     /// else would use the core during the fsync, so the entries are freed on a second
     /// thread meanwhile. With more partitions than cores their threads fill that idle
