@@ -196,16 +196,7 @@ async fn bulk_replay_upsert(src: &MariaDb, opts: &BenchOptions) -> BenchResult<(
         part.extend(later);
     }
     let secs = upsert_parts(&dst, parts).await?;
-    let (a, b) = (
-        checksum(src, "bench.t").await?,
-        checksum(&dst, "bench.t").await?,
-    );
-    if a != b {
-        return Err(format!(
-            "[bulk] the replay left its destination unlike the source: CHECKSUM TABLE {a:?} vs {b:?}"
-        )
-        .into());
-    }
+    same_table(src, &dst, "[bulk] the replay's destination").await?;
     Ok((n, secs))
 }
 
@@ -346,13 +337,24 @@ fn rowlog_config(
     Ok(Config::load_with_env(&path, Default::default())?)
 }
 
-async fn checksum(s: &MariaDb, table: &str) -> BenchResult<Option<i64>> {
+async fn checksum(s: &MariaDb) -> BenchResult<Option<i64>> {
     let row: Option<(String, Option<i64>)> = s
         .conn()
         .await?
-        .query_first(format!("CHECKSUM TABLE {table}"))
+        .query_first("CHECKSUM TABLE bench.t")
         .await?;
     Ok(row.and_then(|(_, c)| c))
+}
+
+/// Fails, naming `what`, unless `dst`'s bench table equals `src`'s by CHECKSUM TABLE.
+async fn same_table(src: &MariaDb, dst: &MariaDb, what: &str) -> BenchResult<()> {
+    let (a, b) = (checksum(src).await?, checksum(dst).await?);
+    if a != b {
+        return Err(
+            format!("{what} differs from the source: CHECKSUM TABLE {a:?} vs {b:?}").into(),
+        );
+    }
+    Ok(())
 }
 
 struct ShapeResult {
@@ -436,16 +438,7 @@ async fn shape(
 
     let (rowlog_secs, running) = catch_up(&src, &rowlog_dst, &from, name, opts, changes).await?;
     let rowlog_rate = changes as f64 / rowlog_secs;
-    let (a, b) = (
-        checksum(&src, "bench.t").await?,
-        checksum(&rowlog_dst, "bench.t").await?,
-    );
-    if a != b {
-        return Err(format!(
-            "[{name}] rowlog's destination differs from the source: CHECKSUM TABLE {a:?} vs {b:?}"
-        )
-        .into());
-    }
+    same_table(&src, &rowlog_dst, &format!("[{name}] rowlog's destination")).await?;
     println!("[{name}] (c) rowlog: {rowlog_secs:.2} s = {rowlog_rate:.0} row changes/s (destination equal by CHECKSUM TABLE)");
 
     let mut snapshot_rate = None;
@@ -507,13 +500,7 @@ async fn snapshot_copy(
     )
     .await?
     .ok_or("the snapshot was interrupted")?;
-    let (a, b) = (
-        checksum(src, "bench.t").await?,
-        checksum(&dst, "bench.t").await?,
-    );
-    if a != b {
-        return Err(format!("snapshot copy differs: CHECKSUM TABLE {a:?} vs {b:?}").into());
-    }
+    same_table(src, &dst, "[bulk] the snapshot copy").await?;
     let rate = outcome.rows as f64 / outcome.seconds;
     println!(
         "[bulk] (e) initial snapshot: {} rows in {:.2} s = {rate:.0} rows/s, {:.2} × raw upsert capacity (destination equal by CHECKSUM TABLE)",
@@ -704,13 +691,7 @@ async fn backlog(rows: u64, opts: &BenchOptions) -> BenchResult<(f64, u64)> {
     let (secs, running) = catch_up(&src, &dst, &from, "backlog", opts, rows).await?;
     let peak = vm_hwm_mib();
     running.stop().await;
-    let (a, b) = (
-        checksum(&src, "bench.t").await?,
-        checksum(&dst, "bench.t").await?,
-    );
-    if a != b {
-        return Err(format!("[backlog] destination differs: CHECKSUM TABLE {a:?} vs {b:?}").into());
-    }
+    same_table(&src, &dst, "[backlog] rowlog's destination").await?;
     println!("[backlog] caught up {rows} row changes in {secs:.1} s, destination equal by CHECKSUM TABLE");
     Ok((secs, peak))
 }
