@@ -238,7 +238,7 @@ async fn the_broker_down_for_30_seconds_mid_stream_loses_nothing() {
     common::init_test_logging();
     let mut broker = Tansu::start().expect("tansu broker starts");
     let pair = pair_on(&broker).await;
-    let rowlog = InProcess::start(pair.config(2, 4));
+    let mut rowlog = InProcess::start(pair.config(2, 4));
     let writer = tokio::spawn(write(pair.src.url(), 1, 600));
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -256,10 +256,73 @@ async fn the_broker_down_for_30_seconds_mid_stream_loses_nothing() {
         total > down_at_source,
         "the source kept writing while the broker was away ({down_at_source} → {total})"
     );
-    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(180))
+    rowlog
+        .assert_converges_running(&pair, &[("app.t", "id")], Duration::from_secs(180))
         .await;
-    assert!(!rowlog.finished(), "the pipeline resumed by itself");
     rowlog.stop().await;
+}
+
+/// Sends the broker stored but whose replies were lost: after the connection drops,
+/// the idempotent producer sends them again and the broker confirms them as duplicates,
+/// for which librdkafka reports no offset. The log reads those partitions' ends from
+/// the broker instead: the checkpoint's ends are the topic's, and a restart opens the
+/// log and goes on (an end taken from the missing offset made the next start refuse the
+/// log as having lost acknowledged records).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_confirmed_as_duplicates_after_lost_replies_keep_the_ends_right() {
+    common::init_test_logging();
+    let (broker, proxy) = Tansu::start_behind_proxy()
+        .await
+        .expect("tansu broker starts");
+    let pair = pair_on(&broker).await;
+    let mut rowlog = InProcess::start(pair.config(2, 4));
+    write(pair.src.url(), 1, 10).await;
+    rowlog
+        .assert_converges_running(&pair, &[("app.t", "id")], Duration::from_secs(60))
+        .await;
+
+    // The broker stores what the source appends now, and rowlog hears nothing back
+    // until the connections drop.
+    proxy.hold_replies();
+    // One transaction, so one append: the last before the checkpoint is stored.
+    let mut c = pair.src.conn().await.unwrap();
+    c.query_drop("INSERT INTO app.t SELECT seq, seq FROM app.seq_1001_to_1040")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.restore();
+    rowlog
+        .assert_converges_running(&pair, &[("app.t", "id")], Duration::from_secs(120))
+        .await;
+    rowlog.stop().await;
+    assert!(
+        broker.log().contains("DuplicateSequenceNumber"),
+        "the broker confirmed at least one send as a duplicate; its log:\n{}",
+        broker.log()
+    );
+
+    let log = KafkaLog::open_existing(&broker.settings(), "test", 4)
+        .await
+        .expect("the log opens");
+    let cp = rowlog::log::PartitionedLog::checkpoint(&log)
+        .await
+        .unwrap()
+        .expect("a checkpoint was stored");
+    let ends: Vec<u64> = (0..4)
+        .map(|p| rowlog::log::PartitionedLog::end_offset(&log, p))
+        .collect();
+    assert_eq!(cp.ends, ends, "the checkpoint's ends are the topic's");
+    drop(log);
+
+    // The next start accepts the log and goes on.
+    let mut again = InProcess::start(pair.config(2, 4));
+    write(pair.src.url(), 3001, 10).await;
+    again
+        .assert_converges_running(&pair, &[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    again.stop().await;
 }
 
 /// The destination's progress table is the truth: a consumer group whose offsets were

@@ -1,6 +1,8 @@
 //! A TCP proxy for fault tests: rowlog talks to a server through it, and the test cuts
 //! the connection (every open connection is closed and new ones are refused), stalls
-//! it (connections stay open but no byte moves), or slows it (each chunk waits).
+//! it (connections stay open but no byte moves), holds back the server's replies (the
+//! server gets and acts on every request, rowlog hears nothing back), or slows it (each
+//! chunk waits).
 //!
 //! Faults are what the network does to rowlog, so they are injected between rowlog
 //! and the servers, not inside either.
@@ -17,6 +19,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 const PASS: u8 = 0;
 const CUT: u8 = 1;
 const STALL: u8 = 2;
+const DEAF: u8 = 3;
 
 #[derive(Default)]
 struct Control {
@@ -58,8 +61,8 @@ impl Proxy {
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
                     tokio::select! {
-                        _ = pump(cr, sw, ctl2.clone()) => {}
-                        _ = pump(sr, cw, ctl2) => {}
+                        _ = pump(cr, sw, ctl2.clone(), false) => {}
+                        _ = pump(sr, cw, ctl2, true) => {}
                     }
                 });
                 let mut conns = ctl.connections();
@@ -87,6 +90,13 @@ impl Proxy {
         self.control.mode.store(STALL, Ordering::Release);
     }
 
+    /// Forwards requests but holds back the server's replies until [`Proxy::cut`]
+    /// drops them or [`Proxy::restore`] lets them through: the server did what was
+    /// asked, the client cannot know it.
+    pub fn hold_replies(&self) {
+        self.control.mode.store(DEAF, Ordering::Release);
+    }
+
     pub fn restore(&self) {
         self.control.mode.store(PASS, Ordering::Release);
     }
@@ -112,6 +122,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     ctl: Arc<Control>,
+    replies: bool,
 ) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
@@ -119,7 +130,11 @@ async fn pump(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        while ctl.mode.load(Ordering::Acquire) == STALL {
+        loop {
+            let mode = ctl.mode.load(Ordering::Acquire);
+            if mode != STALL && !(replies && mode == DEAF) {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let latency = ctl.latency_ms.load(Ordering::Acquire);

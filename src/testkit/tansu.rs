@@ -13,8 +13,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use super::proxy::Proxy;
+
 pub struct Tansu {
     pub port: u16,
+    /// The port clients are told to use instead of `port` (a proxy's), if any.
+    advertised: Option<u16>,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -40,23 +44,12 @@ pub fn tansu_binary() -> Option<PathBuf> {
 impl Tansu {
     /// Starts a broker and waits until it accepts connections.
     pub fn start() -> io::Result<Tansu> {
-        let dir = std::env::temp_dir().join(format!(
-            "rowlog-tansu-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let mut broker = Tansu {
-            port: 0,
-            dir,
-            child: None,
-        };
+        let mut broker = Self::unstarted()?;
         // A free port can be taken by a test running beside this one before tansu
         // binds it: then tansu exits, and another free port is tried.
         let mut last = None;
         for _ in 0..3 {
-            broker.port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            broker.port = free_port()?;
             match broker.launch() {
                 Ok(()) => return Ok(broker),
                 Err(e) => last = Some(e),
@@ -65,9 +58,43 @@ impl Tansu {
         Err(last.unwrap_or_else(|| io::Error::other("tansu did not start")))
     }
 
-    /// `host:port` for `kafka.brokers`.
+    /// Starts a broker that clients reach only through a [`Proxy`]: it advertises the
+    /// proxy's port, so the connections librdkafka opens after bootstrapping go
+    /// through the proxy too, and the test can fault them.
+    pub async fn start_behind_proxy() -> io::Result<(Tansu, Proxy)> {
+        let mut broker = Self::unstarted()?;
+        let mut last = None;
+        for _ in 0..3 {
+            broker.port = free_port()?;
+            let proxy = Proxy::start(broker.port).await?;
+            broker.advertised = Some(proxy.port);
+            match broker.launch() {
+                Ok(()) => return Ok((broker, proxy)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("tansu did not start")))
+    }
+
+    fn unstarted() -> io::Result<Tansu> {
+        let dir = std::env::temp_dir().join(format!(
+            "rowlog-tansu-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Tansu {
+            port: 0,
+            advertised: None,
+            dir,
+            child: None,
+        })
+    }
+
+    /// `host:port` for `kafka.brokers`: the proxy's when the broker is behind one.
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.advertised.unwrap_or(self.port))
     }
 
     /// `[kafka]` settings for this broker: one broker, so replication factor 1.
@@ -88,6 +115,7 @@ impl Tansu {
             )
         })?;
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised.unwrap_or(self.port));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -97,7 +125,7 @@ impl Tansu {
             .arg("--listener-url")
             .arg(&url)
             .arg("--advertised-listener-url")
-            .arg(&url)
+            .arg(&advertised)
             // A relative path, from the broker's own directory: tansu reads the path of
             // `sqlite:///abs/path` without its leading slash.
             .current_dir(&self.dir)
@@ -156,6 +184,10 @@ impl Tansu {
         self.stop();
         self.launch()
     }
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl Drop for Tansu {

@@ -217,6 +217,28 @@ impl InProcess {
         self.handle.is_finished()
     }
 
+    /// [`Pair::assert_converges`], failing at once, with the pipeline's error, if the
+    /// pipeline ends first: a test that waits minutes for a pipeline that stopped on an
+    /// error should say which error.
+    pub async fn assert_converges_running(
+        &mut self,
+        pair: &Pair,
+        tables: &[(&str, &str)],
+        timeout: Duration,
+    ) {
+        tokio::select! {
+            _ = pair.assert_converges(tables, timeout) => {}
+            ended = &mut self.handle => match ended {
+                Ok(Ok(_)) => panic!("rowlog stopped by itself before the destination converged"),
+                Ok(Err(e)) => panic!(
+                    "rowlog failed before the destination converged: {}",
+                    rowlog::report::error_chain(&e)
+                ),
+                Err(e) => panic!("rowlog panicked before the destination converged: {e}"),
+            },
+        }
+    }
+
     /// Stops and returns how the pipeline ended.
     pub async fn stop_result(self) -> Result<Arc<Stats>, daemon::DaemonError> {
         self.trigger.trigger();

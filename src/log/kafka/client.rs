@@ -2,14 +2,17 @@
 //! topic creation, delivery reports, and running its blocking calls off the async
 //! threads.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::DeliveryFuture;
-use tracing::info;
+use tracing::{error, info, warn};
 
 use super::KafkaSettings;
 use crate::log::LogError;
@@ -38,6 +41,80 @@ pub(super) fn transient(e: &KafkaError) -> bool {
     )
 }
 
+/// Where the log's librdkafka clients send their own log lines and global errors.
+///
+/// While a broker is away librdkafka reports it once per connection attempt of every
+/// client (the producer, the metadata consumer, one reader per partition): hundreds of
+/// lines a minute, which bury everything else, an operator's view and a failing test's
+/// output alike. rowlog retries through such outages, so those reports are warnings,
+/// and one line per kind per [`QUIET`] stands for all the log's clients, saying how
+/// many it stands for. Other errors are logged every time.
+#[derive(Clone, Default)]
+pub(super) struct KafkaContext {
+    /// Per kind of report: when one was last logged, and how many were held back since.
+    last: Arc<Mutex<HashMap<String, (Instant, u64)>>>,
+}
+
+/// How long repeats of one kind of retried report are held back.
+const QUIET: Duration = Duration::from_secs(30);
+
+impl KafkaContext {
+    /// Whether a report of `kind` is due now, and how many were held back before it.
+    fn due(&self, kind: &str) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match last.get_mut(kind) {
+            Some((at, held)) if now.duration_since(*at) < QUIET => {
+                *held += 1;
+                None
+            }
+            Some((at, held)) => {
+                let before = std::mem::take(held);
+                *at = now;
+                Some(before)
+            }
+            None => {
+                last.insert(kind.to_string(), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+impl ClientContext for KafkaContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        use RDKafkaLogLevel as L;
+        // FAIL is a broker connection that failed or dropped; librdkafka reconnects.
+        if fac == "FAIL" {
+            if let Some(held) = self.due(fac) {
+                warn!(target: "librdkafka", held_back = held, "librdkafka: {fac} {message}");
+            }
+            return;
+        }
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                error!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            L::Warning => warn!(target: "librdkafka", "librdkafka: {fac} {message}"),
+            L::Notice | L::Info => info!(target: "librdkafka", "librdkafka: {fac} {message}"),
+            L::Debug => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        }
+    }
+
+    fn error(&self, e: KafkaError, reason: &str) {
+        if transient(&e) {
+            let kind = format!("{:?}", e.rdkafka_error_code());
+            if let Some(held) = self.due(&kind) {
+                warn!(target: "librdkafka", held_back = held, "Kafka unreachable, librdkafka retries: {e}: {reason}");
+            }
+        } else {
+            error!(target: "librdkafka", "Kafka client error: {e}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for KafkaContext {}
+
 pub(super) fn kafka(action: &'static str, topic: &str) -> impl FnOnce(KafkaError) -> LogError {
     let topic = topic.to_string();
     move |source| LogError::Kafka {
@@ -60,15 +137,24 @@ pub(super) async fn blocking<T: Send + 'static>(
         })?
 }
 
-/// Waits for a delivery report: the partition and offset the broker gave the message.
+/// Waits for a delivery report: the partition, and the offset it gives, unless that
+/// offset is negative and so certainly not where the message is.
+///
+/// A report's offset can be wrong without being negative. When the broker stored a
+/// batch but the connection dropped before its reply came back, the idempotent
+/// producer's retry is answered `DUPLICATE_SEQUENCE_NUMBER`. librdkafka counts that
+/// as delivered, and numbers the batch's messages from the offset that error reply
+/// holds, -1 from a Kafka broker: -1, 0, 1, … (rdkafka_request.c, "Treat as success,
+/// however offset and timestamp will be invalid"). Callers that need to know where a
+/// message went check the offsets against what they expect.
 ///
 /// With no delivery timeout, librdkafka reports a failure only when the idempotent
 /// producer cannot go on (say, the broker lost its sequence state). Messages of the
 /// batch may then be in the log or not, so the cached partition ends and last changes
 /// are no longer known: the error is definite, and the next start reads them again.
-pub(super) async fn settle(f: DeliveryFuture, topic: &str) -> Result<(i32, i64), LogError> {
+pub(super) async fn settle(f: DeliveryFuture, topic: &str) -> Result<(i32, Option<i64>), LogError> {
     match f.await {
-        Ok(Ok(d)) => Ok((d.partition, d.offset)),
+        Ok(Ok(d)) => Ok((d.partition, (d.offset >= 0).then_some(d.offset))),
         Ok(Err((source, _))) => Err(LogError::Kafka {
             action: "deliver",
             topic: topic.to_string(),
@@ -108,13 +194,15 @@ pub(super) fn reader_config(settings: &KafkaSettings, client_id: &str) -> Client
 
 pub(super) async fn ensure_topics(
     base: &ClientConfig,
+    context: &KafkaContext,
     settings: &KafkaSettings,
     topics: &[(String, i32)],
     timeout: Duration,
 ) -> Result<(), LogError> {
     let main = &topics[0].0;
-    let admin: AdminClient<DefaultClientContext> =
-        base.create().map_err(kafka("create admin client", main))?;
+    let admin: AdminClient<KafkaContext> = base
+        .create_with_context(context.clone())
+        .map_err(kafka("create admin client", main))?;
     let rf = settings.replication_factor;
     let new: Vec<NewTopic<'_>> = topics
         .iter()

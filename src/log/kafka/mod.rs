@@ -54,7 +54,9 @@ use rowlog_api::{ChangeId, ResumePoint, TableSchema};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use self::client::{base_config, blocking, ensure_topics, kafka, reader_config, settle, transient};
+use self::client::{
+    base_config, blocking, ensure_topics, kafka, reader_config, settle, transient, KafkaContext,
+};
 use self::message::{record_of, Encoded};
 pub use self::reader::KafkaReader;
 pub use self::settings::{topic_problem, KafkaSettings, RESERVED};
@@ -84,16 +86,18 @@ struct Inner {
     partitions: u32,
     /// Set once while opening (read from, or first written to, `T.checkpoint`).
     log_id: AtomicU64,
-    producer: FutureProducer,
+    /// Shared by every client of this log: their librdkafka reports, rate-limited.
+    context: KafkaContext,
+    producer: FutureProducer<KafkaContext>,
     /// Reads watermarks and metadata.
-    meta: BaseConsumer,
+    meta: BaseConsumer<KafkaContext>,
     ends: Vec<AtomicU64>,
     last: Mutex<Vec<Option<ChangeId>>>,
     checkpoint: Mutex<Option<SourceCheckpoint>>,
     schemas: Mutex<Schemas>,
     /// One append at a time: a schema is sent, then the records that use it.
     append: tokio::sync::Mutex<()>,
-    groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    groups: Mutex<HashMap<String, Arc<BaseConsumer<KafkaContext>>>>,
 }
 
 /// A handle to a Kafka-backed log; clones share it.
@@ -148,17 +152,18 @@ impl KafkaLog {
         let topic = settings.topic_for(name);
         let client_id = format!("rowlog-{name}");
         let base = base_config(settings, &client_id);
-        let producer: FutureProducer = base
+        let context = KafkaContext::default();
+        let producer: FutureProducer<KafkaContext> = base
             .clone()
             // Deliver exactly once per send and in order, however long the broker is away.
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", "0")
             .set("linger.ms", "5")
-            .create()
+            .create_with_context(context.clone())
             .map_err(kafka("create producer", &topic))?;
-        let meta: BaseConsumer = reader_config(settings, &client_id)
-            .create()
+        let meta: BaseConsumer<KafkaContext> = reader_config(settings, &client_id)
+            .create_with_context(context.clone())
             .map_err(kafka("create consumer", &topic))?;
         let timeout = Duration::from_millis(settings.request_timeout_ms);
 
@@ -168,7 +173,7 @@ impl KafkaLog {
             (format!("{topic}.checkpoint"), 1),
         ];
         if create {
-            ensure_topics(&base, settings, &topics, timeout).await?;
+            ensure_topics(&base, &context, settings, &topics, timeout).await?;
         }
 
         let inner = Inner {
@@ -179,6 +184,7 @@ impl KafkaLog {
             client_id,
             partitions,
             log_id: AtomicU64::new(0),
+            context,
             producer,
             meta,
             ends: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
@@ -355,8 +361,9 @@ impl KafkaLog {
         self.deliver(record).await.map(|_| ())
     }
 
-    /// Sends one message and waits for its delivery report; its offset.
-    async fn deliver(&self, record: FutureRecord<'_, str, [u8]>) -> Result<i64, LogError> {
+    /// Sends one message and waits for its delivery report; its offset, unless it was
+    /// confirmed as a duplicate (see [`settle`]).
+    async fn deliver(&self, record: FutureRecord<'_, str, [u8]>) -> Result<Option<i64>, LogError> {
         let topic = record.topic.to_string();
         let f = self
             .inner
@@ -412,6 +419,21 @@ impl KafkaLog {
                     .payload(bytes.as_slice()),
             )
             .await?;
+        let Some(offset) = offset else {
+            // Stored, offset unknown: read the versions stored since, which hold it.
+            self.refresh_schemas().await?;
+            return lock(&self.inner.schemas)
+                .ids
+                .get(schema)
+                .copied()
+                .ok_or_else(|| LogError::Failed {
+                    partition: u32::MAX,
+                    cause: format!(
+                        "{topic} confirmed the schema of {} as already stored, but it is not there",
+                        schema.name
+                    ),
+                });
+        };
         let id = u32::try_from(offset).map_err(|_| LogError::Failed {
             partition: u32::MAX,
             cause: format!("{topic} holds more than 2^32 schema versions"),
@@ -443,9 +465,10 @@ impl KafkaLog {
         if want.is_empty() {
             return Ok(Vec::new());
         }
-        let consumer: BaseConsumer = reader_config(&self.inner.settings, &self.inner.client_id)
-            .create()
-            .map_err(kafka("create consumer", topic))?;
+        let consumer: BaseConsumer<KafkaContext> =
+            reader_config(&self.inner.settings, &self.inner.client_id)
+                .create_with_context(self.inner.context.clone())
+                .map_err(kafka("create consumer", topic))?;
         consumer.assign(&tpl).map_err(kafka("assign", topic))?;
         let deadline = Instant::now() + self.timeout();
         let mut out = Vec::new();
@@ -487,15 +510,16 @@ impl KafkaLog {
     }
 
     /// The consumer of group `name`, which only reads and commits offsets.
-    fn group(&self, name: &str) -> Result<Arc<BaseConsumer>, LogError> {
+    fn group(&self, name: &str) -> Result<Arc<BaseConsumer<KafkaContext>>, LogError> {
         let mut groups = lock(&self.inner.groups);
         if let Some(c) = groups.get(name) {
             return Ok(c.clone());
         }
-        let c: BaseConsumer = reader_config(&self.inner.settings, &self.inner.client_id)
-            .set("group.id", name)
-            .create()
-            .map_err(kafka("create consumer", &self.inner.topic))?;
+        let c: BaseConsumer<KafkaContext> =
+            reader_config(&self.inner.settings, &self.inner.client_id)
+                .set("group.id", name)
+                .create_with_context(self.inner.context.clone())
+                .map_err(kafka("create consumer", &self.inner.topic))?;
         let c = Arc::new(c);
         groups.insert(name.to_string(), c.clone());
         Ok(c)
@@ -565,11 +589,12 @@ impl PartitionedLog for KafkaLog {
         let producer = &self.inner.producer;
         let p_count = self.inner.partitions as usize;
         let mut inflight: VecDeque<DeliveryFuture> = VecDeque::new();
+        // Per partition: the highest offset a delivery report gave.
         let mut top: Vec<Option<i64>> = vec![None; p_count];
         let mut last: Vec<Option<ChangeId>> = vec![None; p_count];
         let mut counts = vec![0u64; p_count];
-        let note = |top: &mut Vec<Option<i64>>, (p, off): (i32, i64)| {
-            if let Some(t) = top.get_mut(p as usize) {
+        let note = |top: &mut Vec<Option<i64>>, (p, off): (i32, Option<i64>)| {
+            if let (Some(t), Some(off)) = (top.get_mut(p as usize), off) {
                 *t = Some(t.map_or(off, |t| t.max(off)));
             }
         };
@@ -622,13 +647,51 @@ impl PartitionedLog for KafkaLog {
         for f in inflight {
             note(&mut top, settle(f, topic).await?);
         }
+        // Each partition's end is where it was plus what this append sent: the
+        // producer is idempotent, so each message is in the partition once, and this
+        // log is the topic's only writer. The delivery reports' offsets usually say
+        // the same, but not always: a send confirmed as a duplicate (see `settle`) has
+        // offsets librdkafka counted from the broker's "none" (-1, 0, 1, …), which look
+        // valid. Where the two disagree, the broker's high watermark decides; if it
+        // cannot be read, the count stands: every message is confirmed either way.
+        let mut ends: Vec<Option<u64>> = (0..p_count)
+            .map(|p| {
+                (counts[p] > 0).then(|| self.inner.ends[p].load(Ordering::Acquire) + counts[p])
+            })
+            .collect();
+        let disputed: Vec<u32> = (0..p_count)
+            .filter(|&p| ends[p].is_some() && top[p].map(|t| (t + 1) as u64) != ends[p])
+            .map(|p| p as u32)
+            .collect();
+        if !disputed.is_empty() {
+            let this = self.clone();
+            let highs = blocking(move || {
+                disputed
+                    .into_iter()
+                    .map(|p| Ok((p, this.watermarks(&this.inner.topic, p as i32)?.1)))
+                    .collect::<Result<Vec<_>, LogError>>()
+            })
+            .await
+            .unwrap_or_else(|e| {
+                warn!(topic, error = %e, "delivery reports disagree with the count of sent messages and the broker's ends cannot be read; the count stands");
+                Vec::new()
+            });
+            for (p, high) in highs {
+                let high = high.max(0) as u64;
+                let counted = ends[p as usize];
+                let reported = top[p as usize].map(|t| t + 1);
+                if Some(high) == counted {
+                    info!(topic, partition = p, end = high, ?reported, "delivery reports gave no usable offsets for sends the broker confirmed as duplicates (their replies were lost); the partition's end is the broker's");
+                } else {
+                    warn!(topic, partition = p, ?counted, end = high, ?reported, "the partition's end is not where this append put it: another producer writes the topic");
+                }
+                ends[p as usize] = Some(high);
+            }
+        }
         let mut last_known = lock(&self.inner.last);
         for p in 0..p_count {
-            let Some(t) = top[p] else { continue };
-            let before = self.inner.ends[p].swap(t as u64 + 1, Ordering::AcqRel);
-            if before + counts[p] != t as u64 + 1 {
-                warn!(topic, partition = p, expected_end = before + counts[p], end = t + 1, "partition offsets moved by more than this append: another producer writes the topic");
-            }
+            let Some(end) = ends[p] else { continue };
+            self.inner.ends[p].store(end, Ordering::Release);
             last_known[p] = last[p].take();
         }
         Ok(())
@@ -653,9 +716,10 @@ impl PartitionedLog for KafkaLog {
                 end,
             });
         }
-        let consumer: StreamConsumer = reader_config(&self.inner.settings, &self.inner.client_id)
-            .create()
-            .map_err(kafka("create consumer", &self.inner.topic))?;
+        let consumer: StreamConsumer<KafkaContext> =
+            reader_config(&self.inner.settings, &self.inner.client_id)
+                .create_with_context(self.inner.context.clone())
+                .map_err(kafka("create consumer", &self.inner.topic))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(
             &self.inner.topic,

@@ -13,7 +13,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use tracing::warn;
 
-use super::client::kafka;
+use super::client::{kafka, KafkaContext};
 use super::message::record_of;
 use super::KafkaLog;
 use crate::log::{LogError, LogRecord, PartitionReader, PartitionedLog};
@@ -29,7 +29,7 @@ pub(super) struct Raw {
 pub struct KafkaReader {
     pub(super) log: KafkaLog,
     pub(super) partition: u32,
-    pub(super) consumer: StreamConsumer,
+    pub(super) consumer: StreamConsumer<KafkaContext>,
     pub(super) raw: VecDeque<Raw>,
     pub(super) next: u64,
     pub(super) warned: Option<Instant>,
