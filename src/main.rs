@@ -241,6 +241,10 @@ enum BenchCommand {
         /// Scratch directory (removed afterwards); its filesystem is what is measured.
         #[arg(long, default_value = "rowlog-bench")]
         dir: PathBuf,
+        /// Rounds to run, each against its own raw baseline; with more than one, the
+        /// median and range of the ratios follow.
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
     },
 }
 
@@ -359,6 +363,7 @@ fn main() -> ExitCode {
                     partitions,
                     batch,
                     dir,
+                    rounds,
                 },
         } => {
             match runtime().and_then(|rt| {
@@ -367,6 +372,7 @@ fn main() -> ExitCode {
                     records,
                     partitions,
                     batch.max(1),
+                    rounds,
                 ))
                 .map_err(anyhow::Error::from)
             }) {
