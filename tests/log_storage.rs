@@ -361,6 +361,69 @@ async fn a_full_disk_fails_appends_cleanly_and_the_log_resumes_when_space_return
         .all(|(i, (o, c))| *o == i as u64 && *c == change(&t, i as u64)));
 }
 
+/// The disk fills while a new table schema is being stored: the part of it that was
+/// written is cut off, and the schemas stored before it, which written records use,
+/// are kept (cutting by the new schema's length from the end took them with it).
+#[tokio::test]
+async fn a_full_disk_while_storing_a_schema_keeps_the_schemas_stored_before() {
+    let fs = SmallFs::mount(1 << 20);
+    let dir = fs.dir.path().join("log");
+    let v1 = table();
+    let log = EmbeddedLog::open(&dir, 1, 256 << 10).unwrap();
+    append(&log, 0, (0..10).map(|i| change(&v1, i)).collect())
+        .await
+        .unwrap();
+
+    // Every free page taken: the schema store's last page has room for part of a
+    // schema, not for one of 12 KiB.
+    let filler = fs.dir.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+    }
+    let mut wide = (*v1).clone();
+    wide.columns.push(rowlog_api::Column {
+        name: "c".repeat(12 << 10).into(),
+        ty: rowlog_api::ColumnType::Int,
+        unsigned: true,
+        charset: None,
+        charset_name: None,
+        generated: false,
+        nullable: true,
+    });
+    let v2 = std::sync::Arc::new(wide);
+    let with_column = |i: u64| {
+        let mut c = change(&v2, i);
+        c.after.as_mut().unwrap().push(rowlog_api::Value::UInt(i));
+        c
+    };
+    let err = append(&log, 0, vec![with_column(10)])
+        .await
+        .expect_err("no room for the new schema");
+    let msg = rowlog::report::error_chain(&err);
+    assert!(msg.contains("No space left on device"), "{msg}");
+    assert_eq!(log.end_offset(0), 10);
+
+    // Space returns; the same log stores the schema and the change.
+    std::fs::remove_file(&filler).unwrap();
+    append(&log, 0, vec![with_column(10)]).await.unwrap();
+    drop(log);
+
+    let log = EmbeddedLog::open(&dir, 1, 256 << 10).unwrap();
+    let got = read_from(&log, 0, 0).await.unwrap();
+    assert_eq!(got.len(), 11);
+    for (offset, c) in &got[..10] {
+        assert_eq!(
+            *c,
+            change(&v1, *offset),
+            "offset {offset} with the first schema"
+        );
+    }
+    assert_eq!(got[10].1, with_column(10));
+    assert!(verify(&log).unwrap().problems.is_empty());
+}
+
 /// Records keep the schema version they were written with: after an ALTER on the
 /// source, old records still decode with the old columns and new ones with the new,
 /// also after the log is closed and reopened (the schema store is on disk).

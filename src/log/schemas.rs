@@ -20,6 +20,12 @@ struct Inner {
     by_id: Vec<Arc<TableSchema>>,
     ids: HashMap<Arc<TableSchema>, u32>,
     file: Option<File>,
+    /// Where the last whole, synced frame ends: a failed write is cut back to here.
+    len: u64,
+    /// Set when a failed write could not be cut back: the file may end in a torn
+    /// frame, after which a new one would be lost on reopen, so nothing more is
+    /// written until the store is reopened (and its tail truncated).
+    failed: Option<String>,
 }
 
 pub struct SchemaStore {
@@ -64,7 +70,9 @@ impl SchemaStore {
                     })?;
             }
             file.flush().ok();
-            lock(&store.inner).file = Some(file);
+            let mut inner = lock(&store.inner);
+            inner.file = Some(file);
+            inner.len = valid_len;
         }
         Ok(store)
     }
@@ -151,6 +159,13 @@ impl SchemaStore {
         })?;
         let mut buf = Vec::new();
         frame::encode(id as u64, 0, &payload, &mut buf);
+        if let Some(cause) = &inner.failed {
+            return Err(LogError::Failed {
+                partition: u32::MAX,
+                cause: format!("schema store {}: {cause}", self.path.display()),
+            });
+        }
+        let len = inner.len;
         let file = inner.file.as_mut().ok_or_else(|| LogError::Io {
             action: "append (opened read-only)",
             path: self.path.clone(),
@@ -162,11 +177,19 @@ impl SchemaStore {
             source,
         };
         if let Err(e) = file.write_all(&buf).and_then(|_| file.sync_data()) {
-            // Drop the partial frame so the next attempt starts clean.
-            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-            let _ = file.set_len(len.saturating_sub(buf.len() as u64));
+            // Cut back to the end of the last whole frame: whatever part of this one
+            // was written (a full disk takes part of it), or all of it when only the
+            // fsync failed, since its pages can no longer be trusted to reach the disk.
+            // Never by the frame's length from the end: a partial write would take
+            // earlier schemas with it.
+            if let Err(cut) = file.set_len(len).and_then(|_| file.sync_data()) {
+                inner.failed = Some(format!(
+                    "a write failed ({e}) and cutting it back failed too ({cut}); reopen the log"
+                ));
+            }
             return Err(io(e));
         }
+        inner.len = len + buf.len() as u64;
         inner.ids.insert(schema.clone(), id);
         inner.by_id.push(schema.clone());
         Ok((id, schema.clone()))
