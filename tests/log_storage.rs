@@ -384,7 +384,7 @@ async fn a_full_disk_while_storing_a_schema_keeps_the_schemas_stored_before() {
     }
     let mut wide = (*v1).clone();
     wide.columns.push(rowlog_api::Column {
-        name: "c".repeat(12 << 10).into(),
+        name: "c".repeat(12 << 10),
         ty: rowlog_api::ColumnType::Int,
         unsigned: true,
         charset: None,

@@ -167,7 +167,12 @@ fn same_error(e: &LogError, partition: u32) -> LogError {
         } => LogError::Io {
             action,
             path: path.clone(),
-            source: std::io::Error::new(source.kind(), source.to_string()),
+            // The OS error code itself, where there is one: it is what says "disk
+            // full", which the source pauses on instead of stopping.
+            source: match source.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::new(source.kind(), source.to_string()),
+            },
         },
         LogError::Failed { partition, cause } => LogError::Failed {
             partition: *partition,

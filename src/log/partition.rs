@@ -183,6 +183,12 @@ struct Writer {
     active_base: u64,
     active_size: u64,
     next: u64,
+    /// The active segment's size at the last fsync that succeeded (0 right after a
+    /// roll, whose fsync covered the sealed segment): what a failed fsync cuts back to.
+    synced_size: u64,
+    /// True while `write` runs: still true afterwards only if it panicked midway,
+    /// leaving `next` counting records that never reached the file.
+    writing: bool,
     failed: Option<String>,
     /// The write buffer, kept between appends: a fresh megabyte per append would be
     /// fresh pages, faulted in and zeroed by the kernel each time.
@@ -211,6 +217,10 @@ pub(crate) struct Partition {
     durable: watch::Sender<u64>,
     last_change: Mutex<Option<ChangeId>>,
     fsyncs: AtomicU64,
+    /// Unit tests make the next fsync fail: this machine has no device to make a real
+    /// one fail (no device-mapper), and the handling of it must not go untested.
+    #[cfg(test)]
+    fail_next_fsync: std::sync::atomic::AtomicBool,
 }
 
 const SEALED_INDEX_CACHE: usize = 16;
@@ -330,6 +340,10 @@ impl Partition {
                     active_base,
                     active_size: scan.valid_len,
                     next,
+                    // What recovery read back counts as synced: nothing in this
+                    // process wrote it.
+                    synced_size: scan.valid_len,
+                    writing: false,
                     failed: None,
                     buf: Vec::new(),
                 };
@@ -367,6 +381,8 @@ impl Partition {
             durable,
             last_change: Mutex::new(last_change),
             fsyncs: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_next_fsync: Default::default(),
         })
     }
 
@@ -439,12 +455,10 @@ impl Partition {
         if count == 0 {
             return Ok(w.next);
         }
-        if let Some(cause) = &w.failed {
-            return Err(LogError::Failed {
-                partition: self.id,
-                cause: cause.clone(),
-            });
+        if let Some(e) = self.refuse(&w) {
+            return Err(e);
         }
+        w.writing = true;
         let before = (w.active_base, w.active_size, w.next, w.index.mark());
         // Written out whenever it passes this, so a big batch needs no big buffer.
         const FLUSH_AT: usize = 1 << 20;
@@ -493,6 +507,7 @@ impl Partition {
             }
             Self::write_out(&mut w, &mut buf, &mut index_buf)
         })();
+        w.writing = false;
         // A record far over the flush size would otherwise pin its memory.
         if buf.capacity() <= 4 * FLUSH_AT {
             buf.clear();
@@ -521,6 +536,10 @@ impl Partition {
         id_of: &dyn Fn(usize) -> Option<ChangeId>,
         e: &LogError,
     ) {
+        // A failed fsync has cut the segment back already and stopped the partition.
+        if w.failed.is_some() {
+            return;
+        }
         let (start_base, start_size, start_next, start_index) = before;
         let (keep_bytes, next) = if w.active_base == start_base {
             (start_size, start_next)
@@ -559,6 +578,66 @@ impl Partition {
         }
     }
 
+    /// Why the partition takes no more writes or fsyncs, if it does not.
+    fn refuse(&self, w: &Writer) -> Option<LogError> {
+        let cause = match (&w.failed, w.writing) {
+            (Some(cause), _) => cause.clone(),
+            // The lock was poisoned by a panic inside `write`: `next` may count
+            // records that were never written, which an fsync would make visible.
+            (None, true) => {
+                "an append panicked midway; the partition takes no more appends until the log is reopened".into()
+            }
+            (None, false) => return None,
+        };
+        Some(LogError::Failed {
+            partition: self.id,
+            cause,
+        })
+    }
+
+    /// fsyncs a segment's data.
+    fn sync_file(&self, f: &File) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.fail_next_fsync.swap(false, Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(5)); // EIO
+        }
+        f.sync_data()
+    }
+
+    /// After a failed fsync: cuts the active segment back to its size at the last
+    /// fsync that succeeded and stops the partition until the log is reopened.
+    ///
+    /// Why both. Linux reports a failed write-back once, then marks the pages clean:
+    /// a later fsync succeeds, and reads (recovery after a restart included) return
+    /// the page cache's copy while the disk may not have it. Records past the last
+    /// good fsync are therefore dropped here, in the process that saw the error, and
+    /// readers never saw them (they read only durable records). Nothing more is
+    /// written: the caller was told the append failed, and under the interval policy
+    /// appends were already acknowledged, so the source has to go back to its
+    /// checkpoint, which only a reopen (a restart of rowlog) does for every stage.
+    /// The checkpoint never passed unsynced records, so the source re-reads them.
+    fn discard_unsynced(&self, w: &mut Writer, e: &LogError) {
+        if w.failed.is_some() {
+            return;
+        }
+        let dropped = w.active_size.saturating_sub(w.synced_size);
+        let cut = w
+            .active
+            .set_len(w.synced_size)
+            .and_then(|_| w.active.sync_data());
+        let what = match cut {
+            Ok(()) => {
+                w.active_size = w.synced_size;
+                format!("the {dropped} bytes written after the last good fsync were cut off")
+            }
+            Err(re) => format!("cutting off the {dropped} bytes written after the last good fsync failed too: {re}"),
+        };
+        tracing::error!(partition = self.id, file = %w.active_path.display(), error = %e, dropped_bytes = dropped, "fsync failed; the partition takes no more appends until the log is reopened");
+        w.failed = Some(format!(
+            "{e}; {what}; the partition takes no more appends until the log is reopened (restart rowlog: it goes on from the source checkpoint)"
+        ));
+    }
+
     fn update_active_info(&self, w: &Writer) {
         let mut segs = self.segments.write().unwrap_or_else(|p| p.into_inner());
         if let Some(last) = segs.last_mut() {
@@ -578,22 +657,35 @@ impl Partition {
         if self.end() >= target {
             return Ok(self.end());
         }
-        let (file, path, end) = {
+        let (file, path, end, base, size) = {
             let w = lock(writer);
-            if let Some(cause) = &w.failed {
-                return Err(LogError::Failed {
-                    partition: self.id,
-                    cause: cause.clone(),
-                });
+            if let Some(e) = self.refuse(&w) {
+                return Err(e);
             }
             let f = w.active.try_clone().map_err(io("dup", &w.active_path))?;
-            (f, w.active_path.clone(), w.next)
+            (
+                f,
+                w.active_path.clone(),
+                w.next,
+                w.active_base,
+                w.active_size,
+            )
         };
         // Rolled segments were synced when they were sealed: syncing the active file
         // makes every record below `end` durable. The active segment's index is not
         // synced: recovery rebuilds it from the segment, so an fsync of it would only
         // double the fsyncs of every append.
-        file.sync_data().map_err(io("fsync", &path))?;
+        if let Err(e) = self.sync_file(&file) {
+            let e = io("fsync", &path)(e);
+            self.discard_unsynced(&mut lock(writer), &e);
+            return Err(e);
+        }
+        {
+            let mut w = lock(writer);
+            if w.active_base == base {
+                w.synced_size = w.synced_size.max(size);
+            }
+        }
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.durable.send_if_modified(|d| {
             let changed = end > *d;
@@ -633,7 +725,11 @@ impl Partition {
         let mut seal_bytes = Vec::new();
         seal.encode(&mut seal_bytes);
         let sealed_path = w.active_path.clone();
-        w.active.sync_data().map_err(io("fsync", &sealed_path))?;
+        if let Err(e) = self.sync_file(&w.active) {
+            let e = io("fsync", &sealed_path)(e);
+            self.discard_unsynced(w, &e);
+            return Err(e);
+        }
         let index_path = self.index_path(w.active_base);
         w.index_file
             .write_all(&seal_bytes)
@@ -662,6 +758,7 @@ impl Partition {
         w.index_file = index_file;
         w.active_base = base;
         w.active_size = 0;
+        w.synced_size = 0;
         self.segments
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -1007,5 +1104,133 @@ impl<P: PartitionAccess> Cursor<P> {
             .seek(SeekFrom::Start(self.byte))
             .map_err(io("seek", &self.path))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::tools::bench_log::{change, schema};
+
+    /// The record bytes of change `i` (the log benchmark's, about 200 bytes).
+    fn record(i: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        crate::log::record::encode(0, &change(&schema(), i), &mut out).unwrap();
+        out
+    }
+
+    /// Writes `n` records from `first`.
+    fn write(p: &Partition, first: u64, n: usize) -> Result<u64, LogError> {
+        p.write(
+            n,
+            |i, out| {
+                out.extend(record(first + i as u64));
+                Ok(1_700_000_000_000 + first + i as u64)
+            },
+            &|_| None,
+        )
+    }
+
+    fn read_all(p: &Arc<Partition>) -> Vec<(u64, Vec<u8>)> {
+        let mut c = Cursor::open(p.clone(), p.start()).unwrap();
+        (p.start()..p.end())
+            .map(|_| c.read_frame().unwrap())
+            .collect()
+    }
+
+    /// A failed fsync: what was written after the last good one is cut off, the
+    /// partition refuses appends, and the reopened partition holds exactly what was
+    /// synced, so the source's re-read from its checkpoint writes the rest again.
+    #[test]
+    fn a_failed_fsync_cuts_back_to_the_last_good_one_and_stops_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p0");
+        let p = Partition::open(&path, 0, 1 << 20, true).unwrap();
+        write(&p, 0, 10).unwrap();
+        assert_eq!(p.sync(10).unwrap(), 10);
+        let synced_len = fs::metadata(path.join(segment_name(0))).unwrap().len();
+
+        write(&p, 10, 5).unwrap();
+        p.fail_next_fsync.store(true, Ordering::SeqCst);
+        let e = p
+            .sync(15)
+            .expect_err("the injected fsync failure is reported");
+        assert!(
+            matches!(
+                &e,
+                LogError::Io {
+                    action: "fsync",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(p.end(), 10, "readers never see the unsynced records");
+        assert_eq!(
+            fs::metadata(path.join(segment_name(0))).unwrap().len(),
+            synced_len,
+            "the bytes after the last good fsync are cut off"
+        );
+        let refused = write(&p, 10, 1).expect_err("no appends after a failed fsync");
+        assert!(
+            refused.to_string().contains("reopened"),
+            "the error says what to do: {refused}"
+        );
+        assert!(
+            p.sync(16).is_err(),
+            "nor fsyncs that would report them durable"
+        );
+        drop(p);
+
+        let p = Arc::new(Partition::open(&path, 0, 1 << 20, true).unwrap());
+        assert_eq!((p.start(), p.end()), (0, 10));
+        let got = read_all(&p);
+        assert!(got
+            .iter()
+            .enumerate()
+            .all(|(i, (o, b))| *o == i as u64 && *b == record(i as u64)));
+        write(&p, 10, 5).unwrap();
+        assert_eq!(p.sync(15).unwrap(), 15);
+        assert_eq!(read_all(&p).len(), 15);
+    }
+
+    /// The fsync that seals a segment when it rolls fails the same way: the segment is
+    /// cut back to its last good fsync and no new segment is started.
+    #[test]
+    fn a_failed_fsync_while_rolling_a_segment_cuts_back_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p0");
+        // Segments of 4 KiB: about 20 records each.
+        let p = Partition::open(&path, 0, 4 << 10, true).unwrap();
+        write(&p, 0, 10).unwrap();
+        p.sync(10).unwrap();
+        let synced_len = fs::metadata(path.join(segment_name(0))).unwrap().len();
+        p.fail_next_fsync.store(true, Ordering::SeqCst);
+        let e = write(&p, 10, 100).expect_err("the roll's fsync fails");
+        assert!(
+            matches!(
+                &e,
+                LogError::Io {
+                    action: "fsync",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            list_segments(&path).unwrap(),
+            vec![0],
+            "no segment was started"
+        );
+        assert_eq!(
+            fs::metadata(path.join(segment_name(0))).unwrap().len(),
+            synced_len
+        );
+        assert!(write(&p, 10, 1).is_err());
+        drop(p);
+        let p = Arc::new(Partition::open(&path, 0, 4 << 10, true).unwrap());
+        assert_eq!(p.end(), 10);
+        assert_eq!(read_all(&p).len(), 10);
     }
 }

@@ -32,7 +32,7 @@ fn rss_kib(field: &str) -> u64 {
     crate::report::proc_status_kib("self", field)
 }
 
-fn schema() -> Arc<TableSchema> {
+pub(crate) fn schema() -> Arc<TableSchema> {
     let col = |name: &str, ty| Column {
         name: name.into(),
         ty,
@@ -64,7 +64,7 @@ fn schema() -> Arc<TableSchema> {
 
 /// A realistic change of about 200 bytes on disk. Its binlog file name is shared
 /// with every other change of the same file, as the source's reader shares it.
-fn change(t: &Arc<TableSchema>, i: u64) -> ChangeEvent {
+pub(crate) fn change(t: &Arc<TableSchema>, i: u64) -> ChangeEvent {
     thread_local! {
         static FILE: std::cell::RefCell<rowlog_api::BinlogFileName> =
             std::cell::RefCell::new(rowlog_api::BinlogFileName {
