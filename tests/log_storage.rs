@@ -289,9 +289,14 @@ struct SmallFs {
 
 impl SmallFs {
     fn mount(bytes: u64) -> SmallFs {
+        Self::mount_with(&format!("size={bytes}"))
+    }
+
+    /// With tmpfs options, e.g. `nr_inodes=` for a filesystem out of files.
+    fn mount_with(options: &str) -> SmallFs {
         let dir = tempfile::tempdir().unwrap();
         let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(dir.path())
             .status()
             .expect("run mount");
@@ -470,4 +475,63 @@ async fn each_record_decodes_with_the_schema_version_it_was_written_with() {
             );
         }
     }
+}
+
+/// A segment roll that cannot finish (here: no inode left for the new segment's index,
+/// after its segment file was created) takes its half-made segment back with it: the
+/// write fails, the log takes appends again once files can be created, and it opens
+/// again (an empty segment left behind started where the old one no longer ended,
+/// which made the next open refuse the partition).
+#[tokio::test]
+async fn a_segment_roll_that_cannot_finish_leaves_no_segment_behind() {
+    let fs = SmallFs::mount_with("size=64m,nr_inodes=64");
+    let dir = fs.dir.path().join("log");
+    let t = table();
+    let log = EmbeddedLog::open(&dir, 1, 64 << 10).unwrap();
+    append(&log, 0, (0..100).map(|i| change(&t, i)).collect())
+        .await
+        .unwrap();
+    // Take every inode left, then give one back: enough for a segment file, not for
+    // its index.
+    let mut fillers = Vec::new();
+    for i in 0.. {
+        let f = fs.dir.path().join(format!("filler-{i}"));
+        if std::fs::File::create(&f).is_err() {
+            break;
+        }
+        fillers.push(f);
+        assert!(i < 100, "inodes never ran out");
+    }
+    std::fs::remove_file(fillers.pop().unwrap()).unwrap();
+
+    // ~200 bytes a record: 1,000 records roll past 64 KiB.
+    let err = append(&log, 0, (100..1100).map(|i| change(&t, i)).collect())
+        .await
+        .expect_err("no inode for the new segment's index");
+    let msg = rowlog::report::error_chain(&err);
+    assert!(msg.contains(".index"), "the error names the index file: {msg}");
+    assert_eq!(log.end_offset(0), 100);
+    assert_eq!(log.segments(0).unwrap(), vec![0], "no segment was added");
+    let files: Vec<String> = std::fs::read_dir(dir.join("partitions/00000"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files.len(), 2, "segment 0 and its index only: {files:?}");
+
+    // Files can be created again: the same log rolls and takes the batch.
+    for f in fillers.drain(..) {
+        std::fs::remove_file(f).unwrap();
+    }
+    append(&log, 0, (100..1100).map(|i| change(&t, i)).collect())
+        .await
+        .unwrap();
+    assert!(log.segments(0).unwrap().len() > 1, "it rolled");
+    drop(log);
+    let log = EmbeddedLog::open(&dir, 1, 64 << 10).unwrap();
+    let got = read_from(&log, 0, 0).await.unwrap();
+    assert_eq!(got.len(), 1100);
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, (o, c))| *o == i as u64 && *c == change(&t, i as u64)));
 }

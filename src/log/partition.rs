@@ -657,35 +657,29 @@ impl Partition {
         if self.end() >= target {
             return Ok(self.end());
         }
-        let (file, path, end, base, size) = {
-            let w = lock(writer);
-            if let Some(e) = self.refuse(&w) {
-                return Err(e);
-            }
-            let f = w.active.try_clone().map_err(io("dup", &w.active_path))?;
-            (
-                f,
-                w.active_path.clone(),
-                w.next,
-                w.active_base,
-                w.active_size,
-            )
-        };
+        // The writer stays locked through the fsync, so that a roll (which fsyncs the
+        // segment it seals) cannot run beside it: of two fsyncs of one file racing,
+        // only one hears of a failed write-back, and the other would publish the
+        // records as durable, or seal them into the old segment while this one cuts
+        // the new. It costs nothing under the batch policy, where the partition's
+        // append thread writes and syncs in turn; under the interval policy an append
+        // waits for the flusher's fsync.
+        let mut w = lock(writer);
+        if let Some(e) = self.refuse(&w) {
+            return Err(e);
+        }
+        let end = w.next;
         // Rolled segments were synced when they were sealed: syncing the active file
         // makes every record below `end` durable. The active segment's index is not
         // synced: recovery rebuilds it from the segment, so an fsync of it would only
         // double the fsyncs of every append.
-        if let Err(e) = self.sync_file(&file) {
-            let e = io("fsync", &path)(e);
-            self.discard_unsynced(&mut lock(writer), &e);
+        if let Err(e) = self.sync_file(&w.active) {
+            let e = io("fsync", &w.active_path)(e);
+            self.discard_unsynced(&mut w, &e);
             return Err(e);
         }
-        {
-            let mut w = lock(writer);
-            if w.active_base == base {
-                w.synced_size = w.synced_size.max(size);
-            }
-        }
+        w.synced_size = w.active_size;
+        drop(w);
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.durable.send_if_modified(|d| {
             let changed = end > *d;
@@ -746,10 +740,32 @@ impl Partition {
             .open(&path)
             .map_err(io("create", &path))?;
         let index_path = self.index_path(base);
-        let index_file = File::create(&index_path)
+        let created = File::create(&index_path)
             .and_then(|_| OpenOptions::new().append(true).open(&index_path))
-            .map_err(io("create", &index_path))?;
-        atomic_file::sync_dir(&self.dir)?;
+            .map_err(io("create", &index_path))
+            .and_then(|f| atomic_file::sync_dir(&self.dir).map(|()| f));
+        let index_file = match created {
+            Ok(f) => f,
+            Err(e) => {
+                // The write is rolled back to the old segment: an empty segment file
+                // left behind would start where the old one no longer ends, which
+                // makes the next open refuse the partition, and the retried roll's
+                // create_new fail. If it cannot be removed, stop here instead.
+                let removed = fs::remove_file(&path)
+                    .and_then(|()| match fs::remove_file(&index_path) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                        _ => Ok(()),
+                    })
+                    .and_then(|()| atomic_file::sync_dir(&self.dir).map_err(std::io::Error::other));
+                if let Err(re) = removed {
+                    w.failed = Some(format!(
+                        "{e}; removing the half-made segment {} failed too: {re}; remove it and reopen the log",
+                        path.display()
+                    ));
+                }
+                return Err(e);
+            }
+        };
         let mut sealed_index = std::mem::take(&mut w.index);
         sealed_index.entries.push(seal);
         self.cache_sealed(w.active_base, Arc::new(sealed_index));
