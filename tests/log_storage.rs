@@ -509,7 +509,10 @@ async fn a_segment_roll_that_cannot_finish_leaves_no_segment_behind() {
         .await
         .expect_err("no inode for the new segment's index");
     let msg = rowlog::report::error_chain(&err);
-    assert!(msg.contains(".index"), "the error names the index file: {msg}");
+    assert!(
+        msg.contains(".index"),
+        "the error names the index file: {msg}"
+    );
     assert_eq!(log.end_offset(0), 100);
     assert_eq!(log.segments(0).unwrap(), vec![0], "no segment was added");
     let files: Vec<String> = std::fs::read_dir(dir.join("partitions/00000"))

@@ -162,3 +162,94 @@ async fn with_no_pk_full_row_keyless_duplicates_nulls_updates_and_deletes_conver
     assert_eq!(diffs[0].source_rows, 506 - 1 - 1 - 10);
     rowlog.stop().await;
 }
+
+/// Waits for the in-process pipeline to stop by itself; its error, as text.
+async fn stops_with(rowlog: InProcess) -> String {
+    for _ in 0..200 {
+        if rowlog.finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rowlog.finished(), "rowlog kept running");
+    match rowlog.stop_result().await {
+        Ok(_) => panic!("rowlog stopped without an error"),
+        Err(e) => rowlog::report::error_chain(&e),
+    }
+}
+
+/// One-phase XA is an ordinary commit and replicates. A statement-based change hidden
+/// behind a leading comment is still recognised as one, and stops the pipeline naming
+/// it: read as anything else it would be skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_phase_xa_replicates_and_a_commented_statement_based_change_stops_the_pipeline() {
+    let pair = Pair::start().await;
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT)",
+    ])
+    .await;
+    let rowlog = InProcess::start(pair.config(2, 2));
+    pair.src
+        .exec(&[
+            "XA START 'one'",
+            "INSERT INTO app.t VALUES (1, 1), (2, 2)",
+            "XA END 'one'",
+            "XA COMMIT 'one' ONE PHASE",
+        ])
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    pair.src
+        .exec(&[
+            "SET SESSION binlog_format = 'STATEMENT'",
+            "/* from the app */ UPDATE app.t SET v = v + 1",
+        ])
+        .await
+        .unwrap();
+    let error = stops_with(rowlog).await;
+    assert!(
+        error.contains("statement-based change") && error.contains("/* from the app */ UPDATE"),
+        "{error}"
+    );
+    let mut d = pair.dst.conn().await.unwrap();
+    let v: Option<i64> = d
+        .query_first("SELECT SUM(v) FROM app.t")
+        .await
+        .unwrap()
+        .flatten();
+    assert_eq!(
+        v,
+        Some(3),
+        "nothing of the statement reached the destination"
+    );
+}
+
+/// A prepared XA transaction may still roll back: its rows are not applied at XA
+/// PREPARE; the pipeline stops there, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_xa_transaction_stops_the_pipeline_before_its_rows_are_applied() {
+    let pair = Pair::start().await;
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT)",
+    ])
+    .await;
+    let rowlog = InProcess::start(pair.config(2, 2));
+    pair.src
+        .exec(&[
+            "XA START 'two'",
+            "INSERT INTO app.t VALUES (1, 1)",
+            "XA END 'two'",
+            "XA PREPARE 'two'",
+            "XA ROLLBACK 'two'",
+        ])
+        .await
+        .unwrap();
+    let error = stops_with(rowlog).await;
+    assert!(error.contains("XA PREPARE at binlog."), "{error}");
+    let mut d = pair.dst.conn().await.unwrap();
+    let n: Option<i64> = d.query_first("SELECT COUNT(*) FROM app.t").await.unwrap();
+    assert_eq!(n, Some(0), "the rolled-back rows were not applied");
+}

@@ -170,7 +170,15 @@ pub(crate) struct Decoder {
     /// rows events that share an end position.
     last_rows: Option<(u64, u32)>,
     pending: VecDeque<SourceEvent>,
+    /// The changes of an XA transaction, held until it ends: with `XA COMMIT … ONE
+    /// PHASE` they are passed on; at XA PREPARE the transaction may still be rolled
+    /// back, and the reader stops before any of them is logged. `None` outside XA.
+    xa_held: Option<VecDeque<SourceEvent>>,
 }
+
+/// The most changes of one XA transaction held before its end: past it the reader
+/// stops, naming it, rather than hold more.
+const XA_HOLD_MAX: usize = 1_000_000;
 
 impl Decoder {
     /// A decoder whose stream starts at `start`, or, for a connection by GTID
@@ -197,6 +205,7 @@ impl Decoder {
             keyless_reported: HashSet::new(),
             last_rows: None,
             pending: VecDeque::new(),
+            xa_held: None,
         }
     }
 
@@ -322,7 +331,13 @@ impl Decoder {
                 self.tables.clear();
             }
             QUERY => self.on_query(ev, ts_ms)?,
-            XID | XA_PREPARE => self.end_group(ts_ms),
+            XID => self.end_group(ts_ms),
+            XA_PREPARE => {
+                self.xa_held = None;
+                return Err(SourceError::PreparedXa {
+                    position: self.here(),
+                });
+            }
             TABLE_MAP => self.on_table_map(ev, lookup).await?,
             23..=25 | 30..=32 => self.on_rows(ev, code, ts_ms)?,
             mariadb::GTID_EVENT => {
@@ -336,6 +351,11 @@ impl Decoder {
                 self.gtid = Some(Gtid::MariaDb(g.gtid));
                 self.txn_start = self.resume.clone();
                 self.in_group = !g.standalone();
+                // MariaDB starts an XA transaction with a flagged GTID event, not with
+                // an `XA START` query (MySQL writes the query): its changes are held
+                // from here. Any other group drops what an XA group whose end never
+                // came held.
+                self.xa_held = g.prepared_xa().then(VecDeque::new);
             }
             mariadb::GTID_LIST_EVENT => {
                 let list = mariadb::parse_gtid_list(ev.data())
@@ -491,7 +511,9 @@ impl Decoder {
     fn on_query(&mut self, ev: &Event, ts_ms: u64) -> Result<(), SourceError> {
         let q: QueryEvent<'_> = ev.read_event().map_err(|e| self.decode_error("QUERY", e))?;
         let sql = q.query();
-        let words: Vec<String> = sql
+        // The statement as the session wrote it, comments included: `/* app */ UPDATE`
+        // is an UPDATE.
+        let words: Vec<String> = without_leading_comments(&sql)
             .split_whitespace()
             .take(2)
             .map(|w| w.to_ascii_uppercase())
@@ -504,8 +526,23 @@ impl Decoder {
                     self.txn_start = self.resume.clone();
                 }
                 self.in_group = true;
+                if first == "XA" {
+                    self.xa_held = Some(VecDeque::new());
+                }
             }
-            ("COMMIT", _) | ("XA", "COMMIT") | ("XA", "ROLLBACK") => self.end_group(ts_ms),
+            ("XA", "COMMIT") => {
+                // One phase: the held changes committed. (The XA COMMIT of a prepared
+                // transaction holds nothing: the reader stopped at its PREPARE.)
+                if let Some(held) = self.xa_held.take() {
+                    self.pending.extend(held);
+                }
+                self.end_group(ts_ms);
+            }
+            ("XA", "ROLLBACK") => {
+                self.xa_held = None;
+                self.end_group(ts_ms);
+            }
+            ("COMMIT", _) => self.end_group(ts_ms),
             ("ROLLBACK", "TO") | ("SAVEPOINT", _) | ("XA", _) => {}
             ("ROLLBACK", _) => self.end_group(ts_ms),
             ("INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD", _) => {
@@ -514,7 +551,14 @@ impl Decoder {
                     statement: sql.chars().take(200).collect(),
                 })
             }
-            _ if self.in_group => {}
+            // Inside a row-based transaction only transaction control is expected;
+            // anything else changed rows rowlog would not see.
+            _ if self.in_group => {
+                return Err(SourceError::UnknownInTransaction {
+                    position: self.here(),
+                    statement: sql.chars().take(200).collect(),
+                })
+            }
             _ => {
                 // A standalone statement (DDL): table maps after it describe the new shape.
                 self.on_standalone(&q, ts_ms)?;
@@ -681,8 +725,16 @@ impl Decoder {
             gtid: self.gtid.as_ref(),
             ts_ms,
         };
-        let next = ctx.push_changes(event, &rows, &codecs, op, first_index, &mut self.pending)?;
+        let out = self.xa_held.as_mut().unwrap_or(&mut self.pending);
+        let next = ctx.push_changes(event, &rows, &codecs, op, first_index, out)?;
         self.last_rows = Some((self.last_pos, next));
+        if self.xa_held.as_ref().is_some_and(|h| h.len() > XA_HOLD_MAX) {
+            self.xa_held = None;
+            return Err(SourceError::XaTooLarge {
+                position: self.here(),
+                held: XA_HOLD_MAX,
+            });
+        }
         Ok(())
     }
 }
@@ -791,5 +843,44 @@ impl RowsContext<'_> {
             }
         }
         Ok(index)
+    }
+}
+
+/// `sql` from its first word: leading whitespace and comments (`/* … */`, `-- …`,
+/// `# …`) skipped. An executable comment (`/*!…*/`) is part of the statement and kept.
+fn without_leading_comments(sql: &str) -> &str {
+    let mut rest = sql.trim_start();
+    loop {
+        if rest.starts_with("/*") && !rest.starts_with("/*!") && !rest.starts_with("/*M!") {
+            match rest.find("*/") {
+                Some(end) => rest = rest[end + 2..].trim_start(),
+                None => return "",
+            }
+        } else if rest.starts_with("-- ") || rest.starts_with('#') {
+            match rest.find('\n') {
+                Some(end) => rest = rest[end + 1..].trim_start(),
+                None => return "",
+            }
+        } else {
+            return rest;
+        }
+    }
+}
+
+#[cfg(test)]
+mod comment_tests {
+    use super::without_leading_comments as w;
+
+    #[test]
+    fn a_statement_is_classified_by_its_first_word_after_comments() {
+        assert_eq!(w("  /* app */ UPDATE t SET a = 1"), "UPDATE t SET a = 1");
+        assert_eq!(w("-- note\n# more\n DELETE FROM t"), "DELETE FROM t");
+        assert_eq!(w("/* a */ /* b */BEGIN"), "BEGIN");
+        assert_eq!(
+            w("/*!40101 SET NAMES utf8 */"),
+            "/*!40101 SET NAMES utf8 */"
+        );
+        assert_eq!(w("/* unterminated"), "");
+        assert_eq!(w("COMMIT"), "COMMIT");
     }
 }

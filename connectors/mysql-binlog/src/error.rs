@@ -132,6 +132,21 @@ pub enum SourceError {
         position: BinlogPosition,
         statement: String,
     },
+
+    #[error("statement inside a transaction at {position} (`{statement}`) is neither row events nor transaction control: rowlog cannot tell which rows it changed (a statement-based change, or CREATE … SELECT), so it stops rather than skip it")]
+    UnknownInTransaction {
+        position: BinlogPosition,
+        statement: String,
+    },
+
+    #[error("XA PREPARE at {position}: the prepared XA transaction may still be rolled back, and rowlog does not hold its rows until XA COMMIT, so it stops before any of them is logged (one-phase XA, XA COMMIT … ONE PHASE, is replicated)")]
+    PreparedXa { position: BinlogPosition },
+
+    #[error("XA transaction at {position} changed more than {held} rows before its end: rowlog holds an XA transaction's changes until it is known to commit in one phase, and does not hold more")]
+    XaTooLarge {
+        position: BinlogPosition,
+        held: usize,
+    },
 }
 
 /// Server error codes that mean the connection is fine to retry.

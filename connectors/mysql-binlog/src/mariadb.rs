@@ -18,6 +18,8 @@ pub const LAST_COMPRESSED_ROWS_EVENT: u8 = 171;
 /// The group is a single statement with no BEGIN/COMMIT around it (DDL).
 pub const FL_STANDALONE: u8 = 1;
 const FL_GROUP_COMMIT_ID: u8 = 2;
+/// The group is an XA transaction up to its XA PREPARE (MariaDB's `FL_PREPARED_XA`).
+const FL_PREPARED_XA: u8 = 64;
 
 /// A MariaDB GTID event: the start of an event group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +32,11 @@ pub struct GtidEvent {
 impl GtidEvent {
     pub fn standalone(&self) -> bool {
         self.flags & FL_STANDALONE != 0
+    }
+
+    /// MariaDB: the group is an XA transaction's `XA START … XA PREPARE` part.
+    pub fn prepared_xa(&self) -> bool {
+        self.flags & FL_PREPARED_XA != 0
     }
 }
 
