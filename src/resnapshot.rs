@@ -309,7 +309,8 @@ impl Resnapshot {
         let dest = match &mut self.dest {
             Some(c) => c,
             slot => {
-                let opts = Opts::from_url(&self.sink_url).map_err(|e| dst_err(e.to_string()))?;
+                let opts = Opts::from_url(&rowlog_api::url::tcp_as_given(&self.sink_url))
+                    .map_err(|e| dst_err(e.to_string()))?;
                 let conn = Conn::new(opts)
                     .await
                     .map_err(|e| dst_err(format!("cannot connect: {e}")))?;

@@ -92,3 +92,46 @@ async fn a_full_log_disk_pauses_ingest_and_it_resumes_when_space_returns() {
         "each change is in the log exactly once"
     );
 }
+
+/// The source's connection goes silent without a reset (a network partition): no
+/// event, no heartbeat, no error. rowlog notices the silence, connects again and goes
+/// on; the rows written meanwhile arrive, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_connection_gone_silent_is_noticed_and_opened_again() {
+    common::init_test_logging();
+    let pair = Pair::start().await;
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
+    ])
+    .await;
+    let proxy = rowlog::testkit::Proxy::start(pair.src.port).await.unwrap();
+    let mut cfg = pair.config(2, 2);
+    cfg.source.url = format!("mysql://root@127.0.0.1:{}/", proxy.port);
+    cfg.source.heartbeat_ms = 200;
+    let mut rowlog = InProcess::start(cfg);
+    let mut c = pair.src.conn().await.unwrap();
+    c.query_drop("INSERT INTO app.t SELECT seq, seq FROM app.seq_1_to_100")
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+
+    proxy.stall_open();
+    c.query_drop("INSERT INTO app.t SELECT seq, seq FROM app.seq_101_to_200")
+        .await
+        .unwrap();
+    c.query_drop("UPDATE app.t SET v = v + 1 WHERE id % 3 = 0")
+        .await
+        .unwrap();
+    // The silence limit is 5 s here (three heartbeats, at least 5 s).
+    rowlog
+        .assert_converges_running(&pair, &[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    let stats = rowlog.stop().await;
+    assert_eq!(
+        rowlog::pipeline::Stats::get(&stats.applied),
+        200 + 66,
+        "every change applied once"
+    );
+}

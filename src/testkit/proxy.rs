@@ -1,6 +1,7 @@
 //! A TCP proxy for fault tests: rowlog talks to a server through it, and the test cuts
 //! the connection (every open connection is closed and new ones are refused), stalls
-//! it (connections stay open but no byte moves), holds back the server's replies (the
+//! it (connections stay open but no byte moves: all of them, or only those open at the
+//! time), holds back the server's replies (the
 //! server gets and acts on every request, rowlog hears nothing back), or slows it (each
 //! chunk waits).
 //!
@@ -24,6 +25,10 @@ const DEAF: u8 = 3;
 #[derive(Default)]
 struct Control {
     mode: AtomicU8,
+    /// Connections numbered at or below this stall, whatever the mode: see
+    /// [`Proxy::stall_open`]. 0: none.
+    stalled_up_to: AtomicU64,
+    opened: AtomicU64,
     latency_ms: AtomicU64,
     connections: Mutex<Vec<AbortHandle>>,
 }
@@ -54,6 +59,7 @@ impl Proxy {
                     continue;
                 }
                 let ctl2 = ctl.clone();
+                let number = ctl.opened.fetch_add(1, Ordering::AcqRel) + 1;
                 let task = tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
                         return;
@@ -61,8 +67,8 @@ impl Proxy {
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
                     tokio::select! {
-                        _ = pump(cr, sw, ctl2.clone(), false) => {}
-                        _ = pump(sr, cw, ctl2, true) => {}
+                        _ = pump(cr, sw, ctl2.clone(), false, number) => {}
+                        _ = pump(sr, cw, ctl2, true, number) => {}
                     }
                 });
                 let mut conns = ctl.connections();
@@ -88,6 +94,14 @@ impl Proxy {
     /// Keeps connections open but moves no byte until [`Proxy::restore`].
     pub fn stall(&self) {
         self.control.mode.store(STALL, Ordering::Release);
+    }
+
+    /// The connections open now stop moving bytes and stay open, as over a network
+    /// partition with no reset; new connections work. What a client must notice by
+    /// itself: nothing tells it the old ones are gone.
+    pub fn stall_open(&self) {
+        let opened = self.control.opened.load(Ordering::Acquire);
+        self.control.stalled_up_to.store(opened, Ordering::Release);
     }
 
     /// Forwards requests but holds back the server's replies until [`Proxy::cut`]
@@ -123,6 +137,7 @@ async fn pump(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     ctl: Arc<Control>,
     replies: bool,
+    number: u64,
 ) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
@@ -132,7 +147,8 @@ async fn pump(
         };
         loop {
             let mode = ctl.mode.load(Ordering::Acquire);
-            if mode != STALL && !(replies && mode == DEAF) {
+            let stalled = number <= ctl.stalled_up_to.load(Ordering::Acquire);
+            if mode != STALL && !(replies && mode == DEAF) && !stalled {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

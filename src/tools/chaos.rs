@@ -172,7 +172,11 @@ async fn catch_up(src: &MariaDb, dst_url: &str, marker: u64) -> ChaosResult<f64>
         if started.elapsed() > Duration::from_secs(300) {
             return Err(format!("marker {marker} did not reach the destination in 300 s").into());
         }
-        if let Ok(mut c) = mysql_async::Conn::new(mysql_async::Opts::from_url(dst_url)?).await {
+        if let Ok(mut c) = mysql_async::Conn::new(mysql_async::Opts::from_url(
+            &rowlog_api::url::tcp_as_given(dst_url),
+        )?)
+        .await
+        {
             let found: Result<Option<u64>, _> = c
                 .exec_first("SELECT id FROM chaos.marks WHERE id = ?", (marker,))
                 .await;

@@ -109,7 +109,7 @@ impl Table {
 }
 
 async fn connect(url: &str) -> ToolResult<Conn> {
-    Ok(Conn::new(Opts::from_url(url)?).await?)
+    Ok(Conn::new(Opts::from_url(&rowlog_api::url::tcp_as_given(url))?).await?)
 }
 
 /// The replicated tables on the source, with their columns and primary keys.

@@ -16,6 +16,7 @@ mod position;
 mod schema;
 mod schema_change;
 mod traits;
+pub mod url;
 mod value;
 
 pub use change::{key_bytes, ChangeEvent, Op, SourceMeta};

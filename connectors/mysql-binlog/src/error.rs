@@ -142,6 +142,12 @@ pub enum SourceError {
     #[error("XA PREPARE at {position}: the prepared XA transaction may still be rolled back, and rowlog does not hold its rows until XA COMMIT, so it stops before any of them is logged (one-phase XA, XA COMMIT … ONE PHASE, is replicated)")]
     PreparedXa { position: BinlogPosition },
 
+    #[error("the source sent nothing, not even a heartbeat, for {waited_ms} ms after {position}: the connection is taken as gone and opened again")]
+    Silent {
+        position: BinlogPosition,
+        waited_ms: u64,
+    },
+
     #[error("XA transaction at {position} changed more than {held} rows before its end: rowlog holds an XA transaction's changes until it is known to commit in one phase, and does not hold more")]
     XaTooLarge {
         position: BinlogPosition,
@@ -173,7 +179,7 @@ impl Retry for SourceError {
             SourceError::Connect { source, .. }
             | SourceError::Query { source, .. }
             | SourceError::Stream { source, .. } => mysql_error_is_retryable(source),
-            SourceError::StreamEnded { .. } => true,
+            SourceError::StreamEnded { .. } | SourceError::Silent { .. } => true,
             _ => false,
         }
     }

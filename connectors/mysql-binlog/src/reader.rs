@@ -41,7 +41,8 @@ impl BinlogReader {
         config: &SourceConfig,
         resume: Option<ResumePoint>,
     ) -> Result<Self, SourceError> {
-        let opts = Opts::from_url(&config.url).map_err(SourceError::BadUrl)?;
+        let opts = Opts::from_url(&rowlog_api::url::tcp_as_given(&config.url))
+            .map_err(SourceError::BadUrl)?;
         let filter = TableFilter::new(&config.include, &config.exclude).map_err(|e| {
             SourceError::Setting {
                 variable: "source.include/exclude",
@@ -419,6 +420,12 @@ fn stream_error(
     }
 }
 
+/// How long the stream may stay silent: three heartbeats, and never under 5 s, so a
+/// busy server's late heartbeat is not taken for a dead connection.
+fn silence_limit(heartbeat_ms: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(heartbeat_ms.saturating_mul(3).max(5_000))
+}
+
 impl ChangeSource for BinlogReader {
     type Error = SourceError;
 
@@ -433,11 +440,25 @@ impl ChangeSource for BinlogReader {
             }
             // mysql_async parses some events itself while streaming (compressed
             // transactions); a damaged one can make it panic: a named error instead.
+            // The server sends a heartbeat whenever it has had nothing to send for
+            // heartbeat_ms: a longer silence is a connection that is gone without a
+            // reset (a network partition, a host that lost power, a moved address),
+            // which TCP alone would wait on for hours. The stream is dropped and the
+            // pipeline reconnects.
+            let silence = silence_limit(self.config.heartbeat_ms);
             let next = {
                 use futures_util::FutureExt;
-                std::panic::AssertUnwindSafe(self.stream.next())
-                    .catch_unwind()
-                    .await
+                tokio::time::timeout(
+                    silence,
+                    std::panic::AssertUnwindSafe(self.stream.next()).catch_unwind(),
+                )
+                .await
+            };
+            let Ok(next) = next else {
+                return Err(SourceError::Silent {
+                    position: self.decoder.here(),
+                    waited_ms: silence.as_millis() as u64,
+                });
             };
             let next = match next {
                 Ok(n) => n,
@@ -474,7 +495,8 @@ pub async fn locate_position(
     config: &SourceConfig,
     position: BinlogPosition,
 ) -> Result<ResumePoint, SourceError> {
-    let opts = Opts::from_url(&config.url).map_err(SourceError::BadUrl)?;
+    let opts =
+        Opts::from_url(&rowlog_api::url::tcp_as_given(&config.url)).map_err(SourceError::BadUrl)?;
     let mut conn = connect(&opts).await?;
     let settings = ServerSettings::read(&mut conn).await?;
     settings.check()?;
@@ -534,7 +556,8 @@ pub async fn locate_gtid(
 /// start-up check, so that an unreachable server, wrong credentials or a non-ROW
 /// binlog fail at once with a clear error instead of being retried.
 pub async fn preflight(config: &SourceConfig) -> Result<ServerSettings, SourceError> {
-    let opts = Opts::from_url(&config.url).map_err(SourceError::BadUrl)?;
+    let opts =
+        Opts::from_url(&rowlog_api::url::tcp_as_given(&config.url)).map_err(SourceError::BadUrl)?;
     let mut conn = connect(&opts).await?;
     let settings = ServerSettings::read(&mut conn).await?;
     settings.check()?;

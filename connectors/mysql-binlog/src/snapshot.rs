@@ -71,7 +71,8 @@ pub async fn list_tables(
             required: "db.table globs",
             fix: "fix the pattern in the config",
         })?;
-    let opts = Opts::from_url(&config.url).map_err(SourceError::BadUrl)?;
+    let opts =
+        Opts::from_url(&rowlog_api::url::tcp_as_given(&config.url)).map_err(SourceError::BadUrl)?;
     let mut conn = crate::reader::connect(&opts).await?;
     let q = "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES \
              WHERE TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_SCHEMA, TABLE_NAME";
@@ -87,7 +88,8 @@ pub async fn list_tables(
 impl SnapshotSession {
     /// Opens a consistent snapshot and reads the position it corresponds to.
     pub async fn open(config: &SourceConfig) -> Result<Self, SourceError> {
-        let opts = Opts::from_url(&config.url).map_err(SourceError::BadUrl)?;
+        let opts = Opts::from_url(&rowlog_api::url::tcp_as_given(&config.url))
+            .map_err(SourceError::BadUrl)?;
         let mut conn = crate::reader::connect(&opts).await?;
         let settings = ServerSettings::read(&mut conn).await?;
         for q in [

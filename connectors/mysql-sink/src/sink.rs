@@ -320,7 +320,8 @@ impl MySqlSink {
     ///   partitions and workers, so a child may be applied before its parent (as with
     ///   parallel native replication).
     pub async fn connect(cfg: &SinkConfig, pipeline: &str) -> Result<Self, SinkError> {
-        let opts = Opts::from_url(&cfg.url).map_err(SinkError::BadUrl)?;
+        let opts =
+            Opts::from_url(&rowlog_api::url::tcp_as_given(&cfg.url)).map_err(SinkError::BadUrl)?;
         let addr = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
         let staged = cfg.load_data.then(load::Staged::default);
         let opts = OptsBuilder::from_opts(opts).stmt_cache_size(256).init(vec![
