@@ -856,3 +856,91 @@ async fn a_key_changed_only_in_case_survives_a_batch_loaded_with_load_data() {
     );
     assert_eq!(common::count(&pair.dst, "app.k").await, 17);
 }
+
+/// A batch the destination rejects is applied change by change to find the culprit;
+/// when a transient error interrupts that pass, the retry starts after the changes the
+/// pass committed. Applying them again doubled a keyless table's insert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_an_interrupted_one_by_one_pass_applies_nothing_twice() {
+    let pair = Pair::start().await;
+    pair.src
+        .exec(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.k (v INT NOT NULL)",
+            "CREATE TABLE app.bad (id INT PRIMARY KEY, v INT NOT NULL)",
+            "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
+            // Not in the binlog: the destination has the row already, and its insert
+            // would wait on the lock below before the batch under test.
+            "SET SESSION sql_log_bin = 0",
+            "INSERT INTO app.t VALUES (1, 1)",
+        ])
+        .await
+        .unwrap();
+    pair.dst
+        .exec(&[
+            "SET GLOBAL innodb_lock_wait_timeout = 1",
+            "CREATE DATABASE app",
+            "CREATE TABLE app.k (v INT NOT NULL)",
+            "CREATE TABLE app.bad (id INT PRIMARY KEY, v INT NOT NULL, CONSTRAINT small CHECK (v < 100))",
+            "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
+            "INSERT INTO app.t VALUES (1, 1)",
+        ])
+        .await
+        .unwrap();
+    // Another session holds the row the batch's last change updates.
+    let mut holder = pair.dst.conn().await.unwrap();
+    holder.query_drop("BEGIN").await.unwrap();
+    holder
+        .query_drop("SELECT * FROM app.t WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+
+    let dead = pair.dir.path().join("dead-letter.jsonl");
+    let mut cfg = pair.config(1, 1);
+    cfg.sink.dead_letter_file = Some(dead.clone());
+    cfg.source.no_pk = rowlog_mysql_binlog::NoPrimaryKey::FullRow;
+    let rowlog = InProcess::start(cfg);
+    // One source transaction, so one batch: a keyless insert, a change the destination
+    // rejects for good, and an update that waits for the lock.
+    pair.src
+        .exec(&[
+            "BEGIN",
+            "INSERT INTO app.k VALUES (7)",
+            "INSERT INTO app.bad VALUES (1, 500)",
+            "UPDATE app.t SET v = 10 WHERE id = 1",
+            "COMMIT",
+        ])
+        .await
+        .unwrap();
+    // The batch fails on app.bad; the pass commits app.k, dead-letters app.bad, and
+    // waits on app.t until the lock wait times out; retries wait too.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    holder.query_drop("ROLLBACK").await.unwrap();
+
+    let mut d = pair.dst.conn().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v: i32 = d
+            .query_first("SELECT v FROM app.t WHERE id = 1")
+            .await
+            .unwrap()
+            .unwrap();
+        if v == 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the update never arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let keyless: Vec<i32> = d.query("SELECT v FROM app.k").await.unwrap();
+    assert_eq!(
+        keyless,
+        vec![7],
+        "the keyless insert is on the destination once"
+    );
+    let stats = rowlog.stop().await;
+    assert_eq!(Stats::get(&stats.dead_lettered), 1);
+    assert!(
+        Stats::get(&stats.apply_retries) >= 1,
+        "the lock wait timeout interrupted the pass and was retried"
+    );
+}

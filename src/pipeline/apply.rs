@@ -684,9 +684,14 @@ enum Isolated<E> {
     Done {
         dead_lettered: usize,
     },
-    /// A transient error interrupted the one-by-one pass: retry the batch (what was
-    /// applied is recorded and applies idempotently again).
-    Transient(E),
+    /// A transient error interrupted the one-by-one pass at change `done`: the ones
+    /// before it are committed (each with its progress) and are not applied again,
+    /// since for a table without a key (`no_pk = "full_row"`) a second INSERT is a
+    /// second row.
+    Transient {
+        error: E,
+        done: usize,
+    },
     Shutdown,
 }
 
@@ -739,7 +744,9 @@ where
                 ctx.metrics.applied(ctx.partition, one, began.elapsed());
                 Stats::add(&ctx.stats.applied, 1);
             }
-            Err(error) if error.is_retryable() => return Isolated::Transient(error),
+            Err(error) if error.is_retryable() => {
+                return Isolated::Transient { error, done: index }
+            }
             Err(error) => {
                 let Some(dl) = ctx.cfg.dead_letter.clone() else {
                     return Isolated::Change { index, error };
@@ -765,7 +772,10 @@ where
                     .await
                 {
                     return if e.is_retryable() {
-                        Isolated::Transient(e)
+                        Isolated::Transient {
+                            error: e,
+                            done: index,
+                        }
                     } else {
                         Isolated::Change { index, error: e }
                     };
@@ -890,7 +900,13 @@ where
                             counted = true;
                             break;
                         }
-                        Isolated::Transient(t) => {
+                        Isolated::Transient { error: t, done } => {
+                            // What the pass committed stays committed: the retry takes
+                            // the rest of the batch.
+                            // (The pass counted those as applied; the rest are
+                            // counted when the retry applies them.)
+                            batch.drain(..done);
+                            offsets.drain(..done);
                             Stats::add(&ctx.stats.apply_retries, 1);
                             ctx.metrics.retry(RetryKind::Apply);
                             ctx.record_error(&t, true, &batch, (first_offset, last));

@@ -44,11 +44,23 @@ pub enum SinkError {
 }
 
 /// Error codes after which the same statement may succeed: deadlock, lock wait timeout,
-/// too many connections, server shutting down, lost connection.
+/// too many connections, server shutting down, lost connection, a query killed, and a
+/// destination that is read-only for now (during a failover the old primary turns
+/// read-only before the address moves: 1290 `--read-only`, 1836 read-only mode, 1792
+/// a read-only transaction).
 fn retryable_code(code: u16) -> bool {
     matches!(
         code,
-        1205 | 1213 | 1040 | 1053 | 2006 | 2013 | 1927 /* connection killed */
+        1205 | 1213
+            | 1040
+            | 1053
+            | 2006
+            | 2013
+            | 1927 /* connection killed */
+            | 1317 /* query interrupted */
+            | 1290
+            | 1836
+            | 1792
     )
 }
 
