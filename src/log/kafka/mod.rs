@@ -680,12 +680,17 @@ impl PartitionedLog for KafkaLog {
                 let high = high.max(0) as u64;
                 let counted = ends[p as usize];
                 let reported = top[p as usize].map(|t| t + 1);
-                if Some(high) == counted {
+                let counted = counted.unwrap_or(0);
+                if high == counted {
                     info!(topic, partition = p, end = high, ?reported, "delivery reports gave no usable offsets for sends the broker confirmed as duplicates (their replies were lost); the partition's end is the broker's");
+                } else if high > counted {
+                    warn!(topic, partition = p, counted, end = high, ?reported, "the partition's end is past where this append put it: another producer writes the topic");
+                    ends[p as usize] = Some(high);
                 } else {
-                    warn!(topic, partition = p, ?counted, end = high, ?reported, "the partition's end is not where this append put it: another producer writes the topic");
+                    // A high watermark behind confirmed messages: followers still
+                    // catching up. What was confirmed is in the partition.
+                    warn!(topic, partition = p, counted, high_watermark = high, ?reported, "the broker's high watermark is behind this append's confirmed messages; the count stands");
                 }
-                ends[p as usize] = Some(high);
             }
         }
         let mut last_known = lock(&self.inner.last);
