@@ -276,12 +276,9 @@ async fn with_ddl_halt_the_pipeline_stops_at_the_schema_change_after_the_rows_be
         ])
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !rowlog.finished() {
-        assert!(std::time::Instant::now() < deadline, "never stopped");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let err = rowlog::report::error_chain(&rowlog.stop_result().await.err().unwrap());
+    let err = rowlog
+        .stopped_error(Duration::from_secs(60), "never stopped")
+        .await;
     assert!(
         err.contains("ALTER TABLE app.t ADD COLUMN w")
             && err.contains("binlog.")

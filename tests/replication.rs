@@ -195,12 +195,9 @@ async fn a_purged_stored_position_stops_naming_it_and_the_way_to_accept_the_gap(
         .unwrap();
     let oldest = pair.src.purge_binlogs().await.unwrap();
     let second = InProcess::start(pair.config(1, 2));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !second.finished() {
-        assert!(std::time::Instant::now() < deadline, "rowlog went on");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let err = rowlog::report::error_chain(&second.stop_result().await.err().expect("refused"));
+    let err = second
+        .stopped_error(Duration::from_secs(30), "rowlog went on")
+        .await;
     assert!(
         err.contains("binlog.000001:")
             && err.contains(&format!("oldest binlog there: {oldest}"))

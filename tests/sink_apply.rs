@@ -918,19 +918,13 @@ async fn a_retry_after_an_interrupted_one_by_one_pass_applies_nothing_twice() {
     holder.query_drop("ROLLBACK").await.unwrap();
 
     let mut d = pair.dst.conn().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v: i32 = d
-            .query_first("SELECT v FROM app.t WHERE id = 1")
-            .await
-            .unwrap()
-            .unwrap();
-        if v == 10 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the update never arrived");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_for_count(
+        &mut d,
+        "SELECT COUNT(*) FROM app.t WHERE id = 1 AND v = 10",
+        1,
+        "the update arrived",
+    )
+    .await;
     let keyless: Vec<i32> = d.query("SELECT v FROM app.k").await.unwrap();
     assert_eq!(
         keyless,

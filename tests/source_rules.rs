@@ -163,21 +163,6 @@ async fn with_no_pk_full_row_keyless_duplicates_nulls_updates_and_deletes_conver
     rowlog.stop().await;
 }
 
-/// Waits for the in-process pipeline to stop by itself; its error, as text.
-async fn stops_with(rowlog: InProcess) -> String {
-    for _ in 0..200 {
-        if rowlog.finished() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(rowlog.finished(), "rowlog kept running");
-    match rowlog.stop_result().await {
-        Ok(_) => panic!("rowlog stopped without an error"),
-        Err(e) => rowlog::report::error_chain(&e),
-    }
-}
-
 /// One-phase XA is an ordinary commit and replicates. A statement-based change hidden
 /// behind a leading comment is still recognised as one, and stops the pipeline naming
 /// it: read as anything else it would be skipped.
@@ -208,7 +193,9 @@ async fn one_phase_xa_replicates_and_a_commented_statement_based_change_stops_th
         ])
         .await
         .unwrap();
-    let error = stops_with(rowlog).await;
+    let error = rowlog
+        .stopped_error(Duration::from_secs(20), "rowlog kept running")
+        .await;
     assert!(
         error.contains("statement-based change") && error.contains("/* from the app */ UPDATE"),
         "{error}"
@@ -247,7 +234,9 @@ async fn a_prepared_xa_transaction_stops_the_pipeline_before_its_rows_are_applie
         ])
         .await
         .unwrap();
-    let error = stops_with(rowlog).await;
+    let error = rowlog
+        .stopped_error(Duration::from_secs(20), "rowlog kept running")
+        .await;
     assert!(error.contains("XA PREPARE at binlog."), "{error}");
     let mut d = pair.dst.conn().await.unwrap();
     let n: Option<i64> = d.query_first("SELECT COUNT(*) FROM app.t").await.unwrap();

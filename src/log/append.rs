@@ -77,9 +77,10 @@ impl Appender {
     /// each long value is its own allocation, made on another thread), while fsync
     /// leaves the core idle. When the append has no more partitions than there are
     /// cores (`spare_cores`), nothing else would use the core during the fsync, so the
-    /// entries are freed on a second thread meanwhile. With more partitions than cores their threads fill that idle
-    /// time already, and a second thread each measured as more CPU, not less time
-    /// (8 partitions on 2 cores: 530 against 405–475 ns of CPU per record).
+    /// entries are freed on a second thread meanwhile. With more partitions than cores
+    /// their threads fill that idle time already, and a second thread each measured as
+    /// more CPU, not less time (8 partitions on 2 cores: 530 against 405–475 ns of CPU
+    /// per record).
     fn append(&mut self, jobs: Vec<Job>) {
         let mut written = None;
         let mut results = Vec::with_capacity(jobs.len());

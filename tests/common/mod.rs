@@ -239,6 +239,21 @@ impl InProcess {
         }
     }
 
+    /// Waits (`within` at most) for the pipeline to stop by itself on an error, and
+    /// returns that error's text; fails naming `what` if it keeps running or ends
+    /// without an error.
+    pub async fn stopped_error(self, within: Duration, what: &str) -> String {
+        let deadline = std::time::Instant::now() + within;
+        while !self.finished() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        match self.stop_result().await {
+            Ok(_) => panic!("rowlog stopped without an error ({what})"),
+            Err(e) => rowlog::report::error_chain(&e),
+        }
+    }
+
     /// Stops and returns how the pipeline ended.
     pub async fn stop_result(self) -> Result<Arc<Stats>, daemon::DaemonError> {
         self.trigger.trigger();

@@ -55,12 +55,13 @@ pub(super) struct KafkaContext {
     last: Arc<Mutex<HashMap<String, (Instant, u64)>>>,
 }
 
-/// How long repeats of one kind of retried report are held back.
+/// How long repeats of one kind of retried report are held back (librdkafka's, and
+/// the readers' consumer errors).
 const QUIET: Duration = Duration::from_secs(30);
 
 impl KafkaContext {
     /// Whether a report of `kind` is due now, and how many were held back before it.
-    fn due(&self, kind: &str) -> Option<u64> {
+    pub(super) fn due(&self, kind: &str) -> Option<u64> {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         match last.get_mut(kind) {

@@ -741,7 +741,6 @@ impl PartitionedLog for KafkaLog {
             consumer,
             raw: VecDeque::new(),
             next: from,
-            warned: None,
         })
     }
 

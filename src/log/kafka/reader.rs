@@ -5,7 +5,7 @@
 //! wait happens before anything is taken.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use rdkafka::consumer::StreamConsumer;
@@ -32,7 +32,6 @@ pub struct KafkaReader {
     pub(super) consumer: StreamConsumer<KafkaContext>,
     pub(super) raw: VecDeque<Raw>,
     pub(super) next: u64,
-    pub(super) warned: Option<Instant>,
 }
 
 impl Raw {
@@ -67,12 +66,10 @@ impl KafkaReader {
         if matches!(e, KafkaError::MessageConsumptionFatal(_)) {
             return Err(kafka("consume", topic)(e));
         }
-        if self
-            .warned
-            .is_none_or(|t| t.elapsed() > Duration::from_secs(30))
-        {
-            warn!(topic = %topic, partition = self.partition, error = %e, "Kafka consumer error; librdkafka retries");
-            self.warned = Some(Instant::now());
+        // At most one line per partition per 30 s, like librdkafka's own reports.
+        let kind = format!("consume p{}", self.partition);
+        if let Some(held) = self.log.inner.context.due(&kind) {
+            warn!(topic = %topic, partition = self.partition, error = %e, held_back = held, "Kafka consumer error; librdkafka retries");
         }
         Ok(())
     }
