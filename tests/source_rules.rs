@@ -72,7 +72,8 @@ async fn a_table_without_a_primary_key_stops_the_pipeline_naming_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_full_row_metadata_names_and_signedness_come_from_information_schema() {
+async fn without_full_row_metadata_names_signedness_and_binary_columns_come_from_information_schema(
+) {
     let mut opts = ServerOptions::source(21);
     opts.extra_args.push("--binlog-row-metadata=NO_LOG".into());
     let (src, dst) = tokio::join!(
@@ -83,6 +84,9 @@ async fn without_full_row_metadata_names_and_signedness_come_from_information_sc
     pair.create(&[
         "CREATE DATABASE app",
         "CREATE TABLE app.t (v TINYINT UNSIGNED, id INT UNSIGNED NOT NULL, w INT, PRIMARY KEY (id))",
+        // Binary columns: only information_schema says they have no character set.
+        "CREATE TABLE app.b (id BINARY(4) PRIMARY KEY, u UUID, i INET6, \
+           s VARCHAR(10) CHARACTER SET latin1, vb VARBINARY(8))",
     ])
     .await;
     let rowlog = InProcess::start(pair.config(2, 2));
@@ -90,11 +94,35 @@ async fn without_full_row_metadata_names_and_signedness_come_from_information_sc
         .exec(&[
             "INSERT INTO app.t VALUES (255, 4294967295, -1), (0, 1, 2)",
             "UPDATE app.t SET v = 200 WHERE id = 1",
+            // Keys whose stored value ends in the zero padding the binlog leaves off.
+            "INSERT INTO app.b VALUES \
+               (X'61', '123e4567-e89b-12d3-a456-426655440000', '::1', 'café', X'00ff'), \
+               (X'6200', 'ffffffff-0000-0000-0000-000000000001', '::ffff:10.0.0.1', 'x', X'00'), \
+               (X'63', NULL, NULL, NULL, NULL)",
+            "UPDATE app.b SET s = 'neu', u = '00000000-0000-0000-0000-0000000000ff' WHERE id = X'61000000'",
+            "DELETE FROM app.b WHERE id = X'62000000'",
         ])
         .await
         .unwrap();
-    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(30))
+    pair.assert_converges(&[("app.t", "id"), ("app.b", "id")], Duration::from_secs(30))
         .await;
+    let mut d = pair.dst.conn().await.unwrap();
+    let rows: Vec<(Vec<u8>, Option<String>, Option<String>)> = d
+        .query("SELECT id, CAST(u AS CHAR), s FROM app.b ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (
+                b"a\0\0\0".to_vec(),
+                Some("00000000-0000-0000-0000-0000000000ff".to_string()),
+                Some("neu".to_string())
+            ),
+            (b"c\0\0\0".to_vec(), None, None),
+        ],
+        "the update and the delete found their rows by the padded key"
+    );
     rowlog.stop().await;
 }
 

@@ -79,7 +79,8 @@ pub struct Column {
     pub name: String,
     pub ty: ColumnType,
     pub unsigned: bool,
-    /// Collation id for character columns (63 = binary), when the source reported it.
+    /// Collation id for character columns ([`Column::BINARY_COLLATION`] for binary
+    /// strings), when the source reported it.
     pub charset: Option<u16>,
     /// The character set of that collation (`latin1`, `utf8mb4`…), as the source names
     /// it: the sink sends a column's bytes labelled with it, unconverted.
@@ -93,6 +94,9 @@ pub struct Column {
 }
 
 impl Column {
+    /// The collation id of the `binary` character set: BINARY, VARBINARY, BLOB.
+    pub const BINARY_COLLATION: u16 = 63;
+
     /// A nullable, signed column of `ty` without a character set, not generated: what
     /// tests and tools build by hand.
     pub fn plain(name: &str, ty: ColumnType) -> Column {

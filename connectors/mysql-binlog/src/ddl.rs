@@ -315,8 +315,19 @@ pub(crate) fn classify(sql: &str, default_db: &str) -> Statement {
         return other();
     }
     if p.eat_kw("RENAME") && (p.eat_kw("TABLE") || p.eat_kw("TABLES")) {
+        // MariaDB: RENAME TABLE [IF EXISTS] a [WAIT n | NOWAIT] TO b, …
+        p.eat_kws(&["IF", "EXISTS"]);
         let mut tables = Vec::new();
         while let Some(from) = p.table() {
+            if p.eat_kw("WAIT") {
+                // The timeout, maybe with a fraction: `5`, `0.5`.
+                p.ident();
+                if p.eat_punct('.') {
+                    p.ident();
+                }
+            } else {
+                p.eat_kw("NOWAIT");
+            }
             if !p.eat_kw("TO") {
                 break;
             }
@@ -415,6 +426,13 @@ mod tests {
             (
                 RenameTable,
                 vec![t("app", "a"), t("app", "b"), t("x", "c"), t("x", "d")]
+            )
+        );
+        assert_eq!(
+            tables("RENAME TABLE IF EXISTS a WAIT 0.5 TO b, c NOWAIT TO d"),
+            (
+                RenameTable,
+                vec![t("app", "a"), t("app", "b"), t("app", "c"), t("app", "d")]
             )
         );
         assert_eq!(

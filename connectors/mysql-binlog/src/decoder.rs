@@ -500,6 +500,9 @@ impl Decoder {
             )
         })?;
         self.file = file;
+        // Indexes continue only within one file: the next file's first rows event may
+        // end at the same offset as the last one here.
+        self.last_rows = None;
         if !artificial {
             // The previous file is complete: resuming at the start of the next is exact.
             self.last_pos = rotate.position();

@@ -7,7 +7,8 @@ use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts};
 use rowlog_api::{
-    BinlogPosition, ChangeSource, GtidState, MysqlGtidSet, ResumePoint, SourceEvent, TableSchema,
+    BinlogPosition, ChangeSource, Column, ColumnType, GtidState, MysqlGtidSet, ResumePoint,
+    SourceEvent, TableSchema,
 };
 use tracing::{info, warn};
 
@@ -272,6 +273,21 @@ impl TableLookup for InfoSchema {
             col.name = name.clone();
             col.unsigned |= ty.to_ascii_lowercase().contains("unsigned");
             col.charset_name = charset.clone();
+            // A string column with no character set is binary: BINARY, VARBINARY, BLOB,
+            // and MariaDB's UUID and INET6 (which the table map shows as BINARY(16)).
+            // The FULL metadata says so by collation 63; here it must be set, or BINARY
+            // values lose their zero padding and UUIDs are sent as text.
+            if charset.is_none()
+                && matches!(
+                    col.ty,
+                    ColumnType::FixedString { .. }
+                        | ColumnType::VarString { .. }
+                        | ColumnType::Blob
+                )
+            {
+                col.charset = Some(Column::BINARY_COLLATION);
+                col.charset_name = Some("binary".into());
+            }
         }
         let q = "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' ORDER BY ORDINAL_POSITION";

@@ -87,10 +87,131 @@ fn image<'a>(
             row.push(Value::Null);
             continue;
         }
-        let v: BinlogValue<'a> = buf
-            .parse((codec.ty, codec.meta.as_slice(), col.unsigned, false))
-            .map_err(|e| format!("{}: {e}", col.name))?;
+        let v: BinlogValue<'a> = if codec.ty == MyType::MYSQL_TYPE_TIME2 {
+            let fsp = codec.meta.first().copied().unwrap_or(0);
+            let bytes: &[u8] = buf
+                .parse(time2_len(fsp))
+                .map_err(|e| format!("{}: {e}", col.name))?;
+            BinlogValue::Value(time2(bytes, fsp))
+        } else {
+            buf.parse((codec.ty, codec.meta.as_slice(), col.unsigned, false))
+                .map_err(|e| format!("{}: {e}", col.name))?
+        };
         row.push(convert(col, v).map_err(|e| format!("{}: {e}", col.name))?);
     }
     Ok(row)
+}
+
+/// Bytes of a TIME2 value with `fsp` fractional digits: 3 for the integer part, then
+/// (fsp + 1) / 2 for the fraction.
+fn time2_len(fsp: u8) -> usize {
+    3 + (fsp.min(6) as usize).div_ceil(2)
+}
+
+/// A TIME2 value (MySQL 5.6+, MariaDB 10.1+), decoded here rather than by mysql_common:
+/// for a negative TIME(1)/TIME(2) with a fraction its decoder computes the fraction with
+/// an unsigned subtraction that underflows (garbage in release builds, a panic in
+/// debug). The layout is the server's `my_time_packed_from_binary`: a big-endian
+/// integer part offset by 2^23 holding `hour << 12 | minute << 6 | second`, and a
+/// fraction in 1, 2 or 3 bytes (for 1–2, 3–4, 5–6 digits); negative values borrow
+/// one second from the integer part when the fraction is not zero.
+fn time2(b: &[u8], fsp: u8) -> mysql_async::Value {
+    const INT_OFS: i64 = 0x80_0000;
+    let be = |bytes: &[u8]| bytes.iter().fold(0i64, |acc, &x| (acc << 8) | x as i64);
+    // The value as the server packs it: integer part << 24 | microseconds.
+    let packed: i64 = match fsp.min(6) {
+        1 | 2 => {
+            let (mut int, mut frac) = (be(&b[..3]) - INT_OFS, b[3] as i64);
+            if int < 0 && frac != 0 {
+                int += 1;
+                frac -= 0x100;
+            }
+            (int << 24) + frac * 10_000
+        }
+        3 | 4 => {
+            let (mut int, mut frac) = (be(&b[..3]) - INT_OFS, be(&b[3..5]));
+            if int < 0 && frac != 0 {
+                int += 1;
+                frac -= 0x1_0000;
+            }
+            (int << 24) + frac * 100
+        }
+        5 | 6 => be(&b[..6]) - (INT_OFS << 24),
+        _ => (be(&b[..3]) - INT_OFS) << 24,
+    };
+    let negative = packed < 0;
+    let v = packed.unsigned_abs();
+    let hms = v >> 24;
+    let hours = ((hms >> 12) % (1 << 10)) as u32;
+    mysql_async::Value::Time(
+        negative,
+        hours / 24,
+        (hours % 24) as u8,
+        ((hms >> 6) % (1 << 6)) as u8,
+        (hms % (1 << 6)) as u8,
+        (v % (1 << 24)) as u32,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{time2, time2_len};
+    use mysql_async::Value::Time;
+
+    /// The server's packing (`my_time_packed_to_binary`), for values to decode.
+    fn pack(negative: bool, h: i64, m: i64, s: i64, micros: i64, fsp: u8) -> Vec<u8> {
+        let sign = if negative { -1 } else { 1 };
+        let packed = sign * ((((h << 12) | (m << 6) | s) << 24) + micros);
+        let int = packed >> 24;
+        let frac = packed % (1 << 24);
+        let mut out = Vec::new();
+        let be = |v: i64, n: usize, out: &mut Vec<u8>| {
+            out.extend_from_slice(&v.to_be_bytes()[8 - n..]);
+        };
+        // As the server: the integer part floored (an arithmetic shift), the fraction
+        // truncated toward zero and stored in its low bytes.
+        match fsp {
+            1 | 2 => {
+                be(int + 0x80_0000, 3, &mut out);
+                be(frac / 10_000, 1, &mut out);
+            }
+            3 | 4 => {
+                be(int + 0x80_0000, 3, &mut out);
+                be(frac / 100, 2, &mut out);
+            }
+            5 | 6 => be(packed + (0x80_0000 << 24), 6, &mut out),
+            _ => be(int + 0x80_0000, 3, &mut out),
+        }
+        assert_eq!(out.len(), time2_len(fsp));
+        out
+    }
+
+    #[test]
+    fn negative_times_with_a_fraction_decode_at_every_precision() {
+        for fsp in 0..=6u8 {
+            let step = 10i64.pow(6 - fsp as u32);
+            for &(negative, h, m, s, micros) in &[
+                (true, 0, 0, 1, 500_000),
+                (true, 0, 0, 0, 500_000),
+                (true, 838, 59, 59, 990_000),
+                (true, 1, 2, 3, 10_000),
+                (false, 12, 34, 56, 780_000),
+                (true, 0, 0, 0, 0),
+                (true, 25, 0, 0, 0),
+            ] {
+                let micros = micros / step * step;
+                let got = time2(&pack(negative, h, m, s, micros, fsp), fsp);
+                let negative = negative && (h, m, s, micros) != (0, 0, 0, 0);
+                let want = Time(
+                    negative,
+                    h as u32 / 24,
+                    (h % 24) as u8,
+                    m as u8,
+                    s as u8,
+                    micros as u32,
+                );
+                assert_eq!(got, want, "TIME({fsp}) -{h}:{m}:{s}.{micros}");
+            }
+        }
+    }
 }

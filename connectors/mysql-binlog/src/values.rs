@@ -13,9 +13,6 @@ use mysql_async::binlog::value::BinlogValue;
 use mysql_async::Value as My;
 use rowlog_api::{Column, ColumnType, Value};
 
-/// The collation id of the `binary` charset.
-const BINARY_CHARSET: u16 = 63;
-
 pub(crate) fn convert(col: &Column, v: BinlogValue<'_>) -> Result<Value, String> {
     let v = match v {
         BinlogValue::Value(v) => v,
@@ -133,7 +130,7 @@ pub(crate) fn convert(col: &Column, v: BinlogValue<'_>) -> Result<Value, String>
             Value::Set(b.iter().rev().fold(0u64, |acc, &x| (acc << 8) | x as u64))
         }
         (ColumnType::FixedString { max_bytes }, My::Bytes(mut b)) => {
-            if col.charset == Some(BINARY_CHARSET) && b.len() < *max_bytes as usize {
+            if col.charset == Some(Column::BINARY_COLLATION) && b.len() < *max_bytes as usize {
                 b.resize(*max_bytes as usize, 0);
             }
             Value::Bytes(b.into())
@@ -285,7 +282,7 @@ mod tests {
     #[test]
     fn binary_is_padded_to_its_length_but_char_is_not() {
         let mut c = col(ColumnType::FixedString { max_bytes: 4 }, false);
-        c.charset = Some(BINARY_CHARSET);
+        c.charset = Some(Column::BINARY_COLLATION);
         assert_eq!(
             convert(&c, BinlogValue::Value(My::Bytes(b"a\0".to_vec()))).unwrap(),
             Value::Bytes(b"a\0\0\0".to_vec().into())

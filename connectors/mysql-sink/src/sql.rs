@@ -45,8 +45,6 @@ pub(crate) enum Send {
     Hex,
 }
 
-const BINARY_COLLATION: u16 = 63;
-
 /// The character set a text column's bytes are in, when it is not utf8-compatible
 /// (latin1, cp1251, gbk…): those bytes go as hex and are relabelled, never converted.
 fn foreign_charset(c: &Column) -> Option<&str> {
@@ -63,7 +61,7 @@ fn foreign_charset(c: &Column) -> Option<&str> {
 /// `BINARY(n)`, and MariaDB's UUID and INET6, which the binlog shows as `BINARY(16)`:
 /// those types take a binary string byte for byte, but not a utf8mb4 one.
 fn fixed_binary(c: &Column) -> bool {
-    c.charset == Some(BINARY_COLLATION) && matches!(c.ty, ColumnType::FixedString { .. })
+    c.charset == Some(Column::BINARY_COLLATION) && matches!(c.ty, ColumnType::FixedString { .. })
 }
 
 pub(crate) fn send(c: &Column) -> Send {
