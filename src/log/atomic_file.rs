@@ -74,6 +74,30 @@ pub fn read(path: &Path) -> Result<Option<Vec<u8>>, LogError> {
     }
 }
 
+/// Creates `dir` and its missing ancestors, and fsyncs the parent of each one created:
+/// a directory entry is durable only once its parent is synced, and a crash must not
+/// lose a directory whose files were synced (a consumer's first offset, a partition).
+pub fn create_dir_durable(dir: &Path) -> Result<(), LogError> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(|source| LogError::Io {
+        action: "create",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for d in missing.iter().rev() {
+        match d.parent() {
+            // A relative path's first component lives in the working directory.
+            Some(parent) if parent.as_os_str().is_empty() => sync_dir(Path::new("."))?,
+            Some(parent) => sync_dir(parent)?,
+            None => {}
+        }
+    }
+    Ok(())
+}
+
 pub fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
         .and_then(|d| d.sync_all())

@@ -143,7 +143,7 @@ impl EmbeddedLog {
     /// state (snapshot progress, re-snapshot requests), and the same lock keeps a
     /// second daemon of the same config out.
     pub fn lock(dir: &Path) -> Result<File, LogError> {
-        fs::create_dir_all(dir).map_err(io("create", dir))?;
+        atomic_file::create_dir_durable(dir)?;
         let lock_path = dir.join("lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -584,7 +584,7 @@ impl PartitionedLog for EmbeddedLog {
         let path = self.offset_path(consumer, partition)?;
         tokio::task::spawn_blocking(move || {
             if let Some(dir) = path.parent() {
-                fs::create_dir_all(dir).map_err(io("create", dir))?;
+                atomic_file::create_dir_durable(dir)?;
             }
             atomic_file::write(&path, &next.to_le_bytes())
         })

@@ -229,7 +229,7 @@ impl Partition {
     /// Opens the partition directory, recovering the active segment's tail when writable.
     pub fn open(dir: &Path, id: u32, segment_bytes: u64, writable: bool) -> Result<Self, LogError> {
         if writable {
-            fs::create_dir_all(dir).map_err(io("create", dir))?;
+            atomic_file::create_dir_durable(dir)?;
         }
         let mut bases = list_segments(dir)?;
         if bases.is_empty() && writable {
@@ -964,8 +964,30 @@ fn sealed_summary(dir: &Path, base: u64) -> Result<(u64, u64, u64), LogError> {
     let path = dir.join(segment_name(base));
     let len = fs::metadata(&path).map_err(io("stat", &path))?.len();
     if let Some(entries) = index::read(&dir.join(index_name(base))) {
-        if let Some(seal) = entries.last().filter(|e| e.byte == len) {
-            return Ok((seal.offset, seal.byte, seal.max_time_before));
+        if let Some((seal, rest)) = entries.split_last().filter(|(e, _)| e.byte == len) {
+            // The index carries no checksum of its own: the seal is believed only when
+            // the records after the last plain entry (at most an index interval and a
+            // record) are whole, numbered on from it, and end at the seal's offset.
+            let from = rest
+                .last()
+                .filter(|e| e.offset >= base && e.byte <= len)
+                .map_or((base, 0), |e| (e.offset, e.byte));
+            // A plain entry pointing at the wrong record makes the scan fail on
+            // its offset: that too is only a damaged index, and the full scan decides.
+            let tail = scan_segment(
+                &path,
+                base,
+                Some((from.0, from.1, SegmentIndex::default())),
+                false,
+            );
+            if tail.is_ok_and(|tail| {
+                tail.stop.is_none()
+                    && base + tail.records == seal.offset
+                    && tail.index.max_time <= seal.max_time_before
+            }) {
+                return Ok((seal.offset, seal.byte, seal.max_time_before));
+            }
+            tracing::warn!(segment = %path.display(), "the segment's index disagrees with its records; scanning the whole segment");
         }
     }
     let scan = scan_segment(&path, base, None, false)?;
@@ -1209,6 +1231,47 @@ mod tests {
         write(&p, 10, 5).unwrap();
         assert_eq!(p.sync(15).unwrap(), 15);
         assert_eq!(read_all(&p).len(), 15);
+    }
+
+    /// A sealed segment's index entry that lies about the segment's end (a flipped
+    /// bit: the index has no checksum) is caught against the records and not believed.
+    #[test]
+    fn a_seal_entry_that_disagrees_with_the_records_is_not_believed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p0");
+        // Segments of 16 KiB: about 80 records each, several index entries.
+        let p = Partition::open(&path, 0, 16 << 10, true).unwrap();
+        write(&p, 0, 200).unwrap();
+        p.sync(200).unwrap();
+        assert!(
+            list_segments(&path).unwrap().len() >= 2,
+            "a segment was sealed"
+        );
+        drop(p);
+        let index = path.join(index_name(0));
+        let good = fs::read(&index).unwrap();
+        let seal_at = good.len() - index::ENTRY_LEN;
+        let sealed_end = u64::from_le_bytes(good[seal_at..seal_at + 8].try_into().unwrap());
+        // The seal's offset, then the offset and the byte of the last plain entry.
+        let plain_at = seal_at - index::ENTRY_LEN;
+        for (at, wrong) in [
+            (seal_at, sealed_end + 1),
+            (seal_at, sealed_end - 1),
+            (seal_at, 0),
+            (plain_at, 1),
+            (plain_at + 8, 0),
+        ] {
+            let mut bad = good.clone();
+            bad[at..at + 8].copy_from_slice(&wrong.to_le_bytes());
+            fs::write(&index, &bad).unwrap();
+            let p = Arc::new(Partition::open(&path, 0, 16 << 10, true).unwrap());
+            assert_eq!(p.end(), 200, "index entry at byte {at} claiming {wrong}");
+            let got = read_all(&p);
+            assert!(
+                got.iter().enumerate().all(|(i, (o, _))| *o == i as u64),
+                "offsets stay dense with the index entry at byte {at} claiming {wrong}"
+            );
+        }
     }
 
     /// The fsync that seals a segment when it rolls fails the same way: the segment is
