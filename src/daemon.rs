@@ -264,10 +264,18 @@ async fn run_on<L: PartitionedLog + Clone>(
                         trigger.trigger();
                     }
                 }
-                Some(Ok(Err(DaemonError::Apply(e @ ApplyError::Sink { .. })))) => {
+                Some(Ok(Err(DaemonError::Apply(
+                    e @ (ApplyError::Sink { .. } | ApplyError::BehindHalted { .. }),
+                )))) => {
                     // The destination rejects a change for good: this partition stops
-                    // (its committed offset stays before the change), the others go on.
-                    let partition = match &e { ApplyError::Sink { partition, .. } => *partition, _ => u32::MAX };
+                    // (its committed offset stays before the change), the others go on
+                    // until a schema change, which must wait for every partition.
+                    let partition = match &e {
+                        ApplyError::Sink { partition, .. }
+                        | ApplyError::BehindHalted { partition, .. } => *partition,
+                        _ => u32::MAX,
+                    };
+                    barrier.halt(partition);
                     let text = error_chain(&e);
                     error!(partition, error = %text, "partition halted; fix the destination and restart rowlog");
                     stats.halt(partition, text);

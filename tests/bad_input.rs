@@ -1,6 +1,6 @@
 //! Bad input stops rowlog at start with one clear error naming the problem and the
 //! fix, exit code 1, and no damage: wrong credentials, missing privileges, an
-//! unreachable source, a destination missing a table.
+//! unreachable source, an unknown destination database, a destination missing a table.
 
 mod common;
 
@@ -97,6 +97,18 @@ async fn credentials_privileges_and_reachability_are_checked_at_start() {
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("cannot connect to the destination") && err.contains("Access denied"),
+        "{err}"
+    );
+    // A database named in the URL that the destination does not have is the
+    // operator's to fix: it stops rowlog instead of being retried forever.
+    let (code, err) = run(&write(
+        &pair,
+        &pair.src.url(),
+        &format!("mysql://root@127.0.0.1:{}/no_such_db", pair.dst.port),
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot connect to the destination") && err.contains("no_such_db"),
         "{err}"
     );
     // Nothing was written on the destination by the failed starts.

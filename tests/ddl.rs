@@ -257,9 +257,10 @@ async fn killed_around_schema_changes_it_converges_and_applies_each_once() {
     daemon.terminate_cleanly();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_ddl_halt_the_pipeline_stops_at_the_schema_change_after_the_rows_before_it() {
-    let pair = Pair::start().await;
+/// Under `sink.ddl = "halt"`, rowlog reads app.t's 100 rows, an ALTER adding `w`, and
+/// 50 rows after it, and stops at the ALTER. Returns the config (ddl = "halt") and the
+/// error it stopped with.
+async fn stopped_at_an_alter(pair: &Pair) -> (rowlog::config::Config, String) {
     pair.create(&[
         "CREATE DATABASE app",
         "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
@@ -277,8 +278,15 @@ async fn with_ddl_halt_the_pipeline_stops_at_the_schema_change_after_the_rows_be
         .await
         .unwrap();
     let err = rowlog
-        .stopped_error(Duration::from_secs(60), "never stopped")
+        .stopped_error(Duration::from_secs(60), "never stopped at the ALTER")
         .await;
+    (cfg, err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_ddl_halt_the_pipeline_stops_at_the_schema_change_after_the_rows_before_it() {
+    let pair = Pair::start().await;
+    let (mut cfg, err) = stopped_at_an_alter(&pair).await;
     assert!(
         err.contains("ALTER TABLE app.t ADD COLUMN w")
             && err.contains("binlog.")
@@ -305,5 +313,52 @@ async fn with_ddl_halt_the_pipeline_stops_at_the_schema_change_after_the_rows_be
     let rowlog = InProcess::start(cfg);
     pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
         .await;
+    rowlog.stop().await;
+}
+
+/// A partition moved past a schema change that was never applied (`rowlog offsets
+/// set`, here after `sink.ddl = "halt"` stopped every partition before it) never meets
+/// it again. The others must not wait for it there: they apply the change and go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_do_not_wait_at_a_schema_change_for_one_moved_past_it() {
+    use rowlog::pipeline::partitioner::{key_hash, partition_of};
+    use rowlog_api::{key_bytes, TableName, Value};
+    let pair = Pair::start().await;
+    let (mut cfg, _) = stopped_at_an_alter(&pair).await;
+
+    // Partition 0 is moved to its end: past the DDL and its rows after it.
+    let config = pair.write_config(2, 4);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rowlog"))
+        .args(["offsets", "set", "-c"])
+        .arg(&config)
+        .args(["--partition", "0", "--to-end"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    cfg.sink.ddl = rowlog_api::SchemaChangePolicy::Apply;
+    let rowlog = InProcess::start(cfg);
+    let in_partition_0 = |id: i64| {
+        let key = [Value::Int(id)];
+        partition_of(
+            key_hash(&key_bytes(&TableName::new("app", "t"), key.iter())),
+            4,
+        ) == 0
+    };
+    let expected = (101..=150).filter(|&id| !in_partition_0(id)).count() as u64;
+    assert!(expected > 0);
+    let mut d = pair.dst.conn().await.unwrap();
+    common::wait_for_count(
+        &mut d,
+        "SELECT COUNT(*) FROM app.t WHERE id > 100",
+        expected,
+        "the other partitions' rows after the schema change",
+    )
+    .await;
+    let w: Option<u64> = d
+        .query_first("SELECT COUNT(*) FROM app.t WHERE id > 100 AND w = 1")
+        .await
+        .unwrap();
+    assert_eq!(w, Some(expected), "the schema change ran before them");
     rowlog.stop().await;
 }

@@ -135,3 +135,111 @@ async fn a_source_connection_gone_silent_is_noticed_and_opened_again() {
         "every change applied once"
     );
 }
+
+/// The destination's connection is lost right after it received a batch's COMMIT: the
+/// batch is committed but rowlog cannot know. The worker's progress row, written in
+/// the same transaction, tells it, so the batch is not applied a second time: for a
+/// table without a primary key, a second time would be a second copy of each row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_commit_reply_was_lost_is_not_applied_twice() {
+    common::init_test_logging();
+    let pair = Pair::start().await;
+    pair.create(&["CREATE DATABASE app", "CREATE TABLE app.k (v INT NOT NULL)"])
+        .await;
+    let proxy = rowlog::testkit::Proxy::start(pair.dst.port).await.unwrap();
+    let mut cfg = pair.config(1, 1);
+    cfg.sink.url = format!("mysql://root@127.0.0.1:{}/", proxy.port);
+    cfg.source.no_pk = rowlog_mysql_binlog::NoPrimaryKey::FullRow;
+    let mut rowlog = InProcess::start(cfg);
+    let mut c = pair.src.conn().await.unwrap();
+    c.query_drop("INSERT INTO app.k VALUES (1)").await.unwrap();
+    let mut d = pair.dst.conn().await.unwrap();
+    common::wait_for_count(&mut d, "SELECT COUNT(*) FROM app.k", 1, "the first row").await;
+
+    // A COM_QUERY packet: command byte 3, then the statement.
+    proxy.cut_after_request(b"\x03COMMIT");
+    c.query_drop("INSERT INTO app.k SELECT seq FROM app.seq_2_to_11")
+        .await
+        .unwrap();
+    common::wait_for_count(&mut d, "SELECT COUNT(*) FROM app.k", 11, "the batch").await;
+    assert!(
+        proxy.cut_after_request_done(),
+        "the connection was cut after a COMMIT"
+    );
+    // One more source transaction after the fault, to be sure the retry is over.
+    c.query_drop("INSERT INTO app.k VALUES (12)").await.unwrap();
+    rowlog
+        .assert_converges_running(&pair, &[("app.k", "v")], Duration::from_secs(60))
+        .await;
+    let rows: Vec<i32> = d.query("SELECT v FROM app.k ORDER BY v").await.unwrap();
+    assert_eq!(rows, (1..=12).collect::<Vec<i32>>(), "every row once");
+    let stats = rowlog.stop().await;
+    assert_eq!(
+        rowlog::pipeline::Stats::get(&stats.applied),
+        12,
+        "each change counted once"
+    );
+    assert!(
+        rowlog::pipeline::Stats::get(&stats.apply_retries) >= 1,
+        "the lost connection was retried"
+    );
+}
+
+/// A destination that stops letting rowlog in while it runs (its user dropped, its
+/// connections killed): the reconnect is refused with "access denied", which no retry
+/// can fix, so rowlog stops with that error instead of retrying forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_refuses_rowlog_mid_run_stops_it_naming_why() {
+    let pair = Pair::start().await;
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
+    ])
+    .await;
+    pair.dst
+        .exec(&[
+            "CREATE USER 'rl'@'%' IDENTIFIED BY 'pw'",
+            "GRANT ALL ON *.* TO 'rl'@'%'",
+            "CREATE USER 'rl'@'localhost' IDENTIFIED BY 'pw'",
+            "GRANT ALL ON *.* TO 'rl'@'localhost'",
+        ])
+        .await
+        .unwrap();
+    let mut cfg = pair.config(2, 2);
+    cfg.sink.url = format!("mysql://rl:pw@127.0.0.1:{}/", pair.dst.port);
+    let rowlog = InProcess::start(cfg);
+    let mut c = pair.src.conn().await.unwrap();
+    c.query_drop("INSERT INTO app.t SELECT seq, seq FROM app.seq_1_to_100")
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+
+    let mut d = pair.dst.conn().await.unwrap();
+    d.query_drop("DROP USER 'rl'@'%', 'rl'@'localhost'")
+        .await
+        .unwrap();
+    let ids: Vec<u64> = d
+        .query("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'rl'")
+        .await
+        .unwrap();
+    assert!(!ids.is_empty(), "rowlog's connections are open");
+    for id in ids {
+        let _ = d.query_drop(format!("KILL {id}")).await;
+    }
+    c.query_drop("INSERT INTO app.t SELECT seq, seq FROM app.seq_101_to_200")
+        .await
+        .unwrap();
+    let err = rowlog
+        .stopped_error(
+            Duration::from_secs(60),
+            "rowlog kept retrying a refused login",
+        )
+        .await;
+    assert!(
+        err.contains("retrying cannot fix")
+            && err.contains("cannot connect to the destination")
+            && err.contains("Access denied"),
+        "{err}"
+    );
+}

@@ -257,6 +257,29 @@ async fn a_change_the_destination_rejects_halts_its_partition_naming_it_and_othe
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // A schema change must gather every partition, and the halted one never comes:
+    // the others halt there too, each saying which partition it waits for.
+    pair.src
+        .exec(&["CREATE TABLE app.later (id INT PRIMARY KEY)"])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rowlog.stats.halted().len() < partitions as usize {
+        assert!(
+            Instant::now() < deadline,
+            "the other partitions waited at the schema change without saying so: {:?}",
+            rowlog.stats.halted()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (p, why) in rowlog.stats.halted() {
+        if p != halted_partition {
+            assert!(
+                why.contains(&format!("waits for partition {halted_partition}")),
+                "partition {p}: {why}"
+            );
+        }
+    }
     let result = rowlog.stop_result().await;
     let err =
         rowlog::report::error_chain(&result.err().expect("a halted partition makes the run fail"));
@@ -937,4 +960,83 @@ async fn a_retry_after_an_interrupted_one_by_one_pass_applies_nothing_twice() {
         Stats::get(&stats.apply_retries) >= 1,
         "the lock wait timeout interrupted the pass and was retried"
     );
+}
+
+/// The record of applied schema changes tells reading epochs apart: after a source
+/// reset its binlog's file names and positions repeat, and a new change at a position
+/// an old one had must still run. A record table made before the epoch was kept gets
+/// it added; its records then match any epoch, as they did before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_at_a_position_an_earlier_epoch_had_still_runs() {
+    use rowlog_api::{ChangeSink, SchemaChange, SchemaChangeKind, SchemaChangePolicy};
+    let pair = Pair::start().await;
+    // The record table as rowlog made it before the epoch was part of its key, with a
+    // change recorded at binlog.000001:1000.
+    pair.dst
+        .exec(&[
+            "CREATE DATABASE app",
+            "CREATE DATABASE rowlog",
+            "CREATE TABLE rowlog.rowlog_schema_changes (pipeline VARCHAR(128) NOT NULL, \
+               binlog_file VARCHAR(255) NOT NULL, binlog_pos BIGINT UNSIGNED NOT NULL, \
+               kind VARCHAR(32) NOT NULL, statement LONGTEXT NOT NULL, \
+               outcome VARCHAR(255) NOT NULL, \
+               applied_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
+               PRIMARY KEY (pipeline, binlog_file, binlog_pos)) ENGINE=InnoDB",
+            "INSERT INTO rowlog.rowlog_schema_changes (pipeline, binlog_file, binlog_pos, kind, statement, outcome) \
+               VALUES ('test', 'binlog.000001', 1000, 'create_table', 'CREATE TABLE app.a (id INT PRIMARY KEY)', 'applied')",
+            "CREATE TABLE app.a (id INT PRIMARY KEY)",
+        ])
+        .await
+        .unwrap();
+    let cfg = pair.config(1, 1);
+    let mut sink = rowlog_mysql_sink::MySqlSink::connect(&cfg.sink, "test")
+        .await
+        .unwrap();
+    sink.ensure_progress_table().await.unwrap();
+    let t = common::records::table();
+    // Change `i` is at binlog.000001:(1000 + 100 i).
+    let at = |epoch: u32, i: u64, name: &str| {
+        let mut source = common::records::change_at(&t, i, 1, 0).source;
+        source.id.epoch = epoch;
+        SchemaChange {
+            statement: format!("CREATE TABLE app.{name} (id INT PRIMARY KEY)"),
+            kind: SchemaChangeKind::CreateTable,
+            database: None,
+            db: "app".into(),
+            tables: vec![TableName::new("app", name)],
+            source,
+        }
+    };
+    for epoch in [0, 1] {
+        assert!(
+            sink.schema_change_applied(&at(epoch, 0, "a").source.id)
+                .await
+                .unwrap(),
+            "the record made before the upgrade counts in epoch {epoch}"
+        );
+    }
+    let old = at(0, 1, "b");
+    sink.apply_schema_change(&old, SchemaChangePolicy::Apply)
+        .await
+        .unwrap();
+    let new = at(1, 1, "c");
+    assert!(sink.schema_change_applied(&old.source.id).await.unwrap());
+    assert!(
+        !sink.schema_change_applied(&new.source.id).await.unwrap(),
+        "the same position in another epoch is another change"
+    );
+    sink.apply_schema_change(&new, SchemaChangePolicy::Apply)
+        .await
+        .unwrap();
+    assert!(sink.schema_change_applied(&new.source.id).await.unwrap());
+    let mut d = pair.dst.conn().await.unwrap();
+    let tables: Vec<String> = d.query("SHOW TABLES FROM app").await.unwrap();
+    assert_eq!(tables, ["a", "b", "c"], "both changes ran");
+    let records: Vec<(u32, u64)> = d
+        .query(
+            "SELECT epoch, binlog_pos FROM rowlog.rowlog_schema_changes ORDER BY epoch, binlog_pos",
+        )
+        .await
+        .unwrap();
+    assert_eq!(records, [(0, 1100), (1, 1100), (u32::MAX, 1000)]);
 }

@@ -33,12 +33,14 @@
 //! the last of these.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rowlog_api::{
-    ApplyBatch, ChangeEvent, ChangeSink, Retry, SchemaChange, SchemaChangePolicy, WorkerProgress,
+    ApplyBatch, ChangeEvent, ChangeId, ChangeSink, Retry, SchemaChange, SchemaChangePolicy,
+    WorkerProgress,
 };
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
@@ -47,7 +49,7 @@ use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
 use super::partitioner::{key_hash, worker_of};
-use super::schema_barrier::{Role, SchemaBarrier};
+use super::schema_barrier::{Role, SchemaBarrier, Waited};
 use super::Stats;
 use crate::log::{LogEntry, LogError, PartitionReader, PartitionedLog};
 use crate::metrics::{ErrorStage, Metrics, RetryKind};
@@ -89,6 +91,18 @@ pub enum ApplyError {
         partition: u32,
         position: String,
         statement: String,
+    },
+    #[error("partition {partition}: halted at the schema change at {position}, which waits for partition {halted}, halted before reaching it; fix what halted partition {halted} and restart rowlog")]
+    BehindHalted {
+        partition: u32,
+        position: String,
+        halted: u32,
+    },
+    #[error("partition {partition}: the destination refuses connections for a reason retrying cannot fix; rowlog stops")]
+    Connect {
+        partition: u32,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("partition {partition}: worker {worker} ended unexpectedly: {detail}")]
     WorkerLost {
@@ -156,26 +170,21 @@ where
 
     // What the destination says each worker applied.
     let Some(mut first_sink) =
-        connect_with_retry(&connect, partition, u32::MAX, &metrics, &mut shutdown).await
+        connect_with_retry(&connect, partition, u32::MAX, &metrics, &mut shutdown).await?
     else {
         return Ok(());
     };
-    let stored = loop {
-        match first_sink.load_progress(partition).await {
-            Ok(p) => break p,
-            Err(e) if e.is_retryable() => {
-                metrics.retry(RetryKind::Progress);
-                metrics.error(ErrorStage::Sink, true);
-                warn!(partition, error = %error_chain(&e), "cannot read progress; retrying");
-                tokio::select! { _ = shutdown.wait() => return Ok(()), _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
-            }
-            Err(e) => {
-                return Err(ApplyError::Progress {
-                    partition,
-                    source: Box::new(e),
-                })
-            }
-        }
+    let progress = ProgressCalls {
+        partition,
+        metrics: &metrics,
+    };
+    let Some(stored) = progress
+        .retry(&mut first_sink, &mut shutdown, "read progress", |s| {
+            Box::pin(s.load_progress(partition))
+        })
+        .await?
+    else {
+        return Ok(());
     };
     let mine: Vec<&WorkerProgress> = stored.iter().filter(|p| p.log_id == log_id).collect();
     if mine.len() != stored.len() {
@@ -184,6 +193,28 @@ where
     let same_split = !mine.is_empty() && mine.iter().all(|p| p.workers == n);
     if !mine.is_empty() && !same_split {
         warn!(partition, workers = n, "destination progress was written with another worker count; replaying from the watermark");
+    }
+    if !stored.is_empty() && !same_split {
+        // Rows that are not trusted now must not be trusted later either: a worker of
+        // a later run with their worker count, or this run's check of what a failed
+        // COMMIT did (`committed_through`), would read them as its own. Replaying from
+        // the log's committed offset needs none of them.
+        let removed = progress
+            .retry(
+                &mut first_sink,
+                &mut shutdown,
+                "remove untrusted progress rows",
+                |s| Box::pin(s.set_progress(partition, &[])),
+            )
+            .await?;
+        if removed.is_none() {
+            return Ok(());
+        }
+        info!(
+            partition,
+            rows = stored.len(),
+            "removed progress rows of another log or worker count"
+        );
     }
     let skip: Vec<Option<u64>> = (0..n)
         .map(|w| {
@@ -214,6 +245,9 @@ where
     else {
         return Ok(());
     };
+    // Schema changes before the start are not met again in this run: the barrier
+    // must not wait for this partition at them.
+    barrier.started(partition, id_before(&log, partition, start).await);
     info!(partition, start, workers = n, "applying partition");
     metrics.set_committed(partition, start);
     let _applying = metrics.applying();
@@ -405,15 +439,6 @@ where
     ) -> Result<bool, ApplyError> {
         let partition = self.partition;
         let position = change.source.id.event.to_string();
-        if self.cfg.ddl == SchemaChangePolicy::Ignore {
-            debug!(partition, %position, "schema change ignored (sink.ddl = \"ignore\")");
-            return Ok(true);
-        }
-        // Every partition decides this alike from the same floors: no barrier needed.
-        if self.cfg.floors.cover_schema_change(change) {
-            debug!(partition, %position, "schema change already in the snapshot's copies");
-            return Ok(true);
-        }
         // Everything this partition dispatched before the change is applied first.
         while !workers
             .iter()
@@ -425,6 +450,11 @@ where
                 _ = notify.notified() => {}
             }
         }
+        // Every partition decides this alike from the same floors: no barrier needed.
+        if self.cfg.floors.cover_schema_change(change) {
+            debug!(partition, %position, "schema change already in the snapshot's copies");
+            return Ok(true);
+        }
         if self.cfg.ddl == SchemaChangePolicy::Halt {
             return Err(ApplyError::SchemaChangeHalt {
                 partition,
@@ -433,7 +463,7 @@ where
             });
         }
         let Some(mut sink) =
-            connect_with_retry(self.connect, partition, u32::MAX, self.metrics, shutdown).await
+            connect_with_retry(self.connect, partition, u32::MAX, self.metrics, shutdown).await?
         else {
             return Ok(false);
         };
@@ -446,33 +476,20 @@ where
             Role::Follower => {
                 tokio::select! {
                     _ = shutdown.wait() => return Ok(false),
-                    outcome = self.barrier.wait(id) => outcome,
+                    waited = self.barrier.wait(id) => match waited {
+                        Waited::Outcome(outcome) => outcome,
+                        Waited::Lead => return self.lead(sink, change, shutdown).await,
+                        Waited::Halted(halted) => {
+                            return Err(ApplyError::BehindHalted {
+                                partition,
+                                position,
+                                halted,
+                            })
+                        }
+                    },
                 }
             }
-            Role::Leader => {
-                let outcome = self.apply(sink, change, shutdown).await;
-                let shared = match &outcome {
-                    Ok(Some(())) => Ok(()),
-                    Ok(None) => Err("shutdown before it was applied".to_string()),
-                    Err(e) => Err(error_chain(e)),
-                };
-                self.barrier.finish(id, shared);
-                match outcome {
-                    Ok(Some(())) => {
-                        info!(partition, %position, kind = change.kind.as_str(), statement = %change.statement, "schema change applied");
-                        return Ok(true);
-                    }
-                    Ok(None) => return Ok(false),
-                    Err(e) => {
-                        return Err(ApplyError::SchemaChange {
-                            partition,
-                            position,
-                            statement: change.statement.clone(),
-                            source: Box::new(e),
-                        })
-                    }
-                }
-            }
+            Role::Leader => return self.lead(sink, change, shutdown).await,
         };
         match outcome {
             Ok(()) => Ok(true),
@@ -482,6 +499,41 @@ where
                 statement: change.statement.clone(),
                 source: leader.into(),
             }),
+        }
+    }
+
+    /// Every partition is at the change (or past it): apply it and tell the others.
+    ///
+    /// Under "ignore" the barrier still orders the change against every partition's
+    /// rows (it can move a table's changes to other partitions and workers: see
+    /// `ChangeEvent::routing_key_bytes`); only running it is left out, and recording it
+    /// lets a restart pass it without waiting.
+    async fn lead(
+        &self,
+        sink: S,
+        change: &SchemaChange,
+        shutdown: &mut Shutdown,
+    ) -> Result<bool, ApplyError> {
+        let (partition, position) = (self.partition, change.source.id.event.to_string());
+        let outcome = self.apply(sink, change, shutdown).await;
+        let shared = match &outcome {
+            Ok(Some(())) => Ok(()),
+            Ok(None) => Err("shutdown before it was applied".to_string()),
+            // Followers name the change themselves: pass on only the cause.
+            Err(ApplyError::SchemaChange { source, .. }) => Err(error_chain(source.as_ref())),
+            Err(e) => Err(error_chain(e)),
+        };
+        self.barrier.finish(&change.source.id, shared);
+        match outcome? {
+            Some(()) if self.cfg.ddl == SchemaChangePolicy::Ignore => {
+                debug!(partition, %position, "schema change ignored (sink.ddl = \"ignore\")");
+                Ok(true)
+            }
+            Some(()) => {
+                info!(partition, %position, kind = change.kind.as_str(), statement = %change.statement, "schema change applied");
+                Ok(true)
+            }
+            None => Ok(false),
         }
     }
 
@@ -519,10 +571,10 @@ where
         mut sink: S,
         change: &SchemaChange,
         shutdown: &mut Shutdown,
-    ) -> Result<Option<()>, S::Error> {
+    ) -> Result<Option<()>, ApplyError> {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
-            match sink.apply_schema_change(change).await {
+            match sink.apply_schema_change(change, self.cfg.ddl).await {
                 Ok(()) => return Ok(Some(())),
                 Err(e) if e.is_retryable() => {
                     self.metrics.retry(RetryKind::Apply);
@@ -539,13 +591,20 @@ where
                         self.metrics,
                         shutdown,
                     )
-                    .await
+                    .await?
                     {
                         Some(s) => sink = s,
                         None => return Ok(None),
                     }
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    return Err(ApplyError::SchemaChange {
+                        partition: self.partition,
+                        position: change.source.id.event.to_string(),
+                        statement: change.statement.clone(),
+                        source: Box::new(e),
+                    })
+                }
             }
         }
     }
@@ -564,6 +623,22 @@ fn watermark(workers: &[Worker], next_dispatch: u64) -> u64 {
         })
         .min()
         .unwrap_or(next_dispatch)
+}
+
+/// The id of the entry just before `start` in `partition`; `None` when the partition
+/// starts at its beginning, or when that entry cannot be read within a few seconds
+/// (then the barrier waits for this partition at every change, as it would anyway).
+async fn id_before<L: PartitionedLog>(log: &L, partition: u32, start: u64) -> Option<ChangeId> {
+    let at = start.checked_sub(1)?;
+    let read = async {
+        let mut reader = log.reader(partition, at).await.ok()?;
+        let records = reader.next_batch(1).await.ok()?;
+        records.first().map(|r| r.entry.source().id.clone())
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Calls the log until it answers, retrying what the log recovers from (a Kafka broker
@@ -643,13 +718,55 @@ impl WorkerCtx {
     }
 }
 
+/// Calls on a partition's progress rows at its start, retried while retryable.
+struct ProgressCalls<'a> {
+    partition: u32,
+    metrics: &'a Metrics,
+}
+
+impl ProgressCalls<'_> {
+    /// Calls `call` until it answers; `Ok(None)` on shutdown. `what` names it in logs.
+    async fn retry<S: ChangeSink, T>(
+        &self,
+        sink: &mut S,
+        shutdown: &mut Shutdown,
+        what: &str,
+        mut call: impl for<'s> FnMut(
+            &'s mut S,
+        )
+            -> Pin<Box<dyn Future<Output = Result<T, S::Error>> + Send + 's>>,
+    ) -> Result<Option<T>, ApplyError> {
+        let partition = self.partition;
+        loop {
+            match call(sink).await {
+                Ok(t) => return Ok(Some(t)),
+                Err(e) if e.is_retryable() => {
+                    self.metrics.retry(RetryKind::Progress);
+                    self.metrics.error(ErrorStage::Sink, true);
+                    warn!(partition, error = %error_chain(&e), "cannot {what}; retrying");
+                    tokio::select! { _ = shutdown.wait() => return Ok(None), _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
+                }
+                Err(e) => {
+                    return Err(ApplyError::Progress {
+                        partition,
+                        source: Box::new(e),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// Connects, retrying what may pass (the destination down or restarting, too many
+/// connections); `Ok(None)` on shutdown. What only the operator can fix (access
+/// denied, an unknown database: see the sink's `Retry`) ends it with an error.
 async fn connect_with_retry<S, F, Fut>(
     connect: &F,
     partition: u32,
     worker: u32,
     metrics: &Metrics,
     shutdown: &mut Shutdown,
-) -> Option<S>
+) -> Result<Option<S>, ApplyError>
 where
     S: ChangeSink,
     F: Fn() -> Fut,
@@ -658,19 +775,45 @@ where
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match connect().await {
-            Ok(s) => return Some(s),
+            Ok(s) => return Ok(Some(s)),
             Err(e) => {
-                metrics.retry(RetryKind::Connect);
-                metrics.error(ErrorStage::Sink, true);
-                let mut report = ErrorReport::new(ErrorStage::Sink.as_str(), true, error_chain(&e));
+                let retryable = e.is_retryable();
+                metrics.error(ErrorStage::Sink, retryable);
+                let mut report =
+                    ErrorReport::new(ErrorStage::Sink.as_str(), retryable, error_chain(&e));
                 report.partition = Some(partition);
                 metrics.state.record_error(report);
+                if !retryable {
+                    return Err(ApplyError::Connect {
+                        partition,
+                        source: Box::new(e),
+                    });
+                }
+                metrics.retry(RetryKind::Connect);
                 let delay = backoff.next_delay();
                 warn!(partition, worker, error = %error_chain(&e), retry_in_ms = delay.as_millis() as u64, "cannot connect to the destination; retrying");
-                tokio::select! { _ = shutdown.wait() => return None, _ = tokio::time::sleep(delay) => {} }
+                tokio::select! { _ = shutdown.wait() => return Ok(None), _ = tokio::time::sleep(delay) => {} }
             }
         }
     }
+}
+
+/// The last log offset this worker's progress row says is applied, read after a
+/// retryable error. Changes through it are committed on the destination, and only
+/// this worker writes its row; in this run it applies only changes past the row's
+/// value at start (progress rows of another worker count are removed at start), so a
+/// stored offset inside the batch means the batch, or the one-by-one pass through it,
+/// committed up to there.
+async fn committed_through<S: ChangeSink>(
+    sink: &mut S,
+    ctx: &WorkerCtx,
+) -> Result<Option<u64>, S::Error> {
+    Ok(sink
+        .load_progress(ctx.partition)
+        .await?
+        .iter()
+        .find(|p| p.log_id == ctx.log_id && p.worker == ctx.worker && p.workers == ctx.workers)
+        .map(|p| p.offset))
 }
 
 /// What re-applying a rejected batch one change at a time found.
@@ -692,6 +835,8 @@ enum Isolated<E> {
         error: E,
         done: usize,
     },
+    /// The destination refuses connections for good.
+    Unreachable(ApplyError),
     Shutdown,
 }
 
@@ -711,7 +856,7 @@ where
     Fut: Future<Output = Result<S, S::Error>>,
 {
     // The failed transaction's connection may be unusable; start from a fresh one.
-    let Some(mut sink) = connect_with_retry(
+    let mut sink = match connect_with_retry(
         connect,
         ctx.partition,
         ctx.worker,
@@ -719,8 +864,10 @@ where
         &mut ctx.shutdown,
     )
     .await
-    else {
-        return Isolated::Shutdown;
+    {
+        Ok(Some(s)) => s,
+        Ok(None) => return Isolated::Shutdown,
+        Err(e) => return Isolated::Unreachable(e),
     };
     let mut dead_lettered = 0;
     for (index, (change, &offset)) in batch.iter().zip(offsets).enumerate() {
@@ -841,6 +988,10 @@ where
         };
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let mut counted = false;
+        // After a retryable error, whether part of the batch committed is unknown: a
+        // connection lost during COMMIT may have committed it. The worker's progress
+        // row, written in the same transaction, says.
+        let mut unsure = false;
         loop {
             let s = match sink.as_mut() {
                 Some(s) => s,
@@ -854,11 +1005,54 @@ where
                     )
                     .await
                     {
-                        Some(s) => sink.insert(s),
-                        None => return Ok(()),
+                        Ok(Some(s)) => sink.insert(s),
+                        Ok(None) => return Ok(()),
+                        Err(e) => {
+                            let _ = ctx.failures.send(e);
+                            return Ok(());
+                        }
                     }
                 }
             };
+            if unsure {
+                match committed_through(s, &ctx).await {
+                    Ok(stored) => {
+                        let done = stored.map_or(0, |o| offsets.partition_point(|&x| x <= o));
+                        if done > 0 {
+                            info!(partition = ctx.partition, worker = ctx.worker, changes = done, through = offsets[done - 1],
+                                  "the destination had committed these changes before the error; not applying them again");
+                            ctx.metrics
+                                .applied(ctx.partition, &batch[..done], Duration::ZERO);
+                            Stats::add(&ctx.stats.applied, done as u64);
+                            batch.drain(..done);
+                            offsets.drain(..done);
+                        }
+                        if batch.is_empty() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.is_retryable() => {
+                        ctx.metrics.retry(RetryKind::Progress);
+                        ctx.record_error(&e, true, &batch, (first_offset, last));
+                        let delay = backoff.next_delay();
+                        warn!(partition = ctx.partition, worker = ctx.worker, error = %error_chain(&e),
+                              retry_in_ms = delay.as_millis() as u64, "cannot read progress after a failed apply; retrying");
+                        sink = None;
+                        tokio::select! {
+                            _ = ctx.shutdown.wait() => return Ok(()),
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        let _ = ctx.failures.send(ApplyError::Progress {
+                            partition: ctx.partition,
+                            source: Box::new(e),
+                        });
+                        return Ok(());
+                    }
+                }
+            }
             let began = Instant::now();
             match s
                 .apply(ApplyBatch {
@@ -878,8 +1072,9 @@ where
                     let delay = backoff.next_delay();
                     warn!(partition = ctx.partition, worker = ctx.worker, error = %error_chain(&e), attempt = backoff.attempts(),
                           retry_in_ms = delay.as_millis() as u64, "apply failed; retrying");
-                    // Reconnect: the failed transaction was rolled back, and the
-                    // connection may be gone.
+                    unsure = true;
+                    // Reconnect: the connection may be gone. Whether the batch
+                    // committed is checked first (`unsure`).
                     sink = None;
                     tokio::select! {
                         _ = ctx.shutdown.wait() => return Ok(()),
@@ -892,6 +1087,10 @@ where
                     sink = None;
                     match isolate(&mut ctx, &connect, &batch, &offsets).await {
                         Isolated::Shutdown => return Ok(()),
+                        Isolated::Unreachable(e) => {
+                            let _ = ctx.failures.send(e);
+                            return Ok(());
+                        }
                         Isolated::Done { dead_lettered } => {
                             if dead_lettered == 0 {
                                 warn!(partition = ctx.partition, worker = ctx.worker, error = %error_chain(&e), rows = batch.len(),
@@ -913,6 +1112,7 @@ where
                             let delay = backoff.next_delay();
                             warn!(partition = ctx.partition, worker = ctx.worker, error = %error_chain(&t),
                                   retry_in_ms = delay.as_millis() as u64, "apply failed while isolating a rejected change; retrying");
+                            unsure = true;
                             tokio::select! {
                                 _ = ctx.shutdown.wait() => return Ok(()),
                                 _ = tokio::time::sleep(delay) => {}

@@ -2,8 +2,9 @@
 //! the connection (every open connection is closed and new ones are refused), stalls
 //! it (connections stay open but no byte moves: all of them, or only those open at the
 //! time), holds back the server's replies (the
-//! server gets and acts on every request, rowlog hears nothing back), or slows it (each
-//! chunk waits).
+//! server gets and acts on every request, rowlog hears nothing back), cuts it right
+//! after one chosen request reached the server (a COMMIT whose outcome the client
+//! cannot know), or slows it (each chunk waits).
 //!
 //! Faults are what the network does to rowlog, so they are injected between rowlog
 //! and the servers, not inside either.
@@ -31,11 +32,32 @@ struct Control {
     opened: AtomicU64,
     latency_ms: AtomicU64,
     connections: Mutex<Vec<AbortHandle>>,
+    /// Armed by [`Proxy::cut_after_request`]: the bytes of the request to cut after.
+    cut_after: Mutex<Option<Vec<u8>>>,
 }
 
 impl Control {
     fn connections(&self) -> std::sync::MutexGuard<'_, Vec<AbortHandle>> {
         self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cut(&self) {
+        self.mode.store(CUT, Ordering::Release);
+        for c in self.connections().drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Disarms and returns true when `chunk` holds the armed request.
+    fn take_cut_after(&self, chunk: &[u8]) -> bool {
+        let mut armed = self.cut_after.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = armed
+            .as_deref()
+            .is_some_and(|p| chunk.windows(p.len()).any(|w| w == p));
+        if hit {
+            *armed = None;
+        }
+        hit
     }
 }
 
@@ -85,10 +107,27 @@ impl Proxy {
 
     /// Closes every open connection and refuses new ones until [`Proxy::restore`].
     pub fn cut(&self) {
-        self.control.mode.store(CUT, Ordering::Release);
-        for c in self.control.connections().drain(..) {
-            c.abort();
-        }
+        self.control.cut();
+    }
+
+    /// The next request whose bytes contain `request` reaches the server, and then,
+    /// before any reply gets back, every connection is cut (new ones are accepted
+    /// again right after). Once: the proxy passes everything again afterwards.
+    pub fn cut_after_request(&self, request: &[u8]) {
+        *self
+            .control
+            .cut_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(request.to_vec());
+    }
+
+    /// Whether the request armed by [`Proxy::cut_after_request`] has been seen.
+    pub fn cut_after_request_done(&self) -> bool {
+        self.control
+            .cut_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
     }
 
     /// Keeps connections open but moves no byte until [`Proxy::restore`].
@@ -157,8 +196,23 @@ async fn pump(
         if latency > 0 {
             tokio::time::sleep(Duration::from_millis(latency)).await;
         }
+        let cut_after = !replies && ctl.take_cut_after(&buf[..n]);
+        if cut_after {
+            // Hold the replies first, so none of them slips through before the cut.
+            ctl.mode.store(DEAF, Ordering::Release);
+        }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
+        }
+        if cut_after {
+            // From a task of its own: the cut aborts this connection's task.
+            let ctl = ctl.clone();
+            tokio::spawn(async move {
+                // Time for the server to act on the request.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                ctl.cut();
+                ctl.mode.store(PASS, Ordering::Release);
+            });
         }
     }
 }

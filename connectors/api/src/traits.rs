@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use crate::{ChangeEvent, ChangeId, Gtid, ResumePoint, SchemaChange};
+use crate::{ChangeEvent, ChangeId, Gtid, ResumePoint, SchemaChange, SchemaChangePolicy};
 
 /// Whether an error may go away by itself (lost connection, deadlock, lock wait timeout)
 /// or is definite (bad config, purged binlog, a value the destination rejects).
@@ -85,14 +85,17 @@ pub trait ChangeSink: Send {
         id: &ChangeId,
     ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
 
-    /// Runs a schema change on the destination and records it as applied. DDL commits
-    /// on its own, so a crash can fall between running it and recording it; an error
-    /// saying the change is already in place (the table or column exists, the dropped
-    /// one is gone) therefore counts as applied, as it also does when the destination
-    /// was prepared by hand.
+    /// Under [`SchemaChangePolicy::Apply`] runs a schema change on the destination and
+    /// records it as applied; under [`SchemaChangePolicy::Ignore`] only records it as
+    /// passed (so partitions that meet it again after a restart do not wait for ones
+    /// that are past it). DDL commits on its own, so a crash can fall between running
+    /// it and recording it; an error saying the change is already in place (the table
+    /// or column exists, the dropped one is gone) therefore counts as applied, as it
+    /// also does when the destination was prepared by hand.
     fn apply_schema_change(
         &mut self,
         change: &SchemaChange,
+        policy: SchemaChangePolicy,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// The progress rows stored for `partition`.
@@ -100,4 +103,13 @@ pub trait ChangeSink: Send {
         &mut self,
         partition: u32,
     ) -> impl Future<Output = Result<SinkProgress, Self::Error>> + Send;
+
+    /// Replaces the progress rows of `partition`, in one transaction: afterwards each
+    /// worker resumes after `rows[w].offset`; no rows means "from the log's committed
+    /// offset".
+    fn set_progress(
+        &mut self,
+        partition: u32,
+        rows: &[WorkerProgress],
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }

@@ -64,6 +64,13 @@ fn retryable_code(code: u16) -> bool {
     )
 }
 
+/// Connect errors that retrying cannot fix: access denied (1044, 1045, 1698), an
+/// unknown database in the URL (1049), a host the server does not let in (1130), an
+/// authentication plugin the client lacks (1251), an expired password (1820, 1862).
+fn definite_connect_code(code: u16) -> bool {
+    matches!(code, 1044 | 1045 | 1049 | 1130 | 1251 | 1698 | 1820 | 1862)
+}
+
 fn is_retryable(e: &mysql_async::Error) -> bool {
     match e {
         mysql_async::Error::Io(_) => true,
@@ -96,8 +103,9 @@ impl Retry for SinkError {
         match self {
             SinkError::BadUrl(_) => false,
             SinkError::Connect { source, .. } => match source {
-                // Wrong credentials will not fix themselves.
-                mysql_async::Error::Server(s) if s.code == 1045 || s.code == 1044 => false,
+                // What only the operator can fix stops the pipeline with the server's
+                // message instead of retrying forever.
+                mysql_async::Error::Server(s) if definite_connect_code(s.code) => false,
                 other => is_retryable(other) || matches!(other, mysql_async::Error::Server(_)),
             },
             SinkError::Apply { source, .. }

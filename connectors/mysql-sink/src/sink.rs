@@ -8,8 +8,8 @@ use bytes::Bytes;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, ServerError, Transaction, TxOpts};
 use rowlog_api::{
-    ApplyBatch, ChangeEvent, ChangeId, ChangeSink, Retry, SchemaChange, SinkProgress, TableName,
-    TableSchema, Value, WorkerProgress,
+    ApplyBatch, ChangeEvent, ChangeId, ChangeSink, Retry, SchemaChange, SchemaChangePolicy,
+    SinkProgress, TableName, TableSchema, Value, WorkerProgress,
 };
 
 use crate::params::column_param;
@@ -388,29 +388,49 @@ impl MySqlSink {
              ) ENGINE=InnoDB",
             self.progress_table
         );
-        // Schema changes applied, by source position: a replayed one is not run again.
+        // Schema changes applied, by reading epoch and source position: a replayed one
+        // is not run again. The epoch is part of the key because a source that was
+        // reset (or a new source after a failover) writes its binlog files under the
+        // same names from the start again.
         let create_ddl_table = format!(
             "CREATE TABLE IF NOT EXISTS {} (\
                pipeline VARCHAR(128) NOT NULL,\
+               epoch INT UNSIGNED NOT NULL DEFAULT 0,\
                binlog_file VARCHAR(255) NOT NULL,\
                binlog_pos BIGINT UNSIGNED NOT NULL,\
                kind VARCHAR(32) NOT NULL,\
                statement LONGTEXT NOT NULL,\
                outcome VARCHAR(255) NOT NULL,\
                applied_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),\
-               PRIMARY KEY (pipeline, binlog_file, binlog_pos)\
+               PRIMARY KEY (pipeline, epoch, binlog_file, binlog_pos)\
              ) ENGINE=InnoDB",
             self.schema_changes_table
         );
+        let create_error = |source| progress_error(&self.progress_table, "create")(source);
         for q in [create_db, create_table, create_ddl_table] {
-            self.conn
-                .query_drop(&q)
-                .await
-                .map_err(|source| SinkError::Progress {
-                    table: self.progress_table.clone(),
-                    action: "create",
-                    source,
-                })?;
+            self.conn.query_drop(&q).await.map_err(create_error)?;
+        }
+        // A table made by an earlier version has no epoch column. Its rows get
+        // `LEGACY_EPOCH`, which matches any epoch, as they did before: which epoch they
+        // were recorded in is unknown, and a change found unrecorded is run again
+        // (a TRUNCATE run twice would empty rows applied after it).
+        let has_epoch: Option<u8> = self
+            .conn
+            .exec_first(
+                "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? \
+                 AND TABLE_NAME = 'rowlog_schema_changes' AND COLUMN_NAME = 'epoch'",
+                (&self.progress_db,),
+            )
+            .await
+            .map_err(create_error)?;
+        if has_epoch.is_none() {
+            tracing::info!(table = %self.schema_changes_table, "adding the reading epoch to the record of schema changes");
+            let alter = format!(
+                "ALTER TABLE {} ADD COLUMN epoch INT UNSIGNED NOT NULL DEFAULT {LEGACY_EPOCH} AFTER pipeline, \
+                 DROP PRIMARY KEY, ADD PRIMARY KEY (pipeline, epoch, binlog_file, binlog_pos)",
+                self.schema_changes_table
+            );
+            self.conn.query_drop(&alter).await.map_err(create_error)?;
         }
         Ok(())
     }
@@ -518,11 +538,7 @@ impl MySqlSink {
             .conn
             .start_transaction(TxOpts::default())
             .await
-            .map_err(|source| SinkError::Progress {
-                table: self.progress_table.clone(),
-                action: "begin",
-                source,
-            })?;
+            .map_err(progress_error(&self.progress_table, "begin"))?;
         if let Err(e) = write_all(&mut tx, &work, staged.as_ref(), &apply_error).await {
             // Release the batch's row locks now: a dropped transaction is rolled back
             // only at the connection's next use, and a halted partition's connection
@@ -546,11 +562,10 @@ impl MySqlSink {
             offset,
         }) = progress
         else {
-            return tx.commit().await.map_err(|source| SinkError::Progress {
-                table: self.progress_table.clone(),
-                action: "commit",
-                source,
-            });
+            return tx
+                .commit()
+                .await
+                .map_err(progress_error(&self.progress_table, "commit"));
         };
         tx.exec_drop(
             progress_sql,
@@ -566,16 +581,10 @@ impl MySqlSink {
             ),
         )
         .await
-        .map_err(|source| SinkError::Progress {
-            table: self.progress_table.clone(),
-            action: "update",
-            source,
-        })?;
-        tx.commit().await.map_err(|source| SinkError::Progress {
-            table: self.progress_table.clone(),
-            action: "commit",
-            source,
-        })
+        .map_err(progress_error(&self.progress_table, "update"))?;
+        tx.commit()
+            .await
+            .map_err(progress_error(&self.progress_table, "commit"))
     }
 
     /// Snapshot: creates `table` with the source's `create` statement (and its database)
@@ -646,50 +655,6 @@ impl MySqlSink {
         changes: &[ChangeEvent],
     ) -> Result<(), SinkError> {
         self.apply_changes(changes, None).await
-    }
-
-    /// Replaces the progress rows of `partition` (`rowlog offsets set`): afterwards each
-    /// worker resumes after `rows[w].offset`; no rows means "from the log's committed offset".
-    pub async fn set_progress(
-        &mut self,
-        partition: u32,
-        rows: &[WorkerProgress],
-    ) -> Result<(), SinkError> {
-        let err = |action| {
-            let table = self.progress_table.clone();
-            move |source| SinkError::Progress {
-                table,
-                action,
-                source,
-            }
-        };
-        let mut tx = self
-            .conn
-            .start_transaction(TxOpts::default())
-            .await
-            .map_err(err("begin"))?;
-        tx.exec_drop(
-            format!(
-                "DELETE FROM {} WHERE pipeline = ? AND part = ?",
-                self.progress_table
-            ),
-            (&self.pipeline, partition),
-        )
-        .await
-        .map_err(err("delete"))?;
-        for r in rows {
-            tx.exec_drop(
-                format!(
-                    "INSERT INTO {} (pipeline, log_id, part, worker, workers, log_offset, source_position, source_commit_ms) \
-                     VALUES (?,?,?,?,?,?,'set by rowlog offsets set',0)",
-                    self.progress_table
-                ),
-                (&self.pipeline, r.log_id, partition, r.worker, r.workers, r.offset),
-            )
-            .await
-            .map_err(err("insert"))?;
-        }
-        tx.commit().await.map_err(err("commit"))
     }
 
     /// What applying `changes` would do to the destination now, key by key, without
@@ -908,27 +873,26 @@ fn already_in_place(e: &mysql_async::Error) -> Option<u16> {
     }
 }
 
-impl ChangeSink for MySqlSink {
-    type Error = SinkError;
+/// The epoch of schema-change records made before the epoch was recorded: they match
+/// a change of any epoch at their position.
+const LEGACY_EPOCH: u32 = u32::MAX;
 
-    async fn schema_change_applied(&mut self, id: &ChangeId) -> Result<bool, SinkError> {
-        let q = format!(
-            "SELECT 1 FROM {} WHERE pipeline = ? AND binlog_file = ? AND binlog_pos = ?",
-            self.schema_changes_table
-        );
-        let found: Option<u8> = self
-            .conn
-            .exec_first(q, (&self.pipeline, id.event.file.to_string(), id.event.pos))
-            .await
-            .map_err(|source| SinkError::Progress {
-                table: self.schema_changes_table.clone(),
-                action: "read",
-                source,
-            })?;
-        Ok(found.is_some())
+/// Maps an error of `action` on the progress table `table`.
+fn progress_error(
+    table: &str,
+    action: &'static str,
+) -> impl FnOnce(mysql_async::Error) -> SinkError {
+    let table = table.to_owned();
+    move |source| SinkError::Progress {
+        table,
+        action,
+        source,
     }
+}
 
-    async fn apply_schema_change(&mut self, change: &SchemaChange) -> Result<(), SinkError> {
+impl MySqlSink {
+    /// Runs a schema change in its session database; returns the outcome to record.
+    async fn run_schema_change(&mut self, change: &SchemaChange) -> Result<String, SinkError> {
         let id = &change.source.id;
         let failed = |source| SinkError::SchemaChange {
             position: id.event.to_string(),
@@ -946,20 +910,58 @@ impl ChangeSink for MySqlSink {
                 Err(e) => return Err(failed(e)),
             }
         }
-        let outcome = match self.conn.query_drop(&change.statement).await {
-            Ok(()) => "applied".to_string(),
+        match self.conn.query_drop(&change.statement).await {
+            Ok(()) => Ok("applied".to_string()),
             Err(e) => match already_in_place(&e) {
                 Some(code) => {
                     tracing::warn!(position = %id.event, statement = %change.statement, code,
                         "schema change already in place on the destination; recorded as applied");
-                    format!("already in place (error {code})")
+                    Ok(format!("already in place (error {code})"))
                 }
-                None => return Err(failed(e)),
+                None => Err(failed(e)),
             },
+        }
+    }
+}
+
+impl ChangeSink for MySqlSink {
+    type Error = SinkError;
+
+    async fn schema_change_applied(&mut self, id: &ChangeId) -> Result<bool, SinkError> {
+        let q = format!(
+            "SELECT 1 FROM {} WHERE pipeline = ? AND epoch IN (?, {LEGACY_EPOCH}) AND binlog_file = ? AND binlog_pos = ? LIMIT 1",
+            self.schema_changes_table
+        );
+        let found: Option<u8> = self
+            .conn
+            .exec_first(
+                q,
+                (
+                    &self.pipeline,
+                    id.epoch,
+                    id.event.file.to_string(),
+                    id.event.pos,
+                ),
+            )
+            .await
+            .map_err(progress_error(&self.schema_changes_table, "read"))?;
+        Ok(found.is_some())
+    }
+
+    async fn apply_schema_change(
+        &mut self,
+        change: &SchemaChange,
+        policy: SchemaChangePolicy,
+    ) -> Result<(), SinkError> {
+        let id = &change.source.id;
+        let outcome = match policy {
+            SchemaChangePolicy::Apply => self.run_schema_change(change).await?,
+            SchemaChangePolicy::Ignore => "ignored (sink.ddl = \"ignore\")".to_string(),
+            SchemaChangePolicy::Halt => "not run (sink.ddl = \"halt\")".to_string(),
         };
         let q = format!(
-            "INSERT INTO {} (pipeline, binlog_file, binlog_pos, kind, statement, outcome) \
-             VALUES (?,?,?,?,?,?) ON DUPLICATE KEY UPDATE outcome = VALUES(outcome), applied_at = NOW(6)",
+            "INSERT INTO {} (pipeline, epoch, binlog_file, binlog_pos, kind, statement, outcome) \
+             VALUES (?,?,?,?,?,?,?) ON DUPLICATE KEY UPDATE outcome = VALUES(outcome), applied_at = NOW(6)",
             self.schema_changes_table
         );
         self.conn
@@ -967,6 +969,7 @@ impl ChangeSink for MySqlSink {
                 q,
                 (
                     &self.pipeline,
+                    id.epoch,
                     id.event.file.to_string(),
                     id.event.pos,
                     change.kind.as_str(),
@@ -975,11 +978,7 @@ impl ChangeSink for MySqlSink {
                 ),
             )
             .await
-            .map_err(|source| SinkError::Progress {
-                table: self.schema_changes_table.clone(),
-                action: "record",
-                source,
-            })
+            .map_err(progress_error(&self.schema_changes_table, "record"))
     }
 
     async fn apply(&mut self, batch: ApplyBatch<'_>) -> Result<(), SinkError> {
@@ -987,20 +986,61 @@ impl ChangeSink for MySqlSink {
             .await
     }
 
+    async fn set_progress(
+        &mut self,
+        partition: u32,
+        rows: &[WorkerProgress],
+    ) -> Result<(), SinkError> {
+        let err = |action| progress_error(&self.progress_table, action);
+        let mut tx = self
+            .conn
+            .start_transaction(TxOpts::default())
+            .await
+            .map_err(err("begin"))?;
+        tx.exec_drop(
+            format!(
+                "DELETE FROM {} WHERE pipeline = ? AND part = ?",
+                self.progress_table
+            ),
+            (&self.pipeline, partition),
+        )
+        .await
+        .map_err(err("delete"))?;
+        for r in rows {
+            tx.exec_drop(
+                format!(
+                    "INSERT INTO {} (pipeline, log_id, part, worker, workers, log_offset, source_position, source_commit_ms) \
+                     VALUES (?,?,?,?,?,?,'set by rowlog offsets set',0)",
+                    self.progress_table
+                ),
+                (&self.pipeline, r.log_id, partition, r.worker, r.workers, r.offset),
+            )
+            .await
+            .map_err(err("insert"))?;
+        }
+        tx.commit().await.map_err(err("commit"))
+    }
+
     async fn load_progress(&mut self, partition: u32) -> Result<SinkProgress, SinkError> {
+        // A locking read: a transaction that wrote these rows and whose COMMIT is still
+        // in flight (its connection lost, the server not done) holds their locks, and
+        // this waits for its outcome instead of reading the rows as they were before.
+        // (`LOCK IN SHARE MODE`: both MariaDB and MySQL 8 accept it.)
         let q = format!(
-            "SELECT log_id, worker, workers, log_offset FROM {} WHERE pipeline = ? AND part = ?",
+            "SELECT log_id, worker, workers, log_offset FROM {} WHERE pipeline = ? AND part = ? LOCK IN SHARE MODE",
             self.progress_table
         );
-        let rows: Vec<(u64, u32, u32, u64)> = self
+        let err = |action| progress_error(&self.progress_table, action);
+        let mut tx = self
             .conn
+            .start_transaction(TxOpts::default())
+            .await
+            .map_err(err("begin"))?;
+        let rows: Vec<(u64, u32, u32, u64)> = tx
             .exec(q, (&self.pipeline, partition))
             .await
-            .map_err(|source| SinkError::Progress {
-                table: self.progress_table.clone(),
-                action: "read",
-                source,
-            })?;
+            .map_err(err("read"))?;
+        tx.commit().await.map_err(err("commit"))?;
         Ok(rows
             .into_iter()
             .map(|(log_id, worker, workers, offset)| WorkerProgress {
