@@ -22,11 +22,11 @@ async fn gtid_pos(server: &MariaDb, var: &str) -> String {
     v.unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resuming_by_gtid_continues_on_another_server_of_the_topology() {
+/// A source with app.t, a replica of it with its own binlog (log_slave_updates), as
+/// a failover candidate has: same GTIDs, different files and offsets; and rowlog's
+/// config (resume by GTID) with its path.
+async fn source_replica_and_config() -> (Pair, MariaDb, String, std::path::PathBuf) {
     let pair = Pair::start().await;
-    // A replica of the source with its own binlog (log_slave_updates), as a failover
-    // candidate has: same GTIDs, different files and offsets.
     let mut opts = ServerOptions::source(3);
     opts.extra_args.push("--log-slave-updates".into());
     let replica = MariaDb::start(opts).await.unwrap();
@@ -43,26 +43,35 @@ async fn resuming_by_gtid_continues_on_another_server_of_the_topology() {
         ])
         .await
         .unwrap();
-
-    pair.dst
-        .exec(&[
-            "CREATE DATABASE app",
-            "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
-        ])
-        .await
-        .unwrap();
-    pair.src
-        .exec(&[
-            "CREATE DATABASE app",
-            "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
-        ])
-        .await
-        .unwrap();
+    let table = [
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
+    ];
+    pair.dst.exec(&table).await.unwrap();
+    pair.src.exec(&table).await.unwrap();
     let toml = pair
         .config_toml(2, 4)
         .replace("[source]\n", "[source]\nresume_by = \"gtid\"\n");
     let config = pair.dir.path().join("rowlog.toml");
     std::fs::write(&config, &toml).unwrap();
+    (pair, replica, toml, config)
+}
+
+async fn replica_catches_up(pair: &Pair, replica: &MariaDb) {
+    let target = gtid_pos(&pair.src, "gtid_binlog_pos").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while gtid_pos(replica, "gtid_slave_pos").await != target {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_by_gtid_continues_on_another_server_of_the_topology() {
+    let (pair, replica, toml, config) = source_replica_and_config().await;
 
     let daemon = Daemon::spawn(&config, pair.dir.path().join("first.log"));
     pair.src
@@ -84,15 +93,7 @@ async fn resuming_by_gtid_continues_on_another_server_of_the_topology() {
         ])
         .await
         .unwrap();
-    let target = gtid_pos(&pair.src, "gtid_binlog_pos").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while gtid_pos(&replica, "gtid_slave_pos").await != target {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the replica did not catch up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    replica_catches_up(&pair, &replica).await;
 
     // Failover: rowlog is pointed at the replica.
     let failover = toml.replace(&pair.src.url(), &replica.url());
@@ -160,4 +161,77 @@ async fn resuming_by_gtid_continues_on_another_server_of_the_topology() {
         out.contains(&gtid_pos(&replica, "gtid_binlog_pos").await),
         "{out}"
     );
+}
+
+/// A failover, a crash before the next checkpoint, and a failback: the log's newest
+/// changes are the replica's (a later reading epoch) while the checkpoint is still the
+/// old source's. The old source's new changes must not be taken for ones already
+/// logged: before, they sorted before the replica's and were dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failback_after_a_crash_between_checkpoints_loses_nothing() {
+    let (pair, replica, toml, config) = source_replica_and_config().await;
+    // Checkpoints at most once a minute: the crash below comes before the next one.
+    let toml = toml.replace("[log]\n", "[log]\ncheckpoint_interval_ms = 60000\n");
+    std::fs::write(&config, &toml).unwrap();
+    let daemon = Daemon::spawn(&config, pair.dir.path().join("first.log"));
+    pair.src
+        .exec(&["INSERT INTO app.t SELECT seq, seq FROM app.seq_1_to_100"])
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    // Stored on a clean stop: the checkpoint is on the source, epoch 0.
+    daemon.terminate_cleanly();
+    replica_catches_up(&pair, &replica).await;
+
+    // Failover to the replica, which takes writes; rowlog logs them in epoch 1 and is
+    // killed before it stores a checkpoint.
+    std::fs::write(&config, toml.replace(&pair.src.url(), &replica.url())).unwrap();
+    let daemon = Daemon::spawn(&config, pair.dir.path().join("second.log"));
+    replica
+        .exec(&[
+            "STOP SLAVE",
+            "INSERT INTO app.t SELECT seq, seq FROM app.seq_101_to_150",
+        ])
+        .await
+        .unwrap();
+    let mut d = pair.dst.conn().await.unwrap();
+    common::wait_for_count(
+        &mut d,
+        "SELECT COUNT(*) FROM app.t",
+        150,
+        "the replica's rows",
+    )
+    .await;
+    daemon.kill();
+
+    // Failback: the old source takes writes again and rowlog reads it from the
+    // checkpoint.
+    std::fs::write(&config, &toml).unwrap();
+    let daemon = Daemon::spawn(&config, pair.dir.path().join("third.log"));
+    pair.src
+        .exec(&[
+            "INSERT INTO app.t SELECT seq, -seq FROM app.seq_1001_to_1040",
+            "UPDATE app.t SET v = 0 WHERE id <= 10",
+        ])
+        .await
+        .unwrap();
+    common::wait_for_count(
+        &mut d,
+        "SELECT COUNT(*) FROM app.t WHERE id > 1000 OR (id <= 10 AND v = 0)",
+        50,
+        "the old source's new changes",
+    )
+    .await;
+    assert_eq!(
+        common::count(&pair.dst, "app.t").await,
+        190,
+        "the replica's rows stay, the source's new ones are added"
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("reading from the checkpoint in a new epoch"),
+        "{log}"
+    );
+    daemon.terminate_cleanly();
 }

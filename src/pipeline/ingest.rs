@@ -83,7 +83,7 @@ where
     Fut: Future<Output = Result<S, S::Error>> + Send + 'static,
 {
     let checkpoint = log.checkpoint().await?;
-    let start = checkpoint.map(|c| c.resume);
+    let start = checkpoint.map(|c| newer_epoch_than_the_log(&log, c.resume));
     let (tx, rx) = mpsc::channel(cfg.channel_capacity);
     let reader = tokio::spawn(read_source(
         connect,
@@ -103,6 +103,33 @@ where
     };
     metrics.set_source_connected(false);
     appended.and(read)
+}
+
+/// The resume point to read from, in an epoch after every change the log holds.
+///
+/// The checkpoint lags the log by up to its interval. When the log's newest changes
+/// are of a later epoch than the checkpoint (rowlog moved to another server after the
+/// checkpoint, then stopped without storing one), reading from the checkpoint in its
+/// own epoch would make every change read sort before them and be dropped as already
+/// logged: after a failback to the checkpoint's server, its new changes would be lost.
+/// Which server the log's epoch belongs to is not recorded, so the re-read starts an
+/// epoch of its own: its changes are logged again and applied again (upserts and
+/// deletes by key are idempotent; a keyless table can get a row twice).
+fn newer_epoch_than_the_log<L: PartitionedLog>(log: &L, mut resume: ResumePoint) -> ResumePoint {
+    let logged = (0..log.partitions())
+        .filter_map(|p| log.last_change(p))
+        .map(|id| id.epoch)
+        .max();
+    if let Some(logged) = logged.filter(|&e| e > resume.epoch) {
+        warn!(
+            checkpoint_epoch = resume.epoch,
+            log_epoch = logged,
+            position = %resume.position,
+            "the log holds changes of a later reading epoch than the checkpoint (rowlog moved to another server after its last checkpoint); reading from the checkpoint in a new epoch, so changes since then are logged and applied again"
+        );
+        resume.epoch = logged + 1;
+    }
+    resume
 }
 
 async fn read_source<S, F, Fut>(
