@@ -177,6 +177,7 @@ where
     let progress = ProgressCalls {
         partition,
         metrics: &metrics,
+        connect: &connect,
     };
     let Some(stored) = progress
         .retry(&mut first_sink, &mut shutdown, "read progress", |s| {
@@ -517,13 +518,16 @@ where
         let (partition, position) = (self.partition, change.source.id.event.to_string());
         let outcome = self.apply(sink, change, shutdown).await;
         let shared = match &outcome {
-            Ok(Some(())) => Ok(()),
-            Ok(None) => Err("shutdown before it was applied".to_string()),
+            Ok(Some(())) => Some(Ok(())),
+            // Shutdown: the followers stop on it themselves, not on a failure.
+            Ok(None) => None,
             // Followers name the change themselves: pass on only the cause.
-            Err(ApplyError::SchemaChange { source, .. }) => Err(error_chain(source.as_ref())),
-            Err(e) => Err(error_chain(e)),
+            Err(ApplyError::SchemaChange { source, .. }) => Some(Err(error_chain(source.as_ref()))),
+            Err(e) => Some(Err(error_chain(e))),
         };
-        self.barrier.finish(&change.source.id, shared);
+        if let Some(shared) = shared {
+            self.barrier.finish(&change.source.id, shared);
+        }
         match outcome? {
             Some(()) if self.cfg.ddl == SchemaChangePolicy::Ignore => {
                 debug!(partition, %position, "schema change ignored (sink.ddl = \"ignore\")");
@@ -543,26 +547,20 @@ where
         change: &SchemaChange,
         shutdown: &mut Shutdown,
     ) -> Result<bool, ApplyError> {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        loop {
-            match sink.schema_change_applied(&change.source.id).await {
-                Ok(done) => return Ok(done),
-                Err(e) if e.is_retryable() => {
-                    self.metrics.retry(RetryKind::Progress);
-                    warn!(partition = self.partition, error = %error_chain(&e), "cannot read applied schema changes; retrying");
-                    tokio::select! {
-                        _ = shutdown.wait() => return Ok(false),
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    }
-                }
-                Err(e) => {
-                    return Err(ApplyError::Progress {
-                        partition: self.partition,
-                        source: Box::new(e),
-                    })
-                }
-            }
-        }
+        let calls = ProgressCalls {
+            partition: self.partition,
+            metrics: self.metrics,
+            connect: self.connect,
+        };
+        let id = &change.source.id;
+        let applied = calls
+            .retry(sink, shutdown, "read applied schema changes", |s| {
+                let id = id.clone();
+                Box::pin(async move { s.schema_change_applied(&id).await })
+            })
+            .await?;
+        // On shutdown: not known, and not to be applied now.
+        Ok(applied.unwrap_or(false))
     }
 
     /// Applies the change, retrying transient errors; `None` on shutdown.
@@ -633,7 +631,11 @@ async fn id_before<L: PartitionedLog>(log: &L, partition: u32, start: u64) -> Op
     let read = async {
         let mut reader = log.reader(partition, at).await.ok()?;
         let records = reader.next_batch(1).await.ok()?;
-        records.first().map(|r| r.entry.source().id.clone())
+        // The record at `at` itself: a Kafka partition can lack an offset.
+        records
+            .first()
+            .filter(|r| r.offset == at)
+            .map(|r| r.entry.source().id.clone())
     };
     tokio::time::timeout(Duration::from_secs(10), read)
         .await
@@ -718,15 +720,18 @@ impl WorkerCtx {
     }
 }
 
-/// Calls on a partition's progress rows at its start, retried while retryable.
-struct ProgressCalls<'a> {
+/// Calls on a partition's progress rows (at its start, at a schema change), retried
+/// on a fresh connection while the error is retryable: a mysql_async connection that
+/// failed stays failed.
+struct ProgressCalls<'a, F> {
     partition: u32,
     metrics: &'a Metrics,
+    connect: &'a F,
 }
 
-impl ProgressCalls<'_> {
+impl<F> ProgressCalls<'_, F> {
     /// Calls `call` until it answers; `Ok(None)` on shutdown. `what` names it in logs.
-    async fn retry<S: ChangeSink, T>(
+    async fn retry<S, Fut, T>(
         &self,
         sink: &mut S,
         shutdown: &mut Shutdown,
@@ -735,8 +740,14 @@ impl ProgressCalls<'_> {
             &'s mut S,
         )
             -> Pin<Box<dyn Future<Output = Result<T, S::Error>> + Send + 's>>,
-    ) -> Result<Option<T>, ApplyError> {
+    ) -> Result<Option<T>, ApplyError>
+    where
+        S: ChangeSink,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<S, S::Error>>,
+    {
         let partition = self.partition;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             match call(sink).await {
                 Ok(t) => return Ok(Some(t)),
@@ -744,7 +755,19 @@ impl ProgressCalls<'_> {
                     self.metrics.retry(RetryKind::Progress);
                     self.metrics.error(ErrorStage::Sink, true);
                     warn!(partition, error = %error_chain(&e), "cannot {what}; retrying");
-                    tokio::select! { _ = shutdown.wait() => return Ok(None), _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
+                    tokio::select! { _ = shutdown.wait() => return Ok(None), _ = tokio::time::sleep(backoff.next_delay()) => {} }
+                    match connect_with_retry(
+                        self.connect,
+                        partition,
+                        u32::MAX,
+                        self.metrics,
+                        shutdown,
+                    )
+                    .await?
+                    {
+                        Some(fresh) => *sink = fresh,
+                        None => return Ok(None),
+                    }
                 }
                 Err(e) => {
                     return Err(ApplyError::Progress {

@@ -49,20 +49,33 @@ struct Arrival {
 #[derive(Default)]
 struct State {
     pending: HashMap<ChangeId, Arrival>,
-    /// The first partition halted in this run: no change can gather every partition.
-    halted: Option<u32>,
+    /// Partitions halted in this run: a change they have not passed cannot gather
+    /// every partition.
+    halted: Vec<u32>,
     /// Per partition that reported it: the id of the last entry before where it
     /// started reading in this run (`None`: it starts at the beginning).
     started_after: HashMap<u32, Option<ChangeId>>,
 }
 
 impl State {
-    /// Partitions that started this run past change `id`: they never arrive at it.
+    /// Whether `partition` started this run past change `id`: it never arrives at it.
+    fn is_past(&self, partition: u32, id: &ChangeId) -> bool {
+        self.started_after
+            .get(&partition)
+            .is_some_and(|after| after.as_ref().is_some_and(|a| a >= id))
+    }
+
+    /// How many partitions started this run past change `id`.
     fn past(&self, id: &ChangeId) -> u32 {
         self.started_after
-            .values()
-            .filter(|after| after.as_ref().is_some_and(|a| a >= id))
+            .keys()
+            .filter(|&&p| self.is_past(p, id))
             .count() as u32
+    }
+
+    /// A halted partition change `id` would wait for (one not past it).
+    fn halted_before(&self, id: &ChangeId) -> Option<u32> {
+        self.halted.iter().copied().find(|&p| !self.is_past(p, id))
     }
 }
 
@@ -119,7 +132,11 @@ impl SchemaBarrier {
 
     /// `partition` halted and will not arrive at any change in this run.
     pub fn halt(&self, partition: u32) {
-        self.lock().halted.get_or_insert(partition);
+        let mut state = self.lock();
+        if !state.halted.contains(&partition) {
+            state.halted.push(partition);
+        }
+        drop(state);
         self.changed.notify_waiters();
     }
 
@@ -166,7 +183,7 @@ impl SchemaBarrier {
             notified.as_mut().enable();
             {
                 let mut state = self.lock();
-                let (halted, past) = (state.halted, state.past(id));
+                let (halted, past) = (state.halted_before(id), state.past(id));
                 if let Some(a) = state.pending.get_mut(id) {
                     if let Some(outcome) = a.outcome.clone() {
                         a.waiting -= 1;
@@ -266,5 +283,18 @@ mod tests {
         assert_eq!(waiting.await.unwrap(), Waited::Halted(2));
         assert_eq!(b.arrive(&id(10)), Role::Follower);
         assert_eq!(b.wait(&id(10)).await, Waited::Halted(2));
+
+        // A halted partition that started past the change is not waited for there.
+        let b = SchemaBarrier::new(3);
+        b.started(0, Some(id(20)));
+        b.halt(0);
+        assert_eq!(b.arrive(&id(10)), Role::Follower);
+        let w = b.clone();
+        let waiting = tokio::spawn(async move { w.wait(&id(10)).await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "partition 0 is past the change");
+        assert_eq!(b.arrive(&id(10)), Role::Leader);
+        b.finish(&id(10), Ok(()));
+        assert_eq!(waiting.await.unwrap(), Waited::Outcome(Ok(())));
     }
 }

@@ -430,7 +430,12 @@ impl MySqlSink {
                  DROP PRIMARY KEY, ADD PRIMARY KEY (pipeline, epoch, binlog_file, binlog_pos)",
                 self.schema_changes_table
             );
-            self.conn.query_drop(&alter).await.map_err(create_error)?;
+            match self.conn.query_drop(&alter).await {
+                Ok(()) => {}
+                // Another start (a second pipeline, `rowlog offsets`) added it meanwhile.
+                Err(mysql_async::Error::Server(e)) if e.code == 1060 => {}
+                Err(e) => return Err(create_error(e)),
+            }
         }
         Ok(())
     }
