@@ -468,3 +468,136 @@ async fn endpoints_report_offsets_and_rows_of_a_pipeline_on_kafka() {
     assert_eq!(status["halted"], false);
     rowlog.stop().await;
 }
+
+/// An append whose records fill librdkafka's queue and then meet a table not seen
+/// before: storing the new schema waits for room in the queue like any record. Before,
+/// it failed as retryable while the records already queued were delivered anyway, so
+/// the retry appended them a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_schema_behind_a_full_producer_queue_waits_for_room() {
+    use rowlog::log::{AppendBatch, LogEntry, PartitionedLog};
+    let broker = Tansu::start().expect("tansu broker starts");
+    let mut settings = broker.settings();
+    settings
+        .properties
+        .insert("queue.buffering.max.messages".into(), "10".into());
+    let log = KafkaLog::open(&settings, "queue", 4)
+        .await
+        .expect("the log opens");
+    let a = common::records::table();
+    let mut b = (*a).clone();
+    b.name = rowlog_api::TableName::new("app", "other");
+    let b = std::sync::Arc::new(b);
+    let mut batch = AppendBatch::new(4);
+    let changes: Vec<_> = (0..50)
+        .map(|i| common::records::change_at(&a, i, 100, 0))
+        .collect();
+    let last_of_a = changes[49].source.id.clone();
+    batch.partitions[0] = changes.into_iter().map(LogEntry::Change).collect();
+    batch.partitions[1] = vec![LogEntry::Change(common::records::change_at(&b, 50, 100, 0))];
+    log.append(batch)
+        .await
+        .expect("the append waits for room instead of failing");
+    assert_eq!((log.end_offset(0), log.end_offset(1)), (50, 1));
+    assert_eq!(log.last_change(0), Some(last_of_a));
+    drop(log);
+    // What the broker holds is what the log counted.
+    let log = KafkaLog::open_existing(&broker.settings(), "queue", 4)
+        .await
+        .expect("the log opens again");
+    assert_eq!((log.end_offset(0), log.end_offset(1)), (50, 1));
+}
+
+/// The checkpoint topic holds the log's identity and source position. Lost while the
+/// log's topic still holds records (here the topic is mirrored without it, as a mirror
+/// of the data topics alone would; retention can expire it the same way), it is not
+/// silently started over as a new, empty log: that would drop the sink's progress and
+/// read the source from `source.start`, skipping what came between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_checkpoint_topic_is_refused_not_started_over() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rowlog::log::{AppendBatch, LogEntry, PartitionedLog};
+    let broker = Tansu::start().expect("tansu broker starts");
+    let mut original = broker.settings();
+    original.topic = Some("orig".into());
+    let log = KafkaLog::open(&original, "lost", 2)
+        .await
+        .expect("the log opens");
+    let t = common::records::table();
+    let mut batch = AppendBatch::new(2);
+    batch.partitions[0] = (0..5)
+        .map(|i| LogEntry::Change(common::records::change_at(&t, i, 10, 0)))
+        .collect();
+    log.append(batch).await.unwrap();
+    drop(log);
+
+    // The mirror: the records and the schemas, not the checkpoint.
+    let brokers = broker.brokers();
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let created = admin
+        .create_topics(
+            &[
+                NewTopic::new("copy", 2, TopicReplication::Fixed(1)),
+                NewTopic::new("copy.schemas", 1, TopicReplication::Fixed(1)),
+            ],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for (from, to, n) in [("orig", "copy", 5), ("orig.schemas", "copy.schemas", 1)] {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "mirror")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(from, 0, Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut copied = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while copied < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{from}: {copied} of {n} copied"
+            );
+            let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let m = m.unwrap();
+            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(to)
+                .partition(0)
+                .payload(m.payload().unwrap_or_default());
+            if let Some(k) = m.key() {
+                rec = rec.key(k);
+            }
+            producer
+                .send(rec, Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+            copied += 1;
+        }
+    }
+
+    let mut mirrored = broker.settings();
+    mirrored.topic = Some("copy".into());
+    match KafkaLog::open(&mirrored, "lost", 2).await {
+        Err(e @ LogError::IdentityLost { held: 5, .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("copy.checkpoint"), "{text}");
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("a log whose checkpoint topic is gone was opened as a new log"),
+    }
+}

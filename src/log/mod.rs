@@ -132,6 +132,12 @@ pub enum LogError {
     },
     #[error("log partition {partition} refuses writes after an earlier failed write ({cause}); restart rowlog to recover the partition")]
     Failed { partition: u32, cause: String },
+    #[error("Kafka topic {checkpoint_topic} is empty but {topic} holds {held} records: the log's identity and source checkpoint are gone (deleted, or expired by the topic's retention). Restore that topic, or start over deliberately with another kafka.topic")]
+    IdentityLost {
+        topic: String,
+        checkpoint_topic: String,
+        held: u64,
+    },
     #[error(
         "offset {requested} is out of range for log partition {partition} (records {start}..{end})"
     )]

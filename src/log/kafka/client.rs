@@ -205,9 +205,22 @@ pub(super) async fn ensure_topics(
         .create_with_context(context.clone())
         .map_err(kafka("create admin client", main))?;
     let rf = settings.replication_factor;
+    // The schema and checkpoint topics must outlive any retention: a record refers to
+    // its schema for as long as it is kept, and the checkpoint holds the log's identity.
+    // Schemas are kept whole (each table's versions share a key, so no compaction);
+    // the checkpoint topic keeps its newest record (a constant key, compacted).
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(rf)))
+        .map(|(name, partitions)| {
+            let topic = NewTopic::new(name, *partitions, TopicReplication::Fixed(rf));
+            if name.ends_with(".schemas") {
+                topic.set("retention.ms", "-1").set("retention.bytes", "-1")
+            } else if name.ends_with(".checkpoint") {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
+        })
         .collect();
     let opts = AdminOptions::new()
         .operation_timeout(Some(timeout))

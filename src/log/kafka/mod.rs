@@ -157,6 +157,10 @@ impl KafkaLog {
             .clone()
             // Deliver exactly once per send and in order, however long the broker is away.
             .set("enable.idempotence", "true")
+            // A batch the broker refuses for good (too large, invalid) fails the producer
+            // instead of failing alone while later messages of its partition are stored:
+            // a gap there would pass for a duplicate after a restart (`last_change`).
+            .set("enable.gapless.guarantee", "true")
             .set("acks", "all")
             .set("message.timeout.ms", "0")
             .set("linger.ms", "5")
@@ -336,6 +340,23 @@ impl KafkaLog {
             }
             None if !create => Ok((0, None)),
             None => {
+                // The identity and checkpoint are written before any record, so records
+                // without them mean they were lost (deleted, or expired by retention):
+                // starting over as a new log would drop the sink's progress and read
+                // the source from `source.start`, skipping what came in between.
+                let held: u64 = self
+                    .inner
+                    .ends
+                    .iter()
+                    .map(|e| e.load(Ordering::Acquire))
+                    .sum();
+                if held > 0 {
+                    return Err(LogError::IdentityLost {
+                        topic: self.inner.topic.clone(),
+                        checkpoint_topic: self.inner.checkpoint_topic.clone(),
+                        held,
+                    });
+                }
                 let log_id = super::embedded::new_log_id();
                 self.write_checkpoint(&CheckpointMessage {
                     log_id,
@@ -365,11 +386,19 @@ impl KafkaLog {
     /// confirmed as a duplicate (see [`settle`]).
     async fn deliver(&self, record: FutureRecord<'_, str, [u8]>) -> Result<Option<i64>, LogError> {
         let topic = record.topic.to_string();
-        let f = self
-            .inner
-            .producer
-            .send_result(record)
-            .map_err(|(e, _)| kafka("produce", &topic)(e))?;
+        let mut record = record;
+        let f = loop {
+            match self.inner.producer.send_result(record) {
+                Ok(f) => break f,
+                // The queue is full of an append's records: they leave as the broker
+                // takes them.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((e, _)) => return Err(kafka("produce", &topic)(e)),
+            }
+        };
         settle(f, &topic).await.map(|(_, offset)| offset)
     }
 
@@ -572,6 +601,24 @@ impl KafkaLog {
     }
 }
 
+/// The same error, not to be retried in this process (see `append`).
+fn definite(e: LogError) -> LogError {
+    match e {
+        LogError::Kafka {
+            action,
+            topic,
+            source,
+            ..
+        } => LogError::Kafka {
+            action,
+            topic,
+            retryable: false,
+            source,
+        },
+        other => other,
+    }
+}
+
 impl PartitionedLog for KafkaLog {
     type Reader = KafkaReader;
 
@@ -606,7 +653,15 @@ impl PartitionedLog for KafkaLog {
                 });
             }
             for entry in entries {
-                let m = self.encode(&entry).await?;
+                // Once records of this append are with librdkafka they get delivered
+                // whatever happens here, but this log's ends and tails will not count
+                // them: an error is then definite, so no retry in this process appends
+                // them again. Opened again, the log reads both from the broker.
+                let sent = counts.iter().any(|&c| c > 0);
+                let m = self
+                    .encode(&entry)
+                    .await
+                    .map_err(|e| if sent { definite(e) } else { e })?;
                 let mut rec: FutureRecord<'_, str, str> = FutureRecord::to(topic)
                     .partition(p as i32)
                     .payload(m.value.as_str())

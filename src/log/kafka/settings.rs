@@ -39,6 +39,7 @@ fn default_request_timeout_ms() -> u64 {
 /// skip records.
 pub const RESERVED: &[&str] = &[
     "enable.idempotence",
+    "enable.gapless.guarantee",
     "acks",
     "request.required.acks",
     "message.timeout.ms",
