@@ -298,7 +298,18 @@ pub async fn run<L: PartitionedLog>(
     let dir = cfg.log.dir.clone();
     // Every replicated table `only` selects is (re)copied unless this very snapshot has
     // finished it already.
-    for table in rowlog_mysql_binlog::list_tables(&cfg.source, only).await? {
+    let listed = rowlog_mysql_binlog::list_tables(&cfg.source, only).await?;
+    // A table dropped (or renamed, or no longer replicated) since an interrupted copy
+    // began is not copied on: describing it would fail the same way at every start.
+    // Its changes up to the drop are in the log, and the drop with them.
+    state.tables.retain(|t| {
+        let gone = !t.done && only.includes(&t.table) && !listed.contains(&t.table);
+        if gone {
+            warn!(table = %t.table, "table no longer on the source (or no longer replicated); its unfinished copy is abandoned");
+        }
+        !gone
+    });
+    for table in listed {
         match state.tables.iter_mut().find(|t| t.table == table) {
             Some(t) if !t.done || state.done => {
                 if state.done {

@@ -197,6 +197,15 @@ async fn an_initial_snapshot_of_a_million_rows_under_write_load_hands_off_to_the
 async fn a_snapshot_killed_mid_copy_resumes_after_its_last_chunk() {
     let pair = Pair::start().await;
     fill(&pair, 300_000).await;
+    // Copied after app.accounts (tables go in name order): still to copy when the
+    // first run is killed, and dropped before the second.
+    pair.src
+        .exec(&[
+            "CREATE TABLE app.gone (id INT PRIMARY KEY)",
+            "INSERT INTO app.gone SELECT seq FROM app.seq_1_to_10",
+        ])
+        .await
+        .unwrap();
     let config = snapshot_config(&pair, "concurrency = 1\nchunk_rows = 5000\n");
     let daemon = Daemon::spawn(&config, pair.dir.path().join("first.log"));
     // Kill it once part of the big table is on the destination.
@@ -219,6 +228,9 @@ async fn a_snapshot_killed_mid_copy_resumes_after_its_last_chunk() {
     daemon.kill();
     let state = std::fs::read(pair.log_dir().join("snapshot.state")).unwrap();
     assert!(!state.is_empty());
+    // A table the interrupted copy still had to do is dropped meanwhile: the next
+    // start gives it up instead of failing on it at every start.
+    pair.src.exec(&["DROP TABLE app.gone"]).await.unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let writes = load(pair.src.url(), stop.clone());
@@ -228,6 +240,10 @@ async fn a_snapshot_killed_mid_copy_resumes_after_its_last_chunk() {
     assert!(
         log.contains("copying table") && log.contains("resume=true"),
         "the second run goes on after the last chunk, not from zero:\n{log}"
+    );
+    assert!(
+        log.contains("its unfinished copy is abandoned") && log.contains("app.gone"),
+        "{log}"
     );
     stop.store(true, Ordering::Relaxed);
     writes.await.unwrap();
