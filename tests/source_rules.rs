@@ -196,13 +196,7 @@ async fn with_no_pk_full_row_keyless_duplicates_nulls_updates_and_deletes_conver
 /// it: read as anything else it would be skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_phase_xa_replicates_and_a_commented_statement_based_change_stops_the_pipeline() {
-    let pair = Pair::start().await;
-    pair.create(&[
-        "CREATE DATABASE app",
-        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT)",
-    ])
-    .await;
-    let rowlog = InProcess::start(pair.config(2, 2));
+    let (pair, rowlog) = running_on_app_t().await;
     pair.src
         .exec(&[
             "XA START 'one'",
@@ -245,13 +239,7 @@ async fn one_phase_xa_replicates_and_a_commented_statement_based_change_stops_th
 /// PREPARE; the pipeline stops there, naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepared_xa_transaction_stops_the_pipeline_before_its_rows_are_applied() {
-    let pair = Pair::start().await;
-    pair.create(&[
-        "CREATE DATABASE app",
-        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT)",
-    ])
-    .await;
-    let rowlog = InProcess::start(pair.config(2, 2));
+    let (pair, rowlog) = running_on_app_t().await;
     pair.src
         .exec(&[
             "XA START 'two'",
@@ -269,4 +257,16 @@ async fn a_prepared_xa_transaction_stops_the_pipeline_before_its_rows_are_applie
     let mut d = pair.dst.conn().await.unwrap();
     let n: Option<i64> = d.query_first("SELECT COUNT(*) FROM app.t").await.unwrap();
     assert_eq!(n, Some(0), "the rolled-back rows were not applied");
+}
+
+/// A source and destination with `app.t (id, v)`, and rowlog running on them.
+async fn running_on_app_t() -> (Pair, InProcess) {
+    let pair = Pair::start().await;
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT)",
+    ])
+    .await;
+    let rowlog = InProcess::start(pair.config(2, 2));
+    (pair, rowlog)
 }

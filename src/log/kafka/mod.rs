@@ -640,6 +640,8 @@ impl PartitionedLog for KafkaLog {
         let mut top: Vec<Option<i64>> = vec![None; p_count];
         let mut last: Vec<Option<ChangeId>> = vec![None; p_count];
         let mut counts = vec![0u64; p_count];
+        // Whether a record of this append is with librdkafka yet.
+        let mut sent = false;
         let note = |top: &mut Vec<Option<i64>>, (p, off): (i32, Option<i64>)| {
             if let (Some(t), Some(off)) = (top.get_mut(p as usize), off) {
                 *t = Some(t.map_or(off, |t| t.max(off)));
@@ -657,7 +659,6 @@ impl PartitionedLog for KafkaLog {
                 // whatever happens here, but this log's ends and tails will not count
                 // them: an error is then definite, so no retry in this process appends
                 // them again. Opened again, the log reads both from the broker.
-                let sent = counts.iter().any(|&c| c > 0);
                 let m = self
                     .encode(&entry)
                     .await
@@ -696,6 +697,7 @@ impl PartitionedLog for KafkaLog {
                     }
                 }
                 counts[p] += 1;
+                sent = true;
                 last[p] = Some(entry.source().id.clone());
             }
         }
