@@ -700,10 +700,39 @@ impl PartitionReader for EmbeddedReader {
         };
         let n = (end - self.next).min(max.max(1) as u64);
         let mut out = Vec::with_capacity(n as usize);
+        let read = Self::read_into(
+            cursor,
+            n,
+            &mut out,
+            &mut self.schema_cache,
+            &self.schemas,
+            self.partition.id,
+        );
+        if let Err(e) = read {
+            // The cursor has moved past records that are not handed out: a caller that
+            // tries again reads from `self.next` through a new cursor.
+            self.cursor = None;
+            return Err(e);
+        }
+        self.next = cursor.next;
+        if self.next == end {
+            cursor.drop_read_ahead()?;
+        }
+        Ok(out)
+    }
+}
+
+impl EmbeddedReader {
+    fn read_into(
+        cursor: &mut Cursor<Arc<Partition>>,
+        n: u64,
+        out: &mut Vec<LogRecord>,
+        cached: &mut Option<(u32, Arc<rowlog_api::TableSchema>)>,
+        schemas: &SchemaStore,
+        partition: u32,
+    ) -> Result<(), LogError> {
         for _ in 0..n {
             let (offset, payload) = cursor.read_frame()?;
-            let cached = &mut self.schema_cache;
-            let schemas = &self.schemas;
             let lookup = |id: u32| match cached {
                 Some((cid, t)) if *cid == id => Some(t.clone()),
                 _ => {
@@ -713,16 +742,12 @@ impl PartitionReader for EmbeddedReader {
                 }
             };
             let entry = record::decode(&payload, lookup).map_err(|detail| LogError::Decode {
-                partition: self.partition.id,
+                partition,
                 offset,
                 detail,
             })?;
             out.push(LogRecord { offset, entry });
         }
-        self.next = cursor.next;
-        if self.next == end {
-            cursor.drop_read_ahead()?;
-        }
-        Ok(out)
+        Ok(())
     }
 }

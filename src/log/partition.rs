@@ -217,6 +217,13 @@ pub(crate) struct Partition {
     durable: watch::Sender<u64>,
     last_change: Mutex<Option<ChangeId>>,
     fsyncs: AtomicU64,
+    /// Counts cuts of the active segment (a failed write rolled back, unsynced bytes
+    /// dropped after a failed fsync). A reader's read-ahead may hold bytes from past
+    /// the durable end that a cut removed and a later write replaced at the same
+    /// offsets, with valid CRCs: a reader that sees this count move forgets its
+    /// read-ahead. Bumped before the writer lock is released, so before any durable
+    /// end that covers the replacing records is published.
+    cuts: AtomicU64,
     /// Unit tests make the next fsync fail: this machine has no device to make a real
     /// one fail (no device-mapper), and the handling of it must not go untested.
     #[cfg(test)]
@@ -381,6 +388,7 @@ impl Partition {
             durable,
             last_change: Mutex::new(last_change),
             fsyncs: AtomicU64::new(0),
+            cuts: AtomicU64::new(0),
             #[cfg(test)]
             fail_next_fsync: Default::default(),
         })
@@ -552,6 +560,7 @@ impl Partition {
             .and_then(|_| w.active.sync_data())
         {
             Ok(()) => {
+                self.cuts.fetch_add(1, Ordering::SeqCst);
                 w.active_size = keep_bytes;
                 w.next = next;
                 if w.active_base == start_base {
@@ -627,6 +636,7 @@ impl Partition {
             .and_then(|_| w.active.sync_data());
         let what = match cut {
             Ok(()) => {
+                self.cuts.fetch_add(1, Ordering::SeqCst);
                 w.active_size = w.synced_size;
                 format!("the {dropped} bytes written after the last good fsync were cut off")
             }
@@ -1021,6 +1031,8 @@ pub(crate) struct Cursor<P: PartitionAccess> {
     /// Byte position of `next` within the segment.
     byte: u64,
     pub next: u64,
+    /// The partition's count of cuts when `file`'s read-ahead was last known good.
+    cuts: u64,
 }
 
 impl<P: PartitionAccess> Cursor<P> {
@@ -1052,6 +1064,7 @@ impl<P: PartitionAccess> Cursor<P> {
     }
 
     fn at(partition: P, base: u64, offset: u64, byte: u64) -> Result<Self, LogError> {
+        let cuts = partition.part().cuts.load(Ordering::SeqCst);
         let path = partition.part().segment_path(base);
         let mut file = File::open(&path).map_err(io("open", &path))?;
         file.seek(SeekFrom::Start(byte))
@@ -1063,6 +1076,7 @@ impl<P: PartitionAccess> Cursor<P> {
             path,
             byte,
             next: offset,
+            cuts,
         })
     }
 
@@ -1072,6 +1086,11 @@ impl<P: PartitionAccess> Cursor<P> {
 
     /// Reads the frame at `self.next`; the caller guarantees it is durable.
     pub fn read_frame_with_time(&mut self) -> Result<(u64, u64, Vec<u8>), LogError> {
+        let cuts = self.partition.part().cuts.load(Ordering::SeqCst);
+        if cuts != self.cuts {
+            self.drop_read_ahead()?;
+            self.cuts = cuts;
+        }
         let mut h = [0u8; HEADER_LEN];
         match self.file.read_exact(&mut h) {
             Ok(()) => {}
@@ -1096,6 +1115,7 @@ impl<P: PartitionAccess> Cursor<P> {
                     });
                 }
                 self.base = self.next;
+                self.cuts = p.cuts.load(Ordering::SeqCst);
                 self.path = p.segment_path(self.base);
                 self.file = BufReader::with_capacity(
                     256 << 10,
@@ -1231,6 +1251,68 @@ mod tests {
         write(&p, 10, 5).unwrap();
         assert_eq!(p.sync(15).unwrap(), 15);
         assert_eq!(read_all(&p).len(), 15);
+    }
+
+    /// A write that fails after part of it reached the file is cut back and the same
+    /// offsets are written again with other records. A reader whose read-ahead took in
+    /// the cut bytes (valid frames, valid CRCs) reads the records that replaced them.
+    #[test]
+    fn a_reader_never_hands_out_a_record_a_failed_write_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p0");
+        let p = Arc::new(Partition::open(&path, 0, 64 << 20, true).unwrap());
+        write(&p, 0, 10).unwrap();
+        assert_eq!(p.sync(10).unwrap(), 10);
+        let synced = fs::metadata(path.join(segment_name(0))).unwrap().len();
+        let mut c = Cursor::open(p.clone(), 0).unwrap();
+        // About 220 bytes a record: the write hands its first MiB to the file near
+        // record 4,700 and fails at 6,000. In between, the reader reads record 0, and
+        // its read-ahead takes in the written records past the durable end.
+        let failed = p.write(
+            8000,
+            |i, out| {
+                if i == 6000 {
+                    assert_eq!(c.read_frame().unwrap(), (0, record(0)));
+                    return Err(LogError::Decode {
+                        partition: 0,
+                        offset: 10 + i as u64,
+                        detail: "injected".into(),
+                    });
+                }
+                out.extend(record(10 + i as u64));
+                Ok(1_700_000_000_000)
+            },
+            &|_| None,
+        );
+        assert!(failed.is_err());
+        assert_eq!(
+            fs::metadata(path.join(segment_name(0))).unwrap().len(),
+            synced,
+            "the failed write is cut off"
+        );
+        p.write(
+            100,
+            |i, out| {
+                out.extend(record(1_000_000 + i as u64));
+                Ok(1_700_000_000_000)
+            },
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(p.sync(110).unwrap(), 110);
+        for o in 1..110u64 {
+            let (got, bytes) = c.read_frame().expect("the replacing records read whole");
+            assert_eq!(got, o);
+            let want = if o < 10 {
+                record(o)
+            } else {
+                record(1_000_000 + o - 10)
+            };
+            assert!(
+                bytes == want,
+                "offset {o}: the reader handed out a cut-off record"
+            );
+        }
     }
 
     /// A sealed segment's index entry that lies about the segment's end (a flipped
