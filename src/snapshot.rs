@@ -34,7 +34,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rowlog_api::{
-    BinlogPosition, ChangeEvent, ChangeId, Op, ResumePoint, SourceMeta, TableName, Value,
+    BinlogPosition, ChangeEvent, ChangeId, Op, ResumePoint, SourceMeta, TableName, TableSchema,
+    Value,
 };
 use rowlog_mysql_binlog::{SnapshotSession, SnapshotTable, SourceError, TableFilter};
 use rowlog_mysql_sink::{MySqlSink, SinkError};
@@ -77,6 +78,11 @@ pub struct TableProgress {
     pub chunks: u64,
     pub estimated_rows: u64,
     pub done: bool,
+    /// The table's shape on the source when its copy started: a copy resumed after
+    /// the source table changed shape starts over (state files of earlier versions
+    /// have none, and resume as before).
+    #[serde(default)]
+    pub shape: Option<TableSchema>,
 }
 
 impl TableProgress {
@@ -89,6 +95,7 @@ impl TableProgress {
             chunks: 0,
             estimated_rows: 0,
             done: false,
+            shape: None,
         }
     }
 }
@@ -162,9 +169,18 @@ pub struct Floors(Arc<HashMap<TableName, ChangeId>>);
 impl Floors {
     /// Whether the copy of `table` already holds the change `id`.
     pub fn covers(&self, table: &TableName, id: &ChangeId) -> bool {
-        // A row a later copy placed into the stream is never in an earlier copy, even
-        // when placed at the very position that copy was taken at.
-        !id.is_copy() && self.0.get(table).is_some_and(|f| id <= f)
+        self.0.get(table).is_some_and(|f| {
+            if id.is_copy() {
+                // A re-snapshot places each copied row at or after the position its
+                // read was taken at, so a row placed before this copy's floor holds an
+                // older state than the copy (it was left in the log by an earlier
+                // re-snapshot the sink had not applied). A row placed at the floor
+                // itself is newer than anything the copy could know of: applied.
+                (id.epoch, &id.event) < (f.epoch, &f.event)
+            } else {
+                id <= f
+            }
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -296,79 +312,101 @@ pub async fn run<L: PartitionedLog>(
 ) -> Result<Option<Outcome>, SnapshotError> {
     let started = Instant::now();
     let dir = cfg.log.dir.clone();
-    // Every replicated table `only` selects is (re)copied unless this very snapshot has
-    // finished it already.
-    let listed = rowlog_mysql_binlog::list_tables(&cfg.source, only).await?;
-    // A table dropped (or renamed, or no longer replicated) since an interrupted copy
-    // began is not copied on: describing it would fail the same way at every start.
-    // Its changes up to the drop are in the log, and the drop with them.
-    state.tables.retain(|t| {
-        let gone = !t.done && only.includes(&t.table) && !listed.contains(&t.table);
-        if gone {
-            warn!(table = %t.table, "table no longer on the source (or no longer replicated); its unfinished copy is abandoned");
-        }
-        !gone
-    });
-    for table in listed {
-        match state.tables.iter_mut().find(|t| t.table == table) {
-            Some(t) if !t.done || state.done => {
-                if state.done {
-                    *t = TableProgress::new(table);
-                }
-            }
-            Some(_) => {}
-            None => state.tables.push(TableProgress::new(table)),
-        }
-    }
-    state.done = false;
-    state.save(&dir)?;
-    metrics.snapshot_tables(
-        state.tables.len(),
-        state.tables.iter().filter(|t| t.done).count(),
-    );
-    let queue: VecDeque<usize> = (0..state.tables.len())
-        .filter(|&i| !state.tables[i].done)
-        .collect();
-    let copied: Vec<usize> = queue.iter().copied().collect();
-    info!(tables = queue.len(), epoch = state.epoch, "snapshot starts");
-    let shared = Shared {
-        state: Mutex::new(state),
-        queue: Mutex::new(queue),
-        dir: dir.clone(),
+    // Where streaming starts when there is nothing to copy, taken before the tables
+    // are listed: a table created after this position has its CREATE streamed.
+    let fallback = if set_checkpoint {
+        let s = SnapshotSession::open(&cfg.source).await?;
+        let p = s.position.clone();
+        s.close().await;
+        Some(p)
+    } else {
+        None
     };
-    let workers = cfg.snapshot.concurrency.max(1) as usize;
-    let results = futures_util::future::join_all(
-        (0..workers).map(|_| copy_tables(cfg, &shared, metrics, shutdown, &progress)),
-    )
-    .await;
-    for r in results {
-        r?;
+    let mut copied: Vec<usize> = Vec::new();
+    loop {
+        // Every replicated table `only` selects is (re)copied unless this very snapshot
+        // has finished it already.
+        let listed = rowlog_mysql_binlog::list_tables(&cfg.source, only).await?;
+        // A table dropped (or renamed, or no longer replicated) since an interrupted
+        // copy began is not copied on: describing it would fail the same way at every
+        // start. Its changes up to the drop are in the log, and the drop with them.
+        state.tables.retain(|t| {
+            let gone = !t.done && only.includes(&t.table) && !listed.contains(&t.table);
+            if gone {
+                warn!(table = %t.table, "table no longer on the source (or no longer replicated); its unfinished copy is abandoned");
+            }
+            !gone
+        });
+        for table in listed {
+            match state.tables.iter_mut().find(|t| t.table == table) {
+                Some(t) if !t.done || state.done => {
+                    if state.done {
+                        *t = TableProgress::new(table);
+                    }
+                }
+                Some(_) => {}
+                None => state.tables.push(TableProgress::new(table)),
+            }
+        }
+        state.done = false;
+        state.save(&dir)?;
+        metrics.snapshot_tables(
+            state.tables.len(),
+            state.tables.iter().filter(|t| t.done).count(),
+        );
+        let queue: VecDeque<usize> = (0..state.tables.len())
+            .filter(|&i| !state.tables[i].done)
+            .collect();
+        copied.extend(queue.iter().copied());
+        info!(tables = queue.len(), epoch = state.epoch, "snapshot starts");
+        let shared = Shared {
+            state: Mutex::new(state),
+            queue: Mutex::new(queue),
+            dir: dir.clone(),
+        };
+        let workers = cfg.snapshot.concurrency.max(1) as usize;
+        let results = futures_util::future::join_all(
+            (0..workers).map(|_| copy_tables(cfg, &shared, metrics, shutdown, &progress)),
+        )
+        .await;
+        for r in results {
+            r?;
+        }
+        state = shared.state.into_inner().unwrap_or_else(|e| e.into_inner());
+        if state.tables.iter().any(|t| !t.done) {
+            info!("snapshot interrupted; it resumes after its last chunk on the next start");
+            return Ok(None);
+        }
+        if !set_checkpoint {
+            break;
+        }
+        // Streaming will start at the lowest floor. A table created after the listing
+        // above but before that floor would be neither copied (not listed) nor
+        // streamed (its CREATE and first rows lie before the start): list again, now
+        // that every floor is taken, and copy what appeared. A table created after
+        // this listing was created after every floor, so the stream carries it.
+        let again = rowlog_mysql_binlog::list_tables(&cfg.source, only).await?;
+        let new: Vec<&TableName> = again
+            .iter()
+            .filter(|t| !state.tables.iter().any(|p| &p.table == *t))
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        info!(tables = ?new, "tables created while the snapshot listed and copied; copying them too");
     }
-    let mut state = shared.state.into_inner().unwrap_or_else(|e| e.into_inner());
-    if state.tables.iter().any(|t| !t.done) {
-        info!("snapshot interrupted; it resumes after its last chunk on the next start");
-        return Ok(None);
-    }
-    if set_checkpoint {
+    if let Some(fallback) = fallback {
         let start = state
             .tables
             .iter()
             .filter_map(|t| t.floor.clone())
             .filter(|f| f.epoch == state.epoch)
-            .min_by(|a, b| a.position.cmp(&b.position));
-        let start = match start {
-            Some(s) => s,
-            None => {
-                // Nothing to copy: stream from the source's position now.
-                let s = SnapshotSession::open(&cfg.source).await?;
-                let p = ResumePoint {
-                    epoch: state.epoch,
-                    ..s.position.clone()
-                };
-                s.close().await;
-                p
-            }
-        };
+            .min_by(|a, b| a.position.cmp(&b.position))
+            // Nothing to copy: stream from the position taken before the listing.
+            .unwrap_or(ResumePoint {
+                epoch: state.epoch,
+                ..fallback
+            });
         log.store_checkpoint(start).await?;
     }
     state.done = true;
@@ -441,8 +479,22 @@ async fn copy_tables(
             false
         };
         // A table starts over (emptied) unless chunks of it are copied and it has a key
-        // to go on after.
-        let resume = entry.last_key.is_some() && !table.schema.keyless;
+        // to go on after, in the same shape: the rows copied so far went into a
+        // destination table of the shape the copy started with, and a changed source
+        // table's rows would not fit it (the stream applies the ALTER only later).
+        let reshaped = entry
+            .shape
+            .as_ref()
+            .is_some_and(|was| entry.last_key.is_some() && was != &*table.schema);
+        let resume = entry.last_key.is_some() && !table.schema.keyless && !reshaped;
+        if reshaped {
+            warn!(table = %name, "the table changed shape on the source while its copy was interrupted; copying it again from the start");
+            if cfg.snapshot.create_tables && !created {
+                s.recreate_table(&name, &table.create)
+                    .await
+                    .map_err(sink_error)?;
+            }
+        }
         let epoch = lock(&shared.state).epoch;
         let here = ResumePoint {
             epoch,
@@ -466,22 +518,39 @@ async fn copy_tables(
             let t = &mut st.tables[i];
             t.floor = Some(floor.clone());
             t.estimated_rows = table.estimated_rows;
+            t.shape = Some((*table.schema).clone());
             t.last_key = last_key.clone();
             t.rows = rows;
             t.chunks = chunks;
             st.save(&shared.dir)?;
         }
         info!(table = %name, floor = %floor.position, resume, "copying table");
+        // A keyless table is read in one streamed pass (no key to go on after); a table
+        // with a key chunk by chunk in key order.
+        let mut reader = if table.schema.keyless {
+            Chunks::Keyless(session.read_keyless(&table).await?)
+        } else {
+            Chunks::Keyed(&mut session)
+        };
         loop {
             if shutdown.is_triggered() {
+                drop(reader);
                 session.close().await;
                 return Ok(());
             }
-            let batch = session
-                .read_chunk(&table, last_key.as_deref(), cfg.snapshot.chunk_rows)
-                .await?;
+            let batch = match &mut reader {
+                Chunks::Keyless(rows) => rows.next_chunk(cfg.snapshot.chunk_rows).await?,
+                Chunks::Keyed(session) => {
+                    session
+                        .read_chunk(&table, last_key.as_deref(), cfg.snapshot.chunk_rows)
+                        .await?
+                }
+            };
             let n = batch.len() as u64;
-            let last = batch.last().map(|r| key_of(&table, r));
+            let last = batch
+                .last()
+                .filter(|_| !table.schema.keyless)
+                .map(|r| key_of(&table, r));
             let changes: Vec<ChangeEvent> = batch
                 .into_iter()
                 .map(|row| snapshot_change(&table, row, &floor))
@@ -491,7 +560,7 @@ async fn copy_tables(
                 .map_err(sink_error)?;
             rows += n;
             chunks += 1;
-            let finished = table.schema.keyless || n < cfg.snapshot.chunk_rows;
+            let finished = n < cfg.snapshot.chunk_rows;
             if last.is_some() {
                 last_key = last;
             }
@@ -521,9 +590,16 @@ async fn copy_tables(
                 break;
             }
         }
+        drop(reader);
         session.close().await;
         info!(table = %name, rows, chunks, "table copied");
     }
+}
+
+/// Where a table's copy reads its chunks from.
+enum Chunks<'a> {
+    Keyed(&'a mut SnapshotSession),
+    Keyless(rowlog_mysql_binlog::KeylessRows<'a>),
 }
 
 fn key_of(t: &SnapshotTable, row: &[Value]) -> Vec<Value> {
@@ -552,5 +628,42 @@ fn snapshot_change(t: &SnapshotTable, row: Vec<Value>, floor: &ResumePoint) -> C
             gtid: None,
             commit_time_ms: 0,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(epoch: u32, pos: &str, index: u32) -> ChangeId {
+        ChangeId {
+            epoch,
+            event: pos.parse().expect("a binlog position"),
+            index,
+        }
+    }
+
+    #[test]
+    fn copied_rows_placed_before_a_floor_are_older_than_its_copy() {
+        let t = TableName::new("app", "t");
+        let floors = Floors(Arc::new(HashMap::from([(
+            t.clone(),
+            id(2, "binlog.000002:500", u32::MAX),
+        )])));
+        let copy = ChangeId::COPY_INDEX;
+        // Left in the log by an earlier re-snapshot: older than the copy.
+        assert!(floors.covers(&t, &id(2, "binlog.000002:400", copy)));
+        assert!(floors.covers(&t, &id(2, "binlog.000001:900", copy + 7)));
+        assert!(floors.covers(&t, &id(1, "binlog.000003:4", copy)));
+        // Placed at the floor or after it, or in a later epoch: newer, applied.
+        assert!(!floors.covers(&t, &id(2, "binlog.000002:500", copy)));
+        assert!(!floors.covers(&t, &id(2, "binlog.000002:501", copy)));
+        assert!(!floors.covers(&t, &id(3, "binlog.000001:4", copy)));
+        // Binlog changes: covered up to the floor's whole event.
+        assert!(floors.covers(&t, &id(2, "binlog.000002:500", 12)));
+        assert!(!floors.covers(&t, &id(2, "binlog.000002:501", 0)));
+        // Another table has no copy.
+        let other = TableName::new("app", "u");
+        assert!(!floors.covers(&other, &id(2, "binlog.000002:400", copy)));
     }
 }

@@ -42,4 +42,4 @@ pub use file::{BinlogFileReader, FileDecodeOptions};
 pub use filter::{FilterError, TableFilter};
 pub use reader::{locate_gtid, locate_position, preflight, BinlogReader};
 pub use server::{ServerFlavor, ServerSettings};
-pub use snapshot::{list_tables, SnapshotSession, SnapshotTable};
+pub use snapshot::{list_tables, KeylessRows, SnapshotSession, SnapshotTable};

@@ -273,7 +273,7 @@ impl SnapshotSession {
     }
 
     /// Up to `limit` rows after the primary key `after` (from the start when `None`),
-    /// in key order. A table without a primary key is read whole in one call.
+    /// in key order. For a table with a primary key (see [`Self::read_keyless`]).
     pub async fn read_chunk(
         &mut self,
         t: &SnapshotTable,
@@ -281,6 +281,32 @@ impl SnapshotSession {
         limit: u64,
     ) -> Result<Vec<Vec<Value>>, SourceError> {
         self.read_range(t, after, None, limit).await
+    }
+
+    /// The rows of a table without a primary key, in one pass over the consistent
+    /// read, handed out a chunk at a time as the server streams them: there is no key
+    /// to go on after, so the copy cannot resume after a chunk, but it holds no more
+    /// than one chunk in memory.
+    pub async fn read_keyless<'a>(
+        &'a mut self,
+        t: &'a SnapshotTable,
+    ) -> Result<KeylessRows<'a>, SourceError> {
+        let q = format!(
+            "SELECT {} FROM {}",
+            t.select.join(", "),
+            ident(&t.schema.name)
+        );
+        let result = self
+            .conn
+            .exec_iter(q.as_str(), ())
+            .await
+            .map_err(|e| server::query_error(&q, e))?;
+        Ok(KeylessRows {
+            result,
+            table: t,
+            position: &self.position.position,
+            query: q,
+        })
     }
 
     /// Up to `limit` rows with a primary key after `after` and at most `upto`, in key
@@ -292,34 +318,15 @@ impl SnapshotSession {
         upto: Option<&[Value]>,
         limit: u64,
     ) -> Result<Vec<Vec<Value>>, SourceError> {
-        let s = &t.schema;
-        let (q, params) = if s.keyless {
-            (
-                format!("SELECT {} FROM {}", t.select.join(", "), ident(&s.name)),
-                Vec::new(),
-            )
-        } else {
-            key_range_query(t, &t.select.join(", "), after, upto, limit)
-        };
+        let (q, params) = key_range_query(t, &t.select.join(", "), after, upto, limit);
         let rows: Vec<Row> = self
             .conn
             .exec(&q, params)
             .await
             .map_err(|e| server::query_error(&q, e))?;
         rows.into_iter()
-            .map(|r| {
-                r.unwrap()
-                    .into_iter()
-                    .zip(&s.columns)
-                    .map(|(v, c)| from_row_value(v, c))
-                    .collect()
-            })
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(|detail| SourceError::Schema {
-                table: s.name.clone(),
-                position: self.position.position.clone(),
-                detail,
-            })
+            .map(|r| row_values(t, r, &self.position.position))
+            .collect()
     }
 
     /// Whether the snapshot holds a row whose primary key equals `key` as the server
@@ -343,6 +350,47 @@ impl SnapshotSession {
         let _ = self.conn.query_drop("COMMIT").await;
         let _ = self.conn.disconnect().await;
     }
+}
+
+/// A table without a primary key being read by [`SnapshotSession::read_keyless`].
+pub struct KeylessRows<'a> {
+    result: mysql_async::QueryResult<'a, 'static, mysql_async::BinaryProtocol>,
+    table: &'a SnapshotTable,
+    position: &'a BinlogPosition,
+    query: String,
+}
+
+impl KeylessRows<'_> {
+    /// The next `limit` rows (fewer at the end; none once every row was handed out).
+    pub async fn next_chunk(&mut self, limit: u64) -> Result<Vec<Vec<Value>>, SourceError> {
+        let mut out = Vec::new();
+        while (out.len() as u64) < limit {
+            let row = self
+                .result
+                .next()
+                .await
+                .map_err(|e| server::query_error(&self.query, e))?;
+            match row {
+                Some(r) => out.push(row_values(self.table, r, self.position)?),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A row as read from the source, as rowlog's values.
+fn row_values(t: &SnapshotTable, r: Row, at: &BinlogPosition) -> Result<Vec<Value>, SourceError> {
+    r.unwrap()
+        .into_iter()
+        .zip(&t.schema.columns)
+        .map(|(v, c)| from_row_value(v, c))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|detail| SourceError::Schema {
+            table: t.schema.name.clone(),
+            position: at.clone(),
+            detail,
+        })
 }
 
 fn ident(name: &TableName) -> String {

@@ -622,6 +622,31 @@ impl MySqlSink {
         Ok(true)
     }
 
+    /// Snapshot: replaces `table` with one made by the source's `create` statement (the
+    /// destination's table has a shape the source no longer has).
+    pub async fn recreate_table(
+        &mut self,
+        table: &TableName,
+        create: &str,
+    ) -> Result<(), SinkError> {
+        let q = format!(
+            "DROP TABLE IF EXISTS {}.{}",
+            quote(&table.db),
+            quote(&table.table)
+        );
+        self.conn
+            .query_drop(&q)
+            .await
+            .map_err(|source| SinkError::SchemaChange {
+                position: "snapshot".into(),
+                statement: q.clone(),
+                source,
+            })?;
+        self.create_table_if_missing(table, create)
+            .await
+            .map(|_| ())
+    }
+
     /// Whether the destination has `table`.
     pub async fn table_exists(&mut self, table: &TableName) -> Result<bool, mysql_async::Error> {
         let found: Option<u8> = self
