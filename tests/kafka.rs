@@ -601,3 +601,77 @@ async fn a_lost_checkpoint_topic_is_refused_not_started_over() {
         Ok(_) => panic!("a log whose checkpoint topic is gone was opened as a new log"),
     }
 }
+
+/// Kafka's retention counts from a message's timestamp. Catching up on a binlog older
+/// than `retention.ms`, records stamped with their commit times would be deleted by
+/// the broker before the sink read them; they are stamped no more than an hour before
+/// their append instead, and never before their commit time. A search by commit time
+/// still finds them exactly, from the records themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_of_an_old_binlog_are_stamped_near_their_append_and_found_by_commit_time() {
+    use common::records::{append, change, change_at, table};
+    use rowlog::log::PartitionedLog;
+    let broker = Tansu::start().expect("tansu broker starts");
+    let log = KafkaLog::open(&broker.settings(), "stamps", 1)
+        .await
+        .expect("the log opens");
+    let t = table();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let before = now();
+    // Committed in November 2023.
+    append(&log, 0, (0..100).map(|i| change(&t, i)).collect())
+        .await
+        .unwrap();
+    let after = now();
+    // Committed a second ago.
+    let recent = (after - 1000) as u64;
+    append(
+        &log,
+        0,
+        (100..110).map(|i| change_at(&t, i, 150, recent)).collect(),
+    )
+    .await
+    .unwrap();
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .set("group.id", "stamps-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&broker.settings().topic_for("stamps"), 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut stamps = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while stamps.len() < 110 && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            stamps.push((m.offset(), m.timestamp().to_millis().unwrap()));
+        }
+    }
+    assert_eq!(stamps.len(), 110);
+    let hour = rowlog::log::STAMP_LAG_MAX_MS as i64;
+    for &(offset, stamp) in &stamps {
+        if offset < 100 {
+            assert!(
+                before - hour - 1000 <= stamp && stamp <= after - hour + 1000,
+                "message {offset} of 2023 stamped {stamp}, appended between {before} and {after}"
+            );
+        } else {
+            assert_eq!(stamp, recent as i64, "a recent commit time is the stamp");
+        }
+    }
+    // By commit time: exact, the old records included.
+    let at = |i: u64| 1_700_000_000_000 + i;
+    assert_eq!(log.offset_for_time(0, at(0)).await.unwrap(), 0);
+    assert_eq!(log.offset_for_time(0, at(57)).await.unwrap(), 57);
+    assert_eq!(log.offset_for_time(0, at(100)).await.unwrap(), 100);
+    assert_eq!(log.offset_for_time(0, recent).await.unwrap(), 100);
+    assert_eq!(log.offset_for_time(0, recent + 1).await.unwrap(), 110);
+}

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 pub use embedded::{
     EmbeddedLog, EmbeddedReader, FsyncPolicy, PartitionInfo, Retention, RetentionReport,
 };
-pub use kafka::{KafkaLog, KafkaReader, KafkaSettings};
+pub use kafka::{KafkaLog, KafkaReader, KafkaSettings, STAMP_LAG_MAX_MS};
 pub use schemas::SchemaStore;
 pub use verify::{verify, VerifyReport};
 

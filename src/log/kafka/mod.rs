@@ -10,8 +10,12 @@
 //!   decodes, so the two backends carry the same bytes and replay the same values. (Not
 //!   a message header: tansu, the broker the tests run against, looks headers up with a
 //!   table scan per record, which makes reading quadratic in the topic's size.) The
-//!   message timestamp is the source commit time, so Kafka's time index finds records
-//!   by it.
+//!   message timestamp is the source commit time, but never more than
+//!   [`STAMP_LAG_MAX_MS`] before the append: the broker's retention counts from it,
+//!   so catching up on a binlog older than `retention.ms` must not write messages the
+//!   broker deletes at once. A timestamp is never below the commit time, so Kafka's
+//!   time index gives a lower bound for a search by commit time, read exactly from the
+//!   records from there on ([`PartitionedLog::offset_for_time`]).
 //! * `T.schemas`: one partition; the message at offset N is table schema version N
 //!   (postcard). Records refer to their schema by that id (`source.rowlog_schema_id` in
 //!   the JSON), so an old record always decodes with the columns it was written with.
@@ -115,10 +119,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Fetched {
     partition: i32,
     offset: i64,
-    /// The message timestamp: the source commit time.
+    /// The message timestamp: the source commit time, or later (see [`stamp`]).
     time_ms: Option<i64>,
     payload: Option<Vec<u8>>,
     record: Result<Vec<u8>, String>,
+}
+
+/// How far before its append a message's timestamp may lie. Kafka deletes a segment
+/// once its newest timestamp is `retention.ms` old: a record stamped with a commit time
+/// older than that (a catch-up on an old binlog) would be deleted before the sink
+/// reads it. README asks for a retention well above this.
+pub const STAMP_LAG_MAX_MS: u64 = 3_600_000;
+
+/// A message's timestamp: its commit time, raised to at most [`STAMP_LAG_MAX_MS`]
+/// before `now_ms`. Never below the commit time (the time search relies on it).
+fn stamp(commit_time_ms: u64, now_ms: u64) -> i64 {
+    commit_time_ms.max(now_ms.saturating_sub(STAMP_LAG_MAX_MS)) as i64
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl KafkaLog {
@@ -666,7 +688,7 @@ impl PartitionedLog for KafkaLog {
                 let mut rec: FutureRecord<'_, str, str> = FutureRecord::to(topic)
                     .partition(p as i32)
                     .payload(m.value.as_str())
-                    .timestamp(m.time_ms as i64);
+                    .timestamp(stamp(m.time_ms, now_ms()));
                 if let Some(k) = &m.key {
                     rec = rec.key(k.as_str());
                 }
@@ -817,18 +839,23 @@ impl PartitionedLog for KafkaLog {
     }
 
     async fn offset_for_time(&self, partition: u32, time_ms: u64) -> Result<u64, LogError> {
-        // Message timestamps are source commit times, so Kafka's time index answers.
+        // Message timestamps are at or after commit times: Kafka's time index finds the
+        // first message stamped at or after `time_ms`, before which no record was
+        // committed at or after it. From there the records' own commit times say; only
+        // messages whose stamp was raised above their commit time (a catch-up on an
+        // old binlog) are read through.
         let this = self.clone();
         blocking(move || {
             let topic = &this.inner.topic;
-            let (low, high) = this.watermarks(topic, partition as i32)?;
+            let p = partition as i32;
+            let (low, high) = this.watermarks(topic, p)?;
             let end = high.max(0) as u64;
             // After the last record: the end. Asked first because not every
             // Kafka-protocol broker answers it (tansu 0.6 says offset 0).
             if high <= low {
                 return Ok(end);
             }
-            let last = this.fetch(topic, &[(partition as i32, high - 1, high)])?;
+            let last = this.fetch(topic, &[(p, high - 1, high)])?;
             if last
                 .first()
                 .and_then(|m| m.time_ms)
@@ -837,20 +864,37 @@ impl PartitionedLog for KafkaLog {
                 return Ok(end);
             }
             let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(topic, partition as i32, Offset::Offset(time_ms as i64))
+            tpl.add_partition_offset(topic, p, Offset::Offset(time_ms as i64))
                 .map_err(kafka("look up offsets by time", topic))?;
             let found = this
                 .inner
                 .meta
                 .offsets_for_times(tpl, this.timeout())
                 .map_err(kafka("look up offsets by time", topic))?;
-            let offset = found
-                .find_partition(topic, partition as i32)
-                .map(|e| e.offset());
-            Ok(match offset {
-                Some(Offset::Offset(n)) if n >= 0 => (n as u64).clamp(low.max(0) as u64, end),
-                _ => end,
-            })
+            let offset = found.find_partition(topic, p).map(|e| e.offset());
+            let mut at = match offset {
+                Some(Offset::Offset(n)) if n >= 0 => n.clamp(low.max(0), high),
+                _ => return Ok(end),
+            };
+            while at < high {
+                let to = (at + 10_000).min(high);
+                for m in this.fetch(topic, &[(p, at, to)])? {
+                    let committed = m
+                        .record
+                        .and_then(|r| record::decode_source(&r))
+                        .map_err(|detail| LogError::Decode {
+                            partition,
+                            offset: m.offset as u64,
+                            detail,
+                        })?
+                        .commit_time_ms;
+                    if committed >= time_ms {
+                        return Ok(m.offset as u64);
+                    }
+                }
+                at = to;
+            }
+            Ok(end)
         })
         .await
     }
