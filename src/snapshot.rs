@@ -6,15 +6,16 @@
 //! Each table is copied through its own consistent read of the source, which comes
 //! with the binlog position it corresponds to (the table's *floor*; see
 //! `rowlog_mysql_binlog::SnapshotSession`). The copy holds every change at or before
-//! the floor and none after it. Streaming then starts at the lowest floor, and the
-//! sink drops each change whose table has a floor at or after the change's position
-//! (compared as [`ChangeId`]s, epoch first): what is dropped is in the copy, what is
-//! applied is not. Schema changes at or before the floors of all their tables are
+//! the floor and none after it. Streaming then starts at a position taken before the
+//! tables were listed (at or before every floor), and the sink drops each change whose
+//! table has a floor at or after the change's position (compared as [`ChangeId`]s,
+//! epoch first): what is dropped is in the copy, what is applied is not. A table
+//! created after the listing has no copy and is streamed from its CREATE on. Schema changes at or before the floors of all their tables are
 //! skipped the same way (a TRUNCATE before a table's floor must not empty its copy).
 //!
 //! The copy and the stream do not overlap in time: streaming starts once every table is
 //! copied, so no streamed change can be overwritten by an older copied row. The source
-//! must keep its binlogs from the first floor until then.
+//! must keep its binlogs from that start until then.
 //!
 //! # Resuming
 //! Progress is saved to `<log.dir>/snapshot.state` after every chunk: per table its
@@ -107,8 +108,25 @@ pub struct SnapshotState {
     /// from (each floor keeps the epoch it was taken in).
     pub epoch: u32,
     pub tables: Vec<TableProgress>,
-    /// Every table copied and the source checkpoint set to the lowest floor.
+    /// Every table copied and the source checkpoint set to `start`.
     pub done: bool,
+    /// Where streaming starts once every table is copied: a position taken before the
+    /// tables were listed (see [`run`]). None in states of earlier versions.
+    #[serde(default)]
+    pub start: Option<ResumePoint>,
+    /// Tables whose copy had not started when they disappeared from the source (an
+    /// interrupted snapshot, resumed after they were dropped), each with a floor
+    /// taken after they were gone: their changes up to there, the DROP included, are
+    /// dropped by the sink, since the destination never got the table.
+    #[serde(default)]
+    pub abandoned: Vec<AbandonedTable>,
+}
+
+/// See [`SnapshotState::abandoned`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AbandonedTable {
+    pub table: TableName,
+    pub floor: ResumePoint,
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -143,21 +161,26 @@ impl SnapshotState {
     /// The changes each copied table already holds, for the sink to drop: everything
     /// up to its floor, in this snapshot's epoch.
     pub fn floors(&self) -> Floors {
-        let map = self
+        let mut map: HashMap<TableName, ChangeId> = HashMap::new();
+        let copied = self
             .tables
             .iter()
-            .filter_map(|t| {
-                let f = t.floor.as_ref()?;
-                Some((
-                    t.table.clone(),
-                    ChangeId {
-                        epoch: f.epoch,
-                        event: f.position.clone(),
-                        index: u32::MAX,
-                    },
-                ))
-            })
-            .collect();
+            .filter_map(|t| Some((&t.table, t.floor.as_ref()?)));
+        let abandoned = self.abandoned.iter().map(|a| (&a.table, &a.floor));
+        for (table, f) in abandoned.chain(copied) {
+            let id = ChangeId {
+                epoch: f.epoch,
+                event: f.position.clone(),
+                index: u32::MAX,
+            };
+            // A table dropped and made again has both: the later floor holds.
+            match map.get(table) {
+                Some(had) if *had >= id => {}
+                _ => {
+                    map.insert(table.clone(), id);
+                }
+            }
+        }
         Floors(Arc::new(map))
     }
 }
@@ -245,6 +268,8 @@ pub async fn before_streaming<L: PartitionedLog>(
             epoch,
             tables: Vec::new(),
             done: false,
+            start: None,
+            abandoned: Vec::new(),
         },
     };
     let Some(outcome) = run(
@@ -295,9 +320,10 @@ pub struct Progress<'a> {
 }
 
 /// Copies the replicated tables `only` selects, except those `state` shows this snapshot
-/// has finished (a finished snapshot's tables are copied anew). With `set_checkpoint` the source checkpoint then moves
-/// to the lowest floor, where streaming starts; without it the stream goes on from the
-/// stored checkpoint and the floors filter what the copies hold. `None` when shutdown
+/// has finished (a finished snapshot's tables are copied anew). With `set_checkpoint` the
+/// source checkpoint then moves to the snapshot's start, taken before the tables were
+/// listed, where streaming starts; without it the stream goes on from the stored
+/// checkpoint. Either way the floors filter what the copies hold. `None` when shutdown
 /// came first (progress is saved).
 #[allow(clippy::too_many_arguments)]
 pub async fn run<L: PartitionedLog>(
@@ -312,101 +338,101 @@ pub async fn run<L: PartitionedLog>(
 ) -> Result<Option<Outcome>, SnapshotError> {
     let started = Instant::now();
     let dir = cfg.log.dir.clone();
-    // Where streaming starts when there is nothing to copy, taken before the tables
-    // are listed: a table created after this position has its CREATE streamed.
-    let fallback = if set_checkpoint {
+    // Where streaming will start: a position taken before the tables are listed, kept
+    // across resumes. Every floor is after it, so a copied table's changes from there
+    // to its floor are dropped as the copy's; a table created after the listing (not
+    // copied) has its CREATE and every row after it. (Starting at the lowest floor
+    // instead lost such a table when it was created before that floor.) A state saved
+    // by an earlier version that is resumed has none: it starts at the lowest floor.
+    let fresh = state.done || state.tables.is_empty();
+    if set_checkpoint && fresh {
         let s = SnapshotSession::open(&cfg.source).await?;
-        let p = s.position.clone();
-        s.close().await;
-        Some(p)
-    } else {
-        None
-    };
-    let mut copied: Vec<usize> = Vec::new();
-    loop {
-        // Every replicated table `only` selects is (re)copied unless this very snapshot
-        // has finished it already.
-        let listed = rowlog_mysql_binlog::list_tables(&cfg.source, only).await?;
-        // A table dropped (or renamed, or no longer replicated) since an interrupted
-        // copy began is not copied on: describing it would fail the same way at every
-        // start. Its changes up to the drop are in the log, and the drop with them.
-        state.tables.retain(|t| {
-            let gone = !t.done && only.includes(&t.table) && !listed.contains(&t.table);
-            if gone {
-                warn!(table = %t.table, "table no longer on the source (or no longer replicated); its unfinished copy is abandoned");
-            }
-            !gone
+        state.start = Some(ResumePoint {
+            epoch: state.epoch,
+            ..s.position.clone()
         });
-        for table in listed {
-            match state.tables.iter_mut().find(|t| t.table == table) {
-                Some(t) if !t.done || state.done => {
-                    if state.done {
-                        *t = TableProgress::new(table);
-                    }
-                }
-                Some(_) => {}
-                None => state.tables.push(TableProgress::new(table)),
+        s.close().await;
+    }
+    // Every replicated table `only` selects is (re)copied unless this very snapshot
+    // has finished it already.
+    let listed = rowlog_mysql_binlog::list_tables(&cfg.source, only).await?;
+    // A table dropped (or renamed, or no longer replicated) since an interrupted copy
+    // began is not copied on: describing it would fail the same way at every start.
+    // Its changes up to the drop are in the log, and the drop with them.
+    let mut gone_unstarted = Vec::new();
+    state.tables.retain(|t| {
+        let gone = !t.done && only.includes(&t.table) && !listed.contains(&t.table);
+        if gone {
+            warn!(table = %t.table, "table no longer on the source (or no longer replicated); its unfinished copy is abandoned");
+            if t.floor.is_none() {
+                gone_unstarted.push(t.table.clone());
             }
         }
-        state.done = false;
-        state.save(&dir)?;
-        metrics.snapshot_tables(
-            state.tables.len(),
-            state.tables.iter().filter(|t| t.done).count(),
-        );
-        let queue: VecDeque<usize> = (0..state.tables.len())
-            .filter(|&i| !state.tables[i].done)
-            .collect();
-        copied.extend(queue.iter().copied());
-        info!(tables = queue.len(), epoch = state.epoch, "snapshot starts");
-        let shared = Shared {
-            state: Mutex::new(state),
-            queue: Mutex::new(queue),
-            dir: dir.clone(),
-        };
-        let workers = cfg.snapshot.concurrency.max(1) as usize;
-        let results = futures_util::future::join_all(
-            (0..workers).map(|_| copy_tables(cfg, &shared, metrics, shutdown, &progress)),
-        )
-        .await;
-        for r in results {
-            r?;
-        }
-        state = shared.state.into_inner().unwrap_or_else(|e| e.into_inner());
-        if state.tables.iter().any(|t| !t.done) {
-            info!("snapshot interrupted; it resumes after its last chunk on the next start");
-            return Ok(None);
-        }
-        if !set_checkpoint {
-            break;
-        }
-        // Streaming will start at the lowest floor. A table created after the listing
-        // above but before that floor would be neither copied (not listed) nor
-        // streamed (its CREATE and first rows lie before the start): list again, now
-        // that every floor is taken, and copy what appeared. A table created after
-        // this listing was created after every floor, so the stream carries it.
-        let again = rowlog_mysql_binlog::list_tables(&cfg.source, only).await?;
-        let new: Vec<&TableName> = again
-            .iter()
-            .filter(|t| !state.tables.iter().any(|p| &p.table == *t))
-            .collect();
-        if new.is_empty() {
-            break;
-        }
-        info!(tables = ?new, "tables created while the snapshot listed and copied; copying them too");
+        !gone
+    });
+    if set_checkpoint && !gone_unstarted.is_empty() {
+        abandon(cfg, &mut state, gone_unstarted).await?;
     }
-    if let Some(fallback) = fallback {
-        let start = state
+    for table in listed {
+        match state.tables.iter_mut().find(|t| t.table == table) {
+            Some(t) if !t.done || state.done => {
+                if state.done {
+                    *t = TableProgress::new(table);
+                }
+            }
+            Some(_) => {}
+            None => state.tables.push(TableProgress::new(table)),
+        }
+    }
+    state.done = false;
+    state.save(&dir)?;
+    metrics.snapshot_tables(
+        state.tables.len(),
+        state.tables.iter().filter(|t| t.done).count(),
+    );
+    let queue: VecDeque<usize> = (0..state.tables.len())
+        .filter(|&i| !state.tables[i].done)
+        .collect();
+    let copied: Vec<usize> = queue.iter().copied().collect();
+    info!(tables = queue.len(), epoch = state.epoch, "snapshot starts");
+    let shared = Shared {
+        state: Mutex::new(state),
+        queue: Mutex::new(queue),
+        dir: dir.clone(),
+    };
+    let workers = cfg.snapshot.concurrency.max(1) as usize;
+    let results = futures_util::future::join_all(
+        (0..workers).map(|_| copy_tables(cfg, &shared, metrics, shutdown, &progress)),
+    )
+    .await;
+    for r in results {
+        r?;
+    }
+    let mut state = shared.state.into_inner().unwrap_or_else(|e| e.into_inner());
+    if state.tables.iter().any(|t| !t.done) {
+        info!("snapshot interrupted; it resumes after its last chunk on the next start");
+        return Ok(None);
+    }
+    if set_checkpoint {
+        let lowest_floor = state
             .tables
             .iter()
             .filter_map(|t| t.floor.clone())
             .filter(|f| f.epoch == state.epoch)
-            .min_by(|a, b| a.position.cmp(&b.position))
-            // Nothing to copy: stream from the position taken before the listing.
-            .unwrap_or(ResumePoint {
-                epoch: state.epoch,
-                ..fallback
-            });
+            .min_by(|a, b| a.position.cmp(&b.position));
+        let start = match state.start.clone().or(lowest_floor) {
+            Some(s) => s,
+            None => {
+                // Nothing to copy, from a state without a start: stream from now.
+                let s = SnapshotSession::open(&cfg.source).await?;
+                let p = ResumePoint {
+                    epoch: state.epoch,
+                    ..s.position.clone()
+                };
+                s.close().await;
+                p
+            }
+        };
         log.store_checkpoint(start).await?;
     }
     state.done = true;
@@ -416,6 +442,53 @@ pub async fn run<L: PartitionedLog>(
         tables: copied.len(),
         seconds: started.elapsed().as_secs_f64(),
     }))
+}
+
+/// Tables whose copy never started and that are gone from the source now: changes to
+/// them from before the stream's start (the lowest floor) up to their DROP are still
+/// in the binlog, and the destination never got the table (the copy makes it), so
+/// applying them would halt their partition. They get a floor taken now, after the
+/// listing found them gone, which drops those changes. (A table of the same name made
+/// again in the moment between the listing and that floor would lose its CREATE.) A
+/// destination that has such a table of its own gets the changes as before.
+async fn abandon(
+    cfg: &Config,
+    state: &mut SnapshotState,
+    tables: Vec<TableName>,
+) -> Result<(), SnapshotError> {
+    let sink_error = |table: &TableName, source| SnapshotError::Sink {
+        table: table.clone(),
+        source: Box::new(source),
+    };
+    let mut sink = MySqlSink::connect(&cfg.sink, &cfg.name)
+        .await
+        .map_err(|e| sink_error(&tables[0], e))?;
+    let session = SnapshotSession::open(&cfg.source).await?;
+    let floor = ResumePoint {
+        epoch: state.epoch,
+        ..session.position.clone()
+    };
+    session.close().await;
+    for table in tables {
+        let exists = sink.table_exists(&table).await.map_err(|source| {
+            sink_error(
+                &table,
+                SinkError::Progress {
+                    table: table.to_string(),
+                    action: "look up",
+                    source,
+                },
+            )
+        })?;
+        if !exists {
+            info!(table = %table, floor = %floor.position, "the destination never got this table: its changes up to here are not applied");
+            state.abandoned.push(AbandonedTable {
+                table,
+                floor: floor.clone(),
+            });
+        }
+    }
+    state.save(&cfg.log.dir)
 }
 
 struct Shared {
@@ -478,23 +551,27 @@ async fn copy_tables(
             }
             false
         };
-        // A table starts over (emptied) unless chunks of it are copied and it has a key
-        // to go on after, in the same shape: the rows copied so far went into a
-        // destination table of the shape the copy started with, and a changed source
-        // table's rows would not fit it (the stream applies the ALTER only later).
-        let reshaped = entry
-            .shape
-            .as_ref()
-            .is_some_and(|was| entry.last_key.is_some() && was != &*table.schema);
-        let resume = entry.last_key.is_some() && !table.schema.keyless && !reshaped;
+        // A copy that started before made the destination table in the shape the
+        // source table had then; if that shape changed since, the rows read now would
+        // not fit it (the stream applies the ALTER only later): the copy starts over,
+        // into a table made anew (when rowlog does not make tables, the destination's
+        // must have the new shape: if it has not, the copy fails naming the column).
+        let reshaped = !created
+            && entry
+                .shape
+                .as_ref()
+                .is_some_and(|was| was != &*table.schema);
         if reshaped {
             warn!(table = %name, "the table changed shape on the source while its copy was interrupted; copying it again from the start");
-            if cfg.snapshot.create_tables && !created {
+            if cfg.snapshot.create_tables {
                 s.recreate_table(&name, &table.create)
                     .await
                     .map_err(sink_error)?;
             }
         }
+        // A table starts over (emptied) unless chunks of it are copied, it has a key to
+        // go on after, and its shape is the one its copy started with.
+        let resume = entry.last_key.is_some() && !table.schema.keyless && !reshaped;
         let epoch = lock(&shared.state).epoch;
         let here = ResumePoint {
             epoch,
@@ -534,7 +611,9 @@ async fn copy_tables(
         };
         loop {
             if shutdown.is_triggered() {
-                drop(reader);
+                if let Chunks::Keyless(rows) = reader {
+                    rows.cancel().await;
+                }
                 session.close().await;
                 return Ok(());
             }

@@ -291,11 +291,20 @@ impl SnapshotSession {
         &'a mut self,
         t: &'a SnapshotTable,
     ) -> Result<KeylessRows<'a>, SourceError> {
+        // The server waits for rowlog to take each packet, while rowlog writes each
+        // chunk to the destination: for longer than `net_write_timeout` (60 s by
+        // default) the server would drop the connection, and the copy start over.
+        let timeout = "SET SESSION net_write_timeout = 86400";
+        self.conn
+            .query_drop(timeout)
+            .await
+            .map_err(|e| server::query_error(timeout, e))?;
         let q = format!(
             "SELECT {} FROM {}",
             t.select.join(", "),
             ident(&t.schema.name)
         );
+        let (opts, id) = (self.conn.opts().clone(), self.conn.id());
         let result = self
             .conn
             .exec_iter(q.as_str(), ())
@@ -306,6 +315,7 @@ impl SnapshotSession {
             table: t,
             position: &self.position.position,
             query: q,
+            killer: (opts, id),
         })
     }
 
@@ -358,9 +368,21 @@ pub struct KeylessRows<'a> {
     table: &'a SnapshotTable,
     position: &'a BinlogPosition,
     query: String,
+    /// How to reach the server and which connection streams the rows, to stop it.
+    killer: (Opts, u32),
 }
 
 impl KeylessRows<'_> {
+    /// Stops the server streaming the rest of the table (a copy cut short by
+    /// shutdown): otherwise ending the session would first read every remaining row.
+    pub async fn cancel(self) {
+        let (opts, id) = self.killer;
+        if let Ok(mut c) = Conn::new(opts).await {
+            let _ = c.query_drop(format!("KILL QUERY {id}")).await;
+            let _ = c.disconnect().await;
+        }
+    }
+
     /// The next `limit` rows (fewer at the end; none once every row was handed out).
     pub async fn next_chunk(&mut self, limit: u64) -> Result<Vec<Vec<Value>>, SourceError> {
         let mut out = Vec::new();
