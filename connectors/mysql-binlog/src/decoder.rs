@@ -609,6 +609,16 @@ impl Decoder {
         } else {
             statement.to_owned()
         };
+        // An ALTER that names a second table (RENAME TO, EXCHANGE PARTITION WITH
+        // TABLE…) is known by its replicated tables only: one rowlog does not replicate
+        // never has a snapshot floor, so a change naming it would never count as held
+        // by a copy (the statement still runs whole, and halts naming the missing
+        // table if the destination lacks it).
+        let tables = if kind == SchemaChangeKind::AlterTable {
+            included
+        } else {
+            tables
+        };
         self.pending.push_back(SourceEvent::Schema(SchemaChange {
             kind,
             db,
