@@ -714,10 +714,9 @@ impl PartitionReader for EmbeddedReader {
             self.cursor = None;
             return Err(e);
         }
+        // Read-ahead past the durable end stays: the partition's count of cuts tells
+        // the cursor when bytes it holds were cut off (`Cursor::read_frame_with_time`).
         self.next = cursor.next;
-        if self.next == end {
-            cursor.drop_read_ahead()?;
-        }
         Ok(out)
     }
 }

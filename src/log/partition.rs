@@ -1155,9 +1155,8 @@ impl<P: PartitionAccess> Cursor<P> {
         Ok((offset, time_ms, payload))
     }
 
-    /// Forgets read-ahead past the current position: bytes beyond the durable end may
-    /// still be rewritten (a failed append is rolled back and retried).
-    pub fn drop_read_ahead(&mut self) -> Result<(), LogError> {
+    /// Forgets read-ahead past the current position (after a cut, see `cuts`).
+    fn drop_read_ahead(&mut self) -> Result<(), LogError> {
         self.file
             .seek(SeekFrom::Start(self.byte))
             .map_err(io("seek", &self.path))?;
