@@ -504,6 +504,23 @@ impl KafkaLog {
 
     /// Reads offsets `[from, to)` of each `(partition, from, to)` of `topic`. Blocking.
     fn fetch(&self, topic: &str, ranges: &[(i32, i64, i64)]) -> Result<Vec<Fetched>, LogError> {
+        let mut out = Vec::new();
+        self.scan(topic, ranges, |m| {
+            out.push(m);
+            Ok(false)
+        })?;
+        Ok(out)
+    }
+
+    /// Hands `each` the messages at offsets `[from, to)` of each `(partition, from,
+    /// to)` of `topic`, in order within a partition, until it returns true (stop) or
+    /// an error. Blocking. Times out when no message arrives for the request timeout.
+    fn scan(
+        &self,
+        topic: &str,
+        ranges: &[(i32, i64, i64)],
+        mut each: impl FnMut(Fetched) -> Result<bool, LogError>,
+    ) -> Result<(), LogError> {
         let mut want: HashMap<i32, i64> = HashMap::new();
         let mut tpl = TopicPartitionList::new();
         for &(p, from, to) in ranges {
@@ -514,15 +531,14 @@ impl KafkaLog {
             }
         }
         if want.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let consumer: BaseConsumer<KafkaContext> =
             reader_config(&self.inner.settings, &self.inner.client_id)
                 .create_with_context(self.inner.context.clone())
                 .map_err(kafka("create consumer", topic))?;
         consumer.assign(&tpl).map_err(kafka("assign", topic))?;
-        let deadline = Instant::now() + self.timeout();
-        let mut out = Vec::new();
+        let mut deadline = Instant::now() + self.timeout();
         while !want.is_empty() {
             if Instant::now() > deadline {
                 return Err(LogError::Kafka {
@@ -539,16 +555,20 @@ impl KafkaLog {
                 Some(Err(e)) if transient(&e) => {}
                 Some(Err(e)) => return Err(kafka("read", topic)(e)),
                 Some(Ok(m)) => {
+                    deadline = Instant::now() + self.timeout();
                     let last = want.get(&m.partition()).copied();
                     if let Some(last) = last {
                         if m.offset() <= last {
-                            out.push(Fetched {
+                            let stop = each(Fetched {
                                 partition: m.partition(),
                                 offset: m.offset(),
                                 time_ms: m.timestamp().to_millis(),
                                 payload: m.payload().map(<[u8]>::to_vec),
                                 record: record_of(&m),
-                            });
+                            })?;
+                            if stop {
+                                return Ok(());
+                            }
                         }
                         if m.offset() >= last {
                             want.remove(&m.partition());
@@ -557,7 +577,7 @@ impl KafkaLog {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The consumer of group `name`, which only reads and commits offsets.
@@ -872,29 +892,27 @@ impl PartitionedLog for KafkaLog {
                 .offsets_for_times(tpl, this.timeout())
                 .map_err(kafka("look up offsets by time", topic))?;
             let offset = found.find_partition(topic, p).map(|e| e.offset());
-            let mut at = match offset {
+            let from = match offset {
                 Some(Offset::Offset(n)) if n >= 0 => n.clamp(low.max(0), high),
                 _ => return Ok(end),
             };
-            while at < high {
-                let to = (at + 10_000).min(high);
-                for m in this.fetch(topic, &[(p, at, to)])? {
-                    let committed = m
-                        .record
-                        .and_then(|r| record::decode_source(&r))
-                        .map_err(|detail| LogError::Decode {
-                            partition,
-                            offset: m.offset as u64,
-                            detail,
-                        })?
-                        .commit_time_ms;
-                    if committed >= time_ms {
-                        return Ok(m.offset as u64);
-                    }
+            let mut found = end;
+            this.scan(topic, &[(p, from, high)], |m| {
+                let committed = m
+                    .record
+                    .and_then(|r| record::decode_source(&r))
+                    .map_err(|detail| LogError::Decode {
+                        partition,
+                        offset: m.offset as u64,
+                        detail,
+                    })?
+                    .commit_time_ms;
+                if committed >= time_ms {
+                    found = m.offset as u64;
                 }
-                at = to;
-            }
-            Ok(end)
+                Ok(committed >= time_ms)
+            })?;
+            Ok(found)
         })
         .await
     }
