@@ -65,6 +65,12 @@ pub enum ResnapshotError {
     Missing { table: TableName },
     #[error("re-snapshot: {table}: {detail}")]
     Shape { table: TableName, detail: String },
+    #[error("re-snapshot: {table} was read from the server with server_id {chunk_server_id}, but the stream comes from server_id {stream_server_id} (does source.url reach more than one server?); a copy's position means nothing in another server's binlog")]
+    OtherServer {
+        table: TableName,
+        chunk_server_id: u32,
+        stream_server_id: u32,
+    },
     #[error("re-snapshot request {path}")]
     File {
         path: PathBuf,
@@ -163,10 +169,13 @@ impl Request {
 /// One chunk, ready to enter the log at the first boundary at or after `floor`.
 pub struct Chunk {
     pub floor: BinlogPosition,
+    /// `@@server_id` of the server the chunk was read from: its position compares
+    /// only with the stream of that server.
+    pub server_id: u32,
     /// Deletes of keys only the destination has, then upserts of the source's rows.
     /// Their change ids are given where they enter the log.
     pub changes: Vec<ChangeEvent>,
-    table: TableName,
+    pub table: TableName,
     /// The range's upper key; `None` when the chunk ends the table.
     upto: Option<Vec<Value>>,
     rows: u64,
@@ -390,6 +399,7 @@ impl Resnapshot {
         }
         Ok(Chunk {
             floor: session.position.position.clone(),
+            server_id: session.position.server_id,
             changes,
             table: table.clone(),
             upto,

@@ -25,7 +25,7 @@ use rowlog_api::{
     ChangeEvent, ChangeId, ChangeSource, Gtid, Op, ResumePoint, Retry, SourceEvent, TableSchema,
 };
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
 use super::partitioner::{key_hash, partition_of};
@@ -168,6 +168,12 @@ where
             }
         };
         metrics.set_source_connected(true);
+        // A chunk read before the connection was lost waited for a stream that may
+        // now come from another server, or in another epoch: its position compares
+        // with nothing that follows. It is read again.
+        if pending.take().is_some() {
+            info!("the source connection was opened again; the waiting re-snapshot chunk is read again");
+        }
         // The position the source starts at is a valid resume point: announce it so it
         // is checkpointed even before the first transaction (a restart must not fall
         // back to "current" and skip what was written in between).
@@ -290,6 +296,21 @@ async fn place_chunk(
             _ = shutdown.wait() => return Ok(Placed::Stop),
             c = job.next_chunk() => c?,
         };
+        if at.server_id != chunk.server_id {
+            return Err(ResnapshotError::OtherServer {
+                table: chunk.table,
+                chunk_server_id: chunk.server_id,
+                stream_server_id: at.server_id,
+            });
+        }
+        // The stream may already be past the chunk's position: on MariaDB a
+        // transaction can reach the binlog (and rowlog) before a consistent read sees
+        // it, and a row placed after such a change would undo it. Read again at a
+        // later boundary (not at once: the read would likely see the same).
+        if at.position > chunk.floor {
+            debug!(floor = %chunk.floor, stream = %at.position, "a re-snapshot chunk was read at a position the stream had passed; reading it again later");
+            return Ok(Placed::Wait);
+        }
         *pending = Some(Pending {
             chunk,
             overtaken: false,
@@ -299,7 +320,8 @@ async fn place_chunk(
         return Ok(Placed::Wait);
     };
     if p.overtaken {
-        warn!(floor = %p.chunk.floor, "the stream passed a re-snapshot chunk's position before it could be placed; reading the chunk again");
+        warn!(floor = %p.chunk.floor, chunk_server_id = p.chunk.server_id, stream_server_id = at.server_id,
+              "the stream passed a re-snapshot chunk's position before it could be placed (or the chunk was read from another server); reading the chunk again");
         return Ok(Placed::Again);
     }
     let (durable, appended) = oneshot::channel();
