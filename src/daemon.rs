@@ -212,7 +212,10 @@ async fn run_on<L: PartitionedLog + Clone>(
                         metrics.pipeline_halted.set(1);
                         let mut s = shutdown.clone();
                         tokio::select! { _ = s.wait() => return Ok(()), _ = tokio::time::sleep(delay) => {} }
-                        metrics.pipeline_halted.set(0);
+                        // A partition the sink halted meanwhile stays halted.
+                        if stats.halted().is_empty() {
+                            metrics.pipeline_halted.set(0);
+                        }
                     }
                     other => return other.map_err(DaemonError::from),
                 }

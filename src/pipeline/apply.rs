@@ -332,6 +332,13 @@ where
                                 }
                             }
                             next_dispatch = rec.offset + 1;
+                            // Everything before the change is applied, and the change:
+                            // commit past it now rather than within the second, so a
+                            // restart that falls back to the log's offset (another
+                            // worker count) does not read rows from before it again.
+                            commit(&log, &cfg.consumer, partition, next_dispatch).await;
+                            committed_at = Some(next_dispatch);
+                            last_commit = Instant::now();
                             continue;
                         }
                     };
@@ -456,21 +463,23 @@ where
             debug!(partition, %position, "schema change already in the snapshot's copies");
             return Ok(true);
         }
+        let Some(mut sink) =
+            connect_with_retry(self.connect, partition, u32::MAX, self.metrics, shutdown).await?
+        else {
+            return Ok(false);
+        };
+        // Recorded as applied (or passed under "ignore") before: read again after a
+        // restart or a rewind, it is passed whatever the policy is now.
+        if self.applied_already(&mut sink, change, shutdown).await? {
+            debug!(partition, %position, "schema change already applied");
+            return Ok(true);
+        }
         if self.cfg.ddl == SchemaChangePolicy::Halt {
             return Err(ApplyError::SchemaChangeHalt {
                 partition,
                 position,
                 statement: change.statement.clone(),
             });
-        }
-        let Some(mut sink) =
-            connect_with_retry(self.connect, partition, u32::MAX, self.metrics, shutdown).await?
-        else {
-            return Ok(false);
-        };
-        if self.applied_already(&mut sink, change, shutdown).await? {
-            debug!(partition, %position, "schema change already applied");
-            return Ok(true);
         }
         let id = &change.source.id;
         let outcome = match self.barrier.arrive(id) {
