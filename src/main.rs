@@ -59,7 +59,7 @@ enum Command {
         #[arg(long)]
         from_time: Option<String>,
         /// Stop before this offset (with --from-offset).
-        #[arg(long, conflicts_with = "to_time")]
+        #[arg(long, conflicts_with = "to_time", requires = "from_offset")]
         to_offset: Option<u64>,
         /// Stop before the first record committed at or after this time.
         #[arg(long)]
@@ -67,6 +67,11 @@ enum Command {
         /// Print what would change, key by key, and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Replay a stretch with schema changes in it (the destination has them
+        /// already), or one that ends before the committed offset (its keys are left
+        /// at older versions). Refused without it.
+        #[arg(long)]
+        force: bool,
     },
     /// Copy tables to the destination again: through the running daemon while it
     /// streams the rest, or straight to the destination when rowlog is stopped.
@@ -264,6 +269,10 @@ enum OffsetsCommand {
         partition: Option<u32>,
         #[command(flatten)]
         to: SetTarget,
+        /// Move back across schema changes the destination has already applied (the
+        /// rows before them are applied again over them). Refused without it.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -429,7 +438,12 @@ fn main() -> ExitCode {
                 use rowlog::tools::offsets::{self, Target};
                 match command {
                     OffsetsCommand::Show { .. } => offsets::show(&cfg).await,
-                    OffsetsCommand::Set { partition, to, .. } => {
+                    OffsetsCommand::Set {
+                        partition,
+                        to,
+                        force,
+                        ..
+                    } => {
                         let target = match (to.to, to.to_time, to.to_earliest) {
                             (Some(o), _, _) => Target::Offset(o),
                             (_, Some(t), _) => {
@@ -438,7 +452,7 @@ fn main() -> ExitCode {
                             (_, _, true) => Target::Earliest,
                             _ => Target::End,
                         };
-                        offsets::set(&cfg, partition, target).await
+                        offsets::set(&cfg, partition, target, force).await
                     }
                 }
             })
@@ -450,6 +464,7 @@ fn main() -> ExitCode {
             to_offset,
             to_time,
             dry_run,
+            force,
         } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
@@ -479,6 +494,7 @@ fn main() -> ExitCode {
                         partition,
                         from,
                         to,
+                        force,
                     },
                     dry_run,
                 )

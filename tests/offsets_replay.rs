@@ -141,7 +141,9 @@ async fn offsets_and_replay_repair_a_damaged_destination_on(kafka: Option<&Tansu
         .unwrap();
     let (code, out) = rowlog(&["offsets", "set", "-c", cfg, "--to-earliest"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("partition 0: next offset 0"), "{out}");
+    assert!(out.contains("partition 0: next offset "), "{out}");
+    assert!(out.contains("-> 0: "), "{out}");
+    assert!(out.contains("records will be applied again"), "{out}");
     let daemon = Daemon::spawn(&config, log.clone());
     pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
         .await;
@@ -155,6 +157,100 @@ async fn offsets_and_replay_repair_a_damaged_destination_on(kafka: Option<&Tansu
     let (code, out) = rowlog(&["offsets", "set", "-c", cfg, "--partition", "9", "--to-end"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("partition 9 does not exist"), "{out}");
+}
+
+/// A schema change the destination has applied is not applied again, but rows from
+/// before it would be: moving positions back across a TRUNCATE would bring back the
+/// rows it removed. `offsets set` and `replay` refuse it, naming the change, and move
+/// nothing, unless `--force`. So does a replay of a stretch whose keys change again
+/// after it: they would be left at their older versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_back_across_an_applied_schema_change_is_refused_without_force() {
+    let pair = Pair::start().await;
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
+    ])
+    .await;
+    let config = pair.write_config(2, 2);
+    let cfg = config.to_str().unwrap();
+    let daemon = Daemon::spawn(&config, pair.dir.path().join("rowlog.log"));
+    pair.src
+        .exec(&[
+            "INSERT INTO app.t SELECT seq, seq FROM app.seq_1_to_100",
+            "TRUNCATE TABLE app.t",
+        ])
+        .await
+        .unwrap();
+    // Binlog times have whole seconds: each step below starts in a second of its own.
+    let next_second = || async {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let at = (now / 1000 + 1) * 1000;
+        tokio::time::sleep(Duration::from_millis(at - now + 50)).await;
+        at
+    };
+    let inserted = next_second().await;
+    pair.src
+        .exec(&["INSERT INTO app.t SELECT seq, seq FROM app.seq_1000_to_1009"])
+        .await
+        .unwrap();
+    let updated = next_second().await;
+    pair.src.exec(&["UPDATE app.t SET v = -v"]).await.unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    daemon.terminate_cleanly();
+    let (_, before) = rowlog(&["offsets", "show", "-c", cfg]);
+
+    let (code, out) = rowlog(&["offsets", "set", "-c", cfg, "--to-earliest"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("refused"), "{out}");
+    assert!(out.contains("TRUNCATE TABLE app.t"), "{out}");
+    // All of it, and a stretch that ends before the change: its rows would come back.
+    for stretch in [
+        &["--from-time", "0"][..],
+        &["--from-offset", "0:0", "--to-offset", "1"],
+    ] {
+        let (code, out) = rowlog(&[&["replay", "-c", cfg][..], stretch].concat());
+        assert_eq!(code, 1, "{stretch:?}: {out}");
+        assert!(
+            out.contains("refused") && out.contains("TRUNCATE TABLE app.t"),
+            "{stretch:?}: {out}"
+        );
+    }
+    // The inserts alone: no schema change after them, but their keys were updated.
+    let (code, out) = rowlog(&[
+        "replay",
+        "-c",
+        cfg,
+        "--from-time",
+        &inserted.to_string(),
+        "--to-time",
+        &updated.to_string(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("refused") && out.contains("are to keys it changes"),
+        "{out}"
+    );
+    assert!(!out.contains("TRUNCATE"), "{out}");
+    // Nothing moved, nothing was applied.
+    let (_, after) = rowlog(&["offsets", "show", "-c", cfg]);
+    assert_eq!(before, after);
+    assert_eq!(
+        count(&pair, "SELECT COUNT(*) FROM app.t WHERE v < 0").await,
+        10
+    );
+
+    // Forward of the change, nothing is crossed.
+    let (code, out) = rowlog(&["offsets", "set", "-c", cfg, "--to-end"]);
+    assert_eq!(code, 0, "{out}");
+    // With --force the operator takes it on.
+    let (code, out) = rowlog(&["offsets", "set", "-c", cfg, "--to-earliest", "--force"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("--force: moving back across"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,7 +433,10 @@ async fn offsets_move_to_an_offset_or_a_time_and_replay_takes_an_offset_range_on
     // other partition's does not.
     let (code, out) = rowlog(&["offsets", "set", "-c", cfg, "--partition", "1", "--to", "0"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("partition 1: next offset 0"), "{out}");
+    assert!(
+        out.contains("partition 1: next offset ") && out.contains("-> 0: "),
+        "{out}"
+    );
     let daemon = Daemon::spawn(&config, log.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
     daemon.terminate_cleanly();

@@ -80,12 +80,135 @@ pub enum Target {
 }
 
 /// Moves partitions' positions to `target`: the log's committed offset and the
-/// destination's progress rows, so the next `rowlog run` applies from there.
-pub async fn set(cfg: &Config, partitions: Option<u32>, target: Target) -> ToolResult<()> {
+/// destination's progress rows, so the next `rowlog run` applies from there. Every
+/// partition's target is checked before any is moved. Moving back across a schema
+/// change is refused unless `force` (see [`schema_changes_in`]).
+pub async fn set(
+    cfg: &Config,
+    partitions: Option<u32>,
+    target: Target,
+    force: bool,
+) -> ToolResult<()> {
     match open_stopped(cfg).await? {
-        ToolLog::Embedded(log) => set_on(cfg, &log, partitions, target).await,
-        ToolLog::Kafka(log, _lock) => set_on(cfg, &log, partitions, target).await,
+        ToolLog::Embedded(log) => set_on(cfg, &log, partitions, target, force).await,
+        ToolLog::Kafka(log, _lock) => set_on(cfg, &log, partitions, target, force).await,
     }
+}
+
+/// The schema changes among offsets `[from, to)` of partition `p`, as lines to print.
+///
+/// Why they matter when positions move back: a schema change already applied is
+/// not applied again (DDL is not idempotent), but the rows before it are, over a
+/// destination that has it: rows a TRUNCATE or DELETE-by-DDL removed come back, and
+/// rows of a dropped column or table halt the partition.
+async fn schema_changes_in<L: PartitionedLog>(
+    log: &L,
+    p: u32,
+    from: u64,
+    to: u64,
+) -> ToolResult<Vec<String>> {
+    let mut found = Vec::new();
+    if from >= to {
+        return Ok(found);
+    }
+    let mut reader = log.reader(p, from).await?;
+    let mut next = from;
+    while next < to {
+        let records = reader.next_batch(((to - next) as usize).min(4096)).await?;
+        if records.is_empty() {
+            break;
+        }
+        next += records.len() as u64;
+        for r in records {
+            if let LogEntry::Schema(s) = r.entry {
+                found.push(format!(
+                    "partition {p}: offset {}: {} at {}: `{}`",
+                    r.offset,
+                    s.kind.as_str(),
+                    s.source.id.event,
+                    s.statement
+                ));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Whether keys changed in `stretch` of partition `p` change again before `applied`
+/// (what the destination holds): a line saying where, if so.
+async fn changed_again<L: PartitionedLog>(
+    log: &L,
+    p: u32,
+    stretch: (u64, u64),
+    applied: u64,
+) -> ToolResult<Option<String>> {
+    use crate::pipeline::partitioner::key_hash;
+    use std::collections::HashSet;
+    // Key hashes (a collision only refuses too much, never too little).
+    let mut keys = HashSet::new();
+    let mut again: Option<(u64, String)> = None;
+    let mut later = 0u64;
+    let mut reader = log.reader(p, stretch.0).await?;
+    let mut next = stretch.0;
+    while next < applied {
+        let records = reader
+            .next_batch(((applied - next) as usize).min(4096))
+            .await?;
+        if records.is_empty() {
+            break;
+        }
+        next += records.len() as u64;
+        for r in records {
+            let LogEntry::Change(c) = r.entry else {
+                continue;
+            };
+            let k = key_hash(&c.routing_key_bytes());
+            if r.offset < stretch.1 {
+                keys.insert(k);
+            } else if keys.contains(&k) {
+                later += 1;
+                again.get_or_insert((r.offset, c.table.name.to_string()));
+            }
+        }
+    }
+    Ok(again.map(|(offset, table)| {
+        format!(
+            "partition {p}: the stretch ends at {}, and {later} changes up to the applied offset {applied} are to keys it changes (the first: {table} at offset {offset})",
+            stretch.1
+        )
+    }))
+}
+
+/// The partition asked for (checked), or every partition.
+fn partition_list<L: PartitionedLog>(log: &L, one: Option<u32>) -> ToolResult<Vec<u32>> {
+    match one {
+        Some(p) if p < log.partitions() => Ok(vec![p]),
+        Some(p) => Err(format!(
+            "partition {p} does not exist (the log has {})",
+            log.partitions()
+        )
+        .into()),
+        None => Ok((0..log.partitions()).collect()),
+    }
+}
+
+/// Refuses, listing them, to go back across `changes` unless `force`.
+fn refuse_crossing(changes: &[String], what: &str, force: bool) -> ToolResult<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let list = changes.join("\n  ");
+    if force {
+        println!("--force: {what} across these schema changes, already applied:\n  {list}");
+        return Ok(());
+    }
+    Err(format!(
+        "refused: {what} across schema changes the destination has already applied:\n  {list}\n\
+         They are not applied again, but the rows before them are, over a destination that has them: \
+         rows a TRUNCATE removed come back, rows of a dropped column or table halt the partition. \
+         Give --force to do it anyway."
+    )
+    .into())
 }
 
 async fn set_on<L: PartitionedLog>(
@@ -93,22 +216,16 @@ async fn set_on<L: PartitionedLog>(
     log: &L,
     partitions: Option<u32>,
     target: Target,
+    force: bool,
 ) -> ToolResult<()> {
     let consumer = cfg.apply().consumer;
     let mut sink = MySqlSink::connect(&cfg.sink, &cfg.name).await?;
     sink.ensure_progress_table().await?;
     let workers = cfg.sink.workers;
-    let list: Vec<u32> = match partitions {
-        Some(p) if p < log.partitions() => vec![p],
-        Some(p) => {
-            return Err(format!(
-                "partition {p} does not exist (the log has {})",
-                log.partitions()
-            )
-            .into())
-        }
-        None => (0..log.partitions()).collect(),
-    };
+    let list = partition_list(log, partitions)?;
+    // Every partition is checked before any moves.
+    let mut moves = Vec::new();
+    let mut crossed = Vec::new();
     for p in list {
         let start = log.start_offset(p).await?;
         let end = log.end_offset(p);
@@ -120,10 +237,18 @@ async fn set_on<L: PartitionedLog>(
         };
         if to < start || to > end {
             return Err(format!(
-                "offset {to} is out of range for partition {p} (records {start}..{end})"
+                "offset {to} is out of range for partition {p} (records {start}..{end}); no partition was moved"
             )
             .into());
         }
+        let was = log.committed(&consumer, p).await?;
+        if let Some(was) = was {
+            crossed.extend(schema_changes_in(log, p, to, was).await?);
+        }
+        moves.push((p, start, end, to, was));
+    }
+    refuse_crossing(&crossed, "moving back", force)?;
+    for (p, start, end, to, was) in moves {
         // Each worker resumes after `to - 1`; with `to == 0` no rows: from the start.
         let rows: Vec<WorkerProgress> = match to.checked_sub(1) {
             Some(offset) => (0..workers)
@@ -139,7 +264,15 @@ async fn set_on<L: PartitionedLog>(
         };
         sink.set_progress(p, &rows).await?;
         log.commit(&consumer, p, to).await?;
-        println!("partition {p}: next offset {to} (records {start}..{end})");
+        let effect = match was {
+            Some(w) if to < w => format!("{} records will be applied again", w - to),
+            Some(w) if to > w => format!("{} records will be skipped", to - w),
+            Some(_) => "unchanged".into(),
+            None => "no offset was committed before".into(),
+        };
+        let was = was.map_or_else(|| "-".into(), |w| w.to_string());
+        println!("partition {p}: next offset {was} -> {to}: {effect} (records {start}..{end})");
+        tracing::info!(partition = p, from = %was, to, "offsets set by the operator");
     }
     Ok(())
 }
@@ -148,10 +281,16 @@ pub struct Range {
     pub partition: Option<u32>,
     pub from: Target,
     pub to: Option<Target>,
+    /// Replay across schema changes, or stop before what is applied (see [`replay`]).
+    pub force: bool,
 }
 
 /// Re-applies a stretch of the log to the destination without moving any position; with
-/// `dry_run`, prints what it would change instead.
+/// `dry_run`, prints what it would change instead. Refused unless `range.force`: a
+/// stretch followed by a schema change the destination has (in it, or after it up to
+/// the committed offset; see [`schema_changes_in`]), and a stretch that ends before
+/// changes the destination has to the same keys (they would be left at older
+/// versions, until they change again).
 pub async fn replay(cfg: &Config, range: Range, dry_run: bool) -> ToolResult<()> {
     match open_stopped(cfg).await? {
         ToolLog::Embedded(log) => replay_on(cfg, &log, range, dry_run).await,
@@ -166,12 +305,10 @@ async fn replay_on<L: PartitionedLog>(
     dry_run: bool,
 ) -> ToolResult<()> {
     let mut sink = MySqlSink::connect(&cfg.sink, &cfg.name).await?;
-    let list: Vec<u32> = match range.partition {
-        Some(p) => vec![p],
-        None => (0..log.partitions()).collect(),
-    };
-
-    let (mut applied, mut planned) = (0u64, 0u64);
+    let list = partition_list(log, range.partition)?;
+    let consumer = cfg.apply().consumer;
+    let mut stretches = Vec::new();
+    let (mut crossed, mut short) = (Vec::new(), Vec::new());
     for p in list {
         let from = resolve(log, p, &range.from).await?;
         let to = match &range.to {
@@ -182,6 +319,29 @@ async fn replay_on<L: PartitionedLog>(
         if from >= to {
             continue;
         }
+        let committed = log.committed(&consumer, p).await?;
+        let applied = committed.unwrap_or(0).max(to);
+        crossed.extend(schema_changes_in(log, p, from, applied).await?);
+        if let Some(c) = committed {
+            if to < c {
+                short.extend(changed_again(log, p, (from, to), c).await?);
+            }
+        }
+        stretches.push((p, from, to));
+    }
+    if !dry_run {
+        refuse_crossing(&crossed, "replaying", range.force)?;
+        if !short.is_empty() && !range.force {
+            return Err(format!(
+                "refused: keys the stretch changes change again after it, and the destination has that already: they would be left at older versions (until they change again):\n  {}\nGive --force to do it anyway.",
+                short.join("\n  ")
+            )
+            .into());
+        }
+    }
+
+    let (mut applied, mut planned) = (0u64, 0u64);
+    for (p, from, to) in stretches {
         let mut reader = log.reader(p, from).await?;
         let mut next = from;
         while next < to {
