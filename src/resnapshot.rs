@@ -37,6 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 use rowlog_api::{BinlogPosition, ChangeEvent, ChangeId, Op, Retry, SourceMeta, TableName, Value};
 use rowlog_mysql_binlog::{SnapshotSession, SnapshotTable, SourceConfig, SourceError};
@@ -63,6 +64,8 @@ pub enum ResnapshotError {
     Keyless { table: TableName },
     #[error("re-snapshot: {table} is not on the source")]
     Missing { table: TableName },
+    #[error("re-snapshot: {table} is not on the destination; a copy while rowlog streams does not make tables: stop rowlog and run `rowlog snapshot --tables {table}`, which does")]
+    NotOnDestination { table: TableName },
     #[error("re-snapshot: {table}: {detail}")]
     Shape { table: TableName, detail: String },
     #[error("re-snapshot: {table} was read from the server with server_id {chunk_server_id}, but the stream comes from server_id {stream_server_id} (does source.url reach more than one server?); a copy's position means nothing in another server's binlog")]
@@ -102,6 +105,10 @@ pub struct Request {
     /// The last primary key of the current table durably in the log.
     #[serde(default)]
     pub last_key: Option<Vec<Value>>,
+    /// The names of that key's columns: a key changed since (ALTER … PRIMARY KEY)
+    /// makes `last_key` meaningless, and the table is copied again from its start.
+    #[serde(default)]
+    pub key_columns: Option<Vec<String>>,
     /// Rows copied per table.
     #[serde(default)]
     pub rows: Vec<u64>,
@@ -178,6 +185,8 @@ pub struct Chunk {
     pub table: TableName,
     /// The range's upper key; `None` when the chunk ends the table.
     upto: Option<Vec<Value>>,
+    /// The names of the key's columns.
+    key_columns: Vec<String>,
     rows: u64,
 }
 
@@ -261,12 +270,20 @@ impl Resnapshot {
         let job = self.job.as_ref().expect("next_chunk without a request");
         let table = job.tables[job.current].clone();
         let after = job.last_key.clone();
+        let key_columns = job.key_columns.clone();
         let src_err = |source| ResnapshotError::Source {
             table: table.clone(),
             source: Box::new(source),
         };
         let mut session = SnapshotSession::open(&self.source).await.map_err(src_err)?;
-        let chunk = self.read(&mut session, &table, after.as_deref()).await;
+        let chunk = self
+            .read(
+                &mut session,
+                &table,
+                after.as_deref(),
+                key_columns.as_deref(),
+            )
+            .await;
         session.close().await;
         if chunk.is_err() {
             // A broken destination connection is not reused.
@@ -280,6 +297,7 @@ impl Resnapshot {
         session: &mut SnapshotSession,
         table: &TableName,
         after: Option<&[Value]>,
+        key_columns: Option<&[String]>,
     ) -> Result<Chunk, ResnapshotError> {
         let src_err = |source| ResnapshotError::Source {
             table: table.clone(),
@@ -300,6 +318,14 @@ impl Resnapshot {
                 table: table.clone(),
             });
         }
+        let columns: Vec<String> = t.schema.pk_columns().map(|c| c.name.clone()).collect();
+        let after = match key_columns {
+            Some(was) if after.is_some() && was != columns.as_slice() => {
+                warn!(table = %table, was = ?was, now = ?columns, "the table's primary key changed during its re-snapshot; copying it again from its start");
+                None
+            }
+            _ => after,
+        };
         let n = self.chunk_rows;
         let key_of = |row: &Vec<Value>| -> Vec<Value> {
             t.schema
@@ -326,6 +352,20 @@ impl Resnapshot {
                 slot.insert(conn)
             }
         };
+        // A table the destination does not have is not waited for: an online copy
+        // does not make tables (rowlog snapshot with rowlog stopped does).
+        let on_destination: Option<u8> = dest
+            .exec_first(
+                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (&table.db, &table.table),
+            )
+            .await
+            .map_err(|e| dst_err(format!("cannot look the table up: {e}")))?;
+        if on_destination.is_none() {
+            return Err(ResnapshotError::NotOnDestination {
+                table: table.clone(),
+            });
+        }
         let dest_keys = t
             .read_keys(dest, after, upto.as_deref(), n)
             .await
@@ -403,6 +443,7 @@ impl Resnapshot {
             changes,
             table: table.clone(),
             upto,
+            key_columns: columns,
             rows: copied_rows,
         })
     }
@@ -417,11 +458,15 @@ impl Resnapshot {
         job.rows[i] += chunk.rows;
         self.metrics.snapshot_chunk(&chunk.table, chunk.rows);
         match &chunk.upto {
-            Some(k) => job.last_key = Some(k.clone()),
+            Some(k) => {
+                job.last_key = Some(k.clone());
+                job.key_columns = Some(chunk.key_columns.clone());
+            }
             None => {
                 info!(table = %chunk.table, rows = job.rows[i], "re-snapshot of the table done");
                 job.current += 1;
                 job.last_key = None;
+                job.key_columns = None;
             }
         }
         self.metrics.snapshot_tables(job.tables.len(), job.current);

@@ -519,6 +519,27 @@ async fn rowlog_snapshot_while_rowlog_runs_repairs_chosen_tables_and_the_stream_
         !out.status.success() && err.contains("app.tags has no primary key"),
         "{err}"
     );
+    // So is a table the destination does not have (an online copy makes no tables),
+    // instead of being waited for without end. Made outside the binlog, so only the
+    // source has it; dropped the same way afterwards.
+    pair.src
+        .exec(&[
+            "SET sql_log_bin = 0",
+            "CREATE TABLE app.source_only (id INT PRIMARY KEY)",
+            "INSERT INTO app.source_only VALUES (1), (2)",
+        ])
+        .await
+        .unwrap();
+    let out = run("app.source_only").await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("app.source_only is not on the destination"),
+        "{err}"
+    );
+    pair.src
+        .exec(&["SET sql_log_bin = 0", "DROP TABLE app.source_only"])
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     let written = writes.await.unwrap();
