@@ -50,6 +50,10 @@ use crate::metrics::Metrics;
 
 pub const REQUEST_FILE: &str = "resnapshot.request";
 
+/// How long a copy waits for a table the destination does not have (its CREATE may be
+/// on its way through the log) before it stops.
+const MISSING_TABLE_WAIT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ResnapshotError {
     #[error("re-snapshot: reading {table} failed")]
@@ -64,15 +68,21 @@ pub enum ResnapshotError {
     Keyless { table: TableName },
     #[error("re-snapshot: {table} is not on the source")]
     Missing { table: TableName },
-    #[error("re-snapshot: {table} is not on the destination; a copy while rowlog streams does not make tables: stop rowlog and run `rowlog snapshot --tables {table}`, which does")]
+    #[error("re-snapshot: {table} is not on the destination (waited 30 s for the stream to make it); a copy while rowlog streams does not make tables: stop rowlog and run `rowlog snapshot --tables {table}`, which does")]
     NotOnDestination { table: TableName },
     #[error("re-snapshot: {table}: {detail}")]
     Shape { table: TableName, detail: String },
-    #[error("re-snapshot: {table} was read from the server with server_id {chunk_server_id}, but the stream comes from server_id {stream_server_id} (does source.url reach more than one server?); a copy's position means nothing in another server's binlog")]
+    #[error("re-snapshot: a chunk of {table} was read from the server with server_id {chunk_server_id}, but the stream comes from server_id {stream_server_id} (a failover, or a source.url that reaches more than one server); it is read again")]
     OtherServer {
         table: TableName,
         chunk_server_id: u32,
         stream_server_id: u32,
+    },
+    #[error("re-snapshot: a chunk of {table} was read at {floor}, which the stream had passed already ({stream}; on MariaDB a transaction reaches the binlog before a consistent read sees it); it is read again")]
+    BehindStream {
+        table: TableName,
+        floor: BinlogPosition,
+        stream: BinlogPosition,
     },
     #[error("re-snapshot request {path}")]
     File {
@@ -90,6 +100,8 @@ impl Retry for ResnapshotError {
             Self::Source { source, .. } => source.is_retryable(),
             // The destination down or restarting: the apply stage waits it out too.
             Self::Destination { .. } => true,
+            // Read again after a pause.
+            Self::OtherServer { .. } | Self::BehindStream { .. } => true,
             _ => false,
         }
     }
@@ -200,6 +212,8 @@ pub struct Resnapshot {
     job: Option<Request>,
     polled: Option<Instant>,
     dest: Option<Conn>,
+    /// The table found missing on the destination, and since when.
+    missing_since: Option<(TableName, Instant)>,
     /// After a transient failure: no chunk before this.
     paused_until: Option<Instant>,
     backoff: crate::pipeline::backoff::Backoff,
@@ -216,6 +230,7 @@ impl Resnapshot {
             job: None,
             polled: None,
             dest: None,
+            missing_since: None,
             paused_until: None,
             backoff: crate::pipeline::backoff::Backoff::new(
                 Duration::from_millis(500),
@@ -362,10 +377,23 @@ impl Resnapshot {
             .await
             .map_err(|e| dst_err(format!("cannot look the table up: {e}")))?;
         if on_destination.is_none() {
+            // A table just made on the source may have its CREATE on the way through
+            // the log still: waited for a while, then the copy stops.
+            let since = match &self.missing_since {
+                Some((t, at)) if t == table => *at,
+                _ => self.missing_since.insert((table.clone(), Instant::now())).1,
+            };
+            if since.elapsed() < MISSING_TABLE_WAIT {
+                return Err(dst_err(format!(
+                    "not on the destination (yet?); waiting up to {} s for the stream to make it",
+                    MISSING_TABLE_WAIT.as_secs()
+                )));
+            }
             return Err(ResnapshotError::NotOnDestination {
                 table: table.clone(),
             });
         }
+        self.missing_since = None;
         let dest_keys = t
             .read_keys(dest, after, upto.as_deref(), n)
             .await

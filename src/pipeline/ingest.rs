@@ -25,7 +25,7 @@ use rowlog_api::{
     ChangeEvent, ChangeId, ChangeSource, Gtid, Op, ResumePoint, Retry, SourceEvent, TableSchema,
 };
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::backoff::Backoff;
 use super::partitioner::{key_hash, partition_of};
@@ -296,6 +296,9 @@ async fn place_chunk(
             _ = shutdown.wait() => return Ok(Placed::Stop),
             c = job.next_chunk() => c?,
         };
+        // A chunk from another server than the stream's (a failover whose stream has
+        // not yet shown its new server, or a source.url that reaches several): its
+        // position means nothing here. Read again after a pause (retryable).
         if at.server_id != chunk.server_id {
             return Err(ResnapshotError::OtherServer {
                 table: chunk.table,
@@ -305,11 +308,14 @@ async fn place_chunk(
         }
         // The stream may already be past the chunk's position: on MariaDB a
         // transaction can reach the binlog (and rowlog) before a consistent read sees
-        // it, and a row placed after such a change would undo it. Read again at a
-        // later boundary (not at once: the read would likely see the same).
+        // it, and a row placed after such a change would undo it. Read again after a
+        // pause (retryable): at once, the read would likely see the same.
         if at.position > chunk.floor {
-            debug!(floor = %chunk.floor, stream = %at.position, "a re-snapshot chunk was read at a position the stream had passed; reading it again later");
-            return Ok(Placed::Wait);
+            return Err(ResnapshotError::BehindStream {
+                table: chunk.table,
+                floor: chunk.floor,
+                stream: at.position.clone(),
+            });
         }
         *pending = Some(Pending {
             chunk,
@@ -321,7 +327,7 @@ async fn place_chunk(
     };
     if p.overtaken {
         warn!(floor = %p.chunk.floor, chunk_server_id = p.chunk.server_id, stream_server_id = at.server_id,
-              "the stream passed a re-snapshot chunk's position before it could be placed (or the chunk was read from another server); reading the chunk again");
+              "the stream passed a re-snapshot chunk's position before it could be placed; reading the chunk again");
         return Ok(Placed::Again);
     }
     let (durable, appended) = oneshot::channel();
