@@ -336,9 +336,11 @@ where
                             // commit past it now rather than within the second, so a
                             // restart that falls back to the log's offset (another
                             // worker count) does not read rows from before it again.
-                            commit(&log, &cfg.consumer, partition, next_dispatch).await;
-                            committed_at = Some(next_dispatch);
-                            last_commit = Instant::now();
+                            if committed_at.is_none_or(|c| next_dispatch > c) {
+                                commit(&log, &cfg.consumer, partition, next_dispatch).await;
+                                committed_at = Some(next_dispatch);
+                                last_commit = Instant::now();
+                            }
                             continue;
                         }
                     };
