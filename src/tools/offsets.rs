@@ -106,7 +106,7 @@ async fn schema_changes_in<L: PartitionedLog>(
     p: u32,
     from: u64,
     to: u64,
-) -> ToolResult<Vec<String>> {
+) -> ToolResult<Vec<(String, String)>> {
     let mut found = Vec::new();
     if from >= to {
         return Ok(found);
@@ -121,17 +121,40 @@ async fn schema_changes_in<L: PartitionedLog>(
         next += records.len() as u64;
         for r in records {
             if let LogEntry::Schema(s) = r.entry {
-                found.push(format!(
-                    "partition {p}: offset {}: {} at {}: `{}`",
-                    r.offset,
-                    s.kind.as_str(),
-                    s.source.id.event,
-                    s.statement
+                found.push((
+                    format!(
+                        "{} at {}: `{}`",
+                        s.kind.as_str(),
+                        s.source.id.event,
+                        s.statement
+                    ),
+                    format!("partition {p} offset {}", r.offset),
                 ));
             }
         }
     }
     Ok(found)
+}
+
+/// How far the destination has partition `p`: the log's committed offset or, when
+/// further, the end of what a worker's progress row on the destination says it
+/// applied (the log's offset lags it by up to a second, or is gone: Kafka expires the
+/// offsets of an idle consumer group).
+async fn applied_end<L: PartitionedLog>(
+    log: &L,
+    sink: &mut MySqlSink,
+    consumer: &str,
+    p: u32,
+) -> ToolResult<Option<u64>> {
+    let committed = log.committed(consumer, p).await?;
+    let progress = sink
+        .load_progress(p)
+        .await?
+        .into_iter()
+        .filter(|r| r.log_id == log.log_id())
+        .map(|r| r.offset + 1)
+        .max();
+    Ok(committed.max(progress))
 }
 
 /// Whether keys changed in `stretch` of partition `p` change again before `applied`
@@ -162,7 +185,7 @@ async fn changed_again<L: PartitionedLog>(
             let LogEntry::Change(c) = r.entry else {
                 continue;
             };
-            let k = key_hash(&c.routing_key_bytes());
+            let k = key_hash(&c.key_bytes());
             if r.offset < stretch.1 {
                 keys.insert(k);
             } else if keys.contains(&k) {
@@ -193,20 +216,29 @@ fn partition_list<L: PartitionedLog>(log: &L, one: Option<u32>) -> ToolResult<Ve
 }
 
 /// Refuses, listing them, to go back across `changes` unless `force`.
-fn refuse_crossing(changes: &[String], what: &str, force: bool) -> ToolResult<()> {
+fn refuse_crossing(changes: &[(String, String)], what: &str, force: bool) -> ToolResult<()> {
     if changes.is_empty() {
         return Ok(());
     }
-    let list = changes.join("\n  ");
+    // Every partition holds each schema change: listed once, with where.
+    let mut by_change: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (change, at) in changes {
+        by_change.entry(change).or_default().push(at);
+    }
+    let list = by_change
+        .iter()
+        .map(|(change, at)| format!("{change} ({})", at.join(", ")))
+        .collect::<Vec<_>>()
+        .join("\n  ");
     if force {
-        println!("--force: {what} across these schema changes, already applied:\n  {list}");
+        println!("--force: {what} across these schema changes:\n  {list}");
         return Ok(());
     }
     Err(format!(
-        "refused: {what} across schema changes the destination has already applied:\n  {list}\n\
-         They are not applied again, but the rows before them are, over a destination that has them: \
-         rows a TRUNCATE removed come back, rows of a dropped column or table halt the partition. \
-         Give --force to do it anyway."
+        "refused: {what} across schema changes:\n  {list}\n\
+         A schema change the destination has is not applied again (and a replay applies none), \
+         but the rows before it are, over a destination that has it: rows a TRUNCATE removed come back, \
+         rows of a dropped column or table halt the partition. Give --force to do it anyway."
     )
     .into())
 }
@@ -242,8 +274,8 @@ async fn set_on<L: PartitionedLog>(
             .into());
         }
         let was = log.committed(&consumer, p).await?;
-        if let Some(was) = was {
-            crossed.extend(schema_changes_in(log, p, to, was).await?);
+        if let Some(applied) = applied_end(log, &mut sink, &consumer, p).await? {
+            crossed.extend(schema_changes_in(log, p, to, applied).await?);
         }
         moves.push((p, start, end, to, was));
     }
@@ -307,6 +339,9 @@ async fn replay_on<L: PartitionedLog>(
     let mut sink = MySqlSink::connect(&cfg.sink, &cfg.name).await?;
     let list = partition_list(log, range.partition)?;
     let consumer = cfg.apply().consumer;
+    if !dry_run {
+        sink.ensure_progress_table().await?;
+    }
     let mut stretches = Vec::new();
     let (mut crossed, mut short) = (Vec::new(), Vec::new());
     for p in list {
@@ -319,15 +354,16 @@ async fn replay_on<L: PartitionedLog>(
         if from >= to {
             continue;
         }
-        let committed = log.committed(&consumer, p).await?;
-        let applied = committed.unwrap_or(0).max(to);
-        crossed.extend(schema_changes_in(log, p, from, applied).await?);
-        if let Some(c) = committed {
-            if to < c {
-                short.extend(changed_again(log, p, (from, to), c).await?);
-            }
-        }
         stretches.push((p, from, to));
+        if dry_run {
+            continue;
+        }
+        // Schema changes in the stretch, or after it up to what the destination has.
+        let applied = applied_end(log, &mut sink, &consumer, p).await?;
+        crossed.extend(schema_changes_in(log, p, from, applied.unwrap_or(0).max(to)).await?);
+        if let Some(a) = applied.filter(|&a| to < a) {
+            short.extend(changed_again(log, p, (from, to), a).await?);
+        }
     }
     if !dry_run {
         refuse_crossing(&crossed, "replaying", range.force)?;
