@@ -212,9 +212,13 @@ async fn run_on<L: PartitionedLog + Clone>(
                         metrics.pipeline_halted.set(1);
                         let mut s = shutdown.clone();
                         tokio::select! { _ = s.wait() => return Ok(()), _ = tokio::time::sleep(delay) => {} }
-                        // A partition the sink halted meanwhile stays halted.
+                        // A partition the sink halted meanwhile stays halted. Looked at
+                        // again after clearing: a halt noted in between is not undone.
                         if stats.halted().is_empty() {
                             metrics.pipeline_halted.set(0);
+                            if !stats.halted().is_empty() {
+                                metrics.pipeline_halted.set(1);
+                            }
                         }
                     }
                     other => return other.map_err(DaemonError::from),

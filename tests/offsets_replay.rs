@@ -251,6 +251,14 @@ async fn moving_back_across_an_applied_schema_change_is_refused_without_force() 
     let (code, out) = rowlog(&["offsets", "set", "-c", cfg, "--to-earliest", "--force"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("--force: moving back across"), "{out}");
+    // Forward again past the change: allowed (skipping is the operator's decision),
+    // and the skipped change is named.
+    let (code, out) = rowlog(&["offsets", "set", "-c", cfg, "--to-end"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("skipped with the records") && out.contains("TRUNCATE TABLE app.t"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,21 +215,26 @@ fn partition_list<L: PartitionedLog>(log: &L, one: Option<u32>) -> ToolResult<Ve
     }
 }
 
+/// Schema changes as lines: every partition holds each one, so each is listed once,
+/// with where it sits.
+fn listed_once(changes: &[(String, String)]) -> String {
+    let mut by_change: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (change, at) in changes {
+        by_change.entry(change).or_default().push(at);
+    }
+    by_change
+        .iter()
+        .map(|(change, at)| format!("{change} ({})", at.join(", ")))
+        .collect::<Vec<_>>()
+        .join("\n  ")
+}
+
 /// Refuses, listing them, to go back across `changes` unless `force`.
 fn refuse_crossing(changes: &[(String, String)], what: &str, force: bool) -> ToolResult<()> {
     if changes.is_empty() {
         return Ok(());
     }
-    // Every partition holds each schema change: listed once, with where.
-    let mut by_change: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
-    for (change, at) in changes {
-        by_change.entry(change).or_default().push(at);
-    }
-    let list = by_change
-        .iter()
-        .map(|(change, at)| format!("{change} ({})", at.join(", ")))
-        .collect::<Vec<_>>()
-        .join("\n  ");
+    let list = listed_once(changes);
     if force {
         println!("--force: {what} across these schema changes:\n  {list}");
         return Ok(());
@@ -257,7 +262,7 @@ async fn set_on<L: PartitionedLog>(
     let list = partition_list(log, partitions)?;
     // Every partition is checked before any moves.
     let mut moves = Vec::new();
-    let mut crossed = Vec::new();
+    let (mut crossed, mut skipped) = (Vec::new(), Vec::new());
     for p in list {
         let start = log.start_offset(p).await?;
         let end = log.end_offset(p);
@@ -274,12 +279,21 @@ async fn set_on<L: PartitionedLog>(
             .into());
         }
         let was = log.committed(&consumer, p).await?;
-        if let Some(applied) = applied_end(log, &mut sink, &consumer, p).await? {
+        let applied = applied_end(log, &mut sink, &consumer, p).await?;
+        if let Some(applied) = applied {
             crossed.extend(schema_changes_in(log, p, to, applied).await?);
         }
+        // Forward: schema changes skipped with the rows (the operator's decision), said.
+        skipped.extend(schema_changes_in(log, p, applied.unwrap_or(0), to).await?);
         moves.push((p, start, end, to, was));
     }
     refuse_crossing(&crossed, "moving back", force)?;
+    if !skipped.is_empty() {
+        println!(
+            "skipped with the records, never applied to the destination:\n  {}",
+            listed_once(&skipped)
+        );
+    }
     for (p, start, end, to, was) in moves {
         // Each worker resumes after `to - 1`; with `to == 0` no rows: from the start.
         let rows: Vec<WorkerProgress> = match to.checked_sub(1) {
