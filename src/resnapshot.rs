@@ -37,7 +37,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 use rowlog_api::{BinlogPosition, ChangeEvent, ChangeId, Op, Retry, SourceMeta, TableName, Value};
 use rowlog_mysql_binlog::{SnapshotSession, SnapshotTable, SourceConfig, SourceError};
@@ -367,37 +366,38 @@ impl Resnapshot {
                 slot.insert(conn)
             }
         };
-        // A table the destination does not have is not waited for: an online copy
-        // does not make tables (rowlog snapshot with rowlog stopped does).
-        let on_destination: Option<u8> = dest
-            .exec_first(
-                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-                (&table.db, &table.table),
-            )
-            .await
-            .map_err(|e| dst_err(format!("cannot look the table up: {e}")))?;
-        if on_destination.is_none() {
-            // A table just made on the source may have its CREATE on the way through
-            // the log still: waited for a while, then the copy stops.
-            let since = match &self.missing_since {
-                Some((t, at)) if t == table => *at,
-                _ => self.missing_since.insert((table.clone(), Instant::now())).1,
-            };
-            if since.elapsed() < MISSING_TABLE_WAIT {
-                return Err(dst_err(format!(
-                    "not on the destination (yet?); waiting up to {} s for the stream to make it",
-                    MISSING_TABLE_WAIT.as_secs()
-                )));
+        let dest_keys = match t.read_keys(dest, after, upto.as_deref(), n).await {
+            Ok(keys) => {
+                self.missing_since = None;
+                keys
             }
-            return Err(ResnapshotError::NotOnDestination {
-                table: table.clone(),
-            });
-        }
-        self.missing_since = None;
-        let dest_keys = t
-            .read_keys(dest, after, upto.as_deref(), n)
-            .await
-            .map_err(dst_err)?;
+            Err(detail) => {
+                // A table the destination does not have is not waited for without end:
+                // an online copy does not make tables (rowlog snapshot with rowlog
+                // stopped does). One just made on the source may have its CREATE on
+                // the way through the log still: waited for a while, then the copy
+                // stops.
+                let exists = rowlog_mysql_sink::table_exists(dest, table)
+                    .await
+                    .map_err(|e| dst_err(format!("cannot look the table up: {e}")))?;
+                if exists {
+                    return Err(dst_err(detail));
+                }
+                let since = match &self.missing_since {
+                    Some((t, at)) if t == table => *at,
+                    _ => self.missing_since.insert((table.clone(), Instant::now())).1,
+                };
+                if since.elapsed() < MISSING_TABLE_WAIT {
+                    return Err(dst_err(format!(
+                        "not on the destination (yet?); waiting up to {} s for the stream to make it",
+                        MISSING_TABLE_WAIT.as_secs()
+                    )));
+                }
+                return Err(ResnapshotError::NotOnDestination {
+                    table: table.clone(),
+                });
+            }
+        };
         if dest_keys.len() as u64 >= n {
             // The destination has more keys in the range than a chunk holds: the
             // chunk ends at its last one, so memory stays bounded by the chunk size.

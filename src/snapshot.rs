@@ -346,12 +346,7 @@ pub async fn run<L: PartitionedLog>(
     // by an earlier version that is resumed has none: it starts at the lowest floor.
     let fresh = state.done || state.tables.is_empty();
     if set_checkpoint && fresh {
-        let s = SnapshotSession::open(&cfg.source).await?;
-        state.start = Some(ResumePoint {
-            epoch: state.epoch,
-            ..s.position.clone()
-        });
-        s.close().await;
+        state.start = Some(source_position(cfg, state.epoch).await?);
     }
     // Every replicated table `only` selects is (re)copied unless this very snapshot
     // has finished it already.
@@ -422,16 +417,8 @@ pub async fn run<L: PartitionedLog>(
             .min_by(|a, b| a.position.cmp(&b.position));
         let start = match state.start.clone().or(lowest_floor) {
             Some(s) => s,
-            None => {
-                // Nothing to copy, from a state without a start: stream from now.
-                let s = SnapshotSession::open(&cfg.source).await?;
-                let p = ResumePoint {
-                    epoch: state.epoch,
-                    ..s.position.clone()
-                };
-                s.close().await;
-                p
-            }
+            // Nothing to copy, from a state without a start: stream from now.
+            None => source_position(cfg, state.epoch).await?,
         };
         log.store_checkpoint(start).await?;
     }
@@ -463,12 +450,7 @@ async fn abandon(
     let mut sink = MySqlSink::connect(&cfg.sink, &cfg.name)
         .await
         .map_err(|e| sink_error(&tables[0], e))?;
-    let session = SnapshotSession::open(&cfg.source).await?;
-    let floor = ResumePoint {
-        epoch: state.epoch,
-        ..session.position.clone()
-    };
-    session.close().await;
+    let floor = source_position(cfg, state.epoch).await?;
     for table in tables {
         let exists = sink.table_exists(&table).await.map_err(|source| {
             sink_error(
@@ -489,6 +471,17 @@ async fn abandon(
         }
     }
     state.save(&cfg.log.dir)
+}
+
+/// The source's position now (a consistent read's), in reading epoch `epoch`.
+async fn source_position(cfg: &Config, epoch: u32) -> Result<ResumePoint, SnapshotError> {
+    let s = SnapshotSession::open(&cfg.source).await?;
+    let p = ResumePoint {
+        epoch,
+        ..s.position.clone()
+    };
+    s.close().await;
+    Ok(p)
 }
 
 struct Shared {

@@ -34,13 +34,33 @@ async fn count(pair: &Pair, sql: &str) -> u64 {
         .unwrap()
 }
 
-/// A pair whose log is on `kafka` when given, embedded otherwise.
+/// A pair whose log is on `kafka` when given, embedded otherwise, with the table
+/// `app.t (id, v)` on both servers.
 async fn pair_on(kafka: Option<&Tansu>) -> Pair {
     let pair = Pair::start().await;
     if let Some(k) = kafka {
         pair.use_kafka(k.brokers());
     }
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
+    ])
+    .await;
     pair
+}
+
+/// Sleeps into the next whole second (binlog times have whole seconds) and returns
+/// its start, in epoch milliseconds.
+async fn next_second() -> u64 {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let at = (now() / 1000 + 1) * 1000;
+    tokio::time::sleep(Duration::from_millis(at - now() + 50)).await;
+    at
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,11 +78,6 @@ async fn offsets_and_replay_repair_a_damaged_destination_through_kafka() {
 
 async fn offsets_and_replay_repair_a_damaged_destination_on(kafka: Option<&Tansu>) {
     let pair = pair_on(kafka).await;
-    pair.create(&[
-        "CREATE DATABASE app",
-        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
-    ])
-    .await;
     let config = pair.write_config(2, 4);
     let cfg = config.to_str().unwrap();
     let log = pair.dir.path().join("rowlog.log");
@@ -166,12 +181,7 @@ async fn offsets_and_replay_repair_a_damaged_destination_on(kafka: Option<&Tansu
 /// after it: they would be left at their older versions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_back_across_an_applied_schema_change_is_refused_without_force() {
-    let pair = Pair::start().await;
-    pair.create(&[
-        "CREATE DATABASE app",
-        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
-    ])
-    .await;
+    let pair = pair_on(None).await;
     let config = pair.write_config(2, 2);
     let cfg = config.to_str().unwrap();
     let daemon = Daemon::spawn(&config, pair.dir.path().join("rowlog.log"));
@@ -182,16 +192,7 @@ async fn moving_back_across_an_applied_schema_change_is_refused_without_force() 
         ])
         .await
         .unwrap();
-    // Binlog times have whole seconds: each step below starts in a second of its own.
-    let next_second = || async {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
-        let at = (now / 1000 + 1) * 1000;
-        tokio::time::sleep(Duration::from_millis(at - now + 50)).await;
-        at
-    };
+    // Each step below starts in a second of its own.
     let inserted = next_second().await;
     pair.src
         .exec(&["INSERT INTO app.t SELECT seq, seq FROM app.seq_1000_to_1009"])
@@ -277,11 +278,6 @@ async fn source_reset_re_reads_the_binlog_from_an_earlier_position_through_kafka
 
 async fn source_reset_re_reads_the_binlog_from_an_earlier_position_on(kafka: Option<&Tansu>) {
     let pair = pair_on(kafka).await;
-    pair.create(&[
-        "CREATE DATABASE app",
-        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
-    ])
-    .await;
     let config = pair.write_config(2, 2);
     let cfg = config.to_str().unwrap();
     let log = pair.dir.path().join("rowlog.log");
@@ -372,11 +368,6 @@ async fn offsets_move_to_an_offset_or_a_time_and_replay_takes_an_offset_range_on
     kafka: Option<&Tansu>,
 ) {
     let pair = pair_on(kafka).await;
-    pair.create(&[
-        "CREATE DATABASE app",
-        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
-    ])
-    .await;
     let config = pair.write_config(2, 2);
     let cfg = config.to_str().unwrap();
     let log = pair.dir.path().join("rowlog.log");
@@ -387,14 +378,7 @@ async fn offsets_move_to_an_offset_or_a_time_and_replay_takes_an_offset_range_on
         .unwrap();
     // Binlog times have second precision: the second batch starts in a later second
     // than the first, and `split` is that second's start.
-    let now_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
-    let split = (now_ms() / 1000 + 1) * 1000;
-    tokio::time::sleep(Duration::from_millis(split - now_ms() + 50)).await;
+    let split = next_second().await;
     pair.src
         .exec(&["INSERT INTO app.t SELECT seq, seq FROM app.seq_1001_to_1200"])
         .await

@@ -31,4 +31,4 @@ pub use coalesce::{coalesce, Coalesced};
 pub use config::SinkConfig;
 pub use error::SinkError;
 pub use load::{Staged as StagedInfile, FILE as STAGED_INFILE};
-pub use sink::{MySqlSink, Planned};
+pub use sink::{table_exists, MySqlSink, Planned};

@@ -649,14 +649,7 @@ impl MySqlSink {
 
     /// Whether the destination has `table`.
     pub async fn table_exists(&mut self, table: &TableName) -> Result<bool, mysql_async::Error> {
-        let found: Option<u8> = self
-            .conn
-            .exec_first(
-                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-                (&table.db, &table.table),
-            )
-            .await?;
-        Ok(found.is_some())
+        table_exists(&mut self.conn, table).await
     }
 
     /// Snapshot: empties a destination table before its copy starts (what is there is
@@ -1082,6 +1075,17 @@ impl ChangeSink for MySqlSink {
             })
             .collect())
     }
+}
+
+/// Whether the server `conn` is connected to has `table`.
+pub async fn table_exists(conn: &mut Conn, table: &TableName) -> Result<bool, mysql_async::Error> {
+    let found: Option<u8> = conn
+        .exec_first(
+            "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            (&table.db, &table.table),
+        )
+        .await?;
+    Ok(found.is_some())
 }
 
 #[cfg(test)]

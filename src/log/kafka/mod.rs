@@ -684,6 +684,7 @@ impl PartitionedLog for KafkaLog {
         let mut counts = vec![0u64; p_count];
         // Whether a record of this append is with librdkafka yet.
         let mut sent = false;
+        let now = now_ms();
         let note = |top: &mut Vec<Option<i64>>, (p, off): (i32, Option<i64>)| {
             if let (Some(t), Some(off)) = (top.get_mut(p as usize), off) {
                 *t = Some(t.map_or(off, |t| t.max(off)));
@@ -708,7 +709,7 @@ impl PartitionedLog for KafkaLog {
                 let mut rec: FutureRecord<'_, str, str> = FutureRecord::to(topic)
                     .partition(p as i32)
                     .payload(m.value.as_str())
-                    .timestamp(stamp(m.time_ms, now_ms()));
+                    .timestamp(stamp(m.time_ms, now));
                 if let Some(k) = &m.key {
                     rec = rec.key(k.as_str());
                 }
@@ -886,12 +887,12 @@ impl PartitionedLog for KafkaLog {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(topic, p, Offset::Offset(time_ms as i64))
                 .map_err(kafka("look up offsets by time", topic))?;
-            let found = this
+            let by_stamp = this
                 .inner
                 .meta
                 .offsets_for_times(tpl, this.timeout())
                 .map_err(kafka("look up offsets by time", topic))?;
-            let offset = found.find_partition(topic, p).map(|e| e.offset());
+            let offset = by_stamp.find_partition(topic, p).map(|e| e.offset());
             let from = match offset {
                 Some(Offset::Offset(n)) if n >= 0 => n.clamp(low.max(0), high),
                 _ => return Ok(end),
