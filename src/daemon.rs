@@ -208,18 +208,12 @@ async fn run_on<L: PartitionedLog + Clone>(
                         warn!(error = %error_chain(&e), retry_in_ms = delay.as_millis() as u64, "log append failed; ingest pauses and resumes from the checkpoint");
                         metrics.error(ErrorStage::Log, true);
                         metrics.state.record_error(ErrorReport::new(ErrorStage::Log.as_str(), true, error_chain(&e)));
-                        // Paused is halted for an operator: nothing moves until space returns.
-                        metrics.pipeline_halted.set(1);
+                        metrics.set_paused(true);
                         let mut s = shutdown.clone();
                         tokio::select! { _ = s.wait() => return Ok(()), _ = tokio::time::sleep(delay) => {} }
-                        // A partition the sink halted meanwhile stays halted. Looked at
-                        // again after clearing: a halt noted in between is not undone.
-                        if stats.halted().is_empty() {
-                            metrics.pipeline_halted.set(0);
-                            if !stats.halted().is_empty() {
-                                metrics.pipeline_halted.set(1);
-                            }
-                        }
+                        // A partition the sink halted meanwhile stays halted: the gauge
+                        // is derived from both causes.
+                        metrics.set_paused(false);
                     }
                     other => return other.map_err(DaemonError::from),
                 }
@@ -335,7 +329,7 @@ async fn stop_http(http: Option<tokio::task::JoinHandle<Result<(), HttpError>>>)
 /// already recorded with more detail (a rejected batch with its table and key, a
 /// source error) are counted where they happened and not overwritten here.
 fn note_halt(metrics: &Metrics, e: &DaemonError) {
-    metrics.pipeline_halted.set(1);
+    metrics.set_stopped();
     let stage = match e {
         DaemonError::Apply(ApplyError::Sink { .. })
         | DaemonError::Ingest(IngestError::Source(_)) => return,

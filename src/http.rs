@@ -163,7 +163,7 @@ async fn status(State(ops): State<Ops>) -> Json<StatusReport> {
         version: env!("CARGO_PKG_VERSION"),
         ready: readiness.is_ok(),
         not_ready_reason: readiness.err(),
-        halted: m.pipeline_halted.get() != 0,
+        halted: m.is_halted(),
         stalled: m.pipeline_stalled.get() != 0,
         source: SourceReport {
             status: m.state.source(),

@@ -112,6 +112,13 @@ struct Progress {
     since: Instant,
 }
 
+/// The causes `rowlog_pipeline_halted` is derived from.
+#[derive(Default)]
+struct Halt {
+    paused: bool,
+    stopped: bool,
+}
+
 pub struct Metrics {
     registry: Registry,
     partitions: u32,
@@ -120,6 +127,9 @@ pub struct Metrics {
     /// Newest source time seen (commit time or heartbeat), ms since the epoch; 0 = none.
     source_time_ms: AtomicU64,
     progress: Mutex<Vec<Progress>>,
+    /// Why the pipeline is halted: `rowlog_pipeline_halted` is derived from this alone,
+    /// under its lock, so a pause ending never clears a stage's stop noted meanwhile.
+    halt: Mutex<Halt>,
     /// Changes applied per partition. The stall detector watches this rather than the
     /// watermark: the watermark is published by the partition task between dispatch
     /// rounds, which can lag behind workers that are still making progress.
@@ -165,7 +175,8 @@ pub struct Metrics {
 
     // Pipeline.
     pub errors: IntCounterVec,
-    pub pipeline_halted: IntGauge,
+    /// Written only through [`Metrics::set_paused`] and [`Metrics::set_stopped`].
+    pipeline_halted: IntGauge,
     pub pipeline_stalled: IntGauge,
 
     // Process.
@@ -240,6 +251,7 @@ impl Metrics {
                     .collect(),
             ),
             applied_per_partition: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            halt: Mutex::new(Halt::default()),
             state: State::default(),
 
             source_events: int_counter_vec(
@@ -741,9 +753,31 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 
+    /// The ingest pauses (a full disk) or resumes. Paused is halted for an operator:
+    /// nothing moves until space returns.
+    pub fn set_paused(&self, paused: bool) {
+        self.update_halt(|h| h.paused = paused);
+    }
+
+    /// A stage stopped on an error (a partition halted, or the pipeline): halted until
+    /// rowlog restarts.
+    pub fn set_stopped(&self) {
+        self.update_halt(|h| h.stopped = true);
+    }
+
+    pub fn is_halted(&self) -> bool {
+        self.pipeline_halted.get() != 0
+    }
+
+    fn update_halt(&self, change: impl FnOnce(&mut Halt)) {
+        let mut h = self.halt.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut h);
+        self.pipeline_halted.set(i64::from(h.paused || h.stopped));
+    }
+
     /// Whether `/readyz` should say yes, and if not, why.
     pub fn readiness(&self) -> Result<(), String> {
-        if self.pipeline_halted.get() != 0 {
+        if self.is_halted() {
             return Err("the pipeline is halted".into());
         }
         if self.pipeline_stalled.get() != 0 {
@@ -821,6 +855,23 @@ fn segment_usage(dir: &std::path::Path, p: u32) -> (i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The full-disk pause ending must not clear a halt a partition noted while the
+    /// ingest was paused; only a restart does.
+    #[test]
+    fn a_pause_ending_leaves_a_stop_noted_during_it_halted() {
+        let m = Metrics::new(1, Duration::from_secs(30));
+        let halted = |m: &Metrics| m.encode().lines().any(|l| l == "rowlog_pipeline_halted 1");
+        m.set_paused(true);
+        assert!(halted(&m) && m.is_halted());
+        m.set_paused(false);
+        assert!(!halted(&m) && !m.is_halted());
+        m.set_paused(true);
+        m.set_stopped();
+        m.set_paused(false);
+        assert!(halted(&m) && m.is_halted());
+        assert_eq!(m.readiness(), Err("the pipeline is halted".into()));
+    }
 
     #[test]
     fn every_metric_registers_and_fixed_series_exist_from_the_start() {

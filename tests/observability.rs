@@ -290,7 +290,7 @@ async fn a_change_the_destination_rejects_halts_naming_its_table_key_and_positio
     // The partition halts; the pipeline keeps running its other partitions (here
     // none) until it is stopped, and then reports the halt as its result.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while metrics.pipeline_halted.get() != 1 {
+    while !metrics.is_halted() {
         assert!(
             std::time::Instant::now() < deadline,
             "the partition never halted"
@@ -316,7 +316,7 @@ async fn a_change_the_destination_rejects_halts_naming_its_table_key_and_positio
         ),
         "{err:?}"
     );
-    assert_eq!(metrics.pipeline_halted.get(), 1);
+    assert!(metrics.is_halted());
     assert_eq!(
         metrics
             .errors
