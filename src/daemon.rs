@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use rowlog_api::Retry;
 use rowlog_mysql_binlog::{preflight, BinlogReader, SourceError};
+use rowlog_mysql_sink::lease::{self, LeaseError};
 use rowlog_mysql_sink::{MySqlSink, SinkError};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
@@ -53,6 +54,8 @@ pub enum DaemonError {
     Http(#[from] HttpError),
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
 }
 
 /// Runs the pipeline until `external` fires or a stage fails definitely.
@@ -154,24 +157,39 @@ async fn run_on<L: PartitionedLog + Clone>(
         None
     };
 
+    // One process at a time moves this pipeline's positions (see the lease module).
+    // A holder on another host that stopped without releasing it is waited for until
+    // its lease runs out; one that renews it keeps this daemon from starting.
+    let wait = lease::LEASE_TTL + Duration::from_secs(5);
+    let taken = tokio::select! {
+        taken = lease::acquire(&cfg.sink, &cfg.name, "rowlog run", wait) => taken?,
+        _ = external.wait() => return Ok(stats),
+    };
+    let mut lease = lease::keep(taken);
+
     let (trigger, shutdown) = shutdown::channel();
     let mut http = ops.map(|server| tokio::spawn(server.serve(shutdown.clone())));
 
     // A snapshot, when one is due, runs to its end before streaming starts (see
     // crate::snapshot for why that keeps the hand-off exact).
-    let floors = match crate::snapshot::before_streaming(&cfg, &log, &metrics, &external).await {
+    let snapshot = tokio::select! {
+        done = crate::snapshot::before_streaming(&cfg, &log, &metrics, &external) => done.map_err(DaemonError::Snapshot),
+        lost = lease.lost() => Err(DaemonError::Lease(lost)),
+    };
+    let floors = match snapshot {
         Ok(Some(floors)) => floors,
         Ok(None) => {
             trigger.trigger();
             stop_http(http.take()).await;
+            lease.release().await;
             return Ok(stats);
         }
         Err(e) => {
-            let e = DaemonError::Snapshot(e);
             error!(error = %error_chain(&e), "snapshot failed");
             note_halt(&metrics, &e);
             trigger.trigger();
             stop_http(http.take()).await;
+            lease.release().await;
             return Err(e);
         }
     };
@@ -258,6 +276,13 @@ async fn run_on<L: PartitionedLog + Clone>(
                 info!("shutdown requested; draining");
                 trigger.trigger();
             }
+            lost = lease.lost(), if !shutdown.is_triggered() => {
+                let e = DaemonError::Lease(lost);
+                error!(error = %error_chain(&e), "pipeline stopped");
+                note_halt(&metrics, &e);
+                first_error.get_or_insert(e);
+                trigger.trigger();
+            }
             done = tasks.join_next() => match done {
                 None => break,
                 Some(Ok(Ok(()))) => {
@@ -305,6 +330,9 @@ async fn run_on<L: PartitionedLog + Clone>(
         retention.abort();
     }
     let _ = sampler.await;
+    // Released only once every stage has drained: a tool must not move positions
+    // the sink is still committing.
+    lease.release().await;
     stop_http(http).await;
     log_progress(&stats);
     match first_error {

@@ -11,8 +11,14 @@ use mysql_async::prelude::Queryable;
 use rowlog::testkit::Tansu;
 
 fn rowlog(args: &[&str]) -> (i32, String) {
+    rowlog_with(args, &[])
+}
+
+/// `rowlog` with environment variables (configuration overrides) set.
+fn rowlog_with(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_rowlog"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let text = format!(
@@ -102,6 +108,37 @@ async fn offsets_and_replay_repair_a_damaged_destination_on(kafka: Option<&Tansu
     let (code, out) = rowlog(&["offsets", "set", "-c", cfg, "--to-earliest"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("in use by a running rowlog"), "{out}");
+    // Nor from another host, which the lock on this host's log.dir does not reach
+    // (here: another log.dir): the pipeline's lease on the destination refuses it,
+    // naming the daemon that holds it.
+    let elsewhere = pair.dir.path().join("elsewhere");
+    let other_host = [("ROWLOG__LOG__DIR", elsewhere.to_str().unwrap())];
+    let holder = "in use by `rowlog run` on host".to_string();
+    let pid = format!("(pid {})", daemon.pid());
+    for args in [
+        &["offsets", "set", "-c", cfg, "--to-earliest"][..],
+        &["source", "reset", "-c", cfg, "--to", "binlog.000001:4"][..],
+    ] {
+        let (code, out) = rowlog_with(args, &other_host);
+        assert_eq!(code, 1, "{args:?}: {out}");
+        assert!(
+            out.contains(&holder) && out.contains(&pid),
+            "{args:?}: {out}"
+        );
+    }
+    if kafka.is_none() {
+        // A second daemon of the same name waits for the lease to run out, and the
+        // first renews it: the second gives up, naming it.
+        let (cfg2, env) = (cfg.to_owned(), elsewhere.to_str().unwrap().to_owned());
+        let (code, out) = tokio::task::spawn_blocking(move || {
+            rowlog_with(&["run", "--config", &cfg2], &[("ROWLOG__LOG__DIR", &env)])
+        })
+        .await
+        .unwrap();
+        assert_ne!(code, 0, "{out}");
+        assert!(out.contains(&holder) && out.contains(&pid), "{out}");
+        assert!(daemon.is_running(), "the second daemon stopped the first");
+    }
     // SIGTERM drains and commits: afterwards every partition's committed offset is its end.
     daemon.terminate_cleanly();
     let (code, out) = rowlog(&["offsets", "show", "-c", cfg]);

@@ -13,6 +13,9 @@ pub mod verify_tables;
 
 use std::fs::File;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use rowlog_mysql_sink::lease::{self, KeptLease};
 
 use crate::config::{Config, LogBackend};
 use crate::log::{EmbeddedLog, KafkaLog, LogError};
@@ -47,9 +50,22 @@ pub async fn open_read_only(at: &LogLocation) -> Result<ToolLog, LogError> {
     }
 }
 
-/// Opens the log to change positions: refused while `rowlog run` holds `log.dir`
-/// (two writers of the same positions would race).
+/// Opens the log to change positions as `what` ("rowlog offsets set", …): refused
+/// while `rowlog run` holds `log.dir`, or the pipeline's lease on the destination from
+/// any host (two writers of the same positions would race). The lease is held until
+/// the caller releases it.
 pub async fn open_stopped(
+    cfg: &Config,
+    what: &str,
+) -> Result<(ToolLog, KeptLease), Box<dyn std::error::Error + Send + Sync>> {
+    let log = open_log_stopped(cfg).await?;
+    // Taken after the local lock: on the daemon's own host the lock's message says
+    // more (it is this host's log.dir).
+    let lease = lease::acquire(&cfg.sink, &cfg.name, what, Duration::ZERO).await?;
+    Ok((log, lease::keep(lease)))
+}
+
+async fn open_log_stopped(
     cfg: &Config,
 ) -> Result<ToolLog, Box<dyn std::error::Error + Send + Sync>> {
     let locked = |dir: &std::path::Path| {

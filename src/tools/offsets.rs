@@ -89,10 +89,13 @@ pub async fn set(
     target: Target,
     force: bool,
 ) -> ToolResult<()> {
-    match open_stopped(cfg).await? {
+    let (log, lease) = open_stopped(cfg, "rowlog offsets set").await?;
+    let done = match log {
         ToolLog::Embedded(log) => set_on(cfg, &log, partitions, target, force).await,
         ToolLog::Kafka(log, _lock) => set_on(cfg, &log, partitions, target, force).await,
-    }
+    };
+    lease.release().await;
+    done
 }
 
 /// The schema changes among offsets `[from, to)` of partition `p`, as lines to print.
@@ -338,10 +341,13 @@ pub struct Range {
 /// changes the destination has to the same keys (they would be left at older
 /// versions, until they change again).
 pub async fn replay(cfg: &Config, range: Range, dry_run: bool) -> ToolResult<()> {
-    match open_stopped(cfg).await? {
+    let (log, lease) = open_stopped(cfg, "rowlog replay").await?;
+    let done = match log {
         ToolLog::Embedded(log) => replay_on(cfg, &log, range, dry_run).await,
         ToolLog::Kafka(log, _lock) => replay_on(cfg, &log, range, dry_run).await,
-    }
+    };
+    lease.release().await;
+    done
 }
 
 async fn replay_on<L: PartitionedLog>(
@@ -458,10 +464,13 @@ pub enum ResetTo {
 /// is taken for a duplicate). The place is checked on the source and completed there:
 /// a position gets its GTID state, a GTID state gets its position.
 pub async fn source_reset(cfg: &Config, to: ResetTo) -> ToolResult<()> {
-    match open_stopped(cfg).await? {
+    let (log, lease) = open_stopped(cfg, "rowlog source reset").await?;
+    let done = match log {
         ToolLog::Embedded(log) => source_reset_on(cfg, &log, to).await,
         ToolLog::Kafka(log, _lock) => source_reset_on(cfg, &log, to).await,
-    }
+    };
+    lease.release().await;
+    done
 }
 
 async fn source_reset_on<L: PartitionedLog>(cfg: &Config, log: &L, to: ResetTo) -> ToolResult<()> {

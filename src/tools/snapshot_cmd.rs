@@ -26,10 +26,13 @@ pub async fn snapshot_cmd(cfg: &Config, tables: &[String]) -> ToolResult<()> {
     if EmbeddedLog::in_use(&cfg.log.dir) {
         return while_running(cfg, tables).await;
     }
-    match super::open_stopped(cfg).await? {
+    let (log, lease) = super::open_stopped(cfg, "rowlog snapshot").await?;
+    let done = match log {
         super::ToolLog::Embedded(log) => offline(cfg, tables, &log).await,
         super::ToolLog::Kafka(log, _lock) => offline(cfg, tables, &log).await,
-    }
+    };
+    lease.release().await;
+    done
 }
 
 /// The snapshot with the daemon stopped: this command copies the tables itself.

@@ -16,12 +16,14 @@
 //!
 //! # What the destination must provide
 //! A user with `SELECT, INSERT, UPDATE, DELETE` on the replicated tables and
-//! `CREATE, INSERT, UPDATE, SELECT` on the progress database. Tables must exist with
+//! `CREATE, INSERT, UPDATE, DELETE, SELECT` on the progress database (its tables:
+//! progress rows, schema changes applied, and the pipeline's [`lease`]). Tables must exist with
 //! the source's columns and primary key.
 
 mod coalesce;
 mod config;
 mod error;
+pub mod lease;
 mod load;
 mod params;
 mod sink;
