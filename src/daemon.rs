@@ -331,8 +331,15 @@ async fn run_on<L: PartitionedLog + Clone>(
     }
     let _ = sampler.await;
     // Released only once every stage has drained: a tool must not move positions
-    // the sink is still committing.
-    lease.release().await;
+    // the sink is still committing. A loss during the drain is this run's error too.
+    if let Some(lost) = lease.release().await {
+        let e = DaemonError::Lease(lost);
+        if first_error.is_none() {
+            error!(error = %error_chain(&e), "pipeline stopped");
+            note_halt(&metrics, &e);
+            first_error = Some(e);
+        }
+    }
     stop_http(http).await;
     log_progress(&stats);
     match first_error {

@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Daemon, Pair};
+use common::{Daemon, InProcess, Pair};
 use mysql_async::prelude::Queryable;
 use rowlog::testkit::Tansu;
 
@@ -538,4 +538,44 @@ async fn a_drain_that_cannot_finish_ends_at_the_shutdown_deadline_and_loses_noth
     pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
         .await;
     daemon.terminate_cleanly();
+}
+
+/// A daemon whose lease ran out before it renewed it (a pause, a destination it could
+/// not reach), or that another process took, stops naming why instead of taking it
+/// back: another process may have moved its positions meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_lost_its_lease_stops_instead_of_taking_it_back() {
+    let pair = pair_on(None).await;
+    let cases = [
+        (
+            "UPDATE rowlog.rowlog_lease SET expires_at = NOW(6) - INTERVAL 1 SECOND",
+            "ran out before this process renewed it",
+        ),
+        (
+            "UPDATE rowlog.rowlog_lease SET host = 'elsewhere', pid = 1, token = 1, \
+             what = 'rowlog offsets set', expires_at = NOW(6) + INTERVAL 60 SECOND",
+            "`rowlog offsets set` on host elsewhere (pid 1) holds it now",
+        ),
+    ];
+    for (id, (tamper, expected)) in cases.into_iter().enumerate() {
+        let mut rowlog = InProcess::start(pair.config(1, 2));
+        pair.src
+            .exec(&[&format!("INSERT INTO app.t VALUES ({id}, {id})")])
+            .await
+            .unwrap();
+        rowlog
+            .assert_converges_running(&pair, &[("app.t", "id")], Duration::from_secs(60))
+            .await;
+        pair.dst.exec(&[tamper]).await.unwrap();
+        let error = rowlog
+            .stopped_error(
+                Duration::from_secs(30),
+                "rowlog kept running without its lease",
+            )
+            .await;
+        assert!(
+            error.contains("lost its lease") && error.contains(expected),
+            "{error}"
+        );
+    }
 }

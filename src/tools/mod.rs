@@ -65,6 +65,19 @@ pub async fn open_stopped(
     Ok((log, lease::keep(lease)))
 }
 
+/// Gives up the lease `open_stopped` took, after the work that ended in `done`. A
+/// lease lost meanwhile is the tool's error: another process may have moved the same
+/// positions.
+pub async fn release<T>(
+    lease: KeptLease,
+    done: Result<T, Box<dyn std::error::Error + Send + Sync>>,
+) -> Result<T, Box<dyn std::error::Error + Send + Sync>> {
+    match lease.release().await {
+        Some(lost) => Err(lost.into()),
+        None => done,
+    }
+}
+
 async fn open_log_stopped(
     cfg: &Config,
 ) -> Result<ToolLog, Box<dyn std::error::Error + Send + Sync>> {

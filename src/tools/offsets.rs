@@ -94,8 +94,7 @@ pub async fn set(
         ToolLog::Embedded(log) => set_on(cfg, &log, partitions, target, force).await,
         ToolLog::Kafka(log, _lock) => set_on(cfg, &log, partitions, target, force).await,
     };
-    lease.release().await;
-    done
+    super::release(lease, done).await
 }
 
 /// The schema changes among offsets `[from, to)` of partition `p`, as lines to print.
@@ -346,8 +345,7 @@ pub async fn replay(cfg: &Config, range: Range, dry_run: bool) -> ToolResult<()>
         ToolLog::Embedded(log) => replay_on(cfg, &log, range, dry_run).await,
         ToolLog::Kafka(log, _lock) => replay_on(cfg, &log, range, dry_run).await,
     };
-    lease.release().await;
-    done
+    super::release(lease, done).await
 }
 
 async fn replay_on<L: PartitionedLog>(
@@ -469,8 +467,7 @@ pub async fn source_reset(cfg: &Config, to: ResetTo) -> ToolResult<()> {
         ToolLog::Embedded(log) => source_reset_on(cfg, &log, to).await,
         ToolLog::Kafka(log, _lock) => source_reset_on(cfg, &log, to).await,
     };
-    lease.release().await;
-    done
+    super::release(lease, done).await
 }
 
 async fn source_reset_on<L: PartitionedLog>(cfg: &Config, log: &L, to: ResetTo) -> ToolResult<()> {

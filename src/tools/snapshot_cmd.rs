@@ -31,8 +31,7 @@ pub async fn snapshot_cmd(cfg: &Config, tables: &[String]) -> ToolResult<()> {
         super::ToolLog::Embedded(log) => offline(cfg, tables, &log).await,
         super::ToolLog::Kafka(log, _lock) => offline(cfg, tables, &log).await,
     };
-    lease.release().await;
-    done
+    super::release(lease, done).await
 }
 
 /// The snapshot with the daemon stopped: this command copies the tables itself.

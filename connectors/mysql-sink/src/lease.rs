@@ -11,22 +11,26 @@
 //! The lease is a row of `<progress_database>.rowlog_lease` per pipeline naming its
 //! holder (host, process id, what it is) and when the lease runs out, by the
 //! destination's clock (the hosts' clocks may differ). The holder renews it every
-//! third of [`LEASE_TTL`]. Another process takes it when it has run out, or at once
-//! when its holder was a process of the same host that has ended, so a `kill -9` and
-//! a restart do not wait. The holder is the process, not a task in it: pipelines a
-//! test runs in one process share it.
+//! third of [`LEASE_TTL`], only while it has not run out: a lease that ran out is lost,
+//! never silently taken back, since another process may have held it meanwhile.
+//! A holder that has not renewed it for [`LEASE_TTL`] by its own clock counts it lost.
+//! Another process takes it when it has run out, or at once when its holder was a
+//! process of the same machine (boot and PID namespace) that has ended, so a `kill -9`
+//! and a restart do not wait. The holder is the process (host, machine, pid and a
+//! random token of the process), not a task in it: pipelines a test runs in one
+//! process share it.
 //!
-//! Not a fence: a holder that cannot reach the destination for longer than the lease
-//! stops only when a renewal reaches it again and finds the lease taken. Its writes
-//! meanwhile go to the destination it cannot reach, so only a partial network
-//! partition (writes arriving, renewals not) would let two holders write.
+//! Not a fence: a holder loses it only at its next renewal, up to a third of the
+//! lease later, and what it writes meanwhile is not checked against it.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, TxOpts};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::error::SinkError;
 use crate::sql::quote;
@@ -35,6 +39,10 @@ use crate::SinkConfig;
 /// How long a lease lasts unless renewed.
 pub const LEASE_TTL: Duration = Duration::from_secs(30);
 
+/// The longest one call on the lease's row may take before it counts as failed (a
+/// stalled connection, a row lock held elsewhere).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Who holds a lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Holder {
@@ -42,27 +50,69 @@ pub struct Holder {
     pub what: String,
     pub host: String,
     pub pid: u32,
+    /// The boot and PID namespace the pid is of: containers that share a host name
+    /// do not share their pids.
+    machine: String,
+    /// Random per process: a pid reused, or the same pid in another namespace, is
+    /// another holder.
+    token: u64,
+}
+
+/// This process's identity: (host, machine, token).
+fn identity() -> &'static (String, String, u64) {
+    static ID: OnceLock<(String, String, u64)> = OnceLock::new();
+    ID.get_or_init(|| {
+        let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_owned());
+        let host = read("/proc/sys/kernel/hostname")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "unknown-host".into());
+        let machine = match (
+            read("/proc/sys/kernel/random/boot_id"),
+            std::fs::read_link("/proc/self/ns/pid"),
+        ) {
+            (Ok(boot), Ok(ns)) => format!("{boot}/{}", ns.display()),
+            // Unknown: no holder is ever found to have ended here.
+            _ => String::new(),
+        };
+        // A random token from the standard library's randomly keyed hasher.
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        (host, machine, h.finish() >> 1)
+    })
 }
 
 impl Holder {
     /// This process, doing `what`.
     pub fn this_process(what: &str) -> Holder {
+        let (host, machine, token) = identity().clone();
         Holder {
             what: what.to_owned(),
-            host: hostname(),
+            host,
             pid: std::process::id(),
+            machine,
+            token,
         }
     }
 
     fn same_process(&self, other: &Holder) -> bool {
-        self.host == other.host && self.pid == other.pid
+        (&self.host, &self.machine, self.pid, self.token)
+            == (&other.host, &other.machine, other.pid, other.token)
     }
 
-    /// A process of this host that has ended. Where `/proc` is missing nothing is
-    /// known to have ended.
+    /// A process of this machine that has ended: its pid is gone. (A pid taken again
+    /// by another process looks alive: its lease is then waited out.)
     fn ended_here(&self) -> bool {
-        self.host == hostname()
-            && std::path::Path::new("/proc/self").exists()
+        let (host, machine, _) = identity();
+        !machine.is_empty()
+            && (&self.host, &self.machine) == (host, machine)
             && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
     }
 }
@@ -82,27 +132,21 @@ fn cause(e: &SinkError) -> String {
     std::error::Error::source(e).map_or_else(String::new, ToString::to_string)
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown-host".into())
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     #[error("cannot take the pipeline's lease on the destination")]
     Destination(#[from] SinkError),
-    #[error("pipeline `{pipeline}` is in use by {holder} against this destination (its lease runs {} s more): stop it first; if it has stopped without releasing it, the lease runs out by itself", remaining.as_secs())]
+    #[error("pipeline `{pipeline}` is in use by {holder} against this destination (its lease runs {} s more): stop it first; if it has stopped without releasing it, the lease runs out by itself", remaining.as_secs().max(1))]
     Held {
         pipeline: String,
         holder: Holder,
         remaining: Duration,
     },
-    #[error("pipeline `{pipeline}`: {holder} took the lease this process held on the destination (two processes ran as one pipeline, or this one could not renew it for {} s); this one stops", LEASE_TTL.as_secs())]
-    Lost { pipeline: String, holder: Holder },
+    #[error("pipeline `{pipeline}`: this process lost its lease on the destination ({}); it stops, and positions it moved since may mix with another process's: check them with `rowlog offsets show`", match holder { Some(h) => format!("{h} holds it now"), None => "it ran out before this process renewed it, and another process may have held it since".to_string() })]
+    Lost {
+        pipeline: String,
+        holder: Option<Holder>,
+    },
 }
 
 impl rowlog_api::Retry for LeaseError {
@@ -114,9 +158,12 @@ impl rowlog_api::Retry for LeaseError {
     }
 }
 
-/// A connection to the lease's row, as this process.
+/// A connection to the lease's row, as this process. A connection that failed is
+/// opened again on the next call (a destination restart must not end the renewals).
 pub struct Lease {
-    conn: Conn,
+    opts: Opts,
+    addr: String,
+    conn: Option<Conn>,
     table: String,
     pipeline: String,
     me: Holder,
@@ -128,143 +175,223 @@ impl Lease {
         let opts =
             Opts::from_url(&rowlog_api::url::tcp_as_given(&cfg.url)).map_err(SinkError::BadUrl)?;
         let addr = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
-        // The lease's times are the destination's, in UTC: a time zone's change of
-        // offset would move them.
-        let opts = OptsBuilder::from_opts(opts).init(vec!["SET time_zone='+00:00'".to_string()]);
-        let mut conn = Conn::new(opts)
-            .await
-            .map_err(|source| SinkError::Connect { addr, source })?;
+        let opts = OptsBuilder::from_opts(opts)
+            .init(vec![
+                // The lease's times are the destination's, in UTC: a time zone's
+                // change of offset would move them.
+                "SET time_zone='+00:00'".to_string(),
+                // No gap lock on a missing row: of two processes inserting the first
+                // row, one gets a duplicate key (and reads the winner's row).
+                "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string(),
+            ])
+            .into();
         let db = quote(&cfg.progress_database);
-        let table = format!("{db}.`rowlog_lease`");
-        let error = |source| SinkError::Progress {
-            table: table.clone(),
-            action: "create",
-            source,
-        };
-        conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS {db}"))
-            .await
-            .map_err(error)?;
-        conn.query_drop(format!(
-            "CREATE TABLE IF NOT EXISTS {table} (\
-               pipeline VARCHAR(128) NOT NULL PRIMARY KEY,\
-               host VARCHAR(255) NOT NULL,\
-               pid INT UNSIGNED NOT NULL,\
-               what VARCHAR(64) NOT NULL,\
-               expires_at TIMESTAMP(6) NOT NULL\
-             ) ENGINE=InnoDB"
-        ))
-        .await
-        .map_err(error)?;
-        Ok(Lease {
-            conn,
-            table,
+        let mut lease = Lease {
+            opts,
+            addr,
+            conn: None,
+            table: format!("{db}.`rowlog_lease`"),
             pipeline: pipeline.to_owned(),
             me: Holder::this_process(what),
-        })
+        };
+        let create = [
+            format!("CREATE DATABASE IF NOT EXISTS {db}"),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (\
+                   pipeline VARCHAR(255) NOT NULL PRIMARY KEY,\
+                   host VARCHAR(255) NOT NULL,\
+                   machine VARCHAR(255) NOT NULL,\
+                   pid INT UNSIGNED NOT NULL,\
+                   token BIGINT UNSIGNED NOT NULL,\
+                   what VARCHAR(64) NOT NULL,\
+                   expires_at TIMESTAMP(6) NOT NULL\
+                 ) ENGINE=InnoDB",
+                lease.table
+            ),
+        ];
+        for q in create {
+            let conn = lease.conn().await?;
+            if let Err(source) = conn.query_drop(q).await {
+                return Err(lease.failed("create", source));
+            }
+        }
+        Ok(lease)
+    }
+
+    async fn conn(&mut self) -> Result<&mut Conn, SinkError> {
+        if self.conn.is_none() {
+            let conn = Conn::new(self.opts.clone())
+                .await
+                .map_err(|source| SinkError::Connect {
+                    addr: self.addr.clone(),
+                    source,
+                })?;
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_mut().expect("set above"))
+    }
+
+    /// The error of a call on the connection, which is not used again.
+    fn failed(&mut self, action: &'static str, source: mysql_async::Error) -> SinkError {
+        self.conn = None;
+        SinkError::Progress {
+            table: self.table.clone(),
+            action,
+            source,
+        }
     }
 
     /// Takes the lease, or renews it when this process holds it; `Some` names the
     /// holder and how long its lease still runs when another process holds it.
     pub async fn take(&mut self) -> Result<Option<(Holder, Duration)>, SinkError> {
-        let table = self.table.clone();
-        let error = |source| SinkError::Progress {
-            table: table.clone(),
-            action: "take the lease in",
-            source,
-        };
-        let ttl_us = LEASE_TTL.as_micros() as u64;
-        // Twice at most: two processes that both found no row race to insert it, and
-        // the one that lost reads the winner's row the second time.
-        for attempt in 0..2 {
-            let mut tx = self
-                .conn
-                .start_transaction(TxOpts::default())
-                .await
-                .map_err(error)?;
-            let row: Option<(String, u32, String, i64)> = tx
-                .exec_first(
-                    format!(
-                        "SELECT host, pid, what, TIMESTAMPDIFF(MICROSECOND, NOW(6), expires_at) \
-                         FROM {} WHERE pipeline = ? FOR UPDATE",
-                        self.table
-                    ),
-                    (&self.pipeline,),
-                )
-                .await
-                .map_err(error)?;
-            let written = match row {
-                None => {
-                    tx.exec_drop(
-                        format!(
-                            "INSERT INTO {} (pipeline, host, pid, what, expires_at) \
-                             VALUES (?, ?, ?, ?, NOW(6) + INTERVAL ? MICROSECOND)",
-                            self.table
-                        ),
-                        (
-                            &self.pipeline,
-                            &self.me.host,
-                            self.me.pid,
-                            &self.me.what,
-                            ttl_us,
-                        ),
-                    )
-                    .await
-                }
-                Some((host, pid, what, left_us)) => {
-                    let holder = Holder { what, host, pid };
-                    let free = holder.same_process(&self.me) || left_us <= 0 || holder.ended_here();
-                    if !free {
-                        tx.rollback().await.map_err(error)?;
-                        return Ok(Some((holder, Duration::from_micros(left_us as u64))));
-                    }
-                    tx.exec_drop(
-                        format!(
-                            "UPDATE {} SET host = ?, pid = ?, what = ?, \
-                             expires_at = NOW(6) + INTERVAL ? MICROSECOND WHERE pipeline = ?",
-                            self.table
-                        ),
-                        (
-                            &self.me.host,
-                            self.me.pid,
-                            &self.me.what,
-                            ttl_us,
-                            &self.pipeline,
-                        ),
-                    )
-                    .await
-                }
-            };
-            match written {
-                Ok(()) => {
-                    tx.commit().await.map_err(error)?;
-                    return Ok(None);
-                }
-                Err(mysql_async::Error::Server(s)) if s.code == 1062 && attempt == 0 => {
-                    tx.rollback().await.map_err(error)?;
-                }
-                Err(e) => return Err(error(e)),
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (table, pipeline, me) =
+                (self.table.clone(), self.pipeline.clone(), self.me.clone());
+            let conn = self.conn().await?;
+            match take_in(conn, &table, &pipeline, &me).await {
+                Ok(held) => return Ok(held),
+                // Two processes that both found no row raced to insert it (or, where
+                // the isolation level could not be set, deadlocked on the gap):
+                // the loser reads the winner's row the next time.
+                Err(mysql_async::Error::Server(s))
+                    if matches!(s.code, 1062 | 1213 | 1205) && attempt < 3 => {}
+                Err(e) => return Err(self.failed("take the lease in", e)),
             }
         }
-        unreachable!("the second attempt returns")
+    }
+
+    /// Extends the lease this process holds, if it still holds it and it has not run
+    /// out; false when it has not (it is lost: see the module).
+    pub async fn renew(&mut self) -> Result<bool, SinkError> {
+        let q = format!(
+            "UPDATE {} SET expires_at = NOW(6) + INTERVAL ? MICROSECOND \
+             WHERE pipeline = ? AND host = ? AND machine = ? AND pid = ? AND token = ? \
+             AND expires_at > NOW(6)",
+            self.table
+        );
+        let me = self.me.clone();
+        let params = (
+            LEASE_TTL.as_micros() as u64,
+            self.pipeline.clone(),
+            me.host,
+            me.machine,
+            me.pid,
+            me.token,
+        );
+        // One statement, committed by itself.
+        let conn = self.conn().await?;
+        match conn.exec_drop(q, params).await {
+            Ok(()) => Ok(conn.affected_rows() == 1),
+            Err(e) => Err(self.failed("renew the lease in", e)),
+        }
+    }
+
+    /// Who holds the lease now, if anyone.
+    pub async fn holder(&mut self) -> Result<Option<Holder>, SinkError> {
+        let q = format!(
+            "SELECT host, machine, pid, token, what FROM {} WHERE pipeline = ?",
+            self.table
+        );
+        let pipeline = self.pipeline.clone();
+        let conn = self.conn().await?;
+        match conn
+            .exec_first::<(String, String, u32, u64, String), _, _>(q, (pipeline,))
+            .await
+        {
+            Ok(row) => Ok(row.map(|(host, machine, pid, token, what)| Holder {
+                what,
+                host,
+                pid,
+                machine,
+                token,
+            })),
+            Err(e) => Err(self.failed("read the lease in", e)),
+        }
     }
 
     /// Gives the lease up, if this process still holds it.
     pub async fn release(&mut self) -> Result<(), SinkError> {
-        self.conn
-            .exec_drop(
-                format!(
-                    "DELETE FROM {} WHERE pipeline = ? AND host = ? AND pid = ?",
-                    self.table
-                ),
-                (&self.pipeline, &self.me.host, self.me.pid),
-            )
-            .await
-            .map_err(|source| SinkError::Progress {
-                table: self.table.clone(),
-                action: "release the lease in",
-                source,
-            })
+        let q = format!(
+            "DELETE FROM {} WHERE pipeline = ? AND host = ? AND machine = ? AND pid = ? AND token = ?",
+            self.table
+        );
+        let me = self.me.clone();
+        let params = (self.pipeline.clone(), me.host, me.machine, me.pid, me.token);
+        let conn = self.conn().await?;
+        match conn.exec_drop(q, params).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.failed("release the lease in", e)),
+        }
     }
+}
+
+/// One attempt to take or renew the lease, in one transaction (rolled back when it
+/// fails: mysql_async rolls back a transaction dropped unfinished).
+async fn take_in(
+    conn: &mut Conn,
+    table: &str,
+    pipeline: &str,
+    me: &Holder,
+) -> Result<Option<(Holder, Duration)>, mysql_async::Error> {
+    let ttl_us = LEASE_TTL.as_micros() as u64;
+    let mut tx = conn.start_transaction(TxOpts::default()).await?;
+    let row: Option<(String, String, u32, u64, String, i64)> = tx
+        .exec_first(
+            format!(
+                "SELECT host, machine, pid, token, what, \
+                 TIMESTAMPDIFF(MICROSECOND, NOW(6), expires_at) \
+                 FROM {table} WHERE pipeline = ? FOR UPDATE"
+            ),
+            (pipeline,),
+        )
+        .await?;
+    let set = (
+        &me.host,
+        &me.machine,
+        me.pid,
+        me.token,
+        &me.what,
+        ttl_us,
+        pipeline,
+    );
+    match row {
+        None => {
+            tx.exec_drop(
+                format!(
+                    "INSERT INTO {table} (host, machine, pid, token, what, expires_at, pipeline) \
+                     VALUES (?, ?, ?, ?, ?, NOW(6) + INTERVAL ? MICROSECOND, ?)"
+                ),
+                set,
+            )
+            .await?
+        }
+        Some((host, machine, pid, token, what, left_us)) => {
+            let holder = Holder {
+                what,
+                host,
+                pid,
+                machine,
+                token,
+            };
+            let free = holder.same_process(me) || left_us <= 0 || holder.ended_here();
+            if !free {
+                tx.rollback().await?;
+                return Ok(Some((holder, Duration::from_micros(left_us as u64))));
+            }
+            tx.exec_drop(
+                format!(
+                    "UPDATE {table} SET host = ?, machine = ?, pid = ?, token = ?, what = ?, \
+                     expires_at = NOW(6) + INTERVAL ? MICROSECOND WHERE pipeline = ?"
+                ),
+                set,
+            )
+            .await?
+        }
+    }
+    tx.commit().await?;
+    Ok(None)
 }
 
 /// Takes the pipeline's lease as this process doing `what`. While another process
@@ -277,7 +404,7 @@ pub async fn acquire(
     wait: Duration,
 ) -> Result<Lease, LeaseError> {
     let mut lease = Lease::connect(cfg, pipeline, what).await?;
-    let started = tokio::time::Instant::now();
+    let started = Instant::now();
     let mut said = false;
     loop {
         let Some((holder, remaining)) = lease.take().await? else {
@@ -303,36 +430,80 @@ pub async fn acquire(
 pub struct KeptLease {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Lease>,
-    lost: watch::Receiver<Option<Holder>>,
+    lost: watch::Receiver<Option<LostTo>>,
     pipeline: String,
 }
 
-/// Renews `lease` every third of its lifetime; a renewal the destination does not
-/// answer is tried again every two seconds (the lease still runs meanwhile).
+/// Why a kept lease was lost: who holds it now, if anyone.
+#[derive(Clone, Debug)]
+struct LostTo(Option<Holder>);
+
+/// Renews `lease` every third of its lifetime; a renewal that fails is tried again
+/// every two seconds, until the lease has gone unrenewed for [`LEASE_TTL`].
 pub fn keep(mut lease: Lease) -> KeptLease {
     let (stop, mut stopped) = oneshot::channel::<()>();
     let (lost_tx, lost) = watch::channel(None);
     let pipeline = lease.pipeline.clone();
     let task = tokio::spawn(async move {
+        // Taken (or renewed) just now by the caller.
+        let mut renewed = Instant::now();
         let mut next = LEASE_TTL / 3;
         loop {
             tokio::select! {
                 _ = &mut stopped => return lease,
                 _ = tokio::time::sleep(next) => {}
             }
-            match lease.take().await {
-                Ok(None) => next = LEASE_TTL / 3,
-                Ok(Some((holder, _))) => {
-                    tracing::error!(%holder, "another process took the pipeline's lease");
-                    let _ = lost_tx.send(Some(holder));
-                    let _ = stopped.await;
+            // A stop during a renewal ends it at once: the connection it used is
+            // not used again.
+            let outcome = tokio::select! {
+                _ = &mut stopped => None,
+                r = tokio::time::timeout(CALL_TIMEOUT, lease.renew()) => Some(r),
+            };
+            let result = match outcome {
+                None => {
+                    lease.conn = None;
                     return lease;
                 }
-                Err(e) => {
+                Some(Ok(r)) => r,
+                Some(Err(_)) => {
+                    lease.conn = None;
+                    Err(SinkError::Progress {
+                        table: lease.table.clone(),
+                        action: "renew the lease in (timed out)",
+                        source: mysql_async::Error::Other("no answer within 10 s".into()),
+                    })
+                }
+            };
+            let lost_to = match result {
+                Ok(true) => {
+                    renewed = Instant::now();
+                    next = LEASE_TTL / 3;
+                    continue;
+                }
+                Ok(false) => {
+                    // Its own row, run out, names nobody else.
+                    let holder = tokio::time::timeout(CALL_TIMEOUT, lease.holder())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .flatten()
+                        .filter(|h| !h.same_process(&lease.me));
+                    LostTo(holder)
+                }
+                Err(e) if renewed.elapsed() < LEASE_TTL => {
                     tracing::warn!(error = %e, cause = %cause(&e), "cannot renew the pipeline's lease; retrying");
                     next = Duration::from_secs(2);
+                    continue;
                 }
-            }
+                Err(e) => {
+                    tracing::warn!(error = %e, cause = %cause(&e), "cannot renew the pipeline's lease");
+                    LostTo(None)
+                }
+            };
+            tracing::error!(holder = ?lost_to.0, "this process lost the pipeline's lease");
+            let _ = lost_tx.send(Some(lost_to));
+            let _ = stopped.await;
+            return lease;
         }
     });
     KeptLease {
@@ -344,40 +515,61 @@ pub fn keep(mut lease: Lease) -> KeptLease {
 }
 
 impl KeptLease {
-    /// Resolves when another process has taken the lease.
-    pub async fn lost(&mut self) -> LeaseError {
-        let holder = loop {
-            if let Some(h) = self.lost.borrow().clone() {
-                break h;
-            }
-            if self.lost.changed().await.is_err() {
-                // The renewing task is gone (it panicked): nothing renews the lease.
-                std::future::pending::<()>().await;
-            }
-        };
+    fn lost_error(&self, to: LostTo) -> LeaseError {
         LeaseError::Lost {
             pipeline: self.pipeline.clone(),
-            holder,
+            holder: to.0,
         }
     }
 
-    /// Stops renewing and gives the lease up. A failure is only logged: the lease
-    /// then runs out by itself.
-    pub async fn release(mut self) {
+    /// Resolves when this process has lost the lease.
+    pub async fn lost(&mut self) -> LeaseError {
+        let to = loop {
+            if let Some(to) = self.lost.borrow().clone() {
+                break to;
+            }
+            if self.lost.changed().await.is_err() {
+                // The renewing task ended without a word (it panicked): nothing renews
+                // the lease.
+                break LostTo(None);
+            }
+        };
+        self.lost_error(to)
+    }
+
+    /// Stops renewing and gives the lease up; returns the loss when it was lost
+    /// before. A failure to give it up is only logged: it then runs out by itself.
+    pub async fn release(mut self) -> Option<LeaseError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let Ok(mut lease) = (&mut self.task).await else {
-            return;
-        };
-        match tokio::time::timeout(Duration::from_secs(5), lease.release()).await {
-            Ok(Ok(())) => {}
+        let lost = self.lost.borrow().clone();
+        let joined = tokio::time::timeout(CALL_TIMEOUT, &mut self.task).await;
+        let mut lease = match joined {
+            Ok(Ok(lease)) => lease,
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, cause = %cause(&e), "cannot release the pipeline's lease; it runs out by itself")
+                tracing::warn!(error = %e, "the lease's renewing task failed; the lease runs out by itself");
+                return Some(self.lost_error(lost.unwrap_or(LostTo(None))));
             }
             Err(_) => {
-                tracing::warn!("releasing the pipeline's lease timed out; it runs out by itself")
+                self.task.abort();
+                tracing::warn!(
+                    "the lease's renewing task did not stop; the lease runs out by itself"
+                );
+                return lost.map(|to| self.lost_error(to));
+            }
+        };
+        if lost.is_none() {
+            match tokio::time::timeout(CALL_TIMEOUT, lease.release()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, cause = %cause(&e), "cannot release the pipeline's lease; it runs out by itself")
+                }
+                Err(_) => tracing::warn!(
+                    "releasing the pipeline's lease timed out; it runs out by itself"
+                ),
             }
         }
+        lost.map(|to| self.lost_error(to))
     }
 }
