@@ -167,6 +167,10 @@ pub struct Lease {
     table: String,
     pipeline: String,
     me: Holder,
+    /// By this process's clock, when the lease it took or renewed last runs out at the
+    /// latest (the call's start plus [`LEASE_TTL`]: the destination's `NOW(6)` was
+    /// later).
+    valid_until: Instant,
 }
 
 impl Lease {
@@ -193,6 +197,7 @@ impl Lease {
             table: format!("{db}.`rowlog_lease`"),
             pipeline: pipeline.to_owned(),
             me: Holder::this_process(what),
+            valid_until: Instant::now(),
         };
         let create = [
             format!("CREATE DATABASE IF NOT EXISTS {db}"),
@@ -231,6 +236,17 @@ impl Lease {
         Ok(self.conn.as_mut().expect("set above"))
     }
 
+    /// A call that got no answer within [`CALL_TIMEOUT`]; its connection is not used
+    /// again.
+    fn timed_out(&mut self, action: &'static str) -> SinkError {
+        self.failed(
+            action,
+            mysql_async::Error::Other(
+                format!("no answer within {} s", CALL_TIMEOUT.as_secs()).into(),
+            ),
+        )
+    }
+
     /// The error of a call on the connection, which is not used again.
     fn failed(&mut self, action: &'static str, source: mysql_async::Error) -> SinkError {
         self.conn = None;
@@ -244,6 +260,7 @@ impl Lease {
     /// Takes the lease, or renews it when this process holds it; `Some` names the
     /// holder and how long its lease still runs when another process holds it.
     pub async fn take(&mut self) -> Result<Option<(Holder, Duration)>, SinkError> {
+        let started = Instant::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -251,7 +268,12 @@ impl Lease {
                 (self.table.clone(), self.pipeline.clone(), self.me.clone());
             let conn = self.conn().await?;
             match take_in(conn, &table, &pipeline, &me).await {
-                Ok(held) => return Ok(held),
+                Ok(held) => {
+                    if held.is_none() {
+                        self.valid_until = started + LEASE_TTL;
+                    }
+                    return Ok(held);
+                }
                 // Two processes that both found no row raced to insert it (or, where
                 // the isolation level could not be set, deadlocked on the gap):
                 // the loser reads the winner's row the next time.
@@ -281,9 +303,14 @@ impl Lease {
             me.token,
         );
         // One statement, committed by itself.
+        let started = Instant::now();
         let conn = self.conn().await?;
         match conn.exec_drop(q, params).await {
-            Ok(()) => Ok(conn.affected_rows() == 1),
+            Ok(()) if conn.affected_rows() == 1 => {
+                self.valid_until = started + LEASE_TTL;
+                Ok(true)
+            }
+            Ok(()) => Ok(false),
             Err(e) => Err(self.failed("renew the lease in", e)),
         }
     }
@@ -403,11 +430,22 @@ pub async fn acquire(
     what: &str,
     wait: Duration,
 ) -> Result<Lease, LeaseError> {
-    let mut lease = Lease::connect(cfg, pipeline, what).await?;
+    let mut lease = tokio::time::timeout(CALL_TIMEOUT, Lease::connect(cfg, pipeline, what))
+        .await
+        .map_err(|_| SinkError::Connect {
+            addr: cfg.url.clone(),
+            source: mysql_async::Error::Other(
+                format!("no answer within {} s", CALL_TIMEOUT.as_secs()).into(),
+            ),
+        })??;
     let started = Instant::now();
     let mut said = false;
     loop {
-        let Some((holder, remaining)) = lease.take().await? else {
+        let taken = match tokio::time::timeout(CALL_TIMEOUT, lease.take()).await {
+            Ok(taken) => taken?,
+            Err(_) => return Err(lease.timed_out("take the lease in").into()),
+        };
+        let Some((holder, remaining)) = taken else {
             return Ok(lease);
         };
         if started.elapsed() >= wait {
@@ -439,25 +477,27 @@ pub struct KeptLease {
 struct LostTo(Option<Holder>);
 
 /// Renews `lease` every third of its lifetime; a renewal that fails is tried again
-/// every two seconds, until the lease has gone unrenewed for [`LEASE_TTL`].
+/// every two seconds, until the lease may have run out (see `Lease::valid_until`).
 pub fn keep(mut lease: Lease) -> KeptLease {
     let (stop, mut stopped) = oneshot::channel::<()>();
     let (lost_tx, lost) = watch::channel(None);
     let pipeline = lease.pipeline.clone();
     let task = tokio::spawn(async move {
-        // Taken (or renewed) just now by the caller.
-        let mut renewed = Instant::now();
         let mut next = LEASE_TTL / 3;
         loop {
             tokio::select! {
                 _ = &mut stopped => return lease,
                 _ = tokio::time::sleep(next) => {}
             }
+            // No call may outlast the lease: past `valid_until` another process may
+            // hold it.
+            let budget =
+                CALL_TIMEOUT.min(lease.valid_until.saturating_duration_since(Instant::now()));
             // A stop during a renewal ends it at once: the connection it used is
             // not used again.
             let outcome = tokio::select! {
                 _ = &mut stopped => None,
-                r = tokio::time::timeout(CALL_TIMEOUT, lease.renew()) => Some(r),
+                r = tokio::time::timeout(budget, lease.renew()) => Some(r),
             };
             let result = match outcome {
                 None => {
@@ -465,18 +505,10 @@ pub fn keep(mut lease: Lease) -> KeptLease {
                     return lease;
                 }
                 Some(Ok(r)) => r,
-                Some(Err(_)) => {
-                    lease.conn = None;
-                    Err(SinkError::Progress {
-                        table: lease.table.clone(),
-                        action: "renew the lease in (timed out)",
-                        source: mysql_async::Error::Other("no answer within 10 s".into()),
-                    })
-                }
+                Some(Err(_)) => Err(lease.timed_out("renew the lease in")),
             };
             let lost_to = match result {
                 Ok(true) => {
-                    renewed = Instant::now();
                     next = LEASE_TTL / 3;
                     continue;
                 }
@@ -490,12 +522,13 @@ pub fn keep(mut lease: Lease) -> KeptLease {
                         .filter(|h| !h.same_process(&lease.me));
                     LostTo(holder)
                 }
-                Err(e) if renewed.elapsed() < LEASE_TTL => {
-                    tracing::warn!(error = %e, cause = %cause(&e), "cannot renew the pipeline's lease; retrying");
-                    next = Duration::from_secs(2);
-                    continue;
-                }
                 Err(e) => {
+                    let left = lease.valid_until.saturating_duration_since(Instant::now());
+                    if !left.is_zero() {
+                        tracing::warn!(error = %e, cause = %cause(&e), "cannot renew the pipeline's lease; retrying");
+                        next = left.min(Duration::from_secs(2));
+                        continue;
+                    }
                     tracing::warn!(error = %e, cause = %cause(&e), "cannot renew the pipeline's lease");
                     LostTo(None)
                 }
@@ -543,8 +576,10 @@ impl KeptLease {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let lost = self.lost.borrow().clone();
         let joined = tokio::time::timeout(CALL_TIMEOUT, &mut self.task).await;
+        // Read after the task ended: a loss it found while stopping counts. (The
+        // receiver keeps the last value after the sender is gone.)
+        let lost = self.lost.borrow().clone();
         let mut lease = match joined {
             Ok(Ok(lease)) => lease,
             Ok(Err(e)) => {
