@@ -127,6 +127,11 @@ impl std::fmt::Display for Holder {
     }
 }
 
+/// The cause of a call that timed out.
+fn no_answer() -> mysql_async::Error {
+    mysql_async::Error::Other(format!("no answer within {} s", CALL_TIMEOUT.as_secs()).into())
+}
+
 /// What the destination said, for a log line (the error's own text names the action).
 fn cause(e: &SinkError) -> String {
     std::error::Error::source(e).map_or_else(String::new, ToString::to_string)
@@ -176,9 +181,7 @@ pub struct Lease {
 impl Lease {
     /// Connects and creates the lease table when missing; takes nothing yet.
     pub async fn connect(cfg: &SinkConfig, pipeline: &str, what: &str) -> Result<Lease, SinkError> {
-        let opts =
-            Opts::from_url(&rowlog_api::url::tcp_as_given(&cfg.url)).map_err(SinkError::BadUrl)?;
-        let addr = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
+        let (opts, addr) = crate::sink::destination(cfg).map_err(SinkError::BadUrl)?;
         let opts = OptsBuilder::from_opts(opts)
             .init(vec![
                 // The lease's times are the destination's, in UTC: a time zone's
@@ -239,12 +242,7 @@ impl Lease {
     /// A call that got no answer within [`CALL_TIMEOUT`]; its connection is not used
     /// again.
     fn timed_out(&mut self, action: &'static str) -> SinkError {
-        self.failed(
-            action,
-            mysql_async::Error::Other(
-                format!("no answer within {} s", CALL_TIMEOUT.as_secs()).into(),
-            ),
-        )
+        self.failed(action, no_answer())
     }
 
     /// The error of a call on the connection, which is not used again.
@@ -434,9 +432,7 @@ pub async fn acquire(
         .await
         .map_err(|_| SinkError::Connect {
             addr: cfg.url.clone(),
-            source: mysql_async::Error::Other(
-                format!("no answer within {} s", CALL_TIMEOUT.as_secs()).into(),
-            ),
+            source: no_answer(),
         })??;
     let started = Instant::now();
     let mut said = false;

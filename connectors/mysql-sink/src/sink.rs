@@ -308,6 +308,14 @@ pub struct MySqlSink {
     load_fits: HashMap<usize, (Arc<TableSchema>, bool, Instant)>,
 }
 
+/// The destination's connection options from `sink.url` (kept to TCP as given), and
+/// its address for error messages.
+pub(crate) fn destination(cfg: &SinkConfig) -> Result<(Opts, String), mysql_async::UrlError> {
+    let opts = Opts::from_url(&rowlog_api::url::tcp_as_given(&cfg.url))?;
+    let addr = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
+    Ok((opts, addr))
+}
+
 impl MySqlSink {
     /// Opens a session configured for replication apply:
     /// * `time_zone='+00:00'`: TIMESTAMP values travel as UTC fields;
@@ -320,9 +328,7 @@ impl MySqlSink {
     ///   partitions and workers, so a child may be applied before its parent (as with
     ///   parallel native replication).
     pub async fn connect(cfg: &SinkConfig, pipeline: &str) -> Result<Self, SinkError> {
-        let opts =
-            Opts::from_url(&rowlog_api::url::tcp_as_given(&cfg.url)).map_err(SinkError::BadUrl)?;
-        let addr = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
+        let (opts, addr) = destination(cfg).map_err(SinkError::BadUrl)?;
         let staged = cfg.load_data.then(load::Staged::default);
         let opts = OptsBuilder::from_opts(opts).stmt_cache_size(256).init(vec![
             "SET time_zone='+00:00'".to_string(),
