@@ -31,8 +31,8 @@ use crate::pipeline::apply::{self, ApplyError};
 use crate::pipeline::ingest::{self, IngestError};
 use crate::pipeline::Stats;
 pub use crate::report::error_chain;
-use crate::shutdown::{self, Shutdown};
-use crate::status::ErrorReport;
+use crate::shutdown::{self, Shutdown, ShutdownTrigger};
+use crate::status::{ErrorReport, LeaseStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -110,7 +110,7 @@ async fn run_with(
                     .await
                     .map_err(|e| DaemonError::Panic(e.to_string()))??;
             info!(dir = %cfg.log.dir.display(), partitions = log.partitions(), "log opened");
-            run_on(log.clone(), Some(log), cfg, external, metrics, stats).await
+            run_restarting(log.clone(), Some(log), cfg, external, metrics, stats).await
         }
         LogBackend::Kafka => {
             // The local state (snapshot progress, re-snapshot requests) stays in log.dir,
@@ -120,13 +120,82 @@ async fn run_with(
                 DaemonError::Config("log.backend is \"kafka\" but [kafka] is missing".into())
             })?;
             let log = KafkaLog::open(&settings, &cfg.name, cfg.log.partitions).await?;
-            run_on(log, None, cfg, external, metrics, stats).await
+            run_restarting(log, None, cfg, external, metrics, stats).await
         }
     }
 }
 
+/// [`run_on`], started again in this process when the pipeline's lease lapsed: the
+/// destination was out of reach for the lease's lifetime (a restart, a network fault),
+/// or this process paused. Every stage stopped when the lease lapsed, so nothing ran
+/// unfenced while another process could have taken it. Once the destination answers,
+/// the lease is taken back if no other process held it meanwhile, and the pipeline
+/// starts from its stored positions, as after a restart of the process; otherwise the
+/// lease is lost and `rowlog run` fails, naming who holds it.
+async fn run_restarting<L: PartitionedLog + Clone>(
+    log: L,
+    embedded: Option<EmbeddedLog>,
+    cfg: Config,
+    mut external: Shutdown,
+    metrics: Arc<Metrics>,
+    stats: Arc<Stats>,
+) -> Result<Arc<Stats>, DaemonError> {
+    let mut taken_back = None;
+    loop {
+        let run = run_on(
+            log.clone(),
+            embedded.clone(),
+            cfg.clone(),
+            external.clone(),
+            metrics.clone(),
+            stats.clone(),
+            taken_back.take(),
+        )
+        .await;
+        match run {
+            Err(e) if lease_lapsed(&e) && !external.is_triggered() => {
+                warn!(error = %error_chain(&e), "every stage stopped; the pipeline starts again from its stored positions once the destination answers, if no other process took its lease");
+                let mut pause = crate::pipeline::backoff::Backoff::new(
+                    Duration::from_secs(1),
+                    Duration::from_secs(30),
+                );
+                let lease = loop {
+                    tokio::select! {
+                        _ = external.wait() => return Ok(stats),
+                        _ = tokio::time::sleep(pause.next_delay()) => {}
+                    }
+                    match lease::take_back(&cfg.sink, &cfg.name, "rowlog run").await {
+                        Ok(lease) => break lease,
+                        Err(LeaseError::Destination(e)) if e.is_retryable() => {
+                            warn!(error = %error_chain(&e), "the destination does not answer yet");
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                };
+                info!("the pipeline's lease is this process's again; starting again");
+                metrics.restarted();
+                Stats::add(&stats.restarts, 1);
+                taken_back = Some(lease);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether the run stopped because its lease lapsed, or a batch found it gone (whether
+/// another process took it, `lease::take_back` finds out).
+fn lease_lapsed(e: &DaemonError) -> bool {
+    matches!(
+        e,
+        DaemonError::Lease(LeaseError::Lapsed { .. })
+            | DaemonError::Apply(ApplyError::Fenced { .. })
+    )
+}
+
 /// The pipeline on an opened log. `embedded` is the same log when it is the embedded
 /// one: retention and fsync figures exist only there (Kafka retains and syncs by itself).
+/// `taken_back` is the pipeline's lease when [`run_restarting`] took it back;
+/// otherwise this run takes it.
 async fn run_on<L: PartitionedLog + Clone>(
     log: L,
     embedded: Option<EmbeddedLog>,
@@ -134,6 +203,7 @@ async fn run_on<L: PartitionedLog + Clone>(
     mut external: Shutdown,
     metrics: Arc<Metrics>,
     stats: Arc<Stats>,
+    taken_back: Option<lease::Lease>,
 ) -> Result<Arc<Stats>, DaemonError> {
     for p in 0..log.partitions() {
         metrics.set_log_end(p, log.end_offset(p));
@@ -157,19 +227,44 @@ async fn run_on<L: PartitionedLog + Clone>(
         None
     };
 
-    // One process at a time moves this pipeline's positions (see the lease module).
-    // A holder on another host that stopped without releasing it is waited for until
-    // its lease runs out; one that renews it keeps this daemon from starting.
-    let wait = lease::LEASE_TTL + Duration::from_secs(5);
-    let taken = tokio::select! {
-        taken = lease::acquire(&cfg.sink, &cfg.name, "rowlog run", wait) => taken?,
-        _ = external.wait() => return Ok(stats),
-    };
-    let mut lease = lease::keep(taken);
-
     let (trigger, shutdown) = shutdown::channel();
     let mut http = ops.map(|server| tokio::spawn(server.serve(shutdown.clone())));
 
+    // One process at a time moves this pipeline's positions (see the lease module).
+    // A holder on another host that stopped without releasing it is waited for until
+    // its lease runs out; one that renews it keeps this daemon from starting. The ops
+    // port answers meanwhile: /status names the holder, /readyz says why not ready.
+    let wait = cfg.sink.lease_ttl() + Duration::from_secs(5);
+    let waiting = |holder: &lease::Holder, remaining: Duration| {
+        metrics.state.set_lease(LeaseStatus::Waiting {
+            holder: holder.to_string(),
+            remaining_secs: remaining.as_secs(),
+        })
+    };
+    let taken = match taken_back {
+        Some(lease) => Some(Ok(lease)),
+        None => tokio::select! {
+            taken = lease::acquire(&cfg.sink, &cfg.name, "rowlog run", wait, waiting) => Some(taken),
+            _ = external.wait() => None,
+        },
+    };
+    let taken = match taken {
+        Some(Ok(taken)) => taken,
+        // Failed, or stopped while waiting (a clean stop: nothing ran).
+        failed_or_stopped => {
+            trigger.trigger();
+            stop_http(http.take()).await;
+            return match failed_or_stopped {
+                Some(Err(e)) => Err(e.into()),
+                _ => Ok(stats),
+            };
+        }
+    };
+    metrics.state.set_lease(LeaseStatus::Held);
+    let mut lease = lease::keep(taken);
+
+    // The run's first error, what `rowlog run` exits with.
+    let mut first_error = None;
     // A snapshot, when one is due, runs to its end before streaming starts (see
     // crate::snapshot for why that keeps the hand-off exact).
     let snapshot = tokio::select! {
@@ -178,19 +273,15 @@ async fn run_on<L: PartitionedLog + Clone>(
     };
     let floors = match snapshot {
         Ok(Some(floors)) => floors,
-        Ok(None) => {
+        // Stopped during the snapshot, or it failed: nothing streamed yet.
+        other => {
+            if let Err(e) = other {
+                stop_on(e, &metrics, &mut first_error, &trigger);
+            }
             trigger.trigger();
             stop_http(http.take()).await;
             lease.release().await;
-            return Ok(stats);
-        }
-        Err(e) => {
-            error!(error = %error_chain(&e), "snapshot failed");
-            note_halt(&metrics, &e);
-            trigger.trigger();
-            stop_http(http.take()).await;
-            lease.release().await;
-            return Err(e);
+            return first_error.map_or(Ok(stats), Err);
         }
     };
     let mut apply_cfg = cfg.apply();
@@ -239,12 +330,13 @@ async fn run_on<L: PartitionedLog + Clone>(
         });
     }
     let barrier = crate::pipeline::schema_barrier::SchemaBarrier::new(log.partitions());
+    // The lease is held now: every batch commits only while it still is.
+    let fence = lease::fence(&cfg.sink, &cfg.name);
     for p in 0..log.partitions() {
-        let sink_cfg = cfg.sink.clone();
-        let name = cfg.name.clone();
+        let (sink_cfg, name, fence) = (cfg.sink.clone(), cfg.name.clone(), fence.clone());
         let connect = move || {
-            let (c, n) = (sink_cfg.clone(), name.clone());
-            async move { MySqlSink::connect(&c, &n).await }
+            let (c, n, f) = (sink_cfg.clone(), name.clone(), fence.clone());
+            async move { MySqlSink::connect(&c, &n).await.map(|s| s.fenced_by(f)) }
         };
         let fut = apply::run_partition(
             log.clone(),
@@ -269,7 +361,6 @@ async fn run_on<L: PartitionedLog + Clone>(
         shutdown.clone(),
     ));
 
-    let mut first_error = None;
     loop {
         tokio::select! {
             _ = external.wait(), if !shutdown.is_triggered() => {
@@ -277,11 +368,7 @@ async fn run_on<L: PartitionedLog + Clone>(
                 trigger.trigger();
             }
             lost = lease.lost(), if !shutdown.is_triggered() => {
-                let e = DaemonError::Lease(lost);
-                error!(error = %error_chain(&e), "pipeline stopped");
-                note_halt(&metrics, &e);
-                first_error.get_or_insert(e);
-                trigger.trigger();
+                stop_on(DaemonError::Lease(lost), &metrics, &mut first_error, &trigger);
             }
             done = tasks.join_next() => match done {
                 None => break,
@@ -309,18 +396,9 @@ async fn run_on<L: PartitionedLog + Clone>(
                     note_halt(&metrics, &e);
                     first_error.get_or_insert(e);
                 }
-                Some(Ok(Err(e))) => {
-                    error!(error = %error_chain(&e), "pipeline stopped");
-                    note_halt(&metrics, &e);
-                    first_error.get_or_insert(e);
-                    trigger.trigger();
-                }
+                Some(Ok(Err(e))) => stop_on(e, &metrics, &mut first_error, &trigger),
                 Some(Err(join)) => {
-                    error!(error = %join, "pipeline task panicked");
-                    let e = DaemonError::Panic(join.to_string());
-                    note_halt(&metrics, &e);
-                    first_error.get_or_insert(e);
-                    trigger.trigger();
+                    stop_on(DaemonError::Panic(join.to_string()), &metrics, &mut first_error, &trigger)
                 }
             }
         }
@@ -333,11 +411,13 @@ async fn run_on<L: PartitionedLog + Clone>(
     // Released only once every stage has drained: a tool must not move positions
     // the sink is still committing. A loss during the drain is this run's error too.
     if let Some(lost) = lease.release().await {
-        let e = DaemonError::Lease(lost);
         if first_error.is_none() {
-            error!(error = %error_chain(&e), "pipeline stopped");
-            note_halt(&metrics, &e);
-            first_error = Some(e);
+            stop_on(
+                DaemonError::Lease(lost),
+                &metrics,
+                &mut first_error,
+                &trigger,
+            );
         }
     }
     stop_http(http).await;
@@ -358,6 +438,20 @@ async fn stop_http(http: Option<tokio::task::JoinHandle<Result<(), HttpError>>>)
             Err(e) => warn!(error = %e, "ops HTTP server panicked"),
         }
     }
+}
+
+/// Stops the pipeline on `e`: says so, marks it halted, keeps the run's first error
+/// (what `rowlog run` exits with) and starts the drain.
+fn stop_on(
+    e: DaemonError,
+    metrics: &Metrics,
+    first_error: &mut Option<DaemonError>,
+    trigger: &ShutdownTrigger,
+) {
+    error!(error = %error_chain(&e), "pipeline stopped");
+    note_halt(metrics, &e);
+    first_error.get_or_insert(e);
+    trigger.trigger();
 }
 
 /// Marks the pipeline halted and keeps the error for `/status`. Errors the stages

@@ -1,7 +1,9 @@
 //! The operations port: `/metrics` (Prometheus text), `/healthz` (the process answers),
 //! `/readyz` (source connected, every partition applying, not halted or stalled) and
 //! `/status` (JSON: offsets and lag per partition, source position and checkpoint, the
-//! last error and where it happened).
+//! pipeline's lease, the last error and where it happened). It answers from the moment
+//! the daemon waits for the lease, so a daemon kept waiting is alive and says why it is
+//! not ready.
 //!
 //! Handlers only read shared state; none of them touches the databases or the log's
 //! data, so a scrape can never slow the pipeline down or block on it. The server stops
@@ -151,6 +153,9 @@ struct StatusReport {
     partitions: Vec<PartitionStatus>,
     /// Snapshot progress (tables done / total, rows copied), once one ran.
     snapshot: Option<crate::status::SnapshotStatus>,
+    /// The pipeline's lease on the destination: not taken yet, waited for (who holds
+    /// it), or held.
+    lease: crate::status::LeaseStatus,
     last_error: Option<ErrorReport>,
 }
 
@@ -182,6 +187,7 @@ async fn status(State(ops): State<Ops>) -> Json<StatusReport> {
             )
             .collect(),
         snapshot: m.state.snapshot(),
+        lease: m.state.lease(),
         last_error: m.state.last_error(),
     })
 }

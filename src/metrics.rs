@@ -38,7 +38,7 @@ use prometheus::{
 };
 use rowlog_api::{BinlogPosition, ChangeEvent, Gtid, Op, TableName};
 
-use crate::status::State;
+use crate::status::{LeaseStatus, State};
 
 /// Why a sink worker retried; a fixed set so each is a series from the start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,6 +178,8 @@ pub struct Metrics {
     /// Written only through [`Metrics::set_paused`] and [`Metrics::set_stopped`].
     pipeline_halted: IntGauge,
     pub pipeline_stalled: IntGauge,
+    /// Restarts of the pipeline in this process after its lease lapsed.
+    pub pipeline_restarts: IntCounter,
 
     // Process.
     process_resident_memory_bytes: IntGauge,
@@ -428,6 +430,10 @@ impl Metrics {
             pipeline_stalled: int_gauge(
                 "rowlog_pipeline_stalled",
                 "1 when a partition has a backlog and its committed offset has not moved for the stall period.",
+            ),
+            pipeline_restarts: int_counter(
+                "rowlog_pipeline_restarts_total",
+                "Restarts of the pipeline within the process after its lease on the destination lapsed (the destination was out of reach for the lease's lifetime).",
             ),
 
             process_resident_memory_bytes: int_gauge(
@@ -765,6 +771,13 @@ impl Metrics {
         self.update_halt(|h| h.stopped = true);
     }
 
+    /// The pipeline starts again in this process (after its lease lapsed): a stop noted
+    /// by the run before no longer holds.
+    pub fn restarted(&self) {
+        self.pipeline_restarts.inc();
+        self.update_halt(|h| h.stopped = false);
+    }
+
     pub fn is_halted(&self) -> bool {
         self.pipeline_halted.get() != 0
     }
@@ -779,6 +792,15 @@ impl Metrics {
     pub fn readiness(&self) -> Result<(), String> {
         if self.is_halted() {
             return Err("the pipeline is halted".into());
+        }
+        if let LeaseStatus::Waiting {
+            holder,
+            remaining_secs,
+        } = self.state.lease()
+        {
+            return Err(format!(
+                "waiting for the pipeline's lease, held by {holder}: it runs out in {remaining_secs} s unless renewed"
+            ));
         }
         if self.pipeline_stalled.get() != 0 {
             return Err(format!(

@@ -452,16 +452,10 @@ async fn abandon(
         .map_err(|e| sink_error(&tables[0], e))?;
     let floor = source_position(cfg, state.epoch).await?;
     for table in tables {
-        let exists = sink.table_exists(&table).await.map_err(|source| {
-            sink_error(
-                &table,
-                SinkError::Progress {
-                    table: table.to_string(),
-                    action: "look up",
-                    source,
-                },
-            )
-        })?;
+        let exists = sink
+            .table_exists(&table)
+            .await
+            .map_err(|e| sink_error(&table, e))?;
         if !exists {
             info!(table = %table, floor = %floor.position, "the destination never got this table: its changes up to here are not applied");
             state.abandoned.push(AbandonedTable {
@@ -532,13 +526,7 @@ async fn copy_tables(
                 .await
                 .map_err(sink_error)?
         } else {
-            let exists = s.table_exists(&name).await.map_err(|source| {
-                sink_error(SinkError::Progress {
-                    table: name.to_string(),
-                    action: "look up",
-                    source,
-                })
-            })?;
+            let exists = s.table_exists(&name).await.map_err(sink_error)?;
             if !exists {
                 return Err(SnapshotError::MissingTable { table: name });
             }

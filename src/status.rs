@@ -111,11 +111,28 @@ pub struct SnapshotStatus {
     pub running: bool,
 }
 
+/// The pipeline's lease on the destination (see `rowlog_mysql_sink::lease`), as
+/// `rowlog run` last saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum LeaseStatus {
+    /// Not asked for yet: the daemon is still checking the source and destination.
+    #[default]
+    NotTaken,
+    /// Another process holds it; it runs out in `remaining_secs` unless renewed.
+    Waiting {
+        holder: String,
+        remaining_secs: u64,
+    },
+    Held,
+}
+
 #[derive(Default)]
 pub struct State {
     source: Mutex<SourceStatus>,
     last_error: Mutex<Option<ErrorReport>>,
     snapshot: Mutex<Option<SnapshotStatus>>,
+    lease: Mutex<LeaseStatus>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -156,5 +173,13 @@ impl State {
 
     pub fn snapshot(&self) -> Option<SnapshotStatus> {
         lock(&self.snapshot).clone()
+    }
+
+    pub fn set_lease(&self, lease: LeaseStatus) {
+        *lock(&self.lease) = lease;
+    }
+
+    pub fn lease(&self) -> LeaseStatus {
+        lock(&self.lease).clone()
     }
 }

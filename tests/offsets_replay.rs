@@ -6,8 +6,10 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::http::{free_port, get, poll};
 use common::{Daemon, InProcess, Pair};
 use mysql_async::prelude::Queryable;
+use rowlog::pipeline::Stats;
 use rowlog::testkit::Tansu;
 
 fn rowlog(args: &[&str]) -> (i32, String) {
@@ -128,14 +130,40 @@ async fn offsets_and_replay_repair_a_damaged_destination_on(kafka: Option<&Tansu
     }
     if kafka.is_none() {
         // A second daemon of the same name waits for the lease to run out, and the
-        // first renews it: the second gives up, naming it.
-        let (cfg2, env) = (cfg.to_owned(), elsewhere.to_str().unwrap().to_owned());
-        let (code, out) = tokio::task::spawn_blocking(move || {
-            rowlog_with(&["run", "--config", &cfg2], &[("ROWLOG__LOG__DIR", &env)])
-        })
-        .await
-        .unwrap();
-        assert_ne!(code, 0, "{out}");
+        // first renews it: the second gives up, naming it. While it waits, its ops
+        // port answers: alive, not ready, and /status names the holder.
+        let addr = format!("127.0.0.1:{}", free_port());
+        let env = [
+            ("ROWLOG__LOG__DIR", elsewhere.to_str().unwrap()),
+            ("ROWLOG__HTTP__LISTEN", addr.as_str()),
+        ];
+        let mut second = Daemon::spawn_with(&config, pair.dir.path().join("second.log"), &env);
+        let status = poll(
+            "the waiting daemon's /status naming the lease's holder",
+            Duration::from_secs(30),
+            || async {
+                let (code, body) = get(&addr, "/status").await?;
+                (code == 200 && body.contains(r#""lease":{"state":"waiting""#)).then_some(body)
+            },
+        )
+        .await;
+        assert!(
+            status.contains("`rowlog run` on host") && status.contains(&pid),
+            "{status}"
+        );
+        assert_eq!(get(&addr, "/healthz").await.map(|r| r.0), Some(200));
+        let (code, body) = get(&addr, "/readyz").await.unwrap();
+        assert_eq!(code, 503, "{body}");
+        assert!(
+            body.contains("waiting for the pipeline's lease") && body.contains(&pid),
+            "{body}"
+        );
+        let ended = second.exit_status(
+            Duration::from_secs(90),
+            "the second daemon gives up waiting for a lease that is renewed",
+        );
+        assert!(!ended.success(), "{}", second.log());
+        let out = second.log();
         assert!(out.contains(&holder) && out.contains(&pid), "{out}");
         assert!(daemon.is_running(), "the second daemon stopped the first");
     }
@@ -541,41 +569,108 @@ async fn a_drain_that_cannot_finish_ends_at_the_shutdown_deadline_and_loses_noth
 }
 
 /// A daemon whose lease ran out before it renewed it (a pause, a destination it could
-/// not reach), or that another process took, stops naming why instead of taking it
-/// back: another process may have moved its positions meanwhile.
+/// not reach) while no other process took it stops every stage and starts again from
+/// its stored positions, taking the lease again. One whose lease another process took
+/// stops, naming it, instead of taking it back: that process may have moved its
+/// positions meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_daemon_that_lost_its_lease_stops_instead_of_taking_it_back() {
+async fn a_lapsed_lease_restarts_the_pipeline_and_a_taken_one_stops_it() {
     let pair = pair_on(None).await;
-    let cases = [
-        (
-            "UPDATE rowlog.rowlog_lease SET expires_at = NOW(6) - INTERVAL 1 SECOND",
-            "ran out before this process renewed it",
-        ),
-        (
-            "UPDATE rowlog.rowlog_lease SET host = 'elsewhere', pid = 1, token = 1, \
-             what = 'rowlog offsets set', expires_at = NOW(6) + INTERVAL 60 SECOND",
-            "`rowlog offsets set` on host elsewhere (pid 1) holds it now",
-        ),
-    ];
-    for (id, (tamper, expected)) in cases.into_iter().enumerate() {
-        let mut rowlog = InProcess::start(pair.config(1, 2));
-        pair.src
-            .exec(&[&format!("INSERT INTO app.t VALUES ({id}, {id})")])
-            .await
-            .unwrap();
-        rowlog
-            .assert_converges_running(&pair, &[("app.t", "id")], Duration::from_secs(60))
-            .await;
-        pair.dst.exec(&[tamper]).await.unwrap();
-        let error = rowlog
-            .stopped_error(
-                Duration::from_secs(30),
-                "rowlog kept running without its lease",
-            )
-            .await;
+    let mut rowlog = running_with_one_row(&pair).await;
+    pair.dst
+        .exec(&["UPDATE rowlog.rowlog_lease SET expires_at = NOW(6) - INTERVAL 1 SECOND"])
+        .await
+        .unwrap();
+    let restarted = std::time::Instant::now() + Duration::from_secs(30);
+    while Stats::get(&rowlog.stats.restarts) == 0 {
         assert!(
-            error.contains("lost its lease") && error.contains(expected),
-            "{error}"
+            !rowlog.finished() && std::time::Instant::now() < restarted,
+            "rowlog did not start again after its lease lapsed (ended: {})",
+            rowlog.finished()
         );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    pair.src
+        .exec(&["INSERT INTO app.t VALUES (2, 2)"])
+        .await
+        .unwrap();
+    rowlog
+        .assert_converges_running(&pair, &[("app.t", "id")], Duration::from_secs(60))
+        .await;
+
+    give_the_lease_elsewhere(&pair, "rowlog offsets set").await;
+    let error = rowlog
+        .stopped_error(
+            Duration::from_secs(30),
+            "rowlog kept running without its lease",
+        )
+        .await;
+    assert!(
+        error.contains("lost its lease")
+            && error.contains("`rowlog offsets set` on host elsewhere (pid 1) holds it now"),
+        "{error}"
+    );
+}
+
+/// A daemon learns that its lease was taken only at its next renewal, up to 10 s
+/// later; what it applies meanwhile is fenced: a batch that finds the lease gone is
+/// rolled back, and the pipeline stops, naming who holds it now. The change is not
+/// lost: it is applied when rowlog holds the lease again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_whose_lease_was_taken_commits_nothing_more() {
+    let pair = pair_on(None).await;
+    let rowlog = running_with_one_row(&pair).await;
+    // Another process takes the lease (as after this one's pause); at once, a change.
+    give_the_lease_elsewhere(&pair, "rowlog run").await;
+    pair.src
+        .exec(&["INSERT INTO app.t VALUES (2, 2)"])
+        .await
+        .unwrap();
+    let error = rowlog
+        .stopped_error(
+            Duration::from_secs(30),
+            "rowlog kept running without its lease",
+        )
+        .await;
+    assert!(error.contains("on host elsewhere (pid 1)"), "{error}");
+    assert_eq!(
+        common::count(&pair.dst, "app.t WHERE id = 2").await,
+        0,
+        "a change was applied after the lease was taken ({error})"
+    );
+
+    // The other process goes away: the change arrives.
+    pair.dst
+        .exec(&["DELETE FROM rowlog.rowlog_lease"])
+        .await
+        .unwrap();
+    let mut rowlog = InProcess::start(pair.config(1, 2));
+    rowlog
+        .assert_converges_running(&pair, &[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    rowlog.stop().await;
+}
+
+/// rowlog running in this process, with `app.t`'s first row applied.
+async fn running_with_one_row(pair: &Pair) -> InProcess {
+    let mut rowlog = InProcess::start(pair.config(1, 2));
+    pair.src
+        .exec(&["INSERT INTO app.t VALUES (1, 1)"])
+        .await
+        .unwrap();
+    rowlog
+        .assert_converges_running(pair, &[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    rowlog
+}
+
+/// Another process (`what` on host "elsewhere", pid 1) takes the pipeline's lease.
+async fn give_the_lease_elsewhere(pair: &Pair, what: &str) {
+    pair.dst
+        .exec(&[&format!(
+            "UPDATE rowlog.rowlog_lease SET host = 'elsewhere', pid = 1, token = 1, \
+             what = '{what}', expires_at = NOW(6) + INTERVAL 60 SECOND"
+        )])
+        .await
+        .unwrap();
 }

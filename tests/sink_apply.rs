@@ -198,6 +198,48 @@ async fn a_destination_restart_mid_stream_loses_nothing() {
     );
 }
 
+/// A destination down for longer than the pipeline's lease: the lease lapses, every
+/// stage stops, and the pipeline starts again from its stored positions once the
+/// destination answers, instead of exiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_down_longer_than_the_lease_is_ridden_out() {
+    let mut pair = Pair::start().await;
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
+    ])
+    .await;
+    let mut cfg = pair.config(2, 2);
+    cfg.sink.lease_secs = 3;
+    let mut rowlog = InProcess::start(cfg);
+    pair.src
+        .exec(&["INSERT INTO app.t SELECT seq, 0 FROM app.seq_1_to_100"])
+        .await
+        .unwrap();
+    rowlog
+        .assert_converges_running(&pair, &[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    pair.dst.stop();
+    // Changes made while the destination is down (three lifetimes of the lease).
+    pair.src
+        .exec(&[
+            "UPDATE app.t SET v = id",
+            "INSERT INTO app.t VALUES (1000, 1)",
+        ])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    pair.dst.restart().await.unwrap();
+    rowlog
+        .assert_converges_running(&pair, &[("app.t", "id")], Duration::from_secs(120))
+        .await;
+    let stats = rowlog.stop().await;
+    assert!(
+        Stats::get(&stats.restarts) >= 1,
+        "the lease lapsed while the destination was down, and the pipeline started again"
+    );
+}
+
 fn partition_of_key(table: &str, id: i64, partitions: u32) -> u32 {
     let key = [Value::Int(id)];
     partition_of(

@@ -10,20 +10,12 @@ use std::io::Write;
 use std::path::Path;
 
 use super::frame::{self, Frame};
-use super::LogError;
+use super::{io, LogError};
 
 pub fn write(path: &Path, payload: &[u8]) -> Result<(), LogError> {
     let tmp = path.with_extension("tmp");
     let mut buf = Vec::with_capacity(frame::HEADER_LEN + payload.len());
     frame::encode(0, 0, payload, &mut buf);
-    let io = |action: &'static str, p: &Path| {
-        let p = p.to_path_buf();
-        move |source| LogError::Io {
-            action,
-            path: p,
-            source,
-        }
-    };
     let mut f = OpenOptions::new()
         .create(true)
         .write(true)
@@ -82,11 +74,7 @@ pub fn create_dir_durable(dir: &Path) -> Result<(), LogError> {
     if missing.is_empty() {
         return Ok(());
     }
-    fs::create_dir_all(dir).map_err(|source| LogError::Io {
-        action: "create",
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    fs::create_dir_all(dir).map_err(io("create", dir))?;
     for d in missing.iter().rev() {
         match d.parent() {
             // A relative path's first component lives in the working directory.
@@ -101,11 +89,7 @@ pub fn create_dir_durable(dir: &Path) -> Result<(), LogError> {
 pub fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|source| LogError::Io {
-            action: "fsync directory",
-            path: dir.to_path_buf(),
-            source,
-        })
+        .map_err(io("fsync directory", dir))
 }
 
 #[cfg(test)]

@@ -213,11 +213,7 @@ impl EmbeddedLog {
             std::thread::Builder::new()
                 .name("rowlog-log-flusher".into())
                 .spawn(move || flusher(weak, every))
-                .map_err(|source| LogError::Io {
-                    action: "start flusher",
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
+                .map_err(io("start flusher", dir))?;
         }
         Ok(log)
     }
@@ -543,10 +539,12 @@ impl PartitionedLog for EmbeddedLog {
         Ok(EmbeddedReader {
             durable: p.subscribe(),
             partition: p,
-            schemas: self.inner.schemas.clone(),
+            decoder: Decoder {
+                schemas: self.inner.schemas.clone(),
+                cached: None,
+            },
             next: from,
             cursor: None,
-            schema_cache: None,
         })
     }
 
@@ -672,12 +670,42 @@ fn flusher(log: Weak<Inner>, every: Duration) {
 
 pub struct EmbeddedReader {
     partition: Arc<Partition>,
-    schemas: Arc<SchemaStore>,
+    decoder: Decoder,
     durable: watch::Receiver<u64>,
     next: u64,
     cursor: Option<Cursor<Arc<Partition>>>,
+}
+
+/// Decodes a reader's records against the log's schemas.
+struct Decoder {
+    schemas: Arc<SchemaStore>,
     /// The last schema looked up: records of a partition mostly share one.
-    schema_cache: Option<(u32, Arc<rowlog_api::TableSchema>)>,
+    cached: Option<(u32, Arc<rowlog_api::TableSchema>)>,
+}
+
+impl Decoder {
+    fn decode(
+        &mut self,
+        partition: u32,
+        offset: u64,
+        payload: &[u8],
+    ) -> Result<LogRecord, LogError> {
+        let (schemas, cached) = (&self.schemas, &mut self.cached);
+        let lookup = |id: u32| match cached {
+            Some((cid, t)) if *cid == id => Some(t.clone()),
+            _ => {
+                let t = schemas.get(id)?;
+                *cached = Some((id, t.clone()));
+                Some(t)
+            }
+        };
+        let entry = record::decode(payload, lookup).map_err(|detail| LogError::Decode {
+            partition,
+            offset,
+            detail,
+        })?;
+        Ok(LogRecord { offset, entry })
+    }
 }
 
 impl PartitionReader for EmbeddedReader {
@@ -700,14 +728,12 @@ impl PartitionReader for EmbeddedReader {
         };
         let n = (end - self.next).min(max.max(1) as u64);
         let mut out = Vec::with_capacity(n as usize);
-        let read = Self::read_into(
-            cursor,
-            n,
-            &mut out,
-            &mut self.schema_cache,
-            &self.schemas,
-            self.partition.id,
-        );
+        let (partition, decoder) = (self.partition.id, &mut self.decoder);
+        let read = (0..n).try_for_each(|_| {
+            let (offset, payload) = cursor.read_frame()?;
+            out.push(decoder.decode(partition, offset, &payload)?);
+            Ok::<_, LogError>(())
+        });
         if let Err(e) = read {
             // The cursor has moved past records that are not handed out: a caller that
             // tries again reads from `self.next` through a new cursor.
@@ -718,35 +744,5 @@ impl PartitionReader for EmbeddedReader {
         // the cursor when bytes it holds were cut off (`Cursor::read_frame_with_time`).
         self.next = cursor.next;
         Ok(out)
-    }
-}
-
-impl EmbeddedReader {
-    fn read_into(
-        cursor: &mut Cursor<Arc<Partition>>,
-        n: u64,
-        out: &mut Vec<LogRecord>,
-        cached: &mut Option<(u32, Arc<rowlog_api::TableSchema>)>,
-        schemas: &SchemaStore,
-        partition: u32,
-    ) -> Result<(), LogError> {
-        for _ in 0..n {
-            let (offset, payload) = cursor.read_frame()?;
-            let lookup = |id: u32| match cached {
-                Some((cid, t)) if *cid == id => Some(t.clone()),
-                _ => {
-                    let t = schemas.get(id)?;
-                    *cached = Some((id, t.clone()));
-                    Some(t)
-                }
-            };
-            let entry = record::decode(&payload, lookup).map_err(|detail| LogError::Decode {
-                partition,
-                offset,
-                detail,
-            })?;
-            out.push(LogRecord { offset, entry });
-        }
-        Ok(())
     }
 }

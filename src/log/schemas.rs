@@ -13,7 +13,7 @@ use rowlog_api::TableSchema;
 use tracing::warn;
 
 use super::frame::{self, Frame};
-use super::LogError;
+use super::{io, LogError};
 
 #[derive(Default)]
 struct Inner {
@@ -53,21 +53,13 @@ impl SchemaStore {
                 .append(true)
                 .read(true)
                 .open(path)
-                .map_err(|source| LogError::Io {
-                    action: "open",
-                    path: path.to_path_buf(),
-                    source,
-                })?;
+                .map_err(io("open", path))?;
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);
             if len > valid_len {
                 warn!(file = %path.display(), dropped_bytes = len - valid_len, "truncating torn tail of schema store");
                 file.set_len(valid_len)
                     .and_then(|_| file.sync_data())
-                    .map_err(|source| LogError::Io {
-                        action: "truncate",
-                        path: path.to_path_buf(),
-                        source,
-                    })?;
+                    .map_err(io("truncate", path))?;
             }
             file.flush().ok();
             let mut inner = lock(&store.inner);
@@ -82,11 +74,7 @@ impl SchemaStore {
         let mut bytes = Vec::new();
         match File::open(&self.path) {
             Ok(mut f) => {
-                f.read_to_end(&mut bytes).map_err(|source| LogError::Io {
-                    action: "read",
-                    path: self.path.clone(),
-                    source,
-                })?;
+                f.read_to_end(&mut bytes).map_err(io("read", &self.path))?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(source) => {

@@ -8,7 +8,7 @@ use std::io::{BufReader, Read};
 
 use super::frame::{self, HEADER_LEN, MAX_PAYLOAD};
 use super::index;
-use super::{record, EmbeddedLog, LogError};
+use super::{io, record, EmbeddedLog, LogError};
 
 #[derive(Debug, Default)]
 pub struct VerifyReport {
@@ -43,11 +43,7 @@ pub fn verify(log: &EmbeddedLog) -> Result<VerifyReport, LogError> {
                     seg.base
                 ));
             }
-            let file = File::open(&path).map_err(|source| LogError::Io {
-                action: "open",
-                path: path.clone(),
-                source,
-            })?;
+            let file = File::open(&path).map_err(io("open", &path))?;
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);
             let mut r = BufReader::with_capacity(1 << 20, file);
             let mut byte = 0u64;

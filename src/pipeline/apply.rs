@@ -104,6 +104,13 @@ pub enum ApplyError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("partition {partition} worker {worker}: this process lost the pipeline to another; nothing more is applied")]
+    Fenced {
+        partition: u32,
+        worker: u32,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("partition {partition}: worker {worker} ended unexpectedly: {detail}")]
     WorkerLost {
         partition: u32,
@@ -710,6 +717,15 @@ struct WorkerCtx {
 }
 
 impl WorkerCtx {
+    /// The error that stops the pipeline when the sink says this process lost it.
+    fn fenced(&self, e: impl std::error::Error + Send + Sync + 'static) -> ApplyError {
+        ApplyError::Fenced {
+            partition: self.partition,
+            worker: self.worker,
+            source: Box::new(e),
+        }
+    }
+
     /// Counts the error and keeps it, with the batch's first change and offsets, as the
     /// last error `/status` shows.
     fn record_error(
@@ -869,8 +885,9 @@ enum Isolated<E> {
         error: E,
         done: usize,
     },
-    /// The destination refuses connections for good.
-    Unreachable(ApplyError),
+    /// The pipeline must stop: the destination refuses connections for good, or this
+    /// process lost the pipeline ([`Retry::is_fenced`]).
+    Stop(ApplyError),
     Shutdown,
 }
 
@@ -901,7 +918,7 @@ where
     {
         Ok(Some(s)) => s,
         Ok(None) => return Isolated::Shutdown,
-        Err(e) => return Isolated::Unreachable(e),
+        Err(e) => return Isolated::Stop(e),
     };
     let mut dead_lettered = 0;
     for (index, (change, &offset)) in batch.iter().zip(offsets).enumerate() {
@@ -925,6 +942,7 @@ where
                 ctx.metrics.applied(ctx.partition, one, began.elapsed());
                 Stats::add(&ctx.stats.applied, 1);
             }
+            Err(error) if error.is_fenced() => return Isolated::Stop(ctx.fenced(error)),
             Err(error) if error.is_retryable() => {
                 return Isolated::Transient { error, done: index }
             }
@@ -952,7 +970,9 @@ where
                     })
                     .await
                 {
-                    return if e.is_retryable() {
+                    return if e.is_fenced() {
+                        Isolated::Stop(ctx.fenced(e))
+                    } else if e.is_retryable() {
                         Isolated::Transient {
                             error: e,
                             done: index,
@@ -1099,6 +1119,10 @@ where
                     ctx.metrics.applied(ctx.partition, &batch, began.elapsed());
                     break;
                 }
+                Err(e) if e.is_fenced() => {
+                    let _ = ctx.failures.send(ctx.fenced(e));
+                    return Ok(());
+                }
                 Err(e) if e.is_retryable() => {
                     Stats::add(&ctx.stats.apply_retries, 1);
                     ctx.metrics.retry(RetryKind::Apply);
@@ -1121,7 +1145,7 @@ where
                     sink = None;
                     match isolate(&mut ctx, &connect, &batch, &offsets).await {
                         Isolated::Shutdown => return Ok(()),
-                        Isolated::Unreachable(e) => {
+                        Isolated::Stop(e) => {
                             let _ = ctx.failures.send(e);
                             return Ok(());
                         }

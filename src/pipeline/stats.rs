@@ -15,6 +15,8 @@ pub struct Stats {
     pub apply_retries: AtomicU64,
     /// Changes the destination rejected, written to the dead-letter file.
     pub dead_lettered: AtomicU64,
+    /// Restarts of the pipeline after its lease on the destination lapsed.
+    pub restarts: AtomicU64,
     pub checkpoint: Mutex<String>,
     /// Partitions stopped by a change the destination rejects, with the error.
     pub halted: Mutex<Vec<(u32, String)>>,

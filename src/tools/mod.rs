@@ -1,6 +1,20 @@
 //! Commands for people, beside the daemon: they open the log read-only (no lock, no
 //! writes), so they work while `rowlog run` is writing and when it is stopped.
 
+/// Runs `$body` with `$log` bound to the log [`open_stopped`] opened as `$what`, on
+/// either backend (the body is generic over the log), then gives up the lease:
+/// what each position tool does around its work.
+macro_rules! on_stopped_log {
+    ($cfg:expr, $what:expr, |$log:ident| $body:expr) => {{
+        let (log, lease) = $crate::tools::open_stopped($cfg, $what).await?;
+        let done = match log {
+            $crate::tools::ToolLog::Embedded($log) => $body,
+            $crate::tools::ToolLog::Kafka($log, _lock) => $body,
+        };
+        $crate::tools::release(lease, done).await
+    }};
+}
+
 pub mod bench_log;
 pub mod bench_replication;
 pub mod binlog_decode;
@@ -61,7 +75,7 @@ pub async fn open_stopped(
     let log = open_log_stopped(cfg).await?;
     // Taken after the local lock: on the daemon's own host the lock's message says
     // more (it is this host's log.dir).
-    let lease = lease::acquire(&cfg.sink, &cfg.name, what, Duration::ZERO).await?;
+    let lease = lease::acquire(&cfg.sink, &cfg.name, what, Duration::ZERO, |_, _| {}).await?;
     Ok((log, lease::keep(lease)))
 }
 

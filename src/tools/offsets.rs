@@ -12,7 +12,7 @@ use std::io::Write;
 use rowlog_api::{BinlogPosition, ChangeEvent, ChangeSink, GtidState, WorkerProgress};
 use rowlog_mysql_sink::MySqlSink;
 
-use super::{open_read_only, open_stopped, LogLocation, ToolLog};
+use super::{open_read_only, LogLocation, ToolLog};
 use crate::config::Config;
 use crate::log::{LogEntry, PartitionReader, PartitionedLog};
 
@@ -89,12 +89,10 @@ pub async fn set(
     target: Target,
     force: bool,
 ) -> ToolResult<()> {
-    let (log, lease) = open_stopped(cfg, "rowlog offsets set").await?;
-    let done = match log {
-        ToolLog::Embedded(log) => set_on(cfg, &log, partitions, target, force).await,
-        ToolLog::Kafka(log, _lock) => set_on(cfg, &log, partitions, target, force).await,
-    };
-    super::release(lease, done).await
+    on_stopped_log!(cfg, "rowlog offsets set", |log| set_on(
+        cfg, &log, partitions, target, force
+    )
+    .await)
 }
 
 /// The schema changes among offsets `[from, to)` of partition `p`, as lines to print.
@@ -340,12 +338,10 @@ pub struct Range {
 /// changes the destination has to the same keys (they would be left at older
 /// versions, until they change again).
 pub async fn replay(cfg: &Config, range: Range, dry_run: bool) -> ToolResult<()> {
-    let (log, lease) = open_stopped(cfg, "rowlog replay").await?;
-    let done = match log {
-        ToolLog::Embedded(log) => replay_on(cfg, &log, range, dry_run).await,
-        ToolLog::Kafka(log, _lock) => replay_on(cfg, &log, range, dry_run).await,
-    };
-    super::release(lease, done).await
+    on_stopped_log!(cfg, "rowlog replay", |log| replay_on(
+        cfg, &log, range, dry_run
+    )
+    .await)
 }
 
 async fn replay_on<L: PartitionedLog>(
@@ -462,12 +458,10 @@ pub enum ResetTo {
 /// is taken for a duplicate). The place is checked on the source and completed there:
 /// a position gets its GTID state, a GTID state gets its position.
 pub async fn source_reset(cfg: &Config, to: ResetTo) -> ToolResult<()> {
-    let (log, lease) = open_stopped(cfg, "rowlog source reset").await?;
-    let done = match log {
-        ToolLog::Embedded(log) => source_reset_on(cfg, &log, to).await,
-        ToolLog::Kafka(log, _lock) => source_reset_on(cfg, &log, to).await,
-    };
-    super::release(lease, done).await
+    on_stopped_log!(cfg, "rowlog source reset", |log| source_reset_on(
+        cfg, &log, to
+    )
+    .await)
 }
 
 async fn source_reset_on<L: PartitionedLog>(cfg: &Config, log: &L, to: ResetTo) -> ToolResult<()> {

@@ -26,12 +26,8 @@ pub async fn snapshot_cmd(cfg: &Config, tables: &[String]) -> ToolResult<()> {
     if EmbeddedLog::in_use(&cfg.log.dir) {
         return while_running(cfg, tables).await;
     }
-    let (log, lease) = super::open_stopped(cfg, "rowlog snapshot").await?;
-    let done = match log {
-        super::ToolLog::Embedded(log) => offline(cfg, tables, &log).await,
-        super::ToolLog::Kafka(log, _lock) => offline(cfg, tables, &log).await,
-    };
-    super::release(lease, done).await
+    on_stopped_log!(cfg, "rowlog snapshot", |log| offline(cfg, tables, &log)
+        .await)
 }
 
 /// The snapshot with the daemon stopped: this command copies the tables itself.

@@ -284,6 +284,11 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(config: &Path, log_path: PathBuf) -> Self {
+        Self::spawn_with(config, log_path, &[])
+    }
+
+    /// [`Daemon::spawn`] with environment variables (configuration overrides) set.
+    pub fn spawn_with(config: &Path, log_path: PathBuf, env: &[(&str, &str)]) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -294,6 +299,7 @@ impl Daemon {
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -326,6 +332,23 @@ impl Daemon {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits (`within` at most) for rowlog to exit by itself; fails naming `what` and
+    /// showing its log when it keeps running.
+    pub fn exit_status(&mut self, within: Duration, what: &str) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: rowlog still running after {within:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 

@@ -10,6 +10,13 @@ use crate::{ChangeEvent, ChangeId, Gtid, ResumePoint, SchemaChange, SchemaChange
 /// or is definite (bad config, purged binlog, a value the destination rejects).
 pub trait Retry {
     fn is_retryable(&self) -> bool;
+
+    /// Whether the error says this process may no longer apply the pipeline's changes
+    /// (another process owns the pipeline now): nothing more may be applied, neither
+    /// by retrying nor change by change, and the pipeline stops.
+    fn is_fenced(&self) -> bool {
+        false
+    }
 }
 
 /// What a source yields, in source order.

@@ -17,6 +17,9 @@ fn default_batch_max_bytes() -> usize {
 fn default_progress_database() -> String {
     "rowlog".into()
 }
+fn default_lease_secs() -> u64 {
+    30
+}
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,6 +56,18 @@ pub struct SinkConfig {
     /// Schema changes (DDL) from the source: "apply" (default), "ignore" or "halt".
     #[serde(default)]
     pub ddl: rowlog_api::SchemaChangePolicy,
+    /// How long the pipeline's lease on the destination lasts unless renewed (see the
+    /// `lease` module): how long another host waits for a holder that vanished, and
+    /// how long a holder that cannot reach the destination keeps its stages running.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+}
+
+impl SinkConfig {
+    /// `lease_secs` as a duration.
+    pub fn lease_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.lease_secs)
+    }
 }
 
 impl SinkConfig {
@@ -88,6 +103,12 @@ impl SinkConfig {
             return Err(format!(
                 "sink.batch_max_wait_ms: must be at most 60000, got {}",
                 self.batch_max_wait_ms
+            ));
+        }
+        if !(3..=3600).contains(&self.lease_secs) {
+            return Err(format!(
+                "sink.lease_secs: must be between 3 and 3600, got {}",
+                self.lease_secs
             ));
         }
         if self.progress_database.is_empty() || self.progress_database.contains('`') {

@@ -34,6 +34,9 @@ pub enum SinkError {
         source: mysql_async::Error,
     },
 
+    #[error("this process no longer holds pipeline `{pipeline}`'s lease on the destination (another process took it, or it ran out): the batch was rolled back, and the pipeline stops")]
+    Fenced { pipeline: String },
+
     #[error("destination progress table `{table}`: {action} failed")]
     Progress {
         table: String,
@@ -93,7 +96,7 @@ impl SinkError {
                 mysql_async::Error::Server(s) => Some(s.code),
                 _ => None,
             },
-            SinkError::BadUrl(_) => None,
+            SinkError::BadUrl(_) | SinkError::Fenced { .. } => None,
         }
     }
 }
@@ -101,7 +104,7 @@ impl SinkError {
 impl Retry for SinkError {
     fn is_retryable(&self) -> bool {
         match self {
-            SinkError::BadUrl(_) => false,
+            SinkError::BadUrl(_) | SinkError::Fenced { .. } => false,
             SinkError::Connect { source, .. } => match source {
                 // What only the operator can fix stops the pipeline with the server's
                 // message instead of retrying forever.
@@ -112,5 +115,9 @@ impl Retry for SinkError {
             | SinkError::SchemaChange { source, .. }
             | SinkError::Progress { source, .. } => is_retryable(source),
         }
+    }
+
+    fn is_fenced(&self) -> bool {
+        matches!(self, SinkError::Fenced { .. })
     }
 }

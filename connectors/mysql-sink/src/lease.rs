@@ -11,17 +11,25 @@
 //! The lease is a row of `<progress_database>.rowlog_lease` per pipeline naming its
 //! holder (host, process id, what it is) and when the lease runs out, by the
 //! destination's clock (the hosts' clocks may differ). The holder renews it every
-//! third of [`LEASE_TTL`], only while it has not run out: a lease that ran out is lost,
-//! never silently taken back, since another process may have held it meanwhile.
-//! A holder that has not renewed it for [`LEASE_TTL`] by its own clock counts it lost.
-//! Another process takes it when it has run out, or at once when its holder was a
-//! process of the same machine (boot and PID namespace) that has ended, so a `kill -9`
-//! and a restart do not wait. The holder is the process (host, machine, pid and a
-//! random token of the process), not a task in it: pipelines a test runs in one
+//! third of its lifetime (`sink.lease_secs`, 30 s by default), only while it has not
+//! run out. A holder that could not renew it in time, by its own clock, or that finds
+//! it run out, counts it lapsed ([`LeaseError::Lapsed`]): the daemon stops every stage
+//! and takes it back ([`take_back`]) only if its row still names this process, since
+//! then no other process held it meanwhile (one that took it wrote its own name, one
+//! that let it go removed the row); otherwise the lease is lost, never silently taken
+//! back. Another process takes it when it has run out, or at once when its holder was
+//! a process of the same machine (boot and PID namespace) that has ended, so a
+//! `kill -9` and a restart do not wait. The holder is the process (host, machine, pid
+//! and a random token of the process), not a task in it: pipelines a test runs in one
 //! process share it.
 //!
-//! Not a fence: a holder loses it only at its next renewal, up to a third of the
-//! lease later, and what it writes meanwhile is not checked against it.
+//! A holder learns of a loss only at its next renewal, up to a third of the lease
+//! later. What it applies meanwhile is fenced ([`Fence`]): each of the sink's batches
+//! checks, just before its COMMIT, that this process still holds an unexpired lease,
+//! and keeps a shared lock on the lease's row until the COMMIT. A process taking the
+//! lease over (which updates the row) waits for that COMMIT, and a batch that finds
+//! the lease gone is rolled back. Schema changes (they commit by themselves) and the
+//! snapshot's copies are not fenced.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -35,9 +43,6 @@ use tokio::time::Instant;
 use crate::error::SinkError;
 use crate::sql::quote;
 use crate::SinkConfig;
-
-/// How long a lease lasts unless renewed.
-pub const LEASE_TTL: Duration = Duration::from_secs(30);
 
 /// The longest one call on the lease's row may take before it counts as failed (a
 /// stalled connection, a row lock held elsewhere).
@@ -147,19 +152,54 @@ pub enum LeaseError {
         holder: Holder,
         remaining: Duration,
     },
-    #[error("pipeline `{pipeline}`: this process lost its lease on the destination ({}); it stops, and positions it moved since may mix with another process's: check them with `rowlog offsets show`", match holder { Some(h) => format!("{h} holds it now"), None => "it ran out before this process renewed it, and another process may have held it since".to_string() })]
+    #[error("pipeline `{pipeline}`: this process lost its lease on the destination ({}); it stops, and positions it moved since may mix with another process's: check them with `rowlog offsets show`", match holder { Some(h) => format!("{h} holds it now"), None => "another process held it and let it go, or it was removed".to_string() })]
     Lost {
         pipeline: String,
         holder: Option<Holder>,
     },
+    #[error("pipeline `{pipeline}`: this process could not renew its lease on the destination before it ran out (the destination was out of reach, or this process paused)")]
+    Lapsed { pipeline: String },
 }
 
 impl rowlog_api::Retry for LeaseError {
     fn is_retryable(&self) -> bool {
         match self {
             LeaseError::Destination(e) => e.is_retryable(),
-            LeaseError::Held { .. } | LeaseError::Lost { .. } => false,
+            LeaseError::Held { .. } | LeaseError::Lost { .. } | LeaseError::Lapsed { .. } => false,
         }
+    }
+}
+
+/// The lease's table in the progress database.
+fn lease_table(progress_database: &str) -> String {
+    format!("{}.`rowlog_lease`", quote(progress_database))
+}
+
+/// The check that fences the sink's batches by this process's lease (see the module):
+/// run inside a batch's transaction just before its COMMIT, it finds no row unless
+/// this process holds the pipeline's lease and it has not run out, and its shared
+/// lock on the row holds off a process taking the lease over until the COMMIT.
+#[derive(Clone, Debug)]
+pub struct Fence {
+    pub(crate) pipeline: String,
+    pub(crate) table: String,
+    pub(crate) sql: String,
+    pub(crate) params: (String, String, String, u32, u64),
+}
+
+/// The fence of pipeline `pipeline` for this process, which must hold its lease.
+pub fn fence(cfg: &SinkConfig, pipeline: &str) -> Fence {
+    let me = Holder::this_process("");
+    let table = lease_table(&cfg.progress_database);
+    Fence {
+        pipeline: pipeline.to_owned(),
+        // (`LOCK IN SHARE MODE`: both MariaDB and MySQL 8 accept it.)
+        sql: format!(
+            "SELECT 1 FROM {table} WHERE pipeline = ? AND host = ? AND machine = ? AND pid = ? \
+             AND token = ? AND expires_at > NOW(6) LOCK IN SHARE MODE"
+        ),
+        table,
+        params: (pipeline.to_owned(), me.host, me.machine, me.pid, me.token),
     }
 }
 
@@ -173,9 +213,11 @@ pub struct Lease {
     pipeline: String,
     me: Holder,
     /// By this process's clock, when the lease it took or renewed last runs out at the
-    /// latest (the call's start plus [`LEASE_TTL`]: the destination's `NOW(6)` was
+    /// latest (the call's start plus `ttl`: the destination's `NOW(6)` was
     /// later).
     valid_until: Instant,
+    /// How long the lease lasts unless renewed (`sink.lease_secs`).
+    ttl: Duration,
 }
 
 impl Lease {
@@ -197,10 +239,11 @@ impl Lease {
             opts,
             addr,
             conn: None,
-            table: format!("{db}.`rowlog_lease`"),
+            table: lease_table(&cfg.progress_database),
             pipeline: pipeline.to_owned(),
             me: Holder::this_process(what),
             valid_until: Instant::now(),
+            ttl: cfg.lease_ttl(),
         };
         let create = [
             format!("CREATE DATABASE IF NOT EXISTS {db}"),
@@ -264,11 +307,12 @@ impl Lease {
             attempt += 1;
             let (table, pipeline, me) =
                 (self.table.clone(), self.pipeline.clone(), self.me.clone());
+            let ttl = self.ttl;
             let conn = self.conn().await?;
-            match take_in(conn, &table, &pipeline, &me).await {
+            match take_in(conn, &table, &pipeline, &me, ttl).await {
                 Ok(held) => {
                     if held.is_none() {
-                        self.valid_until = started + LEASE_TTL;
+                        self.valid_until = started + self.ttl;
                     }
                     return Ok(held);
                 }
@@ -283,33 +327,45 @@ impl Lease {
     }
 
     /// Extends the lease this process holds, if it still holds it and it has not run
-    /// out; false when it has not (it is lost: see the module).
+    /// out; false when it has not (see the module).
     pub async fn renew(&mut self) -> Result<bool, SinkError> {
+        self.extend("AND expires_at > NOW(6)", "renew the lease in")
+            .await
+    }
+
+    /// Extends the lease, run out or not, if its row still names this process: then no
+    /// other process held it since (one that took it wrote its own name, one that let
+    /// it go removed the row). False when it does not.
+    pub async fn take_back(&mut self) -> Result<bool, SinkError> {
+        self.extend("", "take the lease back in").await
+    }
+
+    /// One statement, committed by itself: extends the lease if its row names this
+    /// process and matches `and`.
+    async fn extend(&mut self, and: &str, action: &'static str) -> Result<bool, SinkError> {
         let q = format!(
             "UPDATE {} SET expires_at = NOW(6) + INTERVAL ? MICROSECOND \
-             WHERE pipeline = ? AND host = ? AND machine = ? AND pid = ? AND token = ? \
-             AND expires_at > NOW(6)",
+             WHERE pipeline = ? AND host = ? AND machine = ? AND pid = ? AND token = ? {and}",
             self.table
         );
         let me = self.me.clone();
         let params = (
-            LEASE_TTL.as_micros() as u64,
+            self.ttl.as_micros() as u64,
             self.pipeline.clone(),
             me.host,
             me.machine,
             me.pid,
             me.token,
         );
-        // One statement, committed by itself.
         let started = Instant::now();
         let conn = self.conn().await?;
         match conn.exec_drop(q, params).await {
             Ok(()) if conn.affected_rows() == 1 => {
-                self.valid_until = started + LEASE_TTL;
+                self.valid_until = started + self.ttl;
                 Ok(true)
             }
             Ok(()) => Ok(false),
-            Err(e) => Err(self.failed("renew the lease in", e)),
+            Err(e) => Err(self.failed(action, e)),
         }
     }
 
@@ -359,8 +415,9 @@ async fn take_in(
     table: &str,
     pipeline: &str,
     me: &Holder,
+    ttl: Duration,
 ) -> Result<Option<(Holder, Duration)>, mysql_async::Error> {
-    let ttl_us = LEASE_TTL.as_micros() as u64;
+    let ttl_us = ttl.as_micros() as u64;
     let mut tx = conn.start_transaction(TxOpts::default()).await?;
     let row: Option<(String, String, u32, u64, String, i64)> = tx
         .exec_first(
@@ -421,19 +478,16 @@ async fn take_in(
 
 /// Takes the pipeline's lease as this process doing `what`. While another process
 /// holds it, waits up to `wait` for it to run out (a holder on another host that
-/// stopped without releasing it), then fails naming the holder.
+/// stopped without releasing it), telling `waiting` who holds it and for how long
+/// after each look, then fails naming the holder.
 pub async fn acquire(
     cfg: &SinkConfig,
     pipeline: &str,
     what: &str,
     wait: Duration,
+    mut waiting: impl FnMut(&Holder, Duration),
 ) -> Result<Lease, LeaseError> {
-    let mut lease = tokio::time::timeout(CALL_TIMEOUT, Lease::connect(cfg, pipeline, what))
-        .await
-        .map_err(|_| SinkError::Connect {
-            addr: cfg.url.clone(),
-            source: no_answer(),
-        })??;
+    let mut lease = connect_timed(cfg, pipeline, what).await?;
     let started = Instant::now();
     let mut said = false;
     loop {
@@ -455,22 +509,61 @@ pub async fn acquire(
             tracing::info!(%holder, remaining_secs = remaining.as_secs(), "the pipeline's lease is held by another process; waiting for it to run out");
             said = true;
         }
+        waiting(&holder, remaining);
         tokio::time::sleep(remaining.clamp(Duration::from_millis(100), Duration::from_secs(1)))
             .await;
     }
+}
+
+/// [`Lease::connect`], bounded by [`CALL_TIMEOUT`].
+async fn connect_timed(cfg: &SinkConfig, pipeline: &str, what: &str) -> Result<Lease, SinkError> {
+    tokio::time::timeout(CALL_TIMEOUT, Lease::connect(cfg, pipeline, what))
+        .await
+        .map_err(|_| SinkError::Connect {
+            addr: cfg.url.clone(),
+            source: no_answer(),
+        })?
+}
+
+/// Takes the lease back as this process doing `what` after it lapsed
+/// ([`LeaseError::Lapsed`]), only if no other process held it since (see
+/// [`Lease::take_back`]); otherwise it is lost, naming who holds it now.
+pub async fn take_back(cfg: &SinkConfig, pipeline: &str, what: &str) -> Result<Lease, LeaseError> {
+    let mut lease = connect_timed(cfg, pipeline, what).await?;
+    let taken = match tokio::time::timeout(CALL_TIMEOUT, lease.take_back()).await {
+        Ok(taken) => taken?,
+        Err(_) => return Err(lease.timed_out("take the lease back in").into()),
+    };
+    if taken {
+        return Ok(lease);
+    }
+    let holder = match tokio::time::timeout(CALL_TIMEOUT, lease.holder()).await {
+        Ok(holder) => holder?,
+        Err(_) => return Err(lease.timed_out("read the lease's holder in").into()),
+    };
+    Err(LeaseError::Lost {
+        pipeline: pipeline.to_owned(),
+        holder,
+    })
 }
 
 /// A lease renewed in the background until [`KeptLease::release`].
 pub struct KeptLease {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Lease>,
-    lost: watch::Receiver<Option<LostTo>>,
+    lost: watch::Receiver<Option<Loss>>,
     pipeline: String,
 }
 
-/// Why a kept lease was lost: who holds it now, if anyone.
+/// Why a kept lease is no longer held.
 #[derive(Clone, Debug)]
-struct LostTo(Option<Holder>);
+enum Loss {
+    /// Not renewed in time, and no other process is known to have taken it: its row
+    /// still names this process, or could not be read.
+    Lapsed,
+    /// Another process holds it (`Some`), or held it and let it go (`None`).
+    Taken(Option<Holder>),
+}
 
 /// Renews `lease` every third of its lifetime; a renewal that fails is tried again
 /// every two seconds, until the lease may have run out (see `Lease::valid_until`).
@@ -479,7 +572,7 @@ pub fn keep(mut lease: Lease) -> KeptLease {
     let (lost_tx, lost) = watch::channel(None);
     let pipeline = lease.pipeline.clone();
     let task = tokio::spawn(async move {
-        let mut next = LEASE_TTL / 3;
+        let mut next = lease.ttl / 3;
         loop {
             tokio::select! {
                 _ = &mut stopped => return lease,
@@ -503,20 +596,18 @@ pub fn keep(mut lease: Lease) -> KeptLease {
                 Some(Ok(r)) => r,
                 Some(Err(_)) => Err(lease.timed_out("renew the lease in")),
             };
-            let lost_to = match result {
+            let loss = match result {
                 Ok(true) => {
-                    next = LEASE_TTL / 3;
+                    next = lease.ttl / 3;
                     continue;
                 }
                 Ok(false) => {
-                    // Its own row, run out, names nobody else.
-                    let holder = tokio::time::timeout(CALL_TIMEOUT, lease.holder())
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .flatten()
-                        .filter(|h| !h.same_process(&lease.me));
-                    LostTo(holder)
+                    // Run out, or another process's: the row says which.
+                    match tokio::time::timeout(CALL_TIMEOUT, lease.holder()).await {
+                        Ok(Ok(Some(h))) if h.same_process(&lease.me) => Loss::Lapsed,
+                        Ok(Ok(holder)) => Loss::Taken(holder),
+                        _ => Loss::Lapsed,
+                    }
                 }
                 Err(e) => {
                     let left = lease.valid_until.saturating_duration_since(Instant::now());
@@ -526,11 +617,11 @@ pub fn keep(mut lease: Lease) -> KeptLease {
                         continue;
                     }
                     tracing::warn!(error = %e, cause = %cause(&e), "cannot renew the pipeline's lease");
-                    LostTo(None)
+                    Loss::Lapsed
                 }
             };
-            tracing::error!(holder = ?lost_to.0, "this process lost the pipeline's lease");
-            let _ = lost_tx.send(Some(lost_to));
+            tracing::error!(?loss, "this process no longer holds the pipeline's lease");
+            let _ = lost_tx.send(Some(loss));
             let _ = stopped.await;
             return lease;
         }
@@ -544,10 +635,11 @@ pub fn keep(mut lease: Lease) -> KeptLease {
 }
 
 impl KeptLease {
-    fn lost_error(&self, to: LostTo) -> LeaseError {
-        LeaseError::Lost {
-            pipeline: self.pipeline.clone(),
-            holder: to.0,
+    fn lost_error(&self, loss: Loss) -> LeaseError {
+        let pipeline = self.pipeline.clone();
+        match loss {
+            Loss::Lapsed => LeaseError::Lapsed { pipeline },
+            Loss::Taken(holder) => LeaseError::Lost { pipeline, holder },
         }
     }
 
@@ -560,7 +652,7 @@ impl KeptLease {
             if self.lost.changed().await.is_err() {
                 // The renewing task ended without a word (it panicked): nothing renews
                 // the lease.
-                break LostTo(None);
+                break Loss::Lapsed;
             }
         };
         self.lost_error(to)
@@ -580,7 +672,7 @@ impl KeptLease {
             Ok(Ok(lease)) => lease,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "the lease's renewing task failed; the lease runs out by itself");
-                return Some(self.lost_error(lost.unwrap_or(LostTo(None))));
+                return Some(self.lost_error(lost.unwrap_or(Loss::Lapsed)));
             }
             Err(_) => {
                 self.task.abort();

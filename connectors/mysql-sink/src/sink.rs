@@ -12,6 +12,7 @@ use rowlog_api::{
     SinkProgress, TableName, TableSchema, Value, WorkerProgress,
 };
 
+use crate::lease::Fence;
 use crate::params::column_param;
 use crate::sql::{self, quote};
 use crate::{coalesce, load, SinkConfig, SinkError};
@@ -306,6 +307,9 @@ pub struct MySqlSink {
     /// Per schema version: whether the destination's table takes LOAD DATA with the
     /// upsert's exact effect (see [`crate::load`]).
     load_fits: HashMap<usize, (Arc<TableSchema>, bool, Instant)>,
+    /// Checked before each batch's COMMIT once the daemon holds the pipeline's lease
+    /// (see [`crate::lease::Fence`]).
+    fence: Option<Fence>,
 }
 
 /// The destination's connection options from `sink.url` (kept to TCP as given), and
@@ -373,7 +377,15 @@ impl MySqlSink {
             sql: HashMap::new(),
             staged,
             load_fits: HashMap::new(),
+            fence: None,
         })
+    }
+
+    /// This sink's batches commit only while this process holds the pipeline's lease:
+    /// a batch that finds it gone is rolled back with [`SinkError::Fenced`].
+    pub fn fenced_by(mut self, fence: Fence) -> Self {
+        self.fence = Some(fence);
+        self
     }
 
     /// Creates the progress database and table when missing.
@@ -593,6 +605,23 @@ impl MySqlSink {
         )
         .await
         .map_err(progress_error(&self.progress_table, "update"))?;
+        // Last before the COMMIT, so the shared lock on the lease's row, which holds
+        // off a process taking the lease over, is held only for the COMMIT.
+        if let Some(fence) = &self.fence {
+            let held: Option<u8> = tx
+                .exec_first(&fence.sql, fence.params.clone())
+                .await
+                .map_err(progress_error(&fence.table, "check the lease in"))?;
+            if held.is_none() {
+                // The batch's row locks go now, not at the connection's next use.
+                if let Err(r) = tx.rollback().await {
+                    tracing::debug!(error = %r, "rolling back a fenced batch failed");
+                }
+                return Err(SinkError::Fenced {
+                    pipeline: fence.pipeline.clone(),
+                });
+            }
+        }
         tx.commit()
             .await
             .map_err(progress_error(&self.progress_table, "commit"))
@@ -610,7 +639,7 @@ impl MySqlSink {
             statement: create.chars().take(300).collect(),
             source,
         };
-        if self.table_exists(table).await.map_err(failed)? {
+        if table_exists(&mut self.conn, table).await.map_err(failed)? {
             return Ok(false);
         }
         self.conn
@@ -654,8 +683,14 @@ impl MySqlSink {
     }
 
     /// Whether the destination has `table`.
-    pub async fn table_exists(&mut self, table: &TableName) -> Result<bool, mysql_async::Error> {
-        table_exists(&mut self.conn, table).await
+    pub async fn table_exists(&mut self, table: &TableName) -> Result<bool, SinkError> {
+        table_exists(&mut self.conn, table)
+            .await
+            .map_err(|source| SinkError::Progress {
+                table: table.to_string(),
+                action: "look up",
+                source,
+            })
     }
 
     /// Snapshot: empties a destination table before its copy starts (what is there is
