@@ -13,7 +13,7 @@
 //! drains, so the failure is visible to whoever scrapes, not only in the log.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rowlog_api::Retry;
 use rowlog_mysql_binlog::{preflight, BinlogReader, SourceError};
@@ -128,10 +128,11 @@ async fn run_with(
 /// [`run_on`], started again in this process when the pipeline's lease lapsed: the
 /// destination was out of reach for the lease's lifetime (a restart, a network fault),
 /// or this process paused. Every stage stopped when the lease lapsed, so nothing ran
-/// unfenced while another process could have taken it. Once the destination answers,
-/// the lease is taken back if no other process held it meanwhile, and the pipeline
-/// starts from its stored positions, as after a restart of the process; otherwise the
-/// lease is lost and `rowlog run` fails, naming who holds it.
+/// unfenced while another process could have taken it. Then the run is started again,
+/// with backoff, until it takes the lease back (only if no other process held it
+/// meanwhile: otherwise it is lost and `rowlog run` fails, naming who holds it) and
+/// goes on from its stored positions, as after a restart of the process. The ops port
+/// is served across restarts, until the process stops.
 async fn run_restarting<L: PartitionedLog + Clone>(
     log: L,
     embedded: Option<EmbeddedLog>,
@@ -140,47 +141,97 @@ async fn run_restarting<L: PartitionedLog + Clone>(
     metrics: Arc<Metrics>,
     stats: Arc<Stats>,
 ) -> Result<Arc<Stats>, DaemonError> {
-    let mut taken_back = None;
-    loop {
-        let run = run_on(
-            log.clone(),
-            embedded.clone(),
-            cfg.clone(),
-            external.clone(),
-            metrics.clone(),
-            stats.clone(),
-            taken_back.take(),
-        )
-        .await;
+    let (http_stop, http_shutdown) = shutdown::channel();
+    let mut http = None;
+    let mut restarting = false;
+    let mut pause =
+        crate::pipeline::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let result = loop {
+        let pipeline = Pipeline {
+            log: log.clone(),
+            embedded: embedded.clone(),
+            cfg: cfg.clone(),
+            metrics: metrics.clone(),
+            stats: stats.clone(),
+        };
+        let ops = Ops {
+            server: &mut http,
+            shutdown: &http_shutdown,
+        };
+        let began = Instant::now();
+        let run = run_on(pipeline, external.clone(), ops, restarting).await;
+        let lapsed = matches!(&run, Err(e) if lease_lapsed(e));
+        // Starting again failed on something that may pass: the source or the
+        // destination does not answer yet.
+        let not_yet = restarting && matches!(&run, Err(e) if start_may_pass(e));
         match run {
-            Err(e) if lease_lapsed(&e) && !external.is_triggered() => {
+            // Stopped by SIGTERM meanwhile: the lapse is no failure of the run.
+            Err(_) if (lapsed || not_yet) && external.is_triggered() => break Ok(stats.clone()),
+            Err(e) if lapsed => {
                 warn!(error = %error_chain(&e), "every stage stopped; the pipeline starts again from its stored positions once the destination answers, if no other process took its lease");
-                let mut pause = crate::pipeline::backoff::Backoff::new(
-                    Duration::from_secs(1),
-                    Duration::from_secs(30),
-                );
-                let lease = loop {
-                    tokio::select! {
-                        _ = external.wait() => return Ok(stats),
-                        _ = tokio::time::sleep(pause.next_delay()) => {}
-                    }
-                    match lease::take_back(&cfg.sink, &cfg.name, "rowlog run").await {
-                        Ok(lease) => break lease,
-                        Err(LeaseError::Destination(e)) if e.is_retryable() => {
-                            warn!(error = %error_chain(&e), "the destination does not answer yet");
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                };
-                info!("the pipeline's lease is this process's again; starting again");
-                metrics.restarted();
-                Stats::add(&stats.restarts, 1);
-                taken_back = Some(lease);
+                // A run that held the lease for its lifetime starts the backoff over;
+                // one that lapsed again at once (a fence check failing for good)
+                // backs off further.
+                if began.elapsed() >= cfg.sink.lease_ttl() {
+                    pause = crate::pipeline::backoff::Backoff::new(
+                        Duration::from_secs(1),
+                        Duration::from_secs(30),
+                    );
+                }
             }
-            other => return other,
+            Err(e) if not_yet => {
+                warn!(error = %error_chain(&e), "the pipeline cannot start again yet");
+            }
+            other => break other,
         }
+        restarting = true;
+        tokio::select! {
+            _ = external.wait() => break Ok(stats.clone()),
+            _ = tokio::time::sleep(pause.next_delay()) => {}
+        }
+    };
+    if restarting {
+        // Ended after a lapse: the lease may still name this process (abandoned by the
+        // lapsed run, or taken back as SIGTERM came); another process need not wait
+        // for it to run out.
+        lease::release_if_held(&cfg.sink, &cfg.name).await;
+    }
+    http_stop.trigger();
+    stop_http(http).await;
+    result
+}
+
+/// What one run of the pipeline works with. `embedded` is the same log when it is the
+/// embedded one: retention and fsync figures exist only there (Kafka retains and
+/// syncs by itself).
+struct Pipeline<L> {
+    log: L,
+    embedded: Option<EmbeddedLog>,
+    cfg: Config,
+    metrics: Arc<Metrics>,
+    stats: Arc<Stats>,
+}
+
+/// The ops port, bound by the first run and served until the process stops.
+struct Ops<'a> {
+    server: &'a mut Option<tokio::task::JoinHandle<Result<(), HttpError>>>,
+    shutdown: &'a Shutdown,
+}
+
+/// Whether a run that starts again after a lapsed lease failed, before taking the
+/// lease back, on something that may pass by itself.
+fn start_may_pass(e: &DaemonError) -> bool {
+    match e {
+        DaemonError::Source(e) => e.is_retryable(),
+        DaemonError::Destination(e) => e.is_retryable(),
+        DaemonError::Lease(LeaseError::Destination(e)) => e.is_retryable(),
+        _ => false,
     }
 }
+
+/// What `rowlog run` logs when it starts the pipeline again after its lease lapsed
+/// (`rowlog chaos` counts these lines).
+pub const RESTARTED: &str = "the pipeline's lease is this process's again; starting again";
 
 /// Whether the run stopped because its lease lapsed, or a batch found it gone (whether
 /// another process took it, `lease::take_back` finds out).
@@ -192,48 +243,57 @@ fn lease_lapsed(e: &DaemonError) -> bool {
     )
 }
 
-/// The pipeline on an opened log. `embedded` is the same log when it is the embedded
-/// one: retention and fsync figures exist only there (Kafka retains and syncs by itself).
-/// `taken_back` is the pipeline's lease when [`run_restarting`] took it back;
-/// otherwise this run takes it.
+/// The pipeline on an opened log. `restarting`: the run after a lapsed lease, which
+/// takes the lease back instead of taking it (see [`run_restarting`]).
 async fn run_on<L: PartitionedLog + Clone>(
-    log: L,
-    embedded: Option<EmbeddedLog>,
-    cfg: Config,
+    pipeline: Pipeline<L>,
     mut external: Shutdown,
-    metrics: Arc<Metrics>,
-    stats: Arc<Stats>,
-    taken_back: Option<lease::Lease>,
+    ops: Ops<'_>,
+    restarting: bool,
 ) -> Result<Arc<Stats>, DaemonError> {
+    let Pipeline {
+        log,
+        embedded,
+        cfg,
+        metrics,
+        stats,
+    } = pipeline;
     for p in 0..log.partitions() {
         metrics.set_log_end(p, log.end_offset(p));
     }
 
-    let settings = preflight(&cfg.source).await?;
-    info!(server = %settings.version, "source checked");
-    let mut sink = MySqlSink::connect(&cfg.sink, &cfg.name).await?;
-    sink.ensure_progress_table().await?;
-    drop(sink);
-    info!("destination checked");
+    // Raced with SIGTERM: after a lapsed lease these checks may wait on a destination
+    // that drops packets, for as long as the system's TCP time-outs.
+    let checks = async {
+        let settings = preflight(&cfg.source).await?;
+        info!(server = %settings.version, "source checked");
+        let mut sink = MySqlSink::connect(&cfg.sink, &cfg.name).await?;
+        sink.ensure_progress_table().await?;
+        info!("destination checked");
+        Ok::<_, DaemonError>(())
+    };
+    tokio::select! {
+        checked = checks => checked?,
+        _ = external.wait() => return Ok(stats),
+    }
     // Bound after the checks: a port in use is reported, but not before the more
     // fundamental problems a first run usually has.
-    let ops = if cfg.http.enabled {
+    // Bound by the first run only: later runs (after a lapsed lease) keep serving it.
+    if ops.server.is_none() && cfg.http.enabled {
         let server = OpsServer::bind(&cfg.http.listen, metrics.clone(), cfg.name.clone()).await?;
         if let Some(addr) = server.local_addr() {
             info!(%addr, "serving /metrics, /healthz, /readyz, /status");
         }
-        Some(server)
-    } else {
-        None
-    };
+        *ops.server = Some(tokio::spawn(server.serve(ops.shutdown.clone())));
+    }
 
     let (trigger, shutdown) = shutdown::channel();
-    let mut http = ops.map(|server| tokio::spawn(server.serve(shutdown.clone())));
 
     // One process at a time moves this pipeline's positions (see the lease module).
     // A holder on another host that stopped without releasing it is waited for until
     // its lease runs out; one that renews it keeps this daemon from starting. The ops
     // port answers meanwhile: /status names the holder, /readyz says why not ready.
+    // A run after a lapsed lease takes it back only if no other process held it.
     let wait = cfg.sink.lease_ttl() + Duration::from_secs(5);
     let waiting = |holder: &lease::Holder, remaining: Duration| {
         metrics.state.set_lease(LeaseStatus::Waiting {
@@ -241,27 +301,25 @@ async fn run_on<L: PartitionedLog + Clone>(
             remaining_secs: remaining.as_secs(),
         })
     };
-    let taken = match taken_back {
-        Some(lease) => Some(Ok(lease)),
-        None => tokio::select! {
-            taken = lease::acquire(&cfg.sink, &cfg.name, "rowlog run", wait, waiting) => Some(taken),
-            _ = external.wait() => None,
-        },
+    let taken = tokio::select! {
+        taken = async {
+            if restarting {
+                lease::take_back(&cfg.sink, &cfg.name, "rowlog run").await
+            } else {
+                lease::acquire(&cfg.sink, &cfg.name, "rowlog run", wait, waiting).await
+            }
+        } => taken?,
+        // Stopped while waiting: a clean stop, nothing ran.
+        _ = external.wait() => return Ok(stats),
     };
-    let taken = match taken {
-        Some(Ok(taken)) => taken,
-        // Failed, or stopped while waiting (a clean stop: nothing ran).
-        failed_or_stopped => {
-            trigger.trigger();
-            stop_http(http.take()).await;
-            return match failed_or_stopped {
-                Some(Err(e)) => Err(e.into()),
-                _ => Ok(stats),
-            };
-        }
-    };
-    metrics.state.set_lease(LeaseStatus::Held);
+    // Renewed from here on, before anything else runs.
     let mut lease = lease::keep(taken);
+    metrics.state.set_lease(LeaseStatus::Held);
+    if restarting {
+        info!("{RESTARTED}");
+        metrics.restarted();
+        Stats::add(&stats.restarts, 1);
+    }
 
     // The run's first error, what `rowlog run` exits with.
     let mut first_error = None;
@@ -279,9 +337,9 @@ async fn run_on<L: PartitionedLog + Clone>(
                 stop_on(e, &metrics, &mut first_error, &trigger);
             }
             trigger.trigger();
-            stop_http(http.take()).await;
-            lease.release().await;
-            return first_error.map_or(Ok(stats), Err);
+            return finish(lease, first_error, &metrics, &trigger)
+                .await
+                .map_or(Ok(stats), Err);
         }
     };
     let mut apply_cfg = cfg.apply();
@@ -409,23 +467,39 @@ async fn run_on<L: PartitionedLog + Clone>(
     }
     let _ = sampler.await;
     // Released only once every stage has drained: a tool must not move positions
-    // the sink is still committing. A loss during the drain is this run's error too.
-    if let Some(lost) = lease.release().await {
-        if first_error.is_none() {
-            stop_on(
-                DaemonError::Lease(lost),
-                &metrics,
-                &mut first_error,
-                &trigger,
-            );
-        }
-    }
-    stop_http(http).await;
+    // the sink is still committing.
+    let first_error = finish(lease, first_error, &metrics, &trigger).await;
     log_progress(&stats);
     match first_error {
         Some(e) => Err(e),
         None => Ok(stats),
     }
+}
+
+/// Ends the run's hold on the lease and returns the run's error: a loss found while
+/// the stages drained is one too. After a lapse the lease is left in place, still
+/// naming this process, for the next run to take back; otherwise it is released.
+async fn finish(
+    lease: lease::KeptLease,
+    mut first_error: Option<DaemonError>,
+    metrics: &Metrics,
+    trigger: &ShutdownTrigger,
+) -> Option<DaemonError> {
+    let lost = if first_error.as_ref().is_some_and(lease_lapsed) {
+        lease.abandon().await
+    } else {
+        lease.release().await
+    };
+    match (lost, &first_error) {
+        (Some(lost), None) => stop_on(DaemonError::Lease(lost), metrics, &mut first_error, trigger),
+        // A batch found the lease gone, and the renewals had found who took it: that
+        // is the run's error (no use starting again to find out).
+        (Some(lost @ LeaseError::Lost { .. }), Some(e)) if lease_lapsed(e) => {
+            first_error = Some(DaemonError::Lease(lost));
+        }
+        _ => {}
+    }
+    first_error
 }
 
 /// Waits for the ops server, which stops on shutdown. Its failure (rare: the socket
@@ -449,6 +523,9 @@ fn stop_on(
     trigger: &ShutdownTrigger,
 ) {
     error!(error = %error_chain(&e), "pipeline stopped");
+    if lease_lapsed(&e) {
+        metrics.state.set_lease(LeaseStatus::Lapsed);
+    }
     note_halt(metrics, &e);
     first_error.get_or_insert(e);
     trigger.trigger();

@@ -775,7 +775,7 @@ impl Metrics {
     /// by the run before no longer holds.
     pub fn restarted(&self) {
         self.pipeline_restarts.inc();
-        self.update_halt(|h| h.stopped = false);
+        self.update_halt(|h| *h = Halt::default());
     }
 
     pub fn is_halted(&self) -> bool {
@@ -790,17 +790,22 @@ impl Metrics {
 
     /// Whether `/readyz` should say yes, and if not, why.
     pub fn readiness(&self) -> Result<(), String> {
+        match self.state.lease() {
+            LeaseStatus::Waiting {
+                holder,
+                remaining_secs,
+            } => {
+                return Err(format!(
+                    "waiting for the pipeline's lease, held by {holder}: it runs out in {remaining_secs} s unless renewed"
+                ))
+            }
+            LeaseStatus::Lapsed => {
+                return Err("the pipeline's lease lapsed: every stage stopped until it is taken back".into())
+            }
+            LeaseStatus::NotTaken | LeaseStatus::Held => {}
+        }
         if self.is_halted() {
             return Err("the pipeline is halted".into());
-        }
-        if let LeaseStatus::Waiting {
-            holder,
-            remaining_secs,
-        } = self.state.lease()
-        {
-            return Err(format!(
-                "waiting for the pipeline's lease, held by {holder}: it runs out in {remaining_secs} s unless renewed"
-            ));
         }
         if self.pipeline_stalled.get() != 0 {
             return Err(format!(

@@ -125,6 +125,9 @@ pub enum LeaseStatus {
         remaining_secs: u64,
     },
     Held,
+    /// It ran out before it was renewed: every stage stopped until the daemon takes it
+    /// back (only if no other process took it meanwhile).
+    Lapsed,
 }
 
 #[derive(Default)]

@@ -54,6 +54,9 @@ pub struct ChaosReport {
     pub rows_compared: u64,
     pub rows_divergent: u64,
     pub peak_rss_mib: u64,
+    /// Times rowlog started its pipeline again after its lease on the destination
+    /// lapsed (a destination down for longer than the lease).
+    pub lease_restarts: usize,
     pub differences: Vec<String>,
 }
 
@@ -77,6 +80,10 @@ impl ChaosReport {
         println!("rows compared: {}", self.rows_compared);
         println!("rows divergent: {}", self.rows_divergent);
         println!("peak RSS of rowlog: {} MiB", self.peak_rss_mib);
+        println!(
+            "pipeline restarts after a lapsed lease: {}",
+            self.lease_restarts
+        );
         for d in self.differences.iter().take(20) {
             println!("  {d}");
         }
@@ -113,6 +120,8 @@ impl Rowlog {
         let child = Command::new(bin)
             .args(["run", "--config"])
             .arg(config)
+            // The report counts info lines (restarts after a lapsed lease).
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()?;
@@ -355,6 +364,10 @@ pub async fn run(opts: ChaosOptions) -> ChaosResult<ChaosReport> {
     let _ = compare_table(&mut s, &mut d, "sbtest.sbtest1", "id").await?;
     peak_kib = peak_kib.max(rowlog.kill());
     report.peak_rss_mib = peak_kib / 1024;
+    report.lease_restarts = std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .matches(crate::daemon::RESTARTED)
+        .count();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(report)
 }

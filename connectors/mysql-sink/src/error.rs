@@ -34,8 +34,13 @@ pub enum SinkError {
         source: mysql_async::Error,
     },
 
-    #[error("this process no longer holds pipeline `{pipeline}`'s lease on the destination (another process took it, or it ran out): the batch was rolled back, and the pipeline stops")]
-    Fenced { pipeline: String },
+    #[error("this process no longer holds pipeline `{pipeline}`'s lease on the destination (another process took it, or it ran out{}): the batch was rolled back, and the pipeline stops", if cause.is_some() { ", or the lease could not be read" } else { "" })]
+    Fenced {
+        pipeline: String,
+        /// Why the lease could not be read, when that is what stopped the batch.
+        #[source]
+        cause: Option<mysql_async::Error>,
+    },
 
     #[error("destination progress table `{table}`: {action} failed")]
     Progress {
@@ -74,7 +79,7 @@ fn definite_connect_code(code: u16) -> bool {
     matches!(code, 1044 | 1045 | 1049 | 1130 | 1251 | 1698 | 1820 | 1862)
 }
 
-fn is_retryable(e: &mysql_async::Error) -> bool {
+pub(crate) fn is_retryable(e: &mysql_async::Error) -> bool {
     match e {
         mysql_async::Error::Io(_) => true,
         mysql_async::Error::Driver(

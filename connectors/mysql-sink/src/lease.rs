@@ -132,9 +132,15 @@ impl std::fmt::Display for Holder {
     }
 }
 
-/// The cause of a call that timed out.
+/// The cause of a call that timed out: an I/O time-out, so it is retried like the
+/// other faults of a destination out of reach (a network that drops packets makes
+/// calls time out rather than fail).
 fn no_answer() -> mysql_async::Error {
-    mysql_async::Error::Other(format!("no answer within {} s", CALL_TIMEOUT.as_secs()).into())
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer within {} s", CALL_TIMEOUT.as_secs()),
+    )
+    .into()
 }
 
 /// What the destination said, for a log line (the error's own text names the action).
@@ -547,6 +553,22 @@ pub async fn take_back(cfg: &SinkConfig, pipeline: &str, what: &str) -> Result<L
     })
 }
 
+/// Gives up the pipeline's lease if its row names this process (after a lapse, the
+/// row can still name it while nothing renews it). Best effort, bounded by the call
+/// time-out: otherwise it runs out by itself.
+pub async fn release_if_held(cfg: &SinkConfig, pipeline: &str) {
+    let released = async {
+        let mut lease = connect_timed(cfg, pipeline, "").await?;
+        match tokio::time::timeout(CALL_TIMEOUT, lease.release()).await {
+            Ok(released) => released,
+            Err(_) => Err(lease.timed_out("release the lease in")),
+        }
+    };
+    if let Err(e) = released.await {
+        tracing::warn!(error = %e, cause = %cause(&e), "cannot release the pipeline's lease; it runs out by itself");
+    }
+}
+
 /// A lease renewed in the background until [`KeptLease::release`].
 pub struct KeptLease {
     stop: Option<oneshot::Sender<()>>,
@@ -660,7 +682,17 @@ impl KeptLease {
 
     /// Stops renewing and gives the lease up; returns the loss when it was lost
     /// before. A failure to give it up is only logged: it then runs out by itself.
-    pub async fn release(mut self) -> Option<LeaseError> {
+    pub async fn release(self) -> Option<LeaseError> {
+        self.end(true).await
+    }
+
+    /// Stops renewing and leaves the lease's row as it is (still naming this process,
+    /// unless another took it): after a lapse, for [`take_back`].
+    pub async fn abandon(self) -> Option<LeaseError> {
+        self.end(false).await
+    }
+
+    async fn end(mut self, give_up: bool) -> Option<LeaseError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -682,7 +714,7 @@ impl KeptLease {
                 return lost.map(|to| self.lost_error(to));
             }
         };
-        if lost.is_none() {
+        if lost.is_none() && give_up {
             match tokio::time::timeout(CALL_TIMEOUT, lease.release()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {

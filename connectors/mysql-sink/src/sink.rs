@@ -608,17 +608,26 @@ impl MySqlSink {
         // Last before the COMMIT, so the shared lock on the lease's row, which holds
         // off a process taking the lease over, is held only for the COMMIT.
         if let Some(fence) = &self.fence {
-            let held: Option<u8> = tx
-                .exec_first(&fence.sql, fence.params.clone())
+            let (held, cause) = match tx
+                .exec_first::<u8, _, _>(&fence.sql, fence.params.clone())
                 .await
-                .map_err(progress_error(&fence.table, "check the lease in"))?;
-            if held.is_none() {
+            {
+                Ok(held) => (held.is_some(), None),
+                Err(e) if crate::error::is_retryable(&e) => {
+                    return Err(progress_error(&fence.table, "check the lease in")(e))
+                }
+                // Not a rejected change: whatever keeps the lease from being read (its
+                // table gone, a privilege revoked) stops the pipeline.
+                Err(e) => (false, Some(e)),
+            };
+            if !held {
                 // The batch's row locks go now, not at the connection's next use.
                 if let Err(r) = tx.rollback().await {
                     tracing::debug!(error = %r, "rolling back a fenced batch failed");
                 }
                 return Err(SinkError::Fenced {
                     pipeline: fence.pipeline.clone(),
+                    cause,
                 });
             }
         }
