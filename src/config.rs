@@ -547,6 +547,10 @@ mod tests {
                 "sink.workers",
             ),
             (
+                MINIMAL.replace("[sink]", "[sink]\nlease_secs = 1"),
+                "sink.lease_secs",
+            ),
+            (
                 MINIMAL.replace("[source]", "[source]\nstart = \"yesterday\""),
                 "yesterday",
             ),
