@@ -144,8 +144,7 @@ async fn run_restarting<L: PartitionedLog + Clone>(
     let (http_stop, http_shutdown) = shutdown::channel();
     let mut http = None;
     let mut restarting = false;
-    let mut pause =
-        crate::pipeline::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let mut pause = restart_backoff();
     let result = loop {
         let pipeline = Pipeline {
             log: log.clone(),
@@ -173,10 +172,7 @@ async fn run_restarting<L: PartitionedLog + Clone>(
                 // one that lapsed again at once (a fence check failing for good)
                 // backs off further.
                 if began.elapsed() >= cfg.sink.lease_ttl() {
-                    pause = crate::pipeline::backoff::Backoff::new(
-                        Duration::from_secs(1),
-                        Duration::from_secs(30),
-                    );
+                    pause = restart_backoff();
                 }
             }
             Err(e) if not_yet => {
@@ -199,6 +195,11 @@ async fn run_restarting<L: PartitionedLog + Clone>(
     http_stop.trigger();
     stop_http(http).await;
     result
+}
+
+/// Between attempts to start the pipeline again after a lapsed lease.
+fn restart_backoff() -> crate::pipeline::backoff::Backoff {
+    crate::pipeline::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30))
 }
 
 /// What one run of the pipeline works with. `embedded` is the same log when it is the

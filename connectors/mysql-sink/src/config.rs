@@ -68,9 +68,7 @@ impl SinkConfig {
     pub fn lease_ttl(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.lease_secs)
     }
-}
 
-impl SinkConfig {
     pub fn validate(&self) -> Result<(), String> {
         mysql_async::Opts::from_url(&self.url)
             .map_err(|e| format!("sink.url: not a valid mysql:// URL: {e}"))?;

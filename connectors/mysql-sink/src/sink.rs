@@ -608,10 +608,9 @@ impl MySqlSink {
         // Last before the COMMIT, so the shared lock on the lease's row, which holds
         // off a process taking the lease over, is held only for the COMMIT.
         if let Some(fence) = &self.fence {
-            let (held, cause) = match tx
-                .exec_first::<u8, _, _>(&fence.sql, fence.params.clone())
-                .await
-            {
+            let (pipeline, host, machine, pid, token) = &fence.params;
+            let params = (pipeline, host, machine, *pid, *token);
+            let (held, cause) = match tx.exec_first::<u8, _, _>(&fence.sql, params).await {
                 Ok(held) => (held.is_some(), None),
                 Err(e) if crate::error::is_retryable(&e) => {
                     return Err(progress_error(&fence.table, "check the lease in")(e))
