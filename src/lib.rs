@@ -19,9 +19,9 @@
 //!   idempotent upserts/deletes and writes its last applied offset into the
 //!   destination's progress table in the same transaction. The partition's committed
 //!   offset is the lowest offset every worker has passed (the watermark).
-//! * **Delivery**: a crash replays from the watermark, never skips; workers skip what
-//!   their stored offset says they applied, and idempotent statements make any replay
-//!   harmless. The destination's progress table is the truth; the log's consumer
+//! * **Delivery**: a crash replays from the watermark, never skips; changes a stored
+//!   worker offset covers (under the worker count that stored it) are skipped, and
+//!   idempotent statements make any other replay harmless. The destination's progress table is the truth; the log's consumer
 //!   offsets only bound retention and restart reads.
 //!
 //! * **Observability** ([`metrics`], [`http`], [`status`]): every stage updates one

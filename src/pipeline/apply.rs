@@ -18,11 +18,12 @@
 //! has applied nothing: committed = 10. When w0 applies 10 and 12, committed = 13.
 //!
 //! # Restart
-//! Reading restarts from the log's committed offset (or, when every worker stored
-//! progress under the same worker count, from the lowest of those, whichever is later);
-//! each worker skips changes at or below the offset it stored itself. Progress stored
-//! under another worker count or another log is not used for skipping: keys moved
-//! between workers, so only the watermark is safe, and replay is idempotent.
+//! Reading restarts from the log's committed offset (or, when every worker of this
+//! run's count stored progress, from the lowest of those, whichever is later), and a
+//! change is skipped when a progress row covers it: the row of the worker it is routed
+//! to under that row's worker count ([`super::applied`]). So a restart with another
+//! worker count applies nothing twice either. Progress stored for another log is
+//! not used, and removed.
 //!
 //! # Metrics
 //! The partition task publishes its watermark and queue depth after every dispatch
@@ -47,6 +48,7 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout_at;
 use tracing::{debug, info, warn};
 
+use super::applied::Applied;
 use super::backoff::Backoff;
 use super::partitioner::{key_hash, worker_of};
 use super::schema_barrier::{Role, SchemaBarrier, Waited};
@@ -148,7 +150,6 @@ struct Worker {
     shared: Arc<WorkerShared>,
     /// Next offset after the last one dispatched to this worker.
     sent: u64,
-    skip_through: Option<u64>,
     handle: JoinHandle<Result<(), ApplyError>>,
 }
 
@@ -194,45 +195,16 @@ where
     else {
         return Ok(());
     };
-    let mine: Vec<&WorkerProgress> = stored.iter().filter(|p| p.log_id == log_id).collect();
-    if mine.len() != stored.len() {
-        warn!(partition, "ignoring destination progress written for another log; replaying from the log's committed offset");
-    }
-    let same_split = !mine.is_empty() && mine.iter().all(|p| p.workers == n);
-    if !mine.is_empty() && !same_split {
-        warn!(partition, workers = n, "destination progress was written with another worker count; replaying from the watermark");
-    }
-    if !stored.is_empty() && !same_split {
-        // Rows that are not trusted now must not be trusted later either: a worker of
-        // a later run with their worker count, or this run's check of what a failed
-        // COMMIT did (`committed_through`), would read them as its own. Replaying from
-        // the log's committed offset needs none of them.
-        let removed = progress
-            .retry(
-                &mut first_sink,
-                &mut shutdown,
-                "remove untrusted progress rows",
-                |s| Box::pin(s.set_progress(partition, &[])),
-            )
-            .await?;
-        if removed.is_none() {
-            return Ok(());
-        }
-        info!(
+    let (mine, other_logs): (Vec<WorkerProgress>, Vec<WorkerProgress>) =
+        stored.into_iter().partition(|p| p.log_id == log_id);
+    if !other_logs.is_empty() {
+        warn!(
             partition,
-            rows = stored.len(),
-            "removed progress rows of another log or worker count"
+            rows = other_logs.len(),
+            "ignoring destination progress written for another log"
         );
     }
-    let skip: Vec<Option<u64>> = (0..n)
-        .map(|w| {
-            if same_split {
-                mine.iter().find(|p| p.worker == w).map(|p| p.offset)
-            } else {
-                None
-            }
-        })
-        .collect();
+    let applied = Applied::from_rows(&mine, partitions);
     let Some(committed) = retry_log(partition, &metrics, &mut shutdown, || {
         log.committed(&cfg.consumer, partition)
     })
@@ -241,11 +213,43 @@ where
         return Ok(());
     };
     let mut start = committed.unwrap_or(0);
-    if skip.iter().all(Option::is_some) {
-        let lowest = skip.iter().flatten().map(|o| o + 1).min().unwrap_or(0);
-        start = start.max(lowest);
+    if let Some(below) = applied.complete_below(n) {
+        start = start.max(below);
     }
     start = start.min(log.end_offset(partition));
+    // Rows of another log would be read as this log's by a later run once this one
+    // overwrote some of them; rows of another worker count that this run's rows
+    // supersede only cost lookups.
+    let forget: Vec<WorkerProgress> = other_logs
+        .iter()
+        .copied()
+        .chain(applied.superseded(&mine, n))
+        .collect();
+    if !forget.is_empty() {
+        let removed = progress
+            .retry(
+                &mut first_sink,
+                &mut shutdown,
+                "remove progress rows of another log or worker count",
+                |s| {
+                    // Owned: the call's future may borrow only the sink.
+                    let rows = forget.clone();
+                    Box::pin(async move { s.forget_progress(partition, &rows).await })
+                },
+            )
+            .await?;
+        if removed.is_none() {
+            return Ok(());
+        }
+        info!(
+            partition,
+            rows = forget.len(),
+            "removed progress rows of another log or a superseded worker count"
+        );
+    }
+    if mine.iter().any(|p| p.workers != n) && applied.reaches(start) {
+        info!(partition, workers = n, start, "progress was stored with another worker count: its workers' changes are looked up under their split and not applied again");
+    }
     let Some(mut reader) = retry_log(partition, &metrics, &mut shutdown, || {
         log.reader(partition, start)
     })
@@ -288,7 +292,6 @@ where
             tx,
             shared,
             sent: start,
-            skip_through: skip[w as usize],
             handle,
         });
     }
@@ -356,10 +359,11 @@ where
                         // The snapshot's copy of this table already holds it.
                         continue;
                     }
-                    let w = &mut workers[worker_of(key_hash(&change.routing_key_bytes()), partitions, n) as usize];
-                    if w.skip_through.is_some_and(|s| rec.offset <= s) {
+                    let hash = key_hash(&change.routing_key_bytes());
+                    if applied.covers(rec.offset, hash) {
                         continue;
                     }
+                    let w = &mut workers[worker_of(hash, partitions, n) as usize];
                     w.sent = rec.offset + 1;
                     if w.tx.send((rec.offset, change)).await.is_err() {
                         // The worker ended: shutdown during a retry, or a failure it
@@ -851,9 +855,9 @@ where
 /// The last log offset this worker's progress row says is applied, read after a
 /// retryable error. Changes through it are committed on the destination, and only
 /// this worker writes its row; in this run it applies only changes past the row's
-/// value at start (progress rows of another worker count are removed at start), so a
-/// stored offset inside the batch means the batch, or the one-by-one pass through it,
-/// committed up to there.
+/// value at start (changes at or below it are skipped as applied), so a stored offset
+/// inside the batch means the batch, or the one-by-one pass through it, committed up
+/// to there.
 async fn committed_through<S: ChangeSink>(
     sink: &mut S,
     ctx: &WorkerCtx,

@@ -2,6 +2,7 @@
 //! moves them from each log partition into a sink. [`partitioner`] decides where a key
 //! goes in both.
 
+mod applied;
 pub mod apply;
 pub mod backoff;
 pub mod dead_letter;

@@ -334,7 +334,19 @@ fn rowlog_config(
             opts.load_data
         ),
     )?;
-    Ok(Config::load_with_env(&path, Default::default())?)
+    // `ROWLOG__…` variables apply, as to `rowlog run`: a setting can be measured
+    // without a flag of its own here (the summary names them).
+    Ok(Config::load(&path)?)
+}
+
+/// The `ROWLOG__…` settings in the environment, which the measured rowlog takes.
+fn env_overrides() -> Vec<String> {
+    let mut set: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("ROWLOG__"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    set.sort();
+    set
 }
 
 async fn checksum(s: &MariaDb) -> BenchResult<Option<i64>> {
@@ -710,6 +722,13 @@ pub async fn run(opts: BenchOptions) -> BenchResult<()> {
             "as statements"
         }
     );
+    let overrides = env_overrides();
+    if !overrides.is_empty() {
+        println!(
+            "rowlog's settings from the environment: {}",
+            overrides.join(" ")
+        );
+    }
     println!(
         "{:<6} {:>8} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9} {:>10}",
         "shape",

@@ -48,7 +48,7 @@ async fn show_on<L: PartitionedLog>(cfg: &Config, log: &L) -> ToolResult<()> {
             rows.iter().map(|r| r.offset).min(),
             rows.iter().map(|r| r.offset).max(),
         ) {
-            (Some(a), Some(b)) => format!("{a}..{b} ({} workers)", rows.len()),
+            (Some(a), Some(b)) => workers_stored(a, b, &rows),
             _ => "-".into(),
         };
         let end = log.end_offset(p);
@@ -70,6 +70,27 @@ async fn show_on<L: PartitionedLog>(cfg: &Config, log: &L) -> ToolResult<()> {
         )?;
     }
     Ok(())
+}
+
+/// `min..max (N workers)`, naming each worker count when rows of several are stored
+/// (a restart with another `sink.workers` keeps the earlier count's rows until its
+/// workers have passed them).
+fn workers_stored(min: u64, max: u64, rows: &[WorkerProgress]) -> String {
+    let mut counts: Vec<u32> = rows.iter().map(|r| r.workers).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    let of = |n: u32| rows.iter().filter(|r| r.workers == n).count();
+    match counts.as_slice() {
+        [n] if of(*n) == *n as usize => format!("{min}..{max} ({n} workers)"),
+        [n] => format!("{min}..{max} ({} of {n} workers)", of(*n)),
+        _ => {
+            let split: Vec<String> = counts
+                .iter()
+                .map(|&n| format!("{} of {n}", of(n)))
+                .collect();
+            format!("{min}..{max} (workers: {})", split.join(", "))
+        }
+    }
 }
 
 pub enum Target {

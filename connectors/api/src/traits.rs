@@ -119,4 +119,12 @@ pub trait ChangeSink: Send {
         partition: u32,
         rows: &[WorkerProgress],
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Removes these progress rows of `partition` (each matched by its log, worker
+    /// count and worker, whatever offset it holds now), in one transaction.
+    fn forget_progress(
+        &mut self,
+        partition: u32,
+        rows: &[WorkerProgress],
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }

@@ -402,7 +402,7 @@ impl MySqlSink {
                source_position VARCHAR(512) NOT NULL,\
                source_commit_ms BIGINT UNSIGNED NOT NULL,\
                updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),\
-               PRIMARY KEY (pipeline, part, worker)\
+               PRIMARY KEY (pipeline, part, workers, worker)\
              ) ENGINE=InnoDB",
             self.progress_table
         );
@@ -424,7 +424,8 @@ impl MySqlSink {
              ) ENGINE=InnoDB",
             self.schema_changes_table
         );
-        let create_error = |source| progress_error(&self.progress_table, "create")(source);
+        let table = self.progress_table.clone();
+        let create_error = |source| progress_error(&table, "create")(source);
         for q in [create_db, create_table, create_ddl_table] {
             self.conn.query_drop(&q).await.map_err(create_error)?;
         }
@@ -432,16 +433,14 @@ impl MySqlSink {
         // `LEGACY_EPOCH`, which matches any epoch, as they did before: which epoch they
         // were recorded in is unknown, and a change found unrecorded is run again
         // (a TRUNCATE run twice would empty rows applied after it).
-        let has_epoch: Option<u8> = self
-            .conn
-            .exec_first(
+        let has_epoch = self
+            .progress_db_has(
                 "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? \
                  AND TABLE_NAME = 'rowlog_schema_changes' AND COLUMN_NAME = 'epoch'",
-                (&self.progress_db,),
             )
             .await
             .map_err(create_error)?;
-        if has_epoch.is_none() {
+        if !has_epoch {
             tracing::info!(table = %self.schema_changes_table, "adding the reading epoch to the record of schema changes");
             let alter = format!(
                 "ALTER TABLE {} ADD COLUMN epoch INT UNSIGNED NOT NULL DEFAULT {LEGACY_EPOCH} AFTER pipeline, \
@@ -455,7 +454,32 @@ impl MySqlSink {
                 Err(e) => return Err(create_error(e)),
             }
         }
+        // A table made before 2026-11-28 keys a row by worker alone, so a run with
+        // another worker count overwrote the rows of the run before, which still say
+        // what that run applied (see `rowlog::pipeline::applied`).
+        let keyed_by_count = self
+            .progress_db_has(
+                "SELECT 1 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? \
+                 AND TABLE_NAME = 'rowlog_progress' AND INDEX_NAME = 'PRIMARY' AND COLUMN_NAME = 'workers'",
+            )
+            .await
+            .map_err(create_error)?;
+        if !keyed_by_count {
+            tracing::info!(table = %self.progress_table, "adding the worker count to the progress table's key");
+            let alter = format!(
+                "ALTER TABLE {} DROP PRIMARY KEY, ADD PRIMARY KEY (pipeline, part, workers, worker)",
+                self.progress_table
+            );
+            self.conn.query_drop(&alter).await.map_err(create_error)?;
+        }
         Ok(())
+    }
+
+    /// Whether `query`, a question to `information_schema` about the progress
+    /// database (its one parameter), finds a row.
+    async fn progress_db_has(&mut self, query: &str) -> Result<bool, mysql_async::Error> {
+        let found: Option<u8> = self.conn.exec_first(query, (&self.progress_db,)).await?;
+        Ok(found.is_some())
     }
 
     /// Applies `changes` (one partition's, in log order) in one transaction, recording
@@ -996,6 +1020,13 @@ impl MySqlSink {
     }
 }
 
+/// A transaction on the progress table `table`; its begin failing is that table's error.
+async fn begin_progress<'c>(conn: &'c mut Conn, table: &str) -> Result<Transaction<'c>, SinkError> {
+    conn.start_transaction(TxOpts::default())
+        .await
+        .map_err(progress_error(table, "begin"))
+}
+
 impl ChangeSink for MySqlSink {
     type Error = SinkError;
 
@@ -1064,11 +1095,7 @@ impl ChangeSink for MySqlSink {
         rows: &[WorkerProgress],
     ) -> Result<(), SinkError> {
         let err = |action| progress_error(&self.progress_table, action);
-        let mut tx = self
-            .conn
-            .start_transaction(TxOpts::default())
-            .await
-            .map_err(err("begin"))?;
+        let mut tx = begin_progress(&mut self.conn, &self.progress_table).await?;
         tx.exec_drop(
             format!(
                 "DELETE FROM {} WHERE pipeline = ? AND part = ?",
@@ -1093,6 +1120,27 @@ impl ChangeSink for MySqlSink {
         tx.commit().await.map_err(err("commit"))
     }
 
+    async fn forget_progress(
+        &mut self,
+        partition: u32,
+        rows: &[WorkerProgress],
+    ) -> Result<(), SinkError> {
+        let err = |action| progress_error(&self.progress_table, action);
+        let mut tx = begin_progress(&mut self.conn, &self.progress_table).await?;
+        for r in rows {
+            tx.exec_drop(
+                format!(
+                    "DELETE FROM {} WHERE pipeline = ? AND part = ? AND workers = ? AND worker = ? AND log_id = ?",
+                    self.progress_table
+                ),
+                (&self.pipeline, partition, r.workers, r.worker, r.log_id),
+            )
+            .await
+            .map_err(err("delete"))?;
+        }
+        tx.commit().await.map_err(err("commit"))
+    }
+
     async fn load_progress(&mut self, partition: u32) -> Result<SinkProgress, SinkError> {
         // A locking read: a transaction that wrote these rows and whose COMMIT is still
         // in flight (its connection lost, the server not done) holds their locks, and
@@ -1103,11 +1151,7 @@ impl ChangeSink for MySqlSink {
             self.progress_table
         );
         let err = |action| progress_error(&self.progress_table, action);
-        let mut tx = self
-            .conn
-            .start_transaction(TxOpts::default())
-            .await
-            .map_err(err("begin"))?;
+        let mut tx = begin_progress(&mut self.conn, &self.progress_table).await?;
         let rows: Vec<(u64, u32, u32, u64)> = tx
             .exec(q, (&self.pipeline, partition))
             .await
