@@ -11,8 +11,9 @@
 //! partition replayed from the log's committed offset, up to a second behind: a keyless
 //! table got those rows twice.)
 //!
-//! Rows of another worker count are removed once this run's workers have all stored
-//! offsets at or past them: then this run's rows say as much.
+//! A restart starts at the log's committed offset or, when some worker count has a row
+//! for each of its workers, past the lowest of those, whichever is later. Rows below
+//! that (other than the rows that set it) are removed: no run reads there again.
 
 use rowlog_api::WorkerProgress;
 
@@ -77,28 +78,36 @@ impl Applied {
         })
     }
 
-    /// With `workers` workers, the offset below which everything is applied, when each
-    /// of them stored one (the lowest of theirs, plus one).
-    pub fn complete_below(&self, workers: u32) -> Option<u64> {
-        let split = self.splits.iter().find(|s| s.workers == workers)?;
-        let lowest = split
-            .through
+    /// The offset below which everything is applied, by one worker count whose
+    /// workers each stored a row (the lowest of theirs, plus one): of such counts the
+    /// highest. A count with a worker that never got a change says nothing here.
+    pub fn complete_below(&self) -> Option<u64> {
+        self.splits
             .iter()
-            .copied()
-            .collect::<Option<Vec<u64>>>()?
-            .into_iter()
-            .min()?;
-        Some(lowest + 1)
+            .filter_map(|s| {
+                Some(
+                    s.through
+                        .iter()
+                        .copied()
+                        .collect::<Option<Vec<u64>>>()?
+                        .into_iter()
+                        .min()?
+                        + 1,
+                )
+            })
+            .max()
     }
 
-    /// The rows among `rows` that say nothing this run's rows (`workers`) do not: of
-    /// another worker count and at or below every offset this run's workers stored.
-    pub fn superseded(&self, rows: &[WorkerProgress], workers: u32) -> Vec<WorkerProgress> {
-        let Some(below) = self.complete_below(workers) else {
+    /// The rows among `rows` that say nothing [`Applied::complete_below`] does not:
+    /// below it, where no run reads again (every later start is at or past it: rows
+    /// only move forward, and these rows are removed only below another complete
+    /// count's offset).
+    pub fn superseded(&self, rows: &[WorkerProgress]) -> Vec<WorkerProgress> {
+        let Some(below) = self.complete_below() else {
             return Vec::new();
         };
         rows.iter()
-            .filter(|r| r.workers != workers && r.offset < below)
+            .filter(|r| r.offset + 1 < below)
             .copied()
             .collect()
     }
@@ -153,35 +162,42 @@ mod tests {
     }
 
     #[test]
-    fn a_split_is_complete_only_when_each_of_its_workers_stored_an_offset() {
+    fn the_start_is_set_by_the_highest_worker_count_whose_every_worker_stored_a_row() {
+        // Two workers stored 10 and 20; of three, worker 0 stored nothing.
         let rows = [row(2, 0, 10), row(2, 1, 20), row(3, 1, 30), row(3, 2, 40)];
         let applied = Applied::from_rows(&rows, 8);
-        assert_eq!(applied.complete_below(2), Some(11));
-        assert_eq!(
-            applied.complete_below(3),
-            None,
-            "worker 0 of 3 stored nothing"
-        );
-        assert_eq!(applied.complete_below(4), None);
+        assert_eq!(applied.complete_below(), Some(11));
         assert!(applied.reaches(40) && !applied.reaches(41));
+        let rows = [
+            row(2, 0, 10),
+            row(2, 1, 20),
+            row(3, 0, 12),
+            row(3, 1, 30),
+            row(3, 2, 40),
+        ];
+        assert_eq!(Applied::from_rows(&rows, 8).complete_below(), Some(13));
     }
 
     #[test]
-    fn rows_of_another_worker_count_are_superseded_once_every_worker_passed_them() {
+    fn rows_below_a_complete_worker_count_are_superseded_but_never_that_counts_own() {
         let rows = [row(4, 0, 10), row(4, 3, 25), row(2, 0, 20), row(2, 1, 30)];
         let applied = Applied::from_rows(&rows, 8);
-        // This run's two workers are at 20 and 30: the row at 10 says nothing more,
-        // the row at 25 still covers 21..=25 for keys worker 0 of 2 has not reached.
-        assert_eq!(applied.superseded(&rows, 2), vec![row(4, 0, 10)]);
-        // Three workers stored nothing: nothing is superseded.
-        assert!(applied.superseded(&rows, 3).is_empty());
+        // Two workers are at 20 and 30, so every start is at 21 or later: the row at 10
+        // says nothing more; the row at 25 still covers 21..=25 for keys worker 0 of 2
+        // has not reached; the row at 20 is the one that says where starts are.
+        assert_eq!(applied.superseded(&rows), vec![row(4, 0, 10)]);
+        // No count is complete: nothing is superseded.
+        let partial = [row(4, 0, 10), row(2, 1, 30)];
+        assert!(Applied::from_rows(&partial, 8)
+            .superseded(&partial)
+            .is_empty());
     }
 
     #[test]
     fn no_rows_cover_nothing() {
         let applied = Applied::from_rows(&[], 8);
         assert!(!applied.covers(0, 0));
-        assert_eq!(applied.complete_below(4), None);
+        assert_eq!(applied.complete_below(), None);
         assert!(!applied.reaches(0));
     }
 }

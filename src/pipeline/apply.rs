@@ -213,17 +213,16 @@ where
         return Ok(());
     };
     let mut start = committed.unwrap_or(0);
-    if let Some(below) = applied.complete_below(n) {
+    if let Some(below) = applied.complete_below() {
         start = start.max(below);
     }
     start = start.min(log.end_offset(partition));
     // Rows of another log would be read as this log's by a later run once this one
-    // overwrote some of them; rows of another worker count that this run's rows
-    // supersede only cost lookups.
+    // overwrote some of them; rows below where every run now starts only cost lookups.
     let forget: Vec<WorkerProgress> = other_logs
         .iter()
         .copied()
-        .chain(applied.superseded(&mine, n))
+        .chain(applied.superseded(&mine))
         .collect();
     if !forget.is_empty() {
         let removed = progress
@@ -344,8 +343,8 @@ where
                             next_dispatch = rec.offset + 1;
                             // Everything before the change is applied, and the change:
                             // commit past it now rather than within the second, so a
-                            // restart that falls back to the log's offset (another
-                            // worker count) does not read rows from before it again.
+                            // restart that starts from the log's offset (a worker of
+                            // its count stored no row) does not meet it again.
                             if committed_at.is_none_or(|c| next_dispatch > c) {
                                 commit(&log, &cfg.consumer, partition, next_dispatch).await;
                                 committed_at = Some(next_dispatch);

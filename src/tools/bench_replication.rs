@@ -339,14 +339,40 @@ fn rowlog_config(
     Ok(Config::load(&path)?)
 }
 
-/// The `ROWLOG__…` settings in the environment, which the measured rowlog takes.
-fn env_overrides() -> Vec<String> {
+/// Settings the benchmark makes itself (servers, log, and the split its flags set):
+/// from the environment they would make the summary wrong, or measure other servers.
+const BENCH_OWN: [&str; 9] = [
+    "ROWLOG__NAME",
+    "ROWLOG__SOURCE__URL",
+    "ROWLOG__SOURCE__START",
+    "ROWLOG__SOURCE__SERVER_ID",
+    "ROWLOG__LOG__DIR",
+    "ROWLOG__LOG__PARTITIONS",
+    "ROWLOG__SINK__URL",
+    "ROWLOG__SINK__WORKERS",
+    "ROWLOG__SINK__LOAD_DATA",
+];
+
+/// The `ROWLOG__…` settings in the environment, which the measured rowlog takes;
+/// an error naming any the benchmark sets itself.
+fn env_overrides() -> BenchResult<Vec<String>> {
     let mut set: Vec<String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("ROWLOG__"))
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     set.sort();
-    set
+    let own: Vec<&String> = set
+        .iter()
+        .filter(|kv| BENCH_OWN.iter().any(|k| kv.starts_with(&format!("{k}="))))
+        .collect();
+    if !own.is_empty() {
+        return Err(format!(
+            "the benchmark sets these itself (use its flags, or unset them): {}",
+            own.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+        )
+        .into());
+    }
+    Ok(set)
 }
 
 async fn checksum(s: &MariaDb) -> BenchResult<Option<i64>> {
@@ -709,6 +735,7 @@ async fn backlog(rows: u64, opts: &BenchOptions) -> BenchResult<(f64, u64)> {
 }
 
 pub async fn run(opts: BenchOptions) -> BenchResult<()> {
+    let overrides = env_overrides()?;
     let (bulk, _) = shape("bulk", &opts, false).await?;
     let (oltp, lag) = shape("oltp", &opts, opts.lag_secs > 0).await?;
     println!();
@@ -722,7 +749,6 @@ pub async fn run(opts: BenchOptions) -> BenchResult<()> {
             "as statements"
         }
     );
-    let overrides = env_overrides();
     if !overrides.is_empty() {
         println!(
             "rowlog's settings from the environment: {}",
