@@ -193,6 +193,11 @@ impl MariaDb {
             .join("\n")
     }
 
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn url(&self) -> String {
         format!("mysql://root@127.0.0.1:{}/", self.port)
     }

@@ -353,6 +353,32 @@ const BENCH_OWN: [&str; 9] = [
     "ROWLOG__SINK__LOAD_DATA",
 ];
 
+/// CPU seconds used by this process (rowlog, while the bench's own clients wait) and
+/// the source and destination servers: where the two cores go during a catch-up.
+struct CpuOf {
+    which: [String; 3],
+}
+
+impl CpuOf {
+    fn new(src: &MariaDb, dst: &MariaDb) -> Self {
+        let pid = |s: &MariaDb| s.pid().map_or_else(|| "0".into(), |p| p.to_string());
+        CpuOf {
+            which: ["self".into(), pid(src), pid(dst)],
+        }
+    }
+
+    fn sample(&self) -> [f64; 3] {
+        self.which
+            .each_ref()
+            .map(|w| crate::report::proc_cpu_secs(w))
+    }
+
+    fn since(&self, before: [f64; 3]) -> [f64; 3] {
+        let now = self.sample();
+        [now[0] - before[0], now[1] - before[1], now[2] - before[2]]
+    }
+}
+
 /// The `ROWLOG__…` settings in the environment, which the measured rowlog takes;
 /// an error naming any the benchmark sets itself.
 fn env_overrides() -> BenchResult<Vec<String>> {
@@ -474,10 +500,20 @@ async fn shape(
     let native = changes as f64 / native_secs;
     println!("[{name}] (b) native replication: {native_secs:.2} s = {native:.0} row changes/s");
 
+    let cpu = CpuOf::new(&src, &rowlog_dst);
+    let before = cpu.sample();
     let (rowlog_secs, running) = catch_up(&src, &rowlog_dst, &from, name, opts, changes).await?;
+    let used = cpu.since(before);
     let rowlog_rate = changes as f64 / rowlog_secs;
     same_table(&src, &rowlog_dst, &format!("[{name}] rowlog's destination")).await?;
     println!("[{name}] (c) rowlog: {rowlog_secs:.2} s = {rowlog_rate:.0} row changes/s (destination equal by CHECKSUM TABLE)");
+    println!(
+        "[{name}] CPU seconds over rowlog's catch-up ({:.2} core-seconds on 2 cores): rowlog {:.2}, source server {:.2}, destination server {:.2}",
+        rowlog_secs * 2.0,
+        used[0],
+        used[1],
+        used[2]
+    );
 
     let mut snapshot_rate = None;
     if name == "bulk" {
