@@ -767,3 +767,37 @@ async fn a_restart_with_another_worker_count_applies_nothing_twice() {
         "the rows of earlier worker counts are gone once four workers passed them"
     );
 }
+
+/// `rowlog offsets show` only reads: pointed at a destination without rowlog's
+/// progress table (a new one, or one whose table was dropped) it shows no destination
+/// positions and creates nothing there. It runs beside the daemon, which may be of
+/// another version, so it must not create or migrate the table itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_show_reads_without_creating_anything_on_the_destination() {
+    let pair = pair_on(None).await;
+    let config = pair.write_config(2, 2);
+    running_with_one_row(&pair).await.stop().await;
+    pair.dst.exec(&["DROP DATABASE rowlog"]).await.unwrap();
+
+    let (code, out) = rowlog(&["offsets", "show", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(
+        rows.iter().all(|r| r[4] == "-"),
+        "no destination positions: {out}"
+    );
+    let dbs: Vec<String> = pair
+        .dst
+        .conn()
+        .await
+        .unwrap()
+        .query("SHOW DATABASES LIKE 'rowlog'")
+        .await
+        .unwrap();
+    assert!(dbs.is_empty(), "offsets show made {dbs:?}");
+}

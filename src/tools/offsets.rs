@@ -29,7 +29,8 @@ pub async fn show(cfg: &Config) -> ToolResult<()> {
 async fn show_on<L: PartitionedLog>(cfg: &Config, log: &L) -> ToolResult<()> {
     let consumer = cfg.apply().consumer;
     let mut sink = MySqlSink::connect(&cfg.sink, &cfg.name).await?;
-    sink.ensure_progress_table().await?;
+    // Read only: it runs beside the daemon, so it creates and migrates nothing.
+    let has_progress = sink.has_progress_table().await?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -38,12 +39,14 @@ async fn show_on<L: PartitionedLog>(cfg: &Config, log: &L) -> ToolResult<()> {
     )?;
     for p in 0..log.partitions() {
         let committed = log.committed(&consumer, p).await?;
-        let rows: Vec<WorkerProgress> = sink
-            .load_progress(p)
-            .await?
-            .into_iter()
-            .filter(|r| r.log_id == log.log_id())
-            .collect();
+        let rows: Vec<WorkerProgress> = if has_progress {
+            sink.load_progress(p).await?
+        } else {
+            Vec::new()
+        }
+        .into_iter()
+        .filter(|r| r.log_id == log.log_id())
+        .collect();
         let dest = match (
             rows.iter().map(|r| r.offset).min(),
             rows.iter().map(|r| r.offset).max(),

@@ -725,6 +725,13 @@ impl MySqlSink {
             })
     }
 
+    /// Whether the progress table exists, for readers that must not create or migrate
+    /// it (`rowlog offsets show`, beside a daemon that may be of another version).
+    pub async fn has_progress_table(&mut self) -> Result<bool, SinkError> {
+        let name = TableName::new(self.progress_db.clone(), "rowlog_progress");
+        self.table_exists(&name).await
+    }
+
     /// Snapshot: empties a destination table before its copy starts (what is there is
     /// replaced by the copy, rows the source does not have included).
     pub async fn empty_table(&mut self, table: &TableName) -> Result<(), SinkError> {
