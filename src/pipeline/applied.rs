@@ -186,6 +186,16 @@ mod tests {
         // says nothing more; the row at 25 still covers 21..=25 for keys worker 0 of 2
         // has not reached; the row at 20 is the one that says where starts are.
         assert_eq!(applied.superseded(&rows), vec![row(4, 0, 10)]);
+        // Without them, the start is the same.
+        let kept: Vec<WorkerProgress> = rows
+            .iter()
+            .filter(|r| **r != row(4, 0, 10))
+            .copied()
+            .collect();
+        assert_eq!(
+            Applied::from_rows(&kept, 8).complete_below(),
+            applied.complete_below()
+        );
         // No count is complete: nothing is superseded.
         let partial = [row(4, 0, 10), row(2, 1, 30)];
         assert!(Applied::from_rows(&partial, 8)

@@ -18,8 +18,9 @@
 //! has applied nothing: committed = 10. When w0 applies 10 and 12, committed = 13.
 //!
 //! # Restart
-//! Reading restarts from the log's committed offset (or, when every worker of this
-//! run's count stored progress, from the lowest of those, whichever is later), and a
+//! Reading restarts from the log's committed offset (or, when every worker of some
+//! worker count stored progress, from past the lowest of those, whichever is later;
+//! of several such counts the highest bound), and a
 //! change is skipped when a progress row covers it: the row of the worker it is routed
 //! to under that row's worker count ([`super::applied`]). So a restart with another
 //! worker count applies nothing twice either. Progress stored for another log is
@@ -229,7 +230,7 @@ where
             .retry(
                 &mut first_sink,
                 &mut shutdown,
-                "remove progress rows of another log or worker count",
+                "remove progress rows of another log or below the start",
                 |s| {
                     // Owned: the call's future may borrow only the sink.
                     let rows = forget.clone();
@@ -243,7 +244,7 @@ where
         info!(
             partition,
             rows = forget.len(),
-            "removed progress rows of another log or a superseded worker count"
+            "removed progress rows of another log or below where every restart now starts"
         );
     }
     if mine.iter().any(|p| p.workers != n) && applied.reaches(start) {

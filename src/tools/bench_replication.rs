@@ -173,7 +173,7 @@ async fn raw_upsert(src: &MariaDb, dst: &MariaDb) -> BenchResult<(u64, f64)> {
 /// destinations are: a server's first writes measured far slower than its later ones)
 /// with the machine to itself.
 /// That is what a sink applying SQL statements must make the destination do when its
-/// batches cannot span the stretch (the updates come 100 transactions after the
+/// batches cannot span the stretch (the updates come 200 transactions after the
 /// inserts they change), so its rate bounds any such sink on this machine. Built from
 /// the final rows by undoing the workload's update (`k = k + 1` on the first half of
 /// the ids), so it holds for the bulk shape only. Returns (row changes, seconds).
@@ -382,14 +382,22 @@ impl CpuOf {
 /// The `ROWLOG__…` settings in the environment, which the measured rowlog takes;
 /// an error naming any the benchmark sets itself.
 fn env_overrides() -> BenchResult<Vec<String>> {
-    let mut set: Vec<String> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("ROWLOG__"))
-        .map(|(k, v)| format!("{k}={v}"))
+    // The config crate matches its prefix and keys in any case.
+    let mut set: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.to_ascii_uppercase().starts_with("ROWLOG__"))
         .collect();
     set.sort();
+    let set: Vec<String> = set.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     let own: Vec<&String> = set
         .iter()
-        .filter(|kv| BENCH_OWN.iter().any(|k| kv.starts_with(&format!("{k}="))))
+        .filter(|kv| {
+            let key = kv
+                .split('=')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_uppercase();
+            BENCH_OWN.contains(&key.as_str())
+        })
         .collect();
     if !own.is_empty() {
         return Err(format!(
@@ -504,12 +512,13 @@ async fn shape(
     let before = cpu.sample();
     let (rowlog_secs, running) = catch_up(&src, &rowlog_dst, &from, name, opts, changes).await?;
     let used = cpu.since(before);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let rowlog_rate = changes as f64 / rowlog_secs;
     same_table(&src, &rowlog_dst, &format!("[{name}] rowlog's destination")).await?;
     println!("[{name}] (c) rowlog: {rowlog_secs:.2} s = {rowlog_rate:.0} row changes/s (destination equal by CHECKSUM TABLE)");
     println!(
-        "[{name}] CPU seconds over rowlog's catch-up ({:.2} core-seconds on 2 cores): rowlog {:.2}, source server {:.2}, destination server {:.2}",
-        rowlog_secs * 2.0,
+        "[{name}] CPU seconds over rowlog's catch-up ({:.2} core-seconds on {cores} cores): rowlog {:.2}, source server {:.2}, destination server {:.2}",
+        rowlog_secs * cores as f64,
         used[0],
         used[1],
         used[2]

@@ -76,8 +76,8 @@ async fn show_on<L: PartitionedLog>(cfg: &Config, log: &L) -> ToolResult<()> {
 }
 
 /// `min..max (N workers)`, naming each worker count when rows of several are stored
-/// (a restart with another `sink.workers` keeps the earlier count's rows until its
-/// workers have passed them).
+/// (a restart with another `sink.workers` keeps the earlier count's rows until some
+/// count's every worker has passed them).
 fn workers_stored(min: u64, max: u64, rows: &[WorkerProgress]) -> String {
     let mut counts: Vec<u32> = rows.iter().map(|r| r.workers).collect();
     counts.sort_unstable();
