@@ -18,13 +18,12 @@
 //! has applied nothing: committed = 10. When w0 applies 10 and 12, committed = 13.
 //!
 //! # Restart
-//! Reading restarts from the log's committed offset (or, when every worker of some
-//! worker count stored progress, from past the lowest of those, whichever is later;
-//! of several such counts the highest bound), and a
-//! change is skipped when a progress row covers it: the row of the worker it is routed
-//! to under that row's worker count ([`super::applied`]). So a restart with another
-//! worker count applies nothing twice either. Progress stored for another log is
-//! not used, and removed.
+//! Reading restarts from the log's committed offset or, when every worker of some
+//! worker count stored progress, from past the lowest of those (of several such
+//! counts, the highest), whichever is later. A change is skipped when a progress row
+//! covers it: the row of the worker it is routed to under that row's worker count
+//! ([`super::applied`]). So a restart with another worker count applies nothing twice
+//! either. Progress stored for another log is not used, and removed.
 //!
 //! # Metrics
 //! The partition task publishes its watermark and queue depth after every dispatch
