@@ -43,6 +43,15 @@ async fn count(pair: &Pair, sql: &str) -> u64 {
         .unwrap()
 }
 
+/// The partition lines of `rowlog offsets show`, split into their columns (partition,
+/// start, end, committed, destination…).
+fn partition_lines(out: &str) -> Vec<Vec<&str>> {
+    out.lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .map(|l| l.split_whitespace().collect())
+        .collect()
+}
+
 /// A pair whose log is on `kafka` when given, embedded otherwise, with the table
 /// `app.t (id, v)` on both servers.
 async fn pair_on(kafka: Option<&Tansu>) -> Pair {
@@ -172,11 +181,7 @@ async fn offsets_and_replay_repair_a_damaged_destination_on(kafka: Option<&Tansu
     daemon.terminate_cleanly();
     let (code, out) = rowlog(&["offsets", "show", "-c", cfg]);
     assert_eq!(code, 0, "{out}");
-    let rows: Vec<Vec<&str>> = out
-        .lines()
-        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
-        .map(|l| l.split_whitespace().collect())
-        .collect();
+    let rows = partition_lines(&out);
     assert_eq!(rows.len(), 4, "{out}");
     let total: u64 = rows.iter().map(|r| r[2].parse::<u64>().unwrap()).sum();
     assert_eq!(total, 500, "{out}");
@@ -781,11 +786,7 @@ async fn offsets_show_reads_without_creating_anything_on_the_destination() {
 
     let (code, out) = rowlog(&["offsets", "show", "-c", config.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
-    let rows: Vec<Vec<&str>> = out
-        .lines()
-        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
-        .map(|l| l.split_whitespace().collect())
-        .collect();
+    let rows = partition_lines(&out);
     assert_eq!(rows.len(), 2, "{out}");
     assert!(
         rows.iter().all(|r| r[4] == "-"),

@@ -288,6 +288,19 @@ impl Lease {
         Ok(self.conn.as_mut().expect("set above"))
     }
 
+    /// `call`, bounded by [`CALL_TIMEOUT`]: one that gets no answer in time is the
+    /// error of `action` (its connection is not used again).
+    async fn within<T>(
+        &mut self,
+        action: &'static str,
+        call: impl AsyncFnOnce(&mut Lease) -> Result<T, SinkError>,
+    ) -> Result<T, SinkError> {
+        match tokio::time::timeout(CALL_TIMEOUT, call(self)).await {
+            Ok(answered) => answered,
+            Err(_) => Err(self.timed_out(action)),
+        }
+    }
+
     /// A call that got no answer within [`CALL_TIMEOUT`]; its connection is not used
     /// again.
     fn timed_out(&mut self, action: &'static str) -> SinkError {
@@ -497,10 +510,9 @@ pub async fn acquire(
     let started = Instant::now();
     let mut said = false;
     loop {
-        let taken = match tokio::time::timeout(CALL_TIMEOUT, lease.take()).await {
-            Ok(taken) => taken?,
-            Err(_) => return Err(lease.timed_out("take the lease in").into()),
-        };
+        let taken = lease
+            .within("take the lease in", async |l| l.take().await)
+            .await?;
         let Some((holder, remaining)) = taken else {
             return Ok(lease);
         };
@@ -536,17 +548,15 @@ async fn connect_timed(cfg: &SinkConfig, pipeline: &str, what: &str) -> Result<L
 /// [`Lease::take_back`]); otherwise it is lost, naming who holds it now.
 pub async fn take_back(cfg: &SinkConfig, pipeline: &str, what: &str) -> Result<Lease, LeaseError> {
     let mut lease = connect_timed(cfg, pipeline, what).await?;
-    let taken = match tokio::time::timeout(CALL_TIMEOUT, lease.take_back()).await {
-        Ok(taken) => taken?,
-        Err(_) => return Err(lease.timed_out("take the lease back in").into()),
-    };
-    if taken {
+    if lease
+        .within("take the lease back in", async |l| l.take_back().await)
+        .await?
+    {
         return Ok(lease);
     }
-    let holder = match tokio::time::timeout(CALL_TIMEOUT, lease.holder()).await {
-        Ok(holder) => holder?,
-        Err(_) => return Err(lease.timed_out("read the lease's holder in").into()),
-    };
+    let holder = lease
+        .within("read the lease's holder in", async |l| l.holder().await)
+        .await?;
     Err(LeaseError::Lost {
         pipeline: pipeline.to_owned(),
         holder,
@@ -559,10 +569,9 @@ pub async fn take_back(cfg: &SinkConfig, pipeline: &str, what: &str) -> Result<L
 pub async fn release_if_held(cfg: &SinkConfig, pipeline: &str) {
     let released = async {
         let mut lease = connect_timed(cfg, pipeline, "").await?;
-        match tokio::time::timeout(CALL_TIMEOUT, lease.release()).await {
-            Ok(released) => released,
-            Err(_) => Err(lease.timed_out("release the lease in")),
-        }
+        lease
+            .within("release the lease in", async |l| l.release().await)
+            .await
     };
     if let Err(e) = released.await {
         tracing::warn!(error = %e, cause = %cause(&e), "cannot release the pipeline's lease; it runs out by itself");
@@ -625,10 +634,13 @@ pub fn keep(mut lease: Lease) -> KeptLease {
                 }
                 Ok(false) => {
                     // Run out, or another process's: the row says which.
-                    match tokio::time::timeout(CALL_TIMEOUT, lease.holder()).await {
-                        Ok(Ok(Some(h))) if h.same_process(&lease.me) => Loss::Lapsed,
-                        Ok(Ok(holder)) => Loss::Taken(holder),
-                        _ => Loss::Lapsed,
+                    let holder = lease
+                        .within("read the lease's holder in", async |l| l.holder().await)
+                        .await;
+                    match holder {
+                        Ok(Some(h)) if h.same_process(&lease.me) => Loss::Lapsed,
+                        Ok(holder) => Loss::Taken(holder),
+                        Err(_) => Loss::Lapsed,
                     }
                 }
                 Err(e) => {
@@ -715,14 +727,11 @@ impl KeptLease {
             }
         };
         if lost.is_none() && give_up {
-            match tokio::time::timeout(CALL_TIMEOUT, lease.release()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, cause = %cause(&e), "cannot release the pipeline's lease; it runs out by itself")
-                }
-                Err(_) => tracing::warn!(
-                    "releasing the pipeline's lease timed out; it runs out by itself"
-                ),
+            let released = lease
+                .within("release the lease in", async |l| l.release().await)
+                .await;
+            if let Err(e) = released {
+                tracing::warn!(error = %e, cause = %cause(&e), "cannot release the pipeline's lease; it runs out by itself")
             }
         }
         lost.map(|to| self.lost_error(to))
