@@ -773,6 +773,74 @@ async fn a_restart_with_another_worker_count_applies_nothing_twice() {
     );
 }
 
+/// An upgrade keeps what an old progress table says: a table in the shape made before
+/// 2026-11-28 (keyed without the worker count) that holds the rows of a run is
+/// migrated in place, rows and all. After a crash that left the log's committed offsets
+/// behind them, the next run (with another worker count) skips what those rows cover,
+/// so no keyless row is applied twice; a migration that lost or ignored the rows would
+/// replay the whole stretch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_keeps_the_progress_rows_of_an_old_progress_table() {
+    let pair = pair_on(None).await;
+    pair.create(&["CREATE TABLE app.k (v INT NOT NULL)"]).await;
+    let tables = [("app.k", "v"), ("app.t", "id")];
+    let mut next = 0;
+    for (workers, old_table) in [(3, true), (2, false)] {
+        let mut cfg = pair.config(workers, 2);
+        cfg.source.no_pk = rowlog_mysql_binlog::NoPrimaryKey::FullRow;
+        let mut rowlog = InProcess::start(cfg.clone());
+        for _ in 0..10 {
+            let values: Vec<String> = (next..next + 20).map(|v| format!("({v})")).collect();
+            pair.src
+                .exec(&[
+                    "BEGIN",
+                    &format!("INSERT INTO app.k VALUES {}", values.join(",")),
+                    &format!("INSERT INTO app.t VALUES ({next}, 0)"),
+                    "COMMIT",
+                ])
+                .await
+                .unwrap();
+            next += 20;
+        }
+        rowlog
+            .assert_converges_running(&pair, &tables, Duration::from_secs(60))
+            .await;
+        rowlog.stop().await;
+        assert_eq!(
+            common::count(&pair.dst, "app.k").await,
+            next as u64,
+            "with {workers} workers every keyless row is on the destination once"
+        );
+        if old_table {
+            // What the version before 2026-11-28 left: its key, with its rows.
+            pair.dst
+                .exec(&["ALTER TABLE rowlog.rowlog_progress DROP PRIMARY KEY, \
+                         ADD PRIMARY KEY (pipeline, part, worker)"])
+                .await
+                .unwrap();
+            let rows = count(&pair, "SELECT COUNT(*) FROM rowlog.rowlog_progress").await;
+            assert!(rows >= 3, "the old table holds the run's rows: {rows}");
+        }
+        // A crash right after the batches: the log's committed offsets from before
+        // every run.
+        let log =
+            EmbeddedLog::open(&cfg.log.dir, cfg.log.partitions, cfg.log.segment_bytes).unwrap();
+        for p in 0..cfg.log.partitions {
+            log.commit(&cfg.apply().consumer, p, 0).await.unwrap();
+        }
+    }
+    let keyed_by_count = count(
+        &pair,
+        "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = 'rowlog' \
+         AND TABLE_NAME = 'rowlog_progress' AND INDEX_NAME = 'PRIMARY' AND COLUMN_NAME = 'workers'",
+    )
+    .await;
+    assert_eq!(
+        keyed_by_count, 1,
+        "the progress table's key names the worker count"
+    );
+}
+
 /// `rowlog offsets show` only reads: pointed at a destination without rowlog's
 /// progress table (a new one, or one whose table was dropped) it shows no destination
 /// positions and creates nothing there. It runs beside the daemon, which may be of
