@@ -841,6 +841,44 @@ async fn an_upgrade_keeps_the_progress_rows_of_an_old_progress_table() {
     );
 }
 
+/// `rowlog offsets show` takes no lock on the progress rows: it answers while a
+/// worker's batch holds its partition's row (here an open transaction that locked it),
+/// and so never holds off a worker's progress write either. With a locking read it
+/// waited for the lock and failed with a lock wait timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_show_answers_while_a_batch_holds_the_progress_rows() {
+    let pair = pair_on(None).await;
+    let config = pair.write_config(1, 2);
+    running_with_one_row(&pair).await.stop().await;
+    // A lock wait gives up after 2 s instead of 50 (for connections made from here on).
+    pair.dst
+        .exec(&["SET GLOBAL innodb_lock_wait_timeout = 2"])
+        .await
+        .unwrap();
+    let mut batch = pair.dst.conn().await.unwrap();
+    batch.query_drop("BEGIN").await.unwrap();
+    batch
+        .query_drop("UPDATE rowlog.rowlog_progress SET log_offset = log_offset")
+        .await
+        .unwrap();
+    let held: u64 = batch
+        .query_first("SELECT COUNT(*) FROM rowlog.rowlog_progress FOR UPDATE")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(held >= 1, "the open transaction holds a progress row");
+
+    let (code, out) = rowlog(&["offsets", "show", "-c", config.to_str().unwrap()]);
+    batch.query_drop("ROLLBACK").await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    let rows = partition_lines(&out);
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(
+        rows.iter().any(|r| r[4] != "-"),
+        "the destination's positions are shown: {out}"
+    );
+}
+
 /// `rowlog offsets show` only reads: pointed at a destination without rowlog's
 /// progress table (a new one, or one whose table was dropped) it shows no destination
 /// positions and creates nothing there. It runs beside the daemon, which may be of

@@ -40,7 +40,7 @@ async fn show_on<L: PartitionedLog>(cfg: &Config, log: &L) -> ToolResult<()> {
     for p in 0..log.partitions() {
         let committed = log.committed(&consumer, p).await?;
         let rows: Vec<WorkerProgress> = if has_progress {
-            sink.load_progress(p).await?
+            sink.peek_progress(p).await?
         } else {
             Vec::new()
         }

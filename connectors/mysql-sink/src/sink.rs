@@ -732,6 +732,48 @@ impl MySqlSink {
         self.table_exists(&name).await
     }
 
+    /// The partition's progress rows as a plain consistent read, which takes no lock:
+    /// for `rowlog offsets show`, which runs beside the daemon and must neither wait
+    /// for a worker's batch nor hold off its progress write.
+    pub async fn peek_progress(&mut self, partition: u32) -> Result<SinkProgress, SinkError> {
+        self.read_progress(partition, false).await
+    }
+
+    /// The partition's progress rows. `locking`: a locking read, as a start needs (see
+    /// `load_progress`).
+    async fn read_progress(
+        &mut self,
+        partition: u32,
+        locking: bool,
+    ) -> Result<SinkProgress, SinkError> {
+        // The locking read: a transaction that wrote these rows and whose COMMIT is
+        // still in flight (its connection lost, the server not done) holds their locks,
+        // and this waits for its outcome instead of reading the rows as they were
+        // before. (`LOCK IN SHARE MODE`: both MariaDB and MySQL 8 accept it.)
+        let q = format!(
+            "SELECT log_id, worker, workers, log_offset FROM {} WHERE pipeline = ? AND part = ?{}",
+            self.progress_table,
+            if locking { " LOCK IN SHARE MODE" } else { "" }
+        );
+        let err = |action| progress_error(&self.progress_table, action);
+        let mut tx = begin_progress(&mut self.conn, &self.progress_table).await?;
+        let rows: Vec<(u64, u32, u32, u64)> = tx
+            .exec(q, (&self.pipeline, partition))
+            .await
+            .map_err(err("read"))?;
+        tx.commit().await.map_err(err("commit"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(log_id, worker, workers, offset)| WorkerProgress {
+                log_id,
+                partition,
+                worker,
+                workers,
+                offset,
+            })
+            .collect())
+    }
+
     /// Snapshot: empties a destination table before its copy starts (what is there is
     /// replaced by the copy, rows the source does not have included).
     pub async fn empty_table(&mut self, table: &TableName) -> Result<(), SinkError> {
@@ -1149,31 +1191,7 @@ impl ChangeSink for MySqlSink {
     }
 
     async fn load_progress(&mut self, partition: u32) -> Result<SinkProgress, SinkError> {
-        // A locking read: a transaction that wrote these rows and whose COMMIT is still
-        // in flight (its connection lost, the server not done) holds their locks, and
-        // this waits for its outcome instead of reading the rows as they were before.
-        // (`LOCK IN SHARE MODE`: both MariaDB and MySQL 8 accept it.)
-        let q = format!(
-            "SELECT log_id, worker, workers, log_offset FROM {} WHERE pipeline = ? AND part = ? LOCK IN SHARE MODE",
-            self.progress_table
-        );
-        let err = |action| progress_error(&self.progress_table, action);
-        let mut tx = begin_progress(&mut self.conn, &self.progress_table).await?;
-        let rows: Vec<(u64, u32, u32, u64)> = tx
-            .exec(q, (&self.pipeline, partition))
-            .await
-            .map_err(err("read"))?;
-        tx.commit().await.map_err(err("commit"))?;
-        Ok(rows
-            .into_iter()
-            .map(|(log_id, worker, workers, offset)| WorkerProgress {
-                log_id,
-                partition,
-                worker,
-                workers,
-                offset,
-            })
-            .collect())
+        self.read_progress(partition, true).await
     }
 }
 
