@@ -716,9 +716,10 @@ async fn a_restart_with_another_worker_count_applies_nothing_twice() {
         .unwrap();
     let tables = [("app.k", "v"), ("app.t", "id")];
     let mut next = 0;
-    // The run of two workers applies one row: one of its workers stores a row and the
-    // other none, the case where overwriting the earlier count's rows loses what they
-    // said.
+    // The run of two workers applies one row, which one of its workers gets: under
+    // the old key its rows overwrote those of workers 0 and 1 of three, and the
+    // earlier count's rows lost what they said (checked: with the migration switched
+    // off this test fails).
     // The last run starts where the four workers' rows say and removes the rows of
     // three and two workers, all below.
     for (workers, txns, rows) in [(3, 10, 20), (2, 1, 1), (4, 10, 20), (4, 1, 20)] {
@@ -770,6 +771,55 @@ async fn a_restart_with_another_worker_count_applies_nothing_twice() {
         counts,
         vec![4],
         "the rows of earlier worker counts are gone once four workers passed them"
+    );
+}
+
+/// A worker that gets no change in a run still stores progress: every run raises its
+/// workers' rows to just below where it starts. Here one key takes every change, so
+/// one worker of each count is busy and the others idle. Before, an idle worker
+/// stored no row, its count never set a restart's start, and the rows of earlier
+/// worker counts stayed for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_workers_store_progress_so_earlier_worker_counts_are_let_go() {
+    let pair = pair_on(None).await;
+    pair.src
+        .exec(&["INSERT INTO app.t VALUES (1, 0)"])
+        .await
+        .unwrap();
+    for (run, workers) in [3, 2, 2, 2].into_iter().enumerate() {
+        let mut rowlog = InProcess::start(pair.config(workers, 2));
+        for _ in 0..5 {
+            pair.src
+                .exec(&["UPDATE app.t SET v = v + 1 WHERE id = 1"])
+                .await
+                .unwrap();
+        }
+        rowlog
+            .assert_converges_running(&pair, &[("app.t", "id")], Duration::from_secs(60))
+            .await;
+        rowlog.stop().await;
+        if run == 1 {
+            // The partition that holds the key: every worker of two has a row.
+            let rows = count(
+                &pair,
+                "SELECT COUNT(*) FROM rowlog.rowlog_progress WHERE workers = 2",
+            )
+            .await;
+            assert_eq!(rows, 2, "both workers of two stored progress");
+        }
+    }
+    let counts: Vec<u32> = pair
+        .dst
+        .conn()
+        .await
+        .unwrap()
+        .query("SELECT DISTINCT workers FROM rowlog.rowlog_progress ORDER BY workers")
+        .await
+        .unwrap();
+    assert_eq!(
+        counts,
+        vec![2],
+        "the three-worker row is gone once every worker of two passed it"
     );
 }
 

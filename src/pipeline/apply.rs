@@ -23,7 +23,9 @@
 //! counts, the highest), whichever is later. A change is skipped when a progress row
 //! covers it: the row of the worker it is routed to under that row's worker count
 //! ([`super::applied`]). So a restart with another worker count applies nothing twice
-//! either. Progress stored for another log is not used, and removed.
+//! either. Progress stored for another log is not used, and removed. At its start a
+//! run raises the row of each of its workers to just below the start (all of that is
+//! applied), so its count is complete even where a worker gets no change.
 //!
 //! # Metrics
 //! The partition task publishes its watermark and queue depth after every dispatch
@@ -245,6 +247,43 @@ where
             rows = forget.len(),
             "removed progress rows of another log or below where every restart now starts"
         );
+    }
+    // Everything below the start is applied, so each worker of this count may say so.
+    // A worker that gets no change in a run (a partition with few keys, a table routed
+    // whole) otherwise stores no row, and its count then never sets a restart's start
+    // nor lets the rows of earlier counts go.
+    let raise: Vec<WorkerProgress> = match start.checked_sub(1) {
+        Some(below) => (0..n)
+            .filter(|&w| {
+                !mine
+                    .iter()
+                    .any(|r| r.workers == n && r.worker == w && r.offset >= below)
+            })
+            .map(|worker| WorkerProgress {
+                log_id,
+                partition,
+                worker,
+                workers: n,
+                offset: below,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    if !raise.is_empty() {
+        let raised = progress
+            .retry(
+                &mut first_sink,
+                &mut shutdown,
+                "store the workers' progress at the start",
+                |s| {
+                    let rows = raise.clone();
+                    Box::pin(async move { s.raise_progress(partition, &rows).await })
+                },
+            )
+            .await?;
+        if raised.is_none() {
+            return Ok(());
+        }
     }
     if mine.iter().any(|p| p.workers != n) && applied.reaches(start) {
         info!(partition, workers = n, start, "progress was stored with another worker count: its workers' changes are looked up under their split and not applied again");

@@ -127,4 +127,14 @@ pub trait ChangeSink: Send {
         partition: u32,
         rows: &[WorkerProgress],
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Stores these progress rows of `partition`, in one transaction, each only where
+    /// it says more than the row already there: a stored offset never goes down. For
+    /// rows that are true of every worker (everything below a run's start is applied),
+    /// written where a worker may have none.
+    fn raise_progress(
+        &mut self,
+        partition: u32,
+        rows: &[WorkerProgress],
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }

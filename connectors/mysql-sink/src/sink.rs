@@ -1190,6 +1190,29 @@ impl ChangeSink for MySqlSink {
         tx.commit().await.map_err(err("commit"))
     }
 
+    async fn raise_progress(
+        &mut self,
+        partition: u32,
+        rows: &[WorkerProgress],
+    ) -> Result<(), SinkError> {
+        let err = |action| progress_error(&self.progress_table, action);
+        let mut tx = begin_progress(&mut self.conn, &self.progress_table).await?;
+        for r in rows {
+            tx.exec_drop(
+                format!(
+                    "INSERT INTO {} (pipeline, log_id, part, worker, workers, log_offset, source_position, source_commit_ms) \
+                     VALUES (?,?,?,?,?,?,'applied through the start of a run',0) \
+                     ON DUPLICATE KEY UPDATE log_offset = GREATEST(log_offset, VALUES(log_offset))",
+                    self.progress_table
+                ),
+                (&self.pipeline, r.log_id, partition, r.worker, r.workers, r.offset),
+            )
+            .await
+            .map_err(err("raise"))?;
+        }
+        tx.commit().await.map_err(err("commit"))
+    }
+
     async fn load_progress(&mut self, partition: u32) -> Result<SinkProgress, SinkError> {
         self.read_progress(partition, true).await
     }
