@@ -664,6 +664,42 @@ async fn a_daemon_whose_lease_was_taken_commits_nothing_more() {
     rowlog.stop().await;
 }
 
+/// The progress a run raises at its start is fenced like a batch: a process that lost
+/// the pipeline writes no progress row (an operator who took the pipeline over may
+/// have moved its positions back since that process read them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_without_the_lease_raises_no_progress() {
+    use rowlog_api::{ChangeSink, Retry, WorkerProgress};
+    let pair = pair_on(None).await;
+    running_with_one_row(&pair).await.stop().await;
+    give_the_lease_elsewhere(&pair, "rowlog offsets set").await;
+    let cfg = pair.config(1, 2);
+    let before = count(&pair, "SELECT SUM(log_offset) FROM rowlog.rowlog_progress").await;
+    let mut sink = rowlog_mysql_sink::MySqlSink::connect(&cfg.sink, &cfg.name)
+        .await
+        .unwrap()
+        .fenced_by(rowlog_mysql_sink::lease::fence(&cfg.sink, &cfg.name));
+    let rows: Vec<WorkerProgress> = (0..2)
+        .map(|w| WorkerProgress {
+            log_id: 1,
+            partition: 0,
+            worker: w,
+            workers: 2,
+            offset: 1_000_000,
+        })
+        .collect();
+    let error = sink.raise_progress(0, &rows).await.unwrap_err();
+    assert!(error.is_fenced(), "{error}");
+    let after = count(&pair, "SELECT SUM(log_offset) FROM rowlog.rowlog_progress").await;
+    assert_eq!(after, before, "no progress row was written or raised");
+    let raised = count(
+        &pair,
+        "SELECT COUNT(*) FROM rowlog.rowlog_progress WHERE workers = 2",
+    )
+    .await;
+    assert_eq!(raised, 0, "no progress row was written");
+}
+
 /// rowlog running in this process, with `app.t`'s first row applied.
 async fn running_with_one_row(pair: &Pair) -> InProcess {
     let mut rowlog = InProcess::start(pair.config(1, 2));
@@ -799,10 +835,12 @@ async fn idle_workers_store_progress_so_earlier_worker_counts_are_let_go() {
             .await;
         rowlog.stop().await;
         if run == 1 {
-            // The partition that holds the key: every worker of two has a row.
+            // The partition that holds the key (the other has nothing in its log):
+            // every worker of two has a row.
             let rows = count(
                 &pair,
-                "SELECT COUNT(*) FROM rowlog.rowlog_progress WHERE workers = 2",
+                "SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM rowlog.rowlog_progress \
+                 WHERE workers = 2 GROUP BY part) AS per_partition",
             )
             .await;
             assert_eq!(rows, 2, "both workers of two stored progress");
@@ -835,7 +873,9 @@ async fn an_upgrade_keeps_the_progress_rows_of_an_old_progress_table() {
     pair.create(&["CREATE TABLE app.k (v INT NOT NULL)"]).await;
     let tables = [("app.k", "v"), ("app.t", "id")];
     let mut next = 0;
-    for (workers, old_table) in [(3, true), (2, false)] {
+    // A third run, with yet another count, is where rows lost under the old key
+    // would show.
+    for (workers, old_table) in [(3, true), (2, false), (4, false)] {
         let mut cfg = pair.config(workers, 2);
         cfg.source.no_pk = rowlog_mysql_binlog::NoPrimaryKey::FullRow;
         let mut rowlog = InProcess::start(cfg.clone());

@@ -108,10 +108,12 @@ pub enum ApplyError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("partition {partition} worker {worker}: this process lost the pipeline to another; nothing more is applied")]
+    #[error("partition {partition}{}: this process lost the pipeline to another; nothing more is applied",
+            worker.map(|w| format!(" worker {w}")).unwrap_or_default())]
     Fenced {
         partition: u32,
-        worker: u32,
+        /// None: the partition task's own progress write at its start.
+        worker: Option<u32>,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -763,7 +765,7 @@ impl WorkerCtx {
     fn fenced(&self, e: impl std::error::Error + Send + Sync + 'static) -> ApplyError {
         ApplyError::Fenced {
             partition: self.partition,
-            worker: self.worker,
+            worker: Some(self.worker),
             source: Box::new(e),
         }
     }
@@ -837,6 +839,13 @@ impl<F> ProgressCalls<'_, F> {
                         Some(fresh) => *sink = fresh,
                         None => return Ok(None),
                     }
+                }
+                Err(e) if e.is_fenced() => {
+                    return Err(ApplyError::Fenced {
+                        partition,
+                        worker: None,
+                        source: Box::new(e),
+                    })
                 }
                 Err(e) => {
                     return Err(ApplyError::Progress {

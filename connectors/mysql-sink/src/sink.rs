@@ -631,28 +631,14 @@ impl MySqlSink {
         .map_err(progress_error(&self.progress_table, "update"))?;
         // Last before the COMMIT, so the shared lock on the lease's row, which holds
         // off a process taking the lease over, is held only for the COMMIT.
-        if let Some(fence) = &self.fence {
-            let (pipeline, host, machine, pid, token) = &fence.params;
-            let params = (pipeline, host, machine, *pid, *token);
-            let (held, cause) = match tx.exec_first::<u8, _, _>(&fence.sql, params).await {
-                Ok(held) => (held.is_some(), None),
-                Err(e) if crate::error::is_retryable(&e) => {
-                    return Err(progress_error(&fence.table, "check the lease in")(e))
-                }
-                // Not a rejected change: whatever keeps the lease from being read (its
-                // table gone, a privilege revoked) stops the pipeline.
-                Err(e) => (false, Some(e)),
-            };
-            if !held {
+        if let Err(e) = check_fence(self.fence.as_ref(), &mut tx).await {
+            if e.is_fenced() {
                 // The batch's row locks go now, not at the connection's next use.
                 if let Err(r) = tx.rollback().await {
                     tracing::debug!(error = %r, "rolling back a fenced batch failed");
                 }
-                return Err(SinkError::Fenced {
-                    pipeline: fence.pipeline.clone(),
-                    cause,
-                });
             }
+            return Err(e);
         }
         tx.commit()
             .await
@@ -1069,6 +1055,34 @@ impl MySqlSink {
     }
 }
 
+/// Whether this process still holds the pipeline's lease, checked inside `tx` just
+/// before its COMMIT (the shared lock it takes on the lease's row holds off a process
+/// taking the lease over until then): `Err(Fenced)` when it does not. Without a fence
+/// (tools that write under their own lease) there is nothing to check.
+async fn check_fence(fence: Option<&Fence>, tx: &mut Transaction<'_>) -> Result<(), SinkError> {
+    let Some(fence) = fence else {
+        return Ok(());
+    };
+    let (pipeline, host, machine, pid, token) = &fence.params;
+    let params = (pipeline, host, machine, *pid, *token);
+    let (held, cause) = match tx.exec_first::<u8, _, _>(&fence.sql, params).await {
+        Ok(held) => (held.is_some(), None),
+        Err(e) if crate::error::is_retryable(&e) => {
+            return Err(progress_error(&fence.table, "check the lease in")(e))
+        }
+        // Not a rejected change: whatever keeps the lease from being read (its table
+        // gone, a privilege revoked) stops the pipeline.
+        Err(e) => (false, Some(e)),
+    };
+    if held {
+        return Ok(());
+    }
+    Err(SinkError::Fenced {
+        pipeline: fence.pipeline.clone(),
+        cause,
+    })
+}
+
 /// A transaction on the progress table `table`; its begin failing is that table's error.
 async fn begin_progress<'c>(conn: &'c mut Conn, table: &str) -> Result<Transaction<'c>, SinkError> {
     conn.start_transaction(TxOpts::default())
@@ -1198,11 +1212,18 @@ impl ChangeSink for MySqlSink {
         let err = |action| progress_error(&self.progress_table, action);
         let mut tx = begin_progress(&mut self.conn, &self.progress_table).await?;
         for r in rows {
+            // The row's other columns change with its offset, or not at all (the
+            // assignments run left to right, so `log_offset` is compared before it is
+            // set).
             tx.exec_drop(
                 format!(
-                    "INSERT INTO {} (pipeline, log_id, part, worker, workers, log_offset, source_position, source_commit_ms) \
-                     VALUES (?,?,?,?,?,?,'applied through the start of a run',0) \
-                     ON DUPLICATE KEY UPDATE log_offset = GREATEST(log_offset, VALUES(log_offset))",
+                    "INSERT INTO {} (pipeline, log_id, part, worker, workers, log_offset, source_position, source_commit_ms, updated_at) \
+                     VALUES (?,?,?,?,?,?,'applied through the start of a run',0,NOW(6)) \
+                     ON DUPLICATE KEY UPDATE \
+                     source_position = IF(VALUES(log_offset) > log_offset, VALUES(source_position), source_position), \
+                     source_commit_ms = IF(VALUES(log_offset) > log_offset, VALUES(source_commit_ms), source_commit_ms), \
+                     updated_at = IF(VALUES(log_offset) > log_offset, VALUES(updated_at), updated_at), \
+                     log_offset = GREATEST(log_offset, VALUES(log_offset))",
                     self.progress_table
                 ),
                 (&self.pipeline, r.log_id, partition, r.worker, r.workers, r.offset),
@@ -1210,6 +1231,9 @@ impl ChangeSink for MySqlSink {
             .await
             .map_err(err("raise"))?;
         }
+        // A process that lost the pipeline writes nothing more: an operator who took
+        // it over may have moved the positions back since this one read them.
+        check_fence(self.fence.as_ref(), &mut tx).await?;
         tx.commit().await.map_err(err("commit"))
     }
 
