@@ -679,7 +679,8 @@ async fn a_process_without_the_lease_raises_no_progress() {
         .await
         .unwrap()
         .fenced_by(rowlog_mysql_sink::lease::fence(&cfg.sink, &cfg.name));
-    let rows: Vec<WorkerProgress> = (0..2)
+    // New rows of another count, and the one worker's row of this run raised.
+    let mut rows: Vec<WorkerProgress> = (0..2)
         .map(|w| WorkerProgress {
             log_id: 1,
             partition: 0,
@@ -688,8 +689,21 @@ async fn a_process_without_the_lease_raises_no_progress() {
             offset: 1_000_000,
         })
         .collect();
-    let error = sink.raise_progress(0, &rows).await.unwrap_err();
-    assert!(error.is_fenced(), "{error}");
+    let log_id: u64 = count(&pair, "SELECT MAX(log_id) FROM rowlog.rowlog_progress").await;
+    for p in 0..2 {
+        rows.push(WorkerProgress {
+            log_id,
+            partition: p,
+            worker: 0,
+            workers: 1,
+            offset: 1_000_000,
+        });
+    }
+    for p in 0..2 {
+        let mine: Vec<WorkerProgress> = rows.iter().copied().filter(|r| r.partition == p).collect();
+        let error = sink.raise_progress(p, &mine).await.unwrap_err();
+        assert!(error.is_fenced(), "{error}");
+    }
     let after = count(&pair, "SELECT SUM(log_offset) FROM rowlog.rowlog_progress").await;
     assert_eq!(after, before, "no progress row was written or raised");
     let raised = count(
@@ -822,6 +836,9 @@ async fn idle_workers_store_progress_so_earlier_worker_counts_are_let_go() {
         .exec(&["INSERT INTO app.t VALUES (1, 0)"])
         .await
         .unwrap();
+    // Four runs: the three-worker row goes once the two-worker count's lowest row is
+    // past it by more than one, i.e. once a run's start has raised the idle worker's
+    // row above where the first run of two started.
     for (run, workers) in [3, 2, 2, 2].into_iter().enumerate() {
         let mut rowlog = InProcess::start(pair.config(workers, 2));
         for _ in 0..5 {

@@ -80,9 +80,10 @@ impl Applied {
 
     /// The offset below which everything is applied, by one worker count whose
     /// workers each stored a row (the lowest of theirs, plus one): of such counts the
-    /// highest. A count with a worker that has no row says nothing here (a run raises
-    /// every worker's row at its start, so that is only a count whose first run
-    /// started at offset 0 and whose worker got no change).
+    /// highest. A count with a worker that has no row says nothing here. A run raises
+    /// every worker's row at its start, so that is a count whose run started at
+    /// offset 0 and whose worker got no change, rows of a version before the raise,
+    /// or rows removed by `rowlog offsets set`.
     pub fn complete_below(&self) -> Option<u64> {
         self.splits
             .iter()

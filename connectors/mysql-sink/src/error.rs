@@ -34,10 +34,10 @@ pub enum SinkError {
         source: mysql_async::Error,
     },
 
-    #[error("this process no longer holds pipeline `{pipeline}`'s lease on the destination (another process took it, or it ran out{}): the batch was rolled back, and the pipeline stops", if cause.is_some() { ", or the lease could not be read" } else { "" })]
+    #[error("this process no longer holds pipeline `{pipeline}`'s lease on the destination (another process took it, or it ran out{}): nothing more was committed (the transaction was rolled back), and the pipeline stops", if cause.is_some() { ", or the lease could not be read" } else { "" })]
     Fenced {
         pipeline: String,
-        /// Why the lease could not be read, when that is what stopped the batch.
+        /// Why the lease could not be read, when that is what stopped the transaction.
         #[source]
         cause: Option<mysql_async::Error>,
     },

@@ -181,8 +181,9 @@ fn lease_table(progress_database: &str) -> String {
     format!("{}.`rowlog_lease`", quote(progress_database))
 }
 
-/// The check that fences the sink's batches by this process's lease (see the module):
-/// run inside a batch's transaction just before its COMMIT, it finds no row unless
+/// The check that fences the sink's batches (and a run's progress writes at its
+/// start) by this process's lease (see the module): run inside the transaction just
+/// before its COMMIT, it finds no row unless
 /// this process holds the pipeline's lease and it has not run out, and its shared
 /// lock on the row holds off a process taking the lease over until the COMMIT.
 #[derive(Clone, Debug)]

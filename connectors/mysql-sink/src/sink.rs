@@ -381,8 +381,9 @@ impl MySqlSink {
         })
     }
 
-    /// This sink's batches commit only while this process holds the pipeline's lease:
-    /// a batch that finds it gone is rolled back with [`SinkError::Fenced`].
+    /// This sink's batches, and the progress a run raises or removes at its start,
+    /// commit only while this process holds the pipeline's lease: a transaction that
+    /// finds it gone is rolled back with [`SinkError::Fenced`].
     pub fn fenced_by(mut self, fence: Fence) -> Self {
         self.fence = Some(fence);
         self
@@ -629,20 +630,7 @@ impl MySqlSink {
         )
         .await
         .map_err(progress_error(&self.progress_table, "update"))?;
-        // Last before the COMMIT, so the shared lock on the lease's row, which holds
-        // off a process taking the lease over, is held only for the COMMIT.
-        if let Err(e) = check_fence(self.fence.as_ref(), &mut tx).await {
-            if e.is_fenced() {
-                // The batch's row locks go now, not at the connection's next use.
-                if let Err(r) = tx.rollback().await {
-                    tracing::debug!(error = %r, "rolling back a fenced batch failed");
-                }
-            }
-            return Err(e);
-        }
-        tx.commit()
-            .await
-            .map_err(progress_error(&self.progress_table, "commit"))
+        commit_fenced(self.fence.as_ref(), tx, &self.progress_table).await
     }
 
     /// Snapshot: creates `table` with the source's `create` statement (and its database)
@@ -1055,10 +1043,9 @@ impl MySqlSink {
     }
 }
 
-/// Whether this process still holds the pipeline's lease, checked inside `tx` just
-/// before its COMMIT (the shared lock it takes on the lease's row holds off a process
-/// taking the lease over until then): `Err(Fenced)` when it does not. Without a fence
-/// (tools that write under their own lease) there is nothing to check.
+/// Whether this process still holds the pipeline's lease, checked inside `tx` (see
+/// [`commit_fenced`]): `Err(Fenced)` when it does not. Without a fence (tools that
+/// write under their own lease) there is nothing to check.
 async fn check_fence(fence: Option<&Fence>, tx: &mut Transaction<'_>) -> Result<(), SinkError> {
     let Some(fence) = fence else {
         return Ok(());
@@ -1081,6 +1068,27 @@ async fn check_fence(fence: Option<&Fence>, tx: &mut Transaction<'_>) -> Result<
         pipeline: fence.pipeline.clone(),
         cause,
     })
+}
+
+/// Commits `tx` only while this process holds the pipeline's lease. The check runs
+/// last before the COMMIT, so the shared lock it takes on the lease's row, which holds
+/// off a process taking the lease over, is held only for the COMMIT. A transaction
+/// that finds the lease gone is rolled back now (its row locks go at once, not at the
+/// connection's next use) and ends in [`SinkError::Fenced`].
+async fn commit_fenced(
+    fence: Option<&Fence>,
+    mut tx: Transaction<'_>,
+    table: &str,
+) -> Result<(), SinkError> {
+    if let Err(e) = check_fence(fence, &mut tx).await {
+        if e.is_fenced() {
+            if let Err(r) = tx.rollback().await {
+                tracing::debug!(error = %r, "rolling back a fenced transaction failed");
+            }
+        }
+        return Err(e);
+    }
+    tx.commit().await.map_err(progress_error(table, "commit"))
 }
 
 /// A transaction on the progress table `table`; its begin failing is that table's error.
@@ -1201,7 +1209,7 @@ impl ChangeSink for MySqlSink {
             .await
             .map_err(err("delete"))?;
         }
-        tx.commit().await.map_err(err("commit"))
+        commit_fenced(self.fence.as_ref(), tx, &self.progress_table).await
     }
 
     async fn raise_progress(
@@ -1212,14 +1220,16 @@ impl ChangeSink for MySqlSink {
         let err = |action| progress_error(&self.progress_table, action);
         let mut tx = begin_progress(&mut self.conn, &self.progress_table).await?;
         for r in rows {
-            // The row's other columns change with its offset, or not at all (the
-            // assignments run left to right, so `log_offset` is compared before it is
-            // set).
+            // The row's other columns change with its offset, or not at all.
+            // `log_offset` is assigned last, so the comparisons see its old value
+            // whether assignments run left to right or all at once (MariaDB's
+            // SIMULTANEOUS_ASSIGNMENT).
             tx.exec_drop(
                 format!(
                     "INSERT INTO {} (pipeline, log_id, part, worker, workers, log_offset, source_position, source_commit_ms, updated_at) \
                      VALUES (?,?,?,?,?,?,'applied through the start of a run',0,NOW(6)) \
                      ON DUPLICATE KEY UPDATE \
+                     log_id = IF(VALUES(log_offset) > log_offset, VALUES(log_id), log_id), \
                      source_position = IF(VALUES(log_offset) > log_offset, VALUES(source_position), source_position), \
                      source_commit_ms = IF(VALUES(log_offset) > log_offset, VALUES(source_commit_ms), source_commit_ms), \
                      updated_at = IF(VALUES(log_offset) > log_offset, VALUES(updated_at), updated_at), \
@@ -1233,8 +1243,7 @@ impl ChangeSink for MySqlSink {
         }
         // A process that lost the pipeline writes nothing more: an operator who took
         // it over may have moved the positions back since this one read them.
-        check_fence(self.fence.as_ref(), &mut tx).await?;
-        tx.commit().await.map_err(err("commit"))
+        commit_fenced(self.fence.as_ref(), tx, &self.progress_table).await
     }
 
     async fn load_progress(&mut self, partition: u32) -> Result<SinkProgress, SinkError> {
