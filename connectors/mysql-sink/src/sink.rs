@@ -1043,50 +1043,38 @@ impl MySqlSink {
     }
 }
 
-/// Whether this process still holds the pipeline's lease, checked inside `tx` (see
-/// [`commit_fenced`]): `Err(Fenced)` when it does not. Without a fence (tools that
-/// write under their own lease) there is nothing to check.
-async fn check_fence(fence: Option<&Fence>, tx: &mut Transaction<'_>) -> Result<(), SinkError> {
-    let Some(fence) = fence else {
-        return Ok(());
-    };
-    let (pipeline, host, machine, pid, token) = &fence.params;
-    let params = (pipeline, host, machine, *pid, *token);
-    let (held, cause) = match tx.exec_first::<u8, _, _>(&fence.sql, params).await {
-        Ok(held) => (held.is_some(), None),
-        Err(e) if crate::error::is_retryable(&e) => {
-            return Err(progress_error(&fence.table, "check the lease in")(e))
-        }
-        // Not a rejected change: whatever keeps the lease from being read (its table
-        // gone, a privilege revoked) stops the pipeline.
-        Err(e) => (false, Some(e)),
-    };
-    if held {
-        return Ok(());
-    }
-    Err(SinkError::Fenced {
-        pipeline: fence.pipeline.clone(),
-        cause,
-    })
-}
-
 /// Commits `tx` only while this process holds the pipeline's lease. The check runs
 /// last before the COMMIT, so the shared lock it takes on the lease's row, which holds
 /// off a process taking the lease over, is held only for the COMMIT. A transaction
 /// that finds the lease gone is rolled back now (its row locks go at once, not at the
-/// connection's next use) and ends in [`SinkError::Fenced`].
+/// connection's next use) and ends in [`SinkError::Fenced`]. Without a fence (tools
+/// that write under their own lease) it simply commits.
 async fn commit_fenced(
     fence: Option<&Fence>,
     mut tx: Transaction<'_>,
     table: &str,
 ) -> Result<(), SinkError> {
-    if let Err(e) = check_fence(fence, &mut tx).await {
-        if e.is_fenced() {
+    if let Some(fence) = fence {
+        let (pipeline, host, machine, pid, token) = &fence.params;
+        let params = (pipeline, host, machine, *pid, *token);
+        let (held, cause) = match tx.exec_first::<u8, _, _>(&fence.sql, params).await {
+            Ok(held) => (held.is_some(), None),
+            Err(e) if crate::error::is_retryable(&e) => {
+                return Err(progress_error(&fence.table, "check the lease in")(e))
+            }
+            // Not a rejected change: whatever keeps the lease from being read (its
+            // table gone, a privilege revoked) stops the pipeline.
+            Err(e) => (false, Some(e)),
+        };
+        if !held {
             if let Err(r) = tx.rollback().await {
                 tracing::debug!(error = %r, "rolling back a fenced transaction failed");
             }
+            return Err(SinkError::Fenced {
+                pipeline: fence.pipeline.clone(),
+                cause,
+            });
         }
-        return Err(e);
     }
     tx.commit().await.map_err(progress_error(table, "commit"))
 }
