@@ -18,6 +18,7 @@
 mod append;
 pub(crate) mod atomic_file;
 mod codec;
+mod durable_end;
 mod embedded;
 pub mod frame;
 mod index;

@@ -10,7 +10,9 @@
 //!   rebuilds the active segment's index from what remains.
 //! * `written` ≥ `durable`: appends advance `written`; an fsync advances `durable` to
 //!   everything written before it started, so one fsync covers every append that was
-//!   waiting (group commit). Readers only see records below `durable`.
+//!   waiting (group commit). Readers only see records below `durable`. Read-only
+//!   openers in other processes learn it from the [durable-end file](super::durable_end),
+//!   rewritten after every fsync, and never see a record past it.
 //! * A write that fails is rolled back to the last whole record; if even that fails
 //!   the partition refuses further writes until reopened (never appending after a hole).
 
@@ -25,6 +27,7 @@ use rowlog_api::ChangeId;
 use tokio::sync::watch;
 use tracing::warn;
 
+use super::durable_end::{self, DurableEnd};
 use super::frame::{self, HEADER_LEN, MAX_PAYLOAD};
 use super::index::{self, Entry, IndexMark, SegmentIndex};
 use super::{atomic_file, io, record, LogError};
@@ -193,6 +196,8 @@ struct Writer {
     /// The write buffer, kept between appends: a fresh megabyte per append would be
     /// fresh pages, faulted in and zeroed by the kernel each time.
     buf: Vec<u8>,
+    /// Tells read-only openers in other processes the durable end and the cut count.
+    durable_end: durable_end::Writer,
 }
 
 /// Read-only openers follow a writer in another process by rescanning the tail.
@@ -201,6 +206,21 @@ struct Follow {
     valid_len: u64,
     records: u64,
     index: SegmentIndex,
+    /// The writer's cut count in the durable-end file at the last look (`None`: no
+    /// such file, a log of an older rowlog).
+    seen_cuts: Option<u64>,
+}
+
+impl Follow {
+    fn at(base: u64, seen_cuts: Option<u64>) -> Self {
+        Self {
+            base,
+            valid_len: 0,
+            records: 0,
+            index: SegmentIndex::default(),
+            seen_cuts,
+        }
+    }
 }
 
 pub(crate) struct Partition {
@@ -238,6 +258,10 @@ impl Partition {
         if writable {
             atomic_file::create_dir_durable(dir)?;
         }
+        // Read before recovery: a writable open counts as one more cut (it may cut a
+        // torn tail), so the count read-only openers watch moves across restarts.
+        let marked = durable_end::read(dir);
+        let cuts_at_open = marked.map_or(0, |m| m.cuts.wrapping_add(1));
         let mut bases = list_segments(dir)?;
         if bases.is_empty() && writable {
             File::create(dir.join(segment_name(0))).map_err(io("create", dir))?;
@@ -332,6 +356,19 @@ impl Partition {
                     .append(true)
                     .open(&active_path)
                     .map_err(io("open", &active_path))?;
+                // The recovered tail may never have been synced: a process killed
+                // between its write and its fsync leaves whole records in the page
+                // cache. They count as durable from here on (the source skips what the
+                // log holds), so make them so before anything relies on them.
+                active.sync_data().map_err(io("fsync", &active_path))?;
+                let durable_end = durable_end::Writer::open(
+                    dir,
+                    DurableEnd {
+                        end: next,
+                        cuts: cuts_at_open,
+                    },
+                )
+                .map_err(io("write", &durable_end::path(dir)))?;
                 let index_path = dir.join(index_name(active_base));
                 index::write(&index_path, &scan.index.entries, true)
                     .map_err(io("write", &index_path))?;
@@ -353,6 +390,7 @@ impl Partition {
                     writing: false,
                     failed: None,
                     buf: Vec::new(),
+                    durable_end,
                 };
                 (Some(Mutex::new(w)), None)
             }
@@ -362,20 +400,21 @@ impl Partition {
                     valid_len: scan.valid_len,
                     records: next - active_base,
                     index: scan.index,
+                    seen_cuts: marked.map(|m| m.cuts),
                 };
                 (None, Some(Mutex::new(f)))
             }
             None => (
                 None,
-                Some(Mutex::new(Follow {
-                    base: 0,
-                    valid_len: 0,
-                    records: 0,
-                    index: SegmentIndex::default(),
-                })),
+                Some(Mutex::new(Follow::at(0, marked.map(|m| m.cuts)))),
             ),
         };
-        let (durable, _) = watch::channel(next);
+        // A read-only opener sees what the writer has synced, not all the file holds.
+        let visible = match (writable, marked) {
+            (false, Some(m)) => next.min(m.end),
+            _ => next,
+        };
+        let (durable, _) = watch::channel(visible);
         Ok(Self {
             id,
             dir: dir.to_path_buf(),
@@ -388,7 +427,7 @@ impl Partition {
             durable,
             last_change: Mutex::new(last_change),
             fsyncs: AtomicU64::new(0),
-            cuts: AtomicU64::new(0),
+            cuts: AtomicU64::new(if writable { cuts_at_open } else { 0 }),
             #[cfg(test)]
             fail_next_fsync: Default::default(),
         })
@@ -689,7 +728,15 @@ impl Partition {
             return Err(e);
         }
         w.synced_size = w.active_size;
+        let told = w.durable_end.store(DurableEnd {
+            end,
+            cuts: self.cuts.load(Ordering::SeqCst),
+        });
         drop(w);
+        if let Err(e) = told {
+            // Only other processes' view lags: they see less, never more.
+            warn!(partition = self.id, file = %durable_end::path(&self.dir).display(), error = %e, "could not record the durable end for read-only openers");
+        }
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.durable.send_if_modified(|d| {
             let changed = end > *d;
@@ -888,6 +935,20 @@ impl Partition {
             return Ok(self.end());
         };
         let mut f = lock(follow);
+        let marked = durable_end::read(&self.dir);
+        if let Some(m) = marked {
+            if f.seen_cuts != Some(m.cuts) {
+                // The writer cut its active segment (or was restarted) since the last
+                // look: what this view scanned past the durable end may have been
+                // replaced. Scan the segment again from its start, and make cursors
+                // forget their read-ahead before any new end is published.
+                if f.seen_cuts.is_some() {
+                    *f = Follow::at(f.base, None);
+                    self.cuts.fetch_add(1, Ordering::SeqCst);
+                }
+                f.seen_cuts = Some(m.cuts);
+            }
+        }
         let bases = list_segments(&self.dir)?;
         loop {
             let path = self.segment_path(f.base);
@@ -919,20 +980,18 @@ impl Partition {
             }
             // A newer segment starting exactly here means this one is sealed.
             if bases.contains(&end) && end != f.base {
-                *f = Follow {
-                    base: end,
-                    valid_len: 0,
-                    records: 0,
-                    index: SegmentIndex::default(),
-                };
+                *f = Follow::at(end, f.seen_cuts);
                 continue;
             }
+            // Only what the writer has synced (all the file holds when an older
+            // rowlog wrote the log and left no durable-end file).
+            let end = marked.map_or(end, |m| end.min(m.end));
             self.durable.send_if_modified(|d| {
                 let changed = end > *d;
                 *d = (*d).max(end);
                 changed
             });
-            return Ok(end);
+            return Ok(self.end());
         }
     }
 
@@ -1189,6 +1248,64 @@ mod tests {
         )
     }
 
+    /// A write of 8,000 records from offset 10 that fails at its 6,000th, after its
+    /// first MiB (about 4,700 records of 220 bytes) reached the file; `meanwhile` runs
+    /// just before it fails.
+    fn write_failing_after_its_first_mib(p: &Partition, mut meanwhile: impl FnMut()) {
+        let failed = p.write(
+            8000,
+            |i, out| {
+                if i == 6000 {
+                    meanwhile();
+                    return Err(LogError::Decode {
+                        partition: 0,
+                        offset: 10 + i as u64,
+                        detail: "injected".into(),
+                    });
+                }
+                out.extend(record(10 + i as u64));
+                Ok(1_700_000_000_000)
+            },
+            &|_| None,
+        );
+        assert!(failed.is_err());
+    }
+
+    /// Writes `n` records whose bytes are `record(first)`, … at the partition's end.
+    fn write_records_of(p: &Partition, first: u64, n: usize) {
+        p.write(
+            n,
+            |i, out| {
+                out.extend(record(first + i as u64));
+                Ok(1_700_000_000_000)
+            },
+            &|_| None,
+        )
+        .unwrap();
+    }
+
+    /// After [`write_failing_after_its_first_mib`]: 100 other records take offsets
+    /// 10 to 109, synced.
+    fn write_the_replacements(p: &Partition) {
+        write_records_of(p, 1_000_000, 100);
+        assert_eq!(p.sync(110).unwrap(), 110);
+    }
+
+    /// Reads offsets `from` to 109 through `c`: the records before the failed write,
+    /// then the replacements, never a record the failed write left in a read-ahead.
+    fn reads_the_replacements<P: PartitionAccess>(c: &mut Cursor<P>, from: u64) {
+        for o in from..110u64 {
+            let (got, bytes) = c.read_frame().expect("the replacing records read whole");
+            assert_eq!(got, o);
+            let want = if o < 10 {
+                record(o)
+            } else {
+                record(1_000_000 + o - 10)
+            };
+            assert!(bytes == want, "offset {o}: a cut-off record was handed out");
+        }
+    }
+
     fn read_all(p: &Arc<Partition>) -> Vec<(u64, Vec<u8>)> {
         let mut c = Cursor::open(p.clone(), p.start()).unwrap();
         (p.start()..p.end())
@@ -1264,52 +1381,69 @@ mod tests {
         assert_eq!(p.sync(10).unwrap(), 10);
         let synced = fs::metadata(path.join(segment_name(0))).unwrap().len();
         let mut c = Cursor::open(p.clone(), 0).unwrap();
-        // About 220 bytes a record: the write hands its first MiB to the file near
-        // record 4,700 and fails at 6,000. In between, the reader reads record 0, and
-        // its read-ahead takes in the written records past the durable end.
-        let failed = p.write(
-            8000,
-            |i, out| {
-                if i == 6000 {
-                    assert_eq!(c.read_frame().unwrap(), (0, record(0)));
-                    return Err(LogError::Decode {
-                        partition: 0,
-                        offset: 10 + i as u64,
-                        detail: "injected".into(),
-                    });
-                }
-                out.extend(record(10 + i as u64));
-                Ok(1_700_000_000_000)
-            },
-            &|_| None,
-        );
-        assert!(failed.is_err());
+        // In the meantime the reader reads record 0, and its read-ahead takes in the
+        // written records past the durable end.
+        write_failing_after_its_first_mib(&p, || {
+            assert_eq!(c.read_frame().unwrap(), (0, record(0)));
+        });
         assert_eq!(
             fs::metadata(path.join(segment_name(0))).unwrap().len(),
             synced,
             "the failed write is cut off"
         );
-        p.write(
-            100,
-            |i, out| {
-                out.extend(record(1_000_000 + i as u64));
-                Ok(1_700_000_000_000)
-            },
-            &|_| None,
-        )
-        .unwrap();
-        assert_eq!(p.sync(110).unwrap(), 110);
-        for o in 1..110u64 {
-            let (got, bytes) = c.read_frame().expect("the replacing records read whole");
+        write_the_replacements(&p);
+        reads_the_replacements(&mut c, 1);
+    }
+
+    /// A read-only opener (the `rowlog log` tools, in another process) sees only what
+    /// the writer has fsynced, and never hands out a record the writer then cut off,
+    /// even when its read-ahead held it: neither after a failed write, which the writer
+    /// survives, nor after a failed fsync and the writer's restart.
+    #[test]
+    fn a_read_only_opener_never_hands_out_what_the_writer_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p0");
+        let p = Partition::open(&path, 0, 64 << 20, true).unwrap();
+        write(&p, 0, 10).unwrap();
+        assert_eq!(p.sync(10).unwrap(), 10);
+        let tool = Arc::new(Partition::open(&path, 0, 64 << 20, false).unwrap());
+        assert_eq!(tool.end(), 10);
+
+        // While a failing write runs, the tool looks and a cursor of it reads ahead.
+        let mut c = None;
+        write_failing_after_its_first_mib(&p, || {
+            assert_eq!(tool.refresh().unwrap(), 10, "unsynced: not shown");
+            let mut cursor = Cursor::open(tool.clone(), 5).unwrap();
+            assert_eq!(cursor.read_frame().unwrap(), (5, record(5)));
+            c = Some(cursor);
+        });
+        let mut c = c.expect("the tool looked during the write");
+        write_the_replacements(&p);
+        assert_eq!(tool.refresh().unwrap(), 110);
+        reads_the_replacements(&mut c, 6);
+
+        // Records written, then a failed fsync cuts them off and stops the writer.
+        write(&p, 110, 5).unwrap();
+        assert_eq!(tool.refresh().unwrap(), 110);
+        let mut c = Cursor::open(tool.clone(), 100).unwrap();
+        for o in 100..110u64 {
+            assert_eq!(c.read_frame().unwrap().0, o);
+        }
+        p.fail_next_fsync.store(true, Ordering::SeqCst);
+        p.sync(115).expect_err("the injected fsync failure");
+        assert_eq!(tool.refresh().unwrap(), 110, "cut records are never shown");
+        drop(p);
+        // The writer, restarted, writes other records at the same offsets.
+        let p = Partition::open(&path, 0, 64 << 20, true).unwrap();
+        write_records_of(&p, 2_000_000, 5);
+        assert_eq!(p.sync(115).unwrap(), 115);
+        assert_eq!(tool.refresh().unwrap(), 115);
+        for o in 110..115u64 {
+            let (got, bytes) = c.read_frame().unwrap();
             assert_eq!(got, o);
-            let want = if o < 10 {
-                record(o)
-            } else {
-                record(1_000_000 + o - 10)
-            };
             assert!(
-                bytes == want,
-                "offset {o}: the reader handed out a cut-off record"
+                bytes == record(2_000_000 + o - 110),
+                "offset {o}: the tool handed out a record of the writer before its restart"
             );
         }
     }
