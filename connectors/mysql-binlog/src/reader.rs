@@ -252,23 +252,44 @@ impl TableLookup for InfoSchema {
     ) -> Result<(), SourceError> {
         let conn = self.conn().await?;
         let q =
-            "SELECT COLUMN_NAME, COLUMN_TYPE, CHARACTER_SET_NAME FROM information_schema.COLUMNS \
+            "SELECT COLUMN_NAME, COLUMN_TYPE, CHARACTER_SET_NAME, DATA_TYPE FROM information_schema.COLUMNS \
                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION";
-        let cols: Vec<(String, String, Option<String>)> = conn
+        let rows: Vec<(String, String, Option<String>, String)> = conn
             .exec(q, (&schema.name.db, &schema.name.table))
             .await
             .map_err(|e| server::query_error(q, e))?;
-        if cols.len() != schema.columns.len() {
+        if rows.len() != schema.columns.len() {
             return Err(SourceError::Schema {
                 table: schema.name.clone(),
                 position: position.clone(),
                 detail: format!(
                     "the binlog has {} columns but information_schema now lists {}: the table changed since; set binlog_row_metadata=FULL on the source",
                     schema.columns.len(),
-                    cols.len()
+                    rows.len()
                 ),
             });
         }
+        // The binlog's own column types must fit the columns information_schema lists
+        // now at the same places: a column reordered or retyped since these events
+        // would otherwise give its values another column's name. (A reorder among
+        // columns of one type, or a change of signedness, cannot be seen here.)
+        for (i, (col, (name, ty, _, data_type))) in schema.columns.iter().zip(&rows).enumerate() {
+            if !binlog_type_fits(&col.ty, data_type) {
+                return Err(SourceError::Schema {
+                    table: schema.name.clone(),
+                    position: position.clone(),
+                    detail: format!(
+                        "column {} is {:?} in the binlog but information_schema now lists `{name}` {ty} there: the table changed since (a column reordered or retyped); set binlog_row_metadata=FULL on the source",
+                        i + 1,
+                        col.ty
+                    ),
+                });
+            }
+        }
+        let cols: Vec<(String, String, Option<String>)> = rows
+            .into_iter()
+            .map(|(name, ty, charset, _)| (name, ty, charset))
+            .collect();
         for (col, (name, ty, charset)) in schema.columns.iter_mut().zip(&cols) {
             col.name = name.clone();
             col.unsigned |= ty.to_ascii_lowercase().contains("unsigned");
@@ -581,6 +602,65 @@ pub async fn preflight(config: &SourceConfig) -> Result<ServerSettings, SourceEr
     server::binary_logs(&mut conn).await?;
     let _ = conn.disconnect().await;
     Ok(settings)
+}
+
+/// Whether a column the table map types as `ty` can be the column whose
+/// `information_schema.COLUMNS.DATA_TYPE` is `data_type` (lower case on both servers).
+/// By family only: lengths and precisions change with DDL that keeps a column's
+/// place, which labels nothing wrongly. A type rowlog passes through as bytes fits
+/// anything.
+fn binlog_type_fits(ty: &ColumnType, data_type: &str) -> bool {
+    let d = data_type.to_ascii_lowercase();
+    let allowed: &[&str] = match ty {
+        ColumnType::TinyInt => &["tinyint"],
+        ColumnType::SmallInt => &["smallint"],
+        ColumnType::MediumInt => &["mediumint"],
+        ColumnType::Int => &["int"],
+        ColumnType::BigInt => &["bigint"],
+        ColumnType::Float => &["float"],
+        ColumnType::Double => &["double"],
+        ColumnType::Decimal { .. } => &["decimal"],
+        ColumnType::Date => &["date"],
+        ColumnType::DateTime { .. } => &["datetime"],
+        ColumnType::Timestamp { .. } => &["timestamp"],
+        ColumnType::Time { .. } => &["time"],
+        ColumnType::Year => &["year"],
+        ColumnType::Bit { .. } => &["bit"],
+        // MariaDB's UUID, INET4 and INET6 travel as BINARY(n); ENUM and SET as CHAR
+        // when the table map's metadata does not name them.
+        ColumnType::FixedString { .. } => {
+            &["char", "binary", "uuid", "inet4", "inet6", "enum", "set"]
+        }
+        ColumnType::VarString { .. } => &["varchar", "varbinary"],
+        // MariaDB's JSON is LONGTEXT.
+        ColumnType::Blob => &[
+            "tinyblob",
+            "blob",
+            "mediumblob",
+            "longblob",
+            "tinytext",
+            "text",
+            "mediumtext",
+            "longtext",
+            "json",
+        ],
+        ColumnType::Enum => &["enum"],
+        ColumnType::Set => &["set"],
+        ColumnType::Json => &["json"],
+        ColumnType::Geometry => &[
+            "geometry",
+            "point",
+            "linestring",
+            "polygon",
+            "multipoint",
+            "multilinestring",
+            "multipolygon",
+            "geometrycollection",
+            "geomcollection",
+        ],
+        ColumnType::Other(_) => return true,
+    };
+    allowed.contains(&d.as_str())
 }
 
 #[cfg(test)]
