@@ -936,20 +936,26 @@ impl Partition {
         };
         let mut f = lock(follow);
         let marked = durable_end::read(&self.dir);
-        if let Some(m) = marked {
-            if f.seen_cuts != Some(m.cuts) {
-                // The writer cut its active segment (or was restarted) since the last
-                // look: what this view scanned past the durable end may have been
-                // replaced. Scan the segment again from its start, and make cursors
-                // forget their read-ahead before any new end is published.
-                if f.seen_cuts.is_some() {
-                    *f = Follow::at(f.base, None);
-                    self.cuts.fetch_add(1, Ordering::SeqCst);
-                }
-                f.seen_cuts = Some(m.cuts);
-            }
-        }
         let bases = list_segments(&self.dir)?;
+        // The writer cut its active segment (or was restarted) since the last look:
+        // what this view scanned past the durable end may have been replaced. Or the
+        // segment this view moved into is gone (a roll that could not finish removes
+        // the segment it began). Either way, scan again from the start of the newest
+        // segment left at or before it, and make cursors forget their read-ahead
+        // before any new end is published.
+        let cut = matches!((f.seen_cuts, marked), (Some(seen), Some(m)) if seen != m.cuts);
+        let gone = !bases.is_empty() && !bases.contains(&f.base);
+        if cut || gone {
+            let base = bases.iter().rev().copied().find(|&b| b <= f.base);
+            let base = base.unwrap_or(f.base);
+            *f = Follow::at(base, None);
+            self.segments
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|s| s.base <= base);
+            self.cuts.fetch_add(1, Ordering::SeqCst);
+        }
+        f.seen_cuts = marked.map(|m| m.cuts).or(f.seen_cuts);
         loop {
             let path = self.segment_path(f.base);
             let scan = scan_segment(
