@@ -385,11 +385,85 @@ impl RowsRead {
     }
 }
 
+/// Recognises a transaction sent again from its start by another server.
+///
+/// A reconnect while a transaction is being read resumes from the last commit, so the
+/// transaction comes again from its start. From the same server its changes have the
+/// same ids and the id check drops those already held. From another server (a
+/// failover) their positions, and so their ids, belong to a new epoch and sort after
+/// everything held: only the GTID says they are the same changes. Under row-based
+/// replication a server sends a transaction's rows in the order its origin wrote them,
+/// so the first `held` changes of that GTID are the ones already held. Kept in memory
+/// only: after a crash the log's last ids are all there is (README, known defects).
+#[derive(Default)]
+struct ResentByGtid {
+    /// The transaction being read.
+    open: Option<OpenTxn>,
+    /// The transaction a reconnect cut off. The new stream may send other transactions
+    /// (other replication domains) before it.
+    cut: Option<OpenTxn>,
+}
+
+struct OpenTxn {
+    gtid: Gtid,
+    /// Its changes held (appended or buffered), over every connection that sent it.
+    held: u64,
+    /// Its changes seen on this connection.
+    seen: u64,
+}
+
+impl ResentByGtid {
+    /// Whether this change of transaction `gtid` is one already held.
+    fn is_resent(&mut self, gtid: &Gtid) -> bool {
+        let t = match &mut self.open {
+            Some(t) if t.gtid == *gtid => t,
+            open => {
+                let again = self.cut.take_if(|t| t.gtid == *gtid);
+                open.insert(match again {
+                    Some(t) => OpenTxn { seen: 0, ..t },
+                    None => OpenTxn {
+                        gtid: gtid.clone(),
+                        held: 0,
+                        seen: 0,
+                    },
+                })
+            }
+        };
+        t.seen += 1;
+        if t.seen <= t.held {
+            return true;
+        }
+        t.held += 1;
+        false
+    }
+
+    /// A commit ends its transaction. A boundary without a GTID while a transaction is
+    /// open is the start a (re)connection announces: that transaction was cut off.
+    fn committed(&mut self, gtid: Option<&Gtid>) {
+        match gtid {
+            Some(g) => {
+                if self.open.as_ref().is_some_and(|t| t.gtid == *g) {
+                    self.open = None;
+                }
+                if self.cut.as_ref().is_some_and(|t| t.gtid == *g) {
+                    self.cut = None;
+                }
+            }
+            None => {
+                if let Some(t) = self.open.take() {
+                    self.cut = Some(t);
+                }
+            }
+        }
+    }
+}
+
 struct Appender<L> {
     log: L,
     partitions: u32,
     /// Last change id held (appended or buffered) per partition.
     last_ids: Vec<Option<ChangeId>>,
+    resent: ResentByGtid,
     /// The newest resume point covered by what is buffered or appended.
     position: Option<ResumePoint>,
     stored: Option<ResumePoint>,
@@ -449,9 +523,15 @@ impl<L: PartitionedLog> Appender<L> {
                 self.rows.add(&c.table, c.op, &self.metrics);
                 self.rows.commit_time_ms = self.rows.commit_time_ms.max(c.source.commit_time_ms);
                 let p = partition_of(key_hash(&c.routing_key_bytes()), self.partitions) as usize;
-                if self.last_ids[p]
-                    .as_ref()
-                    .is_some_and(|last| c.source.id <= *last)
+                // Copied rows carry no GTID of their own transaction.
+                let resent = match &c.source.gtid {
+                    Some(g) if !c.source.id.is_copy() => self.resent.is_resent(g),
+                    _ => false,
+                };
+                if resent
+                    || self.last_ids[p]
+                        .as_ref()
+                        .is_some_and(|last| c.source.id <= *last)
                 {
                     Stats::add(&self.stats.duplicates_dropped, 1);
                     self.metrics.source_duplicates_dropped.inc();
@@ -479,6 +559,7 @@ impl<L: PartitionedLog> Appender<L> {
                 gtid,
                 commit_time_ms,
             } => {
+                self.resent.committed(gtid.as_ref());
                 self.metrics.source_commit(commit_time_ms);
                 // Later in the stream: a later epoch, or a later position in this one.
                 let later =
@@ -544,6 +625,7 @@ async fn append_loop<L: PartitionedLog>(
         log,
         partitions,
         last_ids,
+        resent: ResentByGtid::default(),
         position: start.clone(),
         stored: start,
         stored_at: Instant::now(),
@@ -579,4 +661,122 @@ async fn append_loop<L: PartitionedLog>(
     app.flush(AppendBatch::new(partitions), true).await?;
     info!(checkpoint = %app.stats.checkpoint(), "ingest stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{EmbeddedLog, PartitionReader};
+    use crate::tools::bench_log::{change, schema};
+    use rowlog_api::MariadbGtid;
+    use std::sync::atomic::Ordering;
+
+    fn gtid(domain: u32, seq: u64) -> Gtid {
+        Gtid::MariaDb(MariadbGtid {
+            domain,
+            server: 1,
+            seq,
+        })
+    }
+
+    /// Change `k` of transaction `gtid`, read in `epoch` from a rows event at `pos`
+    /// (another server has other positions).
+    fn change_of(g: &Gtid, k: u64, epoch: u32, pos: u64) -> Item {
+        let mut c = change(&schema(), g.sequence() * 100 + k);
+        c.source.gtid = Some(g.clone());
+        c.source.id.epoch = epoch;
+        c.source.id.event.pos = pos;
+        c.source.id.index = k as u32;
+        Item::Event(SourceEvent::Change(c))
+    }
+
+    fn committed(g: Option<&Gtid>, epoch: u32, pos: u64) -> Item {
+        Item::Event(SourceEvent::Committed {
+            resume: ResumePoint {
+                position: format!("binlog.000001:{pos}").parse().unwrap(),
+                gtid_state: None,
+                server_id: 1 + epoch,
+                epoch,
+            },
+            gtid: g.cloned(),
+            commit_time_ms: 1_700_000_000_000,
+        })
+    }
+
+    /// A failover while a transaction is being read: the new server sends it again
+    /// from its start, in a new epoch, after a transaction of another replication
+    /// domain. The log holds each of its changes once (a keyless table would
+    /// otherwise get the first ones twice), and nothing after it is dropped.
+    #[tokio::test]
+    async fn a_transaction_sent_again_by_another_server_is_logged_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path(), 4, 1 << 20).unwrap();
+        let (t1, t2, other, t3) = (gtid(0, 1), gtid(0, 2), gtid(1, 9), gtid(0, 3));
+        let mut items = vec![committed(None, 0, 4)];
+        items.extend((0..3).map(|k| change_of(&t1, k, 0, 1000)));
+        items.push(committed(Some(&t1), 0, 2000));
+        // Three of t2's five changes, then the connection is lost.
+        items.extend((0..3).map(|k| change_of(&t2, k, 0, 3000)));
+        // Another server, in a new epoch, at its own positions.
+        items.push(committed(None, 1, 500));
+        items.push(change_of(&other, 0, 1, 600));
+        items.push(committed(Some(&other), 1, 650));
+        items.extend((0..5).map(|k| change_of(&t2, k, 1, 700)));
+        items.push(committed(Some(&t2), 1, 800));
+        items.extend((0..2).map(|k| change_of(&t3, k, 1, 900)));
+        items.push(committed(Some(&t3), 1, 1000));
+
+        let (tx, rx) = mpsc::channel(items.len());
+        for item in items {
+            tx.send(item).await.unwrap();
+        }
+        drop(tx);
+        let stats = Arc::new(Stats::default());
+        let metrics = Arc::new(Metrics::new(4, Duration::from_secs(60)));
+        append_loop(
+            log.clone(),
+            rx,
+            None,
+            IngestConfig::default(),
+            stats.clone(),
+            metrics,
+        )
+        .await
+        .unwrap();
+
+        let mut logged = Vec::new();
+        for p in 0..4 {
+            let mut r = log.reader(p, 0).await.unwrap();
+            let mut read = 0;
+            while read < log.end_offset(p) {
+                let got = r.next_batch(100).await.unwrap();
+                read += got.len() as u64;
+                for rec in got {
+                    if let LogEntry::Change(c) = rec.entry {
+                        let g = c.source.gtid.clone().unwrap();
+                        logged.push((g.sequence(), c.source.id.index, c.source.id.epoch));
+                    }
+                }
+            }
+        }
+        logged.sort();
+        let want = [
+            (1, 0, 0),
+            (1, 1, 0),
+            (1, 2, 0),
+            (2, 0, 0),
+            (2, 1, 0),
+            (2, 2, 0),
+            (2, 3, 1),
+            (2, 4, 1),
+            (3, 0, 1),
+            (3, 1, 1),
+            (9, 0, 1),
+        ];
+        assert_eq!(
+            logged, want,
+            "(transaction, change, epoch) of every logged change"
+        );
+        assert_eq!(stats.duplicates_dropped.load(Ordering::Relaxed), 3);
+    }
 }
