@@ -286,11 +286,7 @@ impl TableLookup for InfoSchema {
                 });
             }
         }
-        let cols: Vec<(String, String, Option<String>)> = rows
-            .into_iter()
-            .map(|(name, ty, charset, _)| (name, ty, charset))
-            .collect();
-        for (col, (name, ty, charset)) in schema.columns.iter_mut().zip(&cols) {
+        for (col, (name, ty, charset, _)) in schema.columns.iter_mut().zip(&rows) {
             col.name = name.clone();
             col.unsigned |= ty.to_ascii_lowercase().contains("unsigned");
             col.charset_name = charset.clone();
@@ -318,7 +314,7 @@ impl TableLookup for InfoSchema {
             .map_err(|e| server::query_error(q, e))?;
         schema.primary_key = pk
             .iter()
-            .filter_map(|n| cols.iter().position(|(c, _, _)| c == n))
+            .filter_map(|n| rows.iter().position(|(c, ..)| c == n))
             .collect();
         Ok(())
     }
