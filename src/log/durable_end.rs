@@ -19,9 +19,12 @@
 //! * `cuts` changes whenever the writer cuts the active segment (a failed write or
 //!   fsync, and every writable open, which may have cut a torn tail): a reader whose
 //!   read-ahead may hold cut bytes forgets it when the count moves.
-//! * 20 bytes: end u64 LE, cuts u64 LE, CRC-32 of those 16 bytes. A reader that finds
-//!   it missing, short or failing its CRC (a log written before this file existed, or
-//!   a read that raced a rewrite) treats it as absent.
+//! * 20 bytes: end u64 LE, cuts u64 LE, CRC-32 of those 16 bytes. A missing file
+//!   means a log written before this file existed: all its segments hold counts. A
+//!   file that is there but short or failing its CRC after a few reads apart (a read
+//!   that keeps racing rewrites, or a file a power failure tore) is [`Marked::Unreadable`]:
+//!   a reader that already follows the writer then shows nothing new, never the
+//!   unsynced tail.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -67,11 +70,47 @@ fn decode(b: &[u8]) -> Option<DurableEnd> {
     })
 }
 
-/// Reads the file in `partition_dir`, `None` when it is absent or not whole. A read
-/// that races the writer's rewrite can see a mix of both; one more read settles it.
-pub(crate) fn read(partition_dir: &Path) -> Option<DurableEnd> {
+/// What a read of the file found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Marked {
+    /// No file: a log of a rowlog older than it, whose files hold only counted records.
+    Absent,
+    /// A file that is not whole, or could not be read: what is synced is unknown.
+    Unreadable,
+    At(DurableEnd),
+}
+
+impl Marked {
+    pub fn cuts(self) -> Option<u64> {
+        match self {
+            Marked::At(d) => Some(d.cuts),
+            _ => None,
+        }
+    }
+}
+
+/// Reads the file in `partition_dir`. A read that races the writer's rewrite can see a
+/// mix of both (a buffered write and read of the same page are not atomic to each
+/// other); the writer rewrites at most once per fsync, so a few reads a millisecond
+/// apart settle it.
+pub(crate) fn read(partition_dir: &Path) -> Marked {
+    const TRIES: usize = 5;
     let p = path(partition_dir);
-    (0..2).find_map(|_| std::fs::read(&p).ok().and_then(|b| decode(&b)))
+    for attempt in 0..TRIES {
+        match std::fs::read(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Marked::Absent,
+            Ok(b) => {
+                if let Some(d) = decode(&b) {
+                    return Marked::At(d);
+                }
+            }
+            Err(_) => {}
+        }
+        if attempt + 1 < TRIES {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    Marked::Unreadable
 }
 
 /// The writer's handle on the file.
@@ -104,19 +143,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_damaged_or_short_file_reads_as_absent() {
+    fn a_damaged_or_short_file_reads_as_unreadable_and_a_missing_one_as_absent() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read(dir.path()), None, "no file");
+        assert_eq!(read(dir.path()), Marked::Absent, "no file");
         let d = DurableEnd { end: 42, cuts: 7 };
         let w = Writer::open(dir.path(), d).unwrap();
-        assert_eq!(read(dir.path()), Some(d));
-        w.store(DurableEnd { end: 43, cuts: 7 }).unwrap();
-        assert_eq!(read(dir.path()).map(|d| d.end), Some(43));
+        assert_eq!(read(dir.path()), Marked::At(d));
+        let later = DurableEnd { end: 43, cuts: 7 };
+        w.store(later).unwrap();
+        assert_eq!(read(dir.path()), Marked::At(later));
         let mut bytes = std::fs::read(path(dir.path())).unwrap();
         bytes[3] ^= 1;
         std::fs::write(path(dir.path()), &bytes).unwrap();
-        assert_eq!(read(dir.path()), None, "a flipped bit fails the CRC");
+        assert_eq!(
+            read(dir.path()),
+            Marked::Unreadable,
+            "a flipped bit fails the CRC"
+        );
         std::fs::write(path(dir.path()), &bytes[..10]).unwrap();
-        assert_eq!(read(dir.path()), None, "a short file");
+        assert_eq!(read(dir.path()), Marked::Unreadable, "a short file");
     }
 }

@@ -27,7 +27,7 @@ use rowlog_api::ChangeId;
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::durable_end::{self, DurableEnd};
+use super::durable_end::{self, DurableEnd, Marked};
 use super::frame::{self, HEADER_LEN, MAX_PAYLOAD};
 use super::index::{self, Entry, IndexMark, SegmentIndex};
 use super::{atomic_file, io, record, LogError};
@@ -261,7 +261,15 @@ impl Partition {
         // Read before recovery: a writable open counts as one more cut (it may cut a
         // torn tail), so the count read-only openers watch moves across restarts.
         let marked = durable_end::read(dir);
-        let cuts_at_open = marked.map_or(0, |m| m.cuts.wrapping_add(1));
+        let cuts_at_open = match marked {
+            Marked::At(m) => m.cuts.wrapping_add(1),
+            Marked::Absent => 0,
+            // A torn file (no writer runs while a writable open holds the lock): its
+            // count is lost, so take one no reader can have seen in it.
+            Marked::Unreadable => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64),
+        };
         let mut bases = list_segments(dir)?;
         if bases.is_empty() && writable {
             File::create(dir.join(segment_name(0))).map_err(io("create", dir))?;
@@ -400,18 +408,23 @@ impl Partition {
                     valid_len: scan.valid_len,
                     records: next - active_base,
                     index: scan.index,
-                    seen_cuts: marked.map(|m| m.cuts),
+                    seen_cuts: marked.cuts(),
                 };
                 (None, Some(Mutex::new(f)))
             }
-            None => (
-                None,
-                Some(Mutex::new(Follow::at(0, marked.map(|m| m.cuts)))),
-            ),
+            None => (None, Some(Mutex::new(Follow::at(0, marked.cuts())))),
         };
         // A read-only opener sees what the writer has synced, not all the file holds.
         let visible = match (writable, marked) {
-            (false, Some(m)) => next.min(m.end),
+            (false, Marked::At(m)) => next.min(m.end),
+            // Not whole after reads apart: not a race with a running writer (it
+            // rewrites the file at most once per fsync) but a file a power failure
+            // tore. No writer has run since, and the one that opens next counts every
+            // whole record as durable, so the whole records are what there is.
+            (false, Marked::Unreadable) => {
+                warn!(partition = id, file = %durable_end::path(dir).display(), "the durable-end file is not whole; showing every whole record of the log");
+                next
+            }
             _ => next,
         };
         let (durable, _) = watch::channel(visible);
@@ -943,7 +956,7 @@ impl Partition {
         // the segment it began). Either way, scan again from the start of the newest
         // segment left at or before it, and make cursors forget their read-ahead
         // before any new end is published.
-        let cut = matches!((f.seen_cuts, marked), (Some(seen), Some(m)) if seen != m.cuts);
+        let cut = matches!((f.seen_cuts, marked), (Some(seen), Marked::At(m)) if seen != m.cuts);
         let gone = !bases.is_empty() && !bases.contains(&f.base);
         if cut || gone {
             let base = bases.iter().rev().copied().find(|&b| b <= f.base);
@@ -955,7 +968,9 @@ impl Partition {
                 .retain(|s| s.base <= base);
             self.cuts.fetch_add(1, Ordering::SeqCst);
         }
-        f.seen_cuts = marked.map(|m| m.cuts).or(f.seen_cuts);
+        // A log without the file (an older rowlog's): every whole record counts.
+        let unmarked = marked == Marked::Absent && f.seen_cuts.is_none();
+        f.seen_cuts = marked.cuts().or(f.seen_cuts);
         loop {
             let path = self.segment_path(f.base);
             let scan = scan_segment(
@@ -989,9 +1004,14 @@ impl Partition {
                 *f = Follow::at(end, f.seen_cuts);
                 continue;
             }
-            // Only what the writer has synced (all the file holds when an older
-            // rowlog wrote the log and left no durable-end file).
-            let end = marked.map_or(end, |m| end.min(m.end));
+            // Only what the writer has synced: all the file holds when an older rowlog
+            // wrote the log and left no durable-end file, nothing new when the file
+            // could not be read whole or went missing after being seen.
+            let end = match marked {
+                Marked::At(m) => end.min(m.end),
+                _ if unmarked => end,
+                _ => self.end(),
+            };
             self.durable.send_if_modified(|d| {
                 let changed = end > *d;
                 *d = (*d).max(end);
@@ -1452,6 +1472,35 @@ mod tests {
                 "offset {o}: the tool handed out a record of the writer before its restart"
             );
         }
+    }
+
+    /// A durable-end file that cannot be read whole (a read racing the writer's rewrite
+    /// every time, a torn file) tells a read-only view nothing: it shows nothing new,
+    /// not the unsynced tail, until the file reads whole again.
+    #[test]
+    fn a_read_only_view_shows_nothing_new_while_the_durable_end_is_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p0");
+        let p = Partition::open(&path, 0, 64 << 20, true).unwrap();
+        write(&p, 0, 10).unwrap();
+        assert_eq!(p.sync(10).unwrap(), 10);
+        let tool = Partition::open(&path, 0, 64 << 20, false).unwrap();
+        assert_eq!(tool.end(), 10);
+
+        write(&p, 10, 5).unwrap();
+        let marker = durable_end::path(&path);
+        let mut torn = fs::read(&marker).unwrap();
+        torn[0] ^= 0xff;
+        // Written over in place: the writer's handle still writes this file.
+        fs::write(&marker, &torn).unwrap();
+        assert_eq!(
+            tool.refresh().unwrap(),
+            10,
+            "unsynced records, unknown end: not shown"
+        );
+
+        assert_eq!(p.sync(15).unwrap(), 15);
+        assert_eq!(tool.refresh().unwrap(), 15, "the writer rewrote it whole");
     }
 
     /// A sealed segment's index entry that lies about the segment's end (a flipped
