@@ -602,66 +602,91 @@ pub async fn preflight(config: &SourceConfig) -> Result<ServerSettings, SourceEr
 
 /// Whether a column the table map types as `ty` can be the column whose
 /// `information_schema.COLUMNS.DATA_TYPE` is `data_type` (lower case on both servers).
-/// By family only: lengths and precisions change with DDL that keeps a column's
-/// place, which labels nothing wrongly. A type rowlog passes through as bytes fits
-/// anything.
+/// By broad family only: integers, fractional numbers, times, bits, strings and
+/// bytes, geometries. Lengths, precisions and widenings within a family (`MODIFY n
+/// BIGINT` of an INT, CHAR to VARCHAR, DATE to DATETIME) keep a column's place and
+/// label nothing wrongly; stopping on them would stop a reader for a routine ALTER
+/// that FULL metadata could not have helped the events before it. A column moved
+/// across families is what this catches. A type rowlog passes through as bytes, or a
+/// data type it does not know, fits anything.
 fn binlog_type_fits(ty: &ColumnType, data_type: &str) -> bool {
-    let d = data_type.to_ascii_lowercase();
-    let allowed: &[&str] = match ty {
-        ColumnType::TinyInt => &["tinyint"],
-        ColumnType::SmallInt => &["smallint"],
-        ColumnType::MediumInt => &["mediumint"],
-        ColumnType::Int => &["int"],
-        ColumnType::BigInt => &["bigint"],
-        ColumnType::Float => &["float"],
-        ColumnType::Double => &["double"],
-        ColumnType::Decimal { .. } => &["decimal"],
-        ColumnType::Date => &["date"],
-        ColumnType::DateTime { .. } => &["datetime"],
-        ColumnType::Timestamp { .. } => &["timestamp"],
-        ColumnType::Time { .. } => &["time"],
-        ColumnType::Year => &["year"],
-        ColumnType::Bit { .. } => &["bit"],
-        // MariaDB's UUID, INET4 and INET6 travel as BINARY(n); ENUM and SET as CHAR
-        // when the table map's metadata does not name them.
-        ColumnType::FixedString { .. } => {
-            &["char", "binary", "uuid", "inet4", "inet6", "enum", "set"]
-        }
-        ColumnType::VarString { .. } => &["varchar", "varbinary"],
-        // MariaDB's JSON is LONGTEXT.
-        ColumnType::Blob => &[
-            "tinyblob",
-            "blob",
-            "mediumblob",
-            "longblob",
-            "tinytext",
-            "text",
-            "mediumtext",
-            "longtext",
-            "json",
-        ],
-        ColumnType::Enum => &["enum"],
-        ColumnType::Set => &["set"],
-        ColumnType::Json => &["json"],
-        ColumnType::Geometry => &[
-            "geometry",
-            "point",
-            "linestring",
-            "polygon",
-            "multipoint",
-            "multilinestring",
-            "multipolygon",
-            "geometrycollection",
-            "geomcollection",
-        ],
+    #[derive(PartialEq)]
+    enum Family {
+        Integer,
+        Fraction,
+        Time,
+        Bit,
+        Text,
+        Geometry,
+    }
+    let binlog = match ty {
+        ColumnType::TinyInt
+        | ColumnType::SmallInt
+        | ColumnType::MediumInt
+        | ColumnType::Int
+        | ColumnType::BigInt
+        | ColumnType::Year => Family::Integer,
+        ColumnType::Float | ColumnType::Double | ColumnType::Decimal { .. } => Family::Fraction,
+        ColumnType::Date
+        | ColumnType::DateTime { .. }
+        | ColumnType::Timestamp { .. }
+        | ColumnType::Time { .. } => Family::Time,
+        ColumnType::Bit { .. } => Family::Bit,
+        // MariaDB's UUID, INET4 and INET6 travel as BINARY(n), its JSON as LONGTEXT,
+        // ENUM and SET as CHAR when the table map's metadata does not name them.
+        ColumnType::FixedString { .. }
+        | ColumnType::VarString { .. }
+        | ColumnType::Blob
+        | ColumnType::Enum
+        | ColumnType::Set
+        | ColumnType::Json => Family::Text,
+        ColumnType::Geometry => Family::Geometry,
         ColumnType::Other(_) => return true,
     };
-    allowed.contains(&d.as_str())
+    let listed = match data_type.to_ascii_lowercase().as_str() {
+        "tinyint" | "smallint" | "mediumint" | "int" | "bigint" | "year" => Family::Integer,
+        "float" | "double" | "decimal" => Family::Fraction,
+        "date" | "datetime" | "timestamp" | "time" => Family::Time,
+        "bit" => Family::Bit,
+        "char" | "varchar" | "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob"
+        | "longblob" | "tinytext" | "text" | "mediumtext" | "longtext" | "json" | "enum"
+        | "set" | "uuid" | "inet4" | "inet6" | "vector" => Family::Text,
+        "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring"
+        | "multipolygon" | "geometrycollection" | "geomcollection" => Family::Geometry,
+        _ => return true,
+    };
+    binlog == listed
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Without FULL metadata the table map's types are checked against the columns
+    /// listed now: a widening in place passes, a column of another family there stops.
+    #[test]
+    fn a_column_widened_in_place_fits_and_one_of_another_family_does_not() {
+        for (ty, now) in [
+            (ColumnType::Int, "bigint"),
+            (ColumnType::TinyInt, "int"),
+            (ColumnType::Float, "double"),
+            (ColumnType::Date, "datetime"),
+            (ColumnType::FixedString { max_bytes: 10 }, "varchar"),
+            (ColumnType::VarString { max_bytes: 10 }, "text"),
+            (ColumnType::FixedString { max_bytes: 16 }, "uuid"),
+        ] {
+            assert!(binlog_type_fits(&ty, now), "{ty:?} widened to {now}");
+        }
+        for (ty, now) in [
+            (ColumnType::Int, "varchar"),
+            (ColumnType::VarString { max_bytes: 10 }, "int"),
+            (ColumnType::Double, "datetime"),
+            (ColumnType::Timestamp { fsp: 0 }, "bigint"),
+            (ColumnType::Blob, "point"),
+        ] {
+            assert!(!binlog_type_fits(&ty, now), "{ty:?} is not a {now}");
+        }
+    }
 
     #[test]
     fn a_mysql_gtid_set_goes_into_the_dump_request_as_half_open_intervals() {
