@@ -5,10 +5,11 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{Daemon, Pair};
+use common::{Daemon, InProcess, Pair};
 use mysql_async::prelude::Queryable;
+use rowlog::pipeline::Stats;
 use rowlog::testkit::{MariaDb, ServerOptions};
 
 async fn gtid_pos(server: &MariaDb, var: &str) -> String {
@@ -55,6 +56,16 @@ async fn source_replica_and_config() -> (Pair, MariaDb, String, std::path::PathB
     let config = pair.dir.path().join("rowlog.toml");
     std::fs::write(&config, &toml).unwrap();
     (pair, replica, toml, config)
+}
+
+/// What `rowlog offsets show` prints for `config`.
+fn offsets_show(config: &std::path::Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rowlog"))
+        .args(["offsets", "show", "-c"])
+        .arg(config)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 async fn replica_catches_up(pair: &Pair, replica: &MariaDb) {
@@ -150,12 +161,7 @@ async fn resuming_by_gtid_continues_on_another_server_of_the_topology() {
     daemon.terminate_cleanly();
 
     // The stored checkpoint now belongs to the new server, in a new epoch.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rowlog"))
-        .args(["offsets", "show", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&out.stdout);
+    let out = offsets_show(&config);
     assert!(out.contains("server_id 3, epoch 1"), "{out}");
     assert!(
         out.contains(&gtid_pos(&replica, "gtid_binlog_pos").await),
@@ -163,16 +169,23 @@ async fn resuming_by_gtid_continues_on_another_server_of_the_topology() {
     );
 }
 
-/// A failover, a crash before the next checkpoint, and a failback: the log's newest
-/// changes are the replica's (a later reading epoch) while the checkpoint is still the
-/// old source's. The old source's new changes must not be taken for ones already
-/// logged: before, they sorted before the replica's and were dropped.
+/// A failover stores a checkpoint on the new server, in its new epoch, before it logs
+/// anything read there; then a crash before the next checkpoint neither repeats nor
+/// loses a change. Restarted on the same server, the changes it had logged are
+/// dropped as held (a keyless table would get them twice: before, they were read
+/// again in yet another epoch). Failed back to the old source, its new changes are
+/// not taken for ones already logged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failback_after_a_crash_between_checkpoints_loses_nothing() {
+async fn a_crash_after_a_failover_neither_repeats_nor_loses_a_change() {
     let (pair, replica, toml, config) = source_replica_and_config().await;
-    // Checkpoints at most once a minute: the crash below comes before the next one.
-    let toml = toml.replace("[log]\n", "[log]\ncheckpoint_interval_ms = 60000\n");
+    // Checkpoints at most once a minute: the crashes below come before the next one.
+    let toml = toml
+        .replace("[log]\n", "[log]\ncheckpoint_interval_ms = 60000\n")
+        .replace("[source]\n", "[source]\nno_pk = \"full_row\"\n");
     std::fs::write(&config, &toml).unwrap();
+    let keyless = "CREATE TABLE app.k (v INT NOT NULL)";
+    pair.dst.exec(&[keyless]).await.unwrap();
+    pair.src.exec(&[keyless]).await.unwrap();
     let daemon = Daemon::spawn(&config, pair.dir.path().join("first.log"));
     pair.src
         .exec(&["INSERT INTO app.t SELECT seq, seq FROM app.seq_1_to_100"])
@@ -185,30 +198,58 @@ async fn a_failback_after_a_crash_between_checkpoints_loses_nothing() {
     replica_catches_up(&pair, &replica).await;
 
     // Failover to the replica, which takes writes; rowlog logs them in epoch 1 and is
-    // killed before it stores a checkpoint.
-    std::fs::write(&config, toml.replace(&pair.src.url(), &replica.url())).unwrap();
+    // killed long before a checkpoint falls due.
+    let on_replica = toml.replace(&pair.src.url(), &replica.url());
+    std::fs::write(&config, &on_replica).unwrap();
     let daemon = Daemon::spawn(&config, pair.dir.path().join("second.log"));
     replica
         .exec(&[
             "STOP SLAVE",
             "INSERT INTO app.t SELECT seq, seq FROM app.seq_101_to_150",
+            "INSERT INTO app.k SELECT seq FROM app.seq_1_to_50",
         ])
         .await
         .unwrap();
     let mut d = pair.dst.conn().await.unwrap();
     common::wait_for_count(
         &mut d,
-        "SELECT COUNT(*) FROM app.t",
-        150,
+        "SELECT (SELECT COUNT(*) FROM app.t) + (SELECT COUNT(*) FROM app.k)",
+        200,
         "the replica's rows",
     )
     .await;
     daemon.kill();
+    let out = offsets_show(&config);
+    assert!(
+        out.contains("server_id 3, epoch 1"),
+        "the new epoch was checkpointed before its changes were logged: {out}"
+    );
+
+    // Restarted on the replica: what the log holds is not logged again.
+    let daemon = Daemon::spawn(&config, pair.dir.path().join("third.log"));
+    replica
+        .exec(&["INSERT INTO app.k SELECT seq FROM app.seq_51_to_60"])
+        .await
+        .unwrap();
+    common::wait_for_count(
+        &mut d,
+        "SELECT COUNT(*) FROM app.k WHERE v > 50",
+        10,
+        "the replica's rows after the restart",
+    )
+    .await;
+    let keyless: (u64, u64) = d
+        .query_first("SELECT COUNT(*), COUNT(DISTINCT v) FROM app.k")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(keyless, (60, 60), "each keyless row once: (rows, distinct)");
+    daemon.kill();
 
     // Failback: the old source takes writes again and rowlog reads it from the
-    // checkpoint.
+    // checkpoint, which holds the GTID state both servers share.
     std::fs::write(&config, &toml).unwrap();
-    let daemon = Daemon::spawn(&config, pair.dir.path().join("third.log"));
+    let daemon = Daemon::spawn(&config, pair.dir.path().join("fourth.log"));
     pair.src
         .exec(&[
             "INSERT INTO app.t SELECT seq, -seq FROM app.seq_1001_to_1040",
@@ -230,8 +271,82 @@ async fn a_failback_after_a_crash_between_checkpoints_loses_nothing() {
     );
     let log = daemon.log();
     assert!(
-        log.contains("reading from the checkpoint in a new epoch"),
+        log.contains("resuming by GTID on another server of the topology"),
         "{log}"
     );
     daemon.terminate_cleanly();
+}
+
+/// A failover while rowlog reads a large transaction: the stream is cut in its middle
+/// and the same address now leads to the replica, which rowlog reads in a new epoch
+/// and which sends the transaction again from its start. The changes rowlog already
+/// logged are dropped by GTID and count; each row of a keyless table arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_in_the_middle_of_a_transaction_logs_each_change_once() {
+    const ROWS: u64 = 20_000;
+    let (pair, replica, _, _) = source_replica_and_config().await;
+    let keyless = "CREATE TABLE app.k (v INT NOT NULL, pad CHAR(200) NOT NULL)";
+    pair.dst.exec(&[keyless]).await.unwrap();
+    pair.src.exec(&[keyless]).await.unwrap();
+    let proxy = rowlog::testkit::Proxy::start(pair.src.port).await.unwrap();
+    let mut cfg = pair.config(2, 4);
+    cfg.source.url = format!("mysql://root@127.0.0.1:{}/", proxy.port);
+    cfg.source.resume_by = rowlog_mysql_binlog::ResumeBy::Gtid;
+    cfg.source.no_pk = rowlog_mysql_binlog::NoPrimaryKey::FullRow;
+    let rowlog = InProcess::start(cfg);
+    pair.src
+        .exec(&["INSERT INTO app.t SELECT seq, seq FROM app.seq_1_to_10"])
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+
+    // The stream slowed down, one transaction of ~4 MiB of rows.
+    proxy.set_latency(Duration::from_millis(50));
+    let before = Stats::get(&rowlog.stats.source_changes);
+    pair.src
+        .exec(&[&format!(
+            "INSERT INTO app.k SELECT seq, REPEAT('p', 200) FROM app.seq_1_to_{ROWS}"
+        )])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Stats::get(&rowlog.stats.source_changes) < before + 1_000 {
+        assert!(
+            Instant::now() < deadline,
+            "rowlog did not read the transaction"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.cut();
+    let read = Stats::get(&rowlog.stats.source_changes) - before;
+    assert!(
+        read < ROWS,
+        "the cut came after the whole transaction was read ({read} changes)"
+    );
+    replica_catches_up(&pair, &replica).await;
+    replica.exec(&["STOP SLAVE"]).await.unwrap();
+    proxy.switch_upstream(replica.port);
+    proxy.set_latency(Duration::ZERO);
+    proxy.restore();
+
+    let mut d = pair.dst.conn().await.unwrap();
+    common::wait_for_count(
+        &mut d,
+        "SELECT COUNT(DISTINCT v) FROM app.k",
+        ROWS,
+        "every row of the transaction",
+    )
+    .await;
+    let rows: u64 = d
+        .query_first("SELECT COUNT(*) FROM app.k")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rows, ROWS, "each row once");
+    assert!(
+        Stats::get(&rowlog.stats.duplicates_dropped) >= read,
+        "the {read} changes read before the cut came again and were dropped"
+    );
+    rowlog.stop().await;
 }

@@ -107,9 +107,11 @@ where
 
 /// The resume point to read from, in an epoch after every change the log holds.
 ///
-/// The checkpoint lags the log by up to its interval. When the log's newest changes
-/// are of a later epoch than the checkpoint (rowlog moved to another server after the
-/// checkpoint, then stopped without storing one), reading from the checkpoint in its
+/// The checkpoint lags the log by up to its interval, but a new epoch is checkpointed
+/// before any of its changes is logged (`Appender::epoch_moved`). A log an older
+/// rowlog wrote can still hold changes of a later epoch than the checkpoint (rowlog
+/// moved to another server after the checkpoint, then stopped without storing one):
+/// reading from the checkpoint in its
 /// own epoch would make every change read sort before them and be dropped as already
 /// logged: after a failback to the checkpoint's server, its new changes would be lost.
 /// Which server the log's epoch belongs to is not recorded, so the re-read starts an
@@ -393,15 +395,20 @@ impl RowsRead {
 /// failover) their positions, and so their ids, belong to a new epoch and sort after
 /// everything held: only the GTID says they are the same changes. Under row-based
 /// replication a server sends a transaction's rows in the order its origin wrote them,
-/// so the first `held` changes of that GTID are the ones already held. Kept in memory
-/// only: after a crash the log's last ids are all there is (README, known defects).
+/// so the first `held` changes of that GTID are the ones already held. Each held
+/// change leaves a fingerprint (its key's hash and its operation) that a change sent
+/// again must match: two servers that disagree on a transaction of one GTID (a split
+/// brain) get their changes kept from the first that differs, with a warning, never
+/// dropped. Kept in memory only: a crash after a failover resumes in the epoch
+/// checkpointed at its start ([`Appender::epoch_moved`]), where the log's last ids drop
+/// what it holds.
 #[derive(Default)]
 struct ResentByGtid {
     /// The transaction being read.
     open: Option<OpenTxn>,
-    /// The transaction a reconnect cut off. The new stream may send other transactions
-    /// (other replication domains) before it.
-    cut: Option<OpenTxn>,
+    /// Transactions reconnects cut off, newest last. The new stream may send other
+    /// transactions (other replication domains) before one of them, and be cut too.
+    cut: Vec<OpenTxn>,
 }
 
 struct OpenTxn {
@@ -410,30 +417,56 @@ struct OpenTxn {
     held: u64,
     /// Its changes seen on this connection.
     seen: u64,
+    /// The fingerprints of the first held changes, up to [`MAX_PRINTS`] (past them,
+    /// the count alone decides).
+    prints: Vec<u64>,
+    /// A change sent again differed from the one held: nothing more is dropped.
+    diverged: bool,
 }
 
+/// Bounds the fingerprints kept for one transaction: 8 MiB.
+const MAX_PRINTS: usize = 1 << 20;
+/// Bounds the cut-off transactions remembered: one per replication domain in flight.
+const MAX_CUT: usize = 16;
+
 impl ResentByGtid {
-    /// Whether this change of transaction `gtid` is one already held.
-    fn is_resent(&mut self, gtid: &Gtid) -> bool {
+    /// Whether this change of transaction `gtid`, fingerprint `print`, is one already
+    /// held.
+    fn is_resent(&mut self, gtid: &Gtid, print: u64) -> bool {
         let t = match &mut self.open {
             Some(t) if t.gtid == *gtid => t,
             open => {
-                let again = self.cut.take_if(|t| t.gtid == *gtid);
+                let again = self
+                    .cut
+                    .iter()
+                    .position(|t| t.gtid == *gtid)
+                    .map(|i| self.cut.remove(i));
                 open.insert(match again {
                     Some(t) => OpenTxn { seen: 0, ..t },
                     None => OpenTxn {
                         gtid: gtid.clone(),
                         held: 0,
                         seen: 0,
+                        prints: Vec::new(),
+                        diverged: false,
                     },
                 })
             }
         };
         t.seen += 1;
-        if t.seen <= t.held {
-            return true;
+        if !t.diverged && t.seen <= t.held {
+            match t.prints.get((t.seen - 1) as usize) {
+                Some(&held) if held != print => {
+                    warn!(gtid = %t.gtid, change = t.seen, "a transaction sent again differs from the one logged (two servers disagree on this GTID): its changes from here on are logged too");
+                    t.diverged = true;
+                }
+                _ => return true,
+            }
         }
         t.held += 1;
+        if t.prints.len() < MAX_PRINTS {
+            t.prints.push(print);
+        }
         false
     }
 
@@ -445,13 +478,14 @@ impl ResentByGtid {
                 if self.open.as_ref().is_some_and(|t| t.gtid == *g) {
                     self.open = None;
                 }
-                if self.cut.as_ref().is_some_and(|t| t.gtid == *g) {
-                    self.cut = None;
-                }
+                self.cut.retain(|t| t.gtid != *g);
             }
             None => {
                 if let Some(t) = self.open.take() {
-                    self.cut = Some(t);
+                    if self.cut.len() == MAX_CUT {
+                        self.cut.remove(0);
+                    }
+                    self.cut.push(t);
                 }
             }
         }
@@ -477,6 +511,20 @@ struct Appender<L> {
 }
 
 impl<L: PartitionedLog> Appender<L> {
+    /// Whether the source reads in a newer epoch than the stored checkpoint (another
+    /// server after a failover, or `rowlog source reset`). Its positions compare with
+    /// nothing the log holds, so until a checkpoint of the new epoch is stored, a
+    /// restart would read its changes again in yet another epoch, where no id check
+    /// can drop them. Stored before any change of the new epoch is appended, a
+    /// restart resumes in the same epoch and drops what the log holds.
+    fn epoch_moved(&self) -> bool {
+        match (&self.position, &self.stored) {
+            (Some(p), Some(s)) => p.epoch > s.epoch,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
     fn take(
         &mut self,
         item: Item,
@@ -522,10 +570,20 @@ impl<L: PartitionedLog> Appender<L> {
                 Stats::add(&self.stats.source_changes, 1);
                 self.rows.add(&c.table, c.op, &self.metrics);
                 self.rows.commit_time_ms = self.rows.commit_time_ms.max(c.source.commit_time_ms);
-                let p = partition_of(key_hash(&c.routing_key_bytes()), self.partitions) as usize;
+                let routing = key_hash(&c.routing_key_bytes());
+                let p = partition_of(routing, self.partitions) as usize;
                 // Copied rows carry no GTID of their own transaction.
                 let resent = match &c.source.gtid {
-                    Some(g) if !c.source.id.is_copy() => self.resent.is_resent(g),
+                    Some(g) if !c.source.id.is_copy() => {
+                        // A table routed whole hashes its name alone: its key then
+                        // tells its changes apart.
+                        let key = if c.table.unique_keys.is_empty() {
+                            routing
+                        } else {
+                            key_hash(&c.key_bytes())
+                        };
+                        self.resent.is_resent(g, key.rotate_left(3) ^ c.op as u64)
+                    }
                     _ => false,
                 };
                 if resent
@@ -641,8 +699,9 @@ async fn append_loop<L: PartitionedLog>(
         let mut durable = Vec::new();
         app.take(first, &mut batch, &mut durable);
         let mut taken = 1;
-        // Injected rows are appended at once: the reader waits for them.
-        while taken < cfg.max_batch_changes && durable.is_empty() {
+        // Injected rows are appended at once: the reader waits for them. A new epoch is
+        // checkpointed before anything read after it.
+        while taken < cfg.max_batch_changes && durable.is_empty() && !app.epoch_moved() {
             match rx.try_recv() {
                 Ok(item) => {
                     app.take(item, &mut batch, &mut durable);
@@ -651,7 +710,8 @@ async fn append_loop<L: PartitionedLog>(
                 Err(_) => break,
             }
         }
-        let checkpoint_due = app.stored_at.elapsed() >= cfg.checkpoint_interval;
+        let checkpoint_due =
+            app.stored_at.elapsed() >= cfg.checkpoint_interval || app.epoch_moved();
         app.flush(batch, checkpoint_due).await?;
         for d in durable {
             let _ = d.send(());
@@ -682,7 +742,12 @@ mod tests {
     /// Change `k` of transaction `gtid`, read in `epoch` from a rows event at `pos`
     /// (another server has other positions).
     fn change_of(g: &Gtid, k: u64, epoch: u32, pos: u64) -> Item {
-        let mut c = change(&schema(), g.sequence() * 100 + k);
+        row_of(g, k, g.sequence() * 100 + k, epoch, pos)
+    }
+
+    /// Change `k` of transaction `gtid`, to the row of key `key`.
+    fn row_of(g: &Gtid, k: u64, key: u64, epoch: u32, pos: u64) -> Item {
+        let mut c = change(&schema(), key);
         c.source.gtid = Some(g.clone());
         c.source.id.epoch = epoch;
         c.source.id.event.pos = pos;
@@ -690,14 +755,19 @@ mod tests {
         Item::Event(SourceEvent::Change(c))
     }
 
+    /// A place read in `epoch` (each on its own server).
+    fn point(epoch: u32, pos: u64) -> ResumePoint {
+        ResumePoint {
+            position: format!("binlog.000001:{pos}").parse().unwrap(),
+            gtid_state: None,
+            server_id: 1 + epoch,
+            epoch,
+        }
+    }
+
     fn committed(g: Option<&Gtid>, epoch: u32, pos: u64) -> Item {
         Item::Event(SourceEvent::Committed {
-            resume: ResumePoint {
-                position: format!("binlog.000001:{pos}").parse().unwrap(),
-                gtid_state: None,
-                server_id: 1 + epoch,
-                epoch,
-            },
+            resume: point(epoch, pos),
             gtid: g.cloned(),
             commit_time_ms: 1_700_000_000_000,
         })
@@ -709,8 +779,6 @@ mod tests {
     /// otherwise get the first ones twice), and nothing after it is dropped.
     #[tokio::test]
     async fn a_transaction_sent_again_by_another_server_is_logged_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = EmbeddedLog::open(dir.path(), 4, 1 << 20).unwrap();
         let (t1, t2, other, t3) = (gtid(0, 1), gtid(0, 2), gtid(1, 9), gtid(0, 3));
         let mut items = vec![committed(None, 0, 4)];
         items.extend((0..3).map(|k| change_of(&t1, k, 0, 1000)));
@@ -726,6 +794,157 @@ mod tests {
         items.extend((0..2).map(|k| change_of(&t3, k, 1, 900)));
         items.push(committed(Some(&t3), 1, 1000));
 
+        let (logged, dropped) = logged_from(items).await;
+        let want = [
+            (1, 0, 0),
+            (1, 1, 0),
+            (1, 2, 0),
+            (2, 0, 0),
+            (2, 1, 0),
+            (2, 2, 0),
+            (2, 3, 1),
+            (2, 4, 1),
+            (3, 0, 1),
+            (3, 1, 1),
+            (9, 0, 1),
+        ];
+        assert_eq!(
+            logged, want,
+            "(transaction, change, epoch) of every logged change"
+        );
+        assert_eq!(dropped, 3);
+    }
+
+    /// A new epoch (the first place read on another server after a failover) is
+    /// checkpointed before any change read after it is appended, however far off the
+    /// next checkpoint by interval is: a crash then resumes in the same epoch, where
+    /// the log's ids drop what it holds.
+    #[tokio::test]
+    async fn a_new_epoch_is_checkpointed_before_anything_read_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path(), 4, 1 << 20).unwrap();
+        let (t1, t2) = (gtid(0, 1), gtid(0, 2));
+        let (tx, rx) = mpsc::channel(64);
+        let cfg = IngestConfig {
+            checkpoint_interval: Duration::from_secs(3600),
+            ..IngestConfig::default()
+        };
+        let looping = tokio::spawn(append_loop(
+            log.clone(),
+            rx,
+            Some(point(0, 4)),
+            cfg,
+            Arc::new(Stats::default()),
+            Arc::new(Metrics::new(4, Duration::from_secs(60))),
+        ));
+        let mut items: Vec<Item> = (0..3).map(|k| change_of(&t1, k, 0, 1000)).collect();
+        items.push(committed(Some(&t1), 0, 2000));
+        items.push(committed(None, 1, 500));
+        items.extend((0..3).map(|k| change_of(&t2, k, 1, 700)));
+        items.push(committed(Some(&t2), 1, 800));
+        for item in items {
+            tx.send(item).await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stored = loop {
+            let cp = log.checkpoint().await.unwrap();
+            if cp.as_ref().is_some_and(|c| c.resume.epoch == 1) || Instant::now() > deadline {
+                break cp;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let stored = stored.expect("a checkpoint was stored within 10 s");
+        assert_eq!(
+            (stored.resume.epoch, stored.resume.position.pos),
+            (1, 500),
+            "the new epoch's first place, stored without waiting for the interval"
+        );
+        assert_eq!(
+            stored.ends.iter().sum::<u64>(),
+            3,
+            "stored when only the changes before the new epoch were appended"
+        );
+        drop(tx);
+        looping.await.unwrap().unwrap();
+        let cp = log.checkpoint().await.unwrap().unwrap();
+        let logged: u64 = (0..4).map(|p| log.end_offset(p)).sum();
+        assert_eq!(logged, 6);
+        assert_eq!(
+            (
+                cp.ends.iter().sum::<u64>(),
+                cp.resume.epoch,
+                cp.resume.position.pos
+            ),
+            (6, 1, 800),
+            "the final checkpoint covers both epochs' changes"
+        );
+    }
+
+    /// A log an older rowlog left holding changes of a later epoch than its checkpoint:
+    /// the reader starts an epoch after them, so nothing it reads is taken for them.
+    #[tokio::test]
+    async fn a_checkpoint_older_than_the_log_is_read_in_an_epoch_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path(), 4, 1 << 20).unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(committed(None, 2, 4)).await.unwrap();
+        tx.send(change_of(&gtid(0, 1), 0, 2, 100)).await.unwrap();
+        drop(tx);
+        let stats = Arc::new(Stats::default());
+        let metrics = Arc::new(Metrics::new(4, Duration::from_secs(60)));
+        append_loop(
+            log.clone(),
+            rx,
+            None,
+            IngestConfig::default(),
+            stats,
+            metrics,
+        )
+        .await
+        .unwrap();
+        assert_eq!(newer_epoch_than_the_log(&log, point(1, 4)).epoch, 3);
+        assert_eq!(
+            newer_epoch_than_the_log(&log, point(2, 4)).epoch,
+            2,
+            "a checkpoint of the log's own epoch is read in it"
+        );
+    }
+
+    /// Two servers that disagree on a transaction of one GTID (a split brain): the
+    /// second sends other rows under it. What matches what the log holds is dropped;
+    /// from the first change that differs, everything is logged.
+    #[tokio::test]
+    async fn a_transaction_sent_again_with_other_rows_keeps_them() {
+        let t = gtid(0, 5);
+        let mut items = vec![committed(None, 0, 4)];
+        items.extend((0..3).map(|k| change_of(&t, k, 0, 1000)));
+        items.push(committed(None, 1, 500));
+        items.push(change_of(&t, 0, 1, 700));
+        items.extend((1..4).map(|k| row_of(&t, k, 9_000 + k, 1, 700)));
+        items.push(committed(Some(&t), 1, 800));
+
+        let (logged, dropped) = logged_from(items).await;
+        let want = [
+            (5, 0, 0),
+            (5, 1, 0),
+            (5, 1, 1),
+            (5, 2, 0),
+            (5, 2, 1),
+            (5, 3, 1),
+        ];
+        assert_eq!(
+            logged, want,
+            "(transaction, change, epoch) of every logged change"
+        );
+        assert_eq!(dropped, 1, "only the change that matches is dropped");
+    }
+
+    /// Runs the append loop over `items` into a fresh 4-partition log; returns
+    /// (GTID sequence, change index, epoch) of every change logged, sorted, and the
+    /// count of changes dropped as duplicates.
+    async fn logged_from(items: Vec<Item>) -> (Vec<(u64, u32, u32)>, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path(), 4, 1 << 20).unwrap();
         let (tx, rx) = mpsc::channel(items.len());
         for item in items {
             tx.send(item).await.unwrap();
@@ -760,23 +979,6 @@ mod tests {
             }
         }
         logged.sort();
-        let want = [
-            (1, 0, 0),
-            (1, 1, 0),
-            (1, 2, 0),
-            (2, 0, 0),
-            (2, 1, 0),
-            (2, 2, 0),
-            (2, 3, 1),
-            (2, 4, 1),
-            (3, 0, 1),
-            (3, 1, 1),
-            (9, 0, 1),
-        ];
-        assert_eq!(
-            logged, want,
-            "(transaction, change, epoch) of every logged change"
-        );
-        assert_eq!(stats.duplicates_dropped.load(Ordering::Relaxed), 3);
+        (logged, stats.duplicates_dropped.load(Ordering::Relaxed))
     }
 }

@@ -4,13 +4,14 @@
 //! time), holds back the server's replies (the
 //! server gets and acts on every request, rowlog hears nothing back), cuts it right
 //! after one chosen request reached the server (a COMMIT whose outcome the client
-//! cannot know), or slows it (each chunk waits).
+//! cannot know), or slows it (each chunk waits). New connections can be sent to
+//! another server (a failover behind one address, as a virtual IP or a router does).
 //!
 //! Faults are what the network does to rowlog, so they are injected between rowlog
 //! and the servers, not inside either.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +27,8 @@ const DEAF: u8 = 3;
 #[derive(Default)]
 struct Control {
     mode: AtomicU8,
+    /// The loopback port new connections go to.
+    upstream: AtomicU16,
     /// Connections numbered at or below this stall, whatever the mode: see
     /// [`Proxy::stall_open`]. 0: none.
     stalled_up_to: AtomicU64,
@@ -73,6 +76,7 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let control = Arc::new(Control::default());
+        control.upstream.store(upstream, Ordering::Release);
         let ctl = control.clone();
         let acceptor = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -82,6 +86,7 @@ impl Proxy {
                 }
                 let ctl2 = ctl.clone();
                 let number = ctl.opened.fetch_add(1, Ordering::AcqRel) + 1;
+                let upstream = ctl.upstream.load(Ordering::Acquire);
                 let task = tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
                         return;
@@ -148,6 +153,12 @@ impl Proxy {
     /// asked, the client cannot know it.
     pub fn hold_replies(&self) {
         self.control.mode.store(DEAF, Ordering::Release);
+    }
+
+    /// New connections go to `127.0.0.1:upstream` from now on; open ones stay where
+    /// they are (cut them to move everything).
+    pub fn switch_upstream(&self, upstream: u16) {
+        self.control.upstream.store(upstream, Ordering::Release);
     }
 
     pub fn restore(&self) {

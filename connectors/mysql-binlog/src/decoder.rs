@@ -7,7 +7,9 @@
 //! continues across rows events that share one end position (the events unpacked from
 //! a compressed TRANSACTION_PAYLOAD all report the payload's), so ids stay strictly
 //! increasing. A `Committed` carries the end of the event that closed the group (XID,
-//! COMMIT, a standalone DDL, or a real ROTATE): a valid place to resume.
+//! COMMIT, a standalone DDL, or a real ROTATE): a valid place to resume. After a
+//! connection by GTID, the place the stream starts at is passed on as a `Committed`
+//! without a GTID as soon as the stream shows it.
 //!
 //! # What is never skipped
 //! Event types this module does not know stop decoding with
@@ -235,6 +237,9 @@ impl Decoder {
     }
 
     /// After a connection by GTID: the stream has shown the position it resumes at.
+    /// It is a boundary (no group is open before the first one), passed on as one: on
+    /// another server it is the first resume point of a new epoch, which the source
+    /// stage checkpoints before it logs anything read after it.
     fn start_at(&mut self, pos: u64) {
         if !self.position_known {
             self.position_known = true;
@@ -249,6 +254,11 @@ impl Decoder {
                 server_id: self.server_id,
                 epoch: self.epoch,
             };
+            self.pending.push_back(SourceEvent::Committed {
+                resume: self.resume_point.clone(),
+                gtid: None,
+                commit_time_ms: 0,
+            });
         }
     }
 
