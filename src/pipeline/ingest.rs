@@ -409,6 +409,9 @@ struct ResentByGtid {
     /// Transactions reconnects cut off, newest last. The new stream may send other
     /// transactions (other replication domains) before one of them, and be cut too.
     cut: Vec<OpenTxn>,
+    /// The fingerprint buffer of the last transaction that committed, reused: one
+    /// allocation per run, not one per transaction.
+    spare: Vec<u64>,
 }
 
 struct OpenTxn {
@@ -447,7 +450,7 @@ impl ResentByGtid {
                         gtid: gtid.clone(),
                         held: 0,
                         seen: 0,
-                        prints: Vec::new(),
+                        prints: std::mem::take(&mut self.spare),
                         diverged: false,
                     },
                 })
@@ -475,8 +478,9 @@ impl ResentByGtid {
     fn committed(&mut self, gtid: Option<&Gtid>) {
         match gtid {
             Some(g) => {
-                if self.open.as_ref().is_some_and(|t| t.gtid == *g) {
-                    self.open = None;
+                if let Some(mut t) = self.open.take_if(|t| t.gtid == *g) {
+                    t.prints.clear();
+                    self.spare = t.prints;
                 }
                 self.cut.retain(|t| t.gtid != *g);
             }
@@ -890,18 +894,7 @@ mod tests {
         tx.send(committed(None, 2, 4)).await.unwrap();
         tx.send(change_of(&gtid(0, 1), 0, 2, 100)).await.unwrap();
         drop(tx);
-        let stats = Arc::new(Stats::default());
-        let metrics = Arc::new(Metrics::new(4, Duration::from_secs(60)));
-        append_loop(
-            log.clone(),
-            rx,
-            None,
-            IngestConfig::default(),
-            stats,
-            metrics,
-        )
-        .await
-        .unwrap();
+        append_all(&log, rx).await;
         assert_eq!(newer_epoch_than_the_log(&log, point(1, 4)).epoch, 3);
         assert_eq!(
             newer_epoch_than_the_log(&log, point(2, 4)).epoch,
@@ -942,14 +935,8 @@ mod tests {
     /// Runs the append loop over `items` into a fresh 4-partition log; returns
     /// (GTID sequence, change index, epoch) of every change logged, sorted, and the
     /// count of changes dropped as duplicates.
-    async fn logged_from(items: Vec<Item>) -> (Vec<(u64, u32, u32)>, u64) {
-        let dir = tempfile::tempdir().unwrap();
-        let log = EmbeddedLog::open(dir.path(), 4, 1 << 20).unwrap();
-        let (tx, rx) = mpsc::channel(items.len());
-        for item in items {
-            tx.send(item).await.unwrap();
-        }
-        drop(tx);
+    /// Runs the append loop with default settings from no checkpoint until `rx` ends.
+    async fn append_all(log: &EmbeddedLog, rx: mpsc::Receiver<Item>) -> Arc<Stats> {
         let stats = Arc::new(Stats::default());
         let metrics = Arc::new(Metrics::new(4, Duration::from_secs(60)));
         append_loop(
@@ -962,6 +949,18 @@ mod tests {
         )
         .await
         .unwrap();
+        stats
+    }
+
+    async fn logged_from(items: Vec<Item>) -> (Vec<(u64, u32, u32)>, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path(), 4, 1 << 20).unwrap();
+        let (tx, rx) = mpsc::channel(items.len());
+        for item in items {
+            tx.send(item).await.unwrap();
+        }
+        drop(tx);
+        let stats = append_all(&log, rx).await;
 
         let mut logged = Vec::new();
         for p in 0..4 {
