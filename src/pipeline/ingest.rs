@@ -579,9 +579,9 @@ impl<L: PartitionedLog> Appender<L> {
                 // Copied rows carry no GTID of their own transaction.
                 let resent = match &c.source.gtid {
                     Some(g) if !c.source.id.is_copy() => {
-                        // A table routed whole hashes its name alone: its key then
-                        // tells its changes apart.
-                        let key = if c.table.unique_keys.is_empty() {
+                        // A table routed whole, or by part of its key, hashes less
+                        // than its key: its key then tells its changes apart.
+                        let key = if c.table.routes_by_whole_key() {
                             routing
                         } else {
                             key_hash(&c.key_bytes())

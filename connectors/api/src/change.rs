@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BinlogPosition, ChangeId, Gtid, TableName, TableSchema, Value};
+use crate::{BinlogPosition, ChangeId, Column, Gtid, TableName, TableSchema, Value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Op {
@@ -85,22 +85,41 @@ impl ChangeEvent {
         key_bytes(&self.table.name, self.key())
     }
 
-    /// What partitioning and worker dispatch hash: the primary key, or for a table
-    /// with secondary unique keys the table alone.
+    /// What partitioning and worker dispatch hash: the primary key's parts that
+    /// compare by their bytes (all of them, for keys of numbers, times and binary
+    /// strings), or for a table with secondary unique keys the table alone.
     ///
-    /// Why: two keys' changes can collide on a unique value. Source order, row A
-    /// frees `x`, then row B takes it. Routed by primary key, A and B may be applied by
-    /// different workers in either order; B first fails with a duplicate key, and no
-    /// local fix is right in every case (evicting the holder is wrong when the holder's
-    /// change is the newer one). Routed by table, the table's changes apply in source
-    /// order and the sink can write them with REPLACE safely. The cost: one worker per
-    /// such table.
+    /// Why the table alone: two keys' changes can collide on a unique value. Source
+    /// order, row A frees `x`, then row B takes it. Routed by primary key, A and B may
+    /// be applied by different workers in either order; B first fails with a duplicate
+    /// key, and no local fix is right in every case (evicting the holder is wrong when
+    /// the holder's change is the newer one). Routed by table, the table's changes
+    /// apply in source order and the sink can write them with REPLACE safely. The
+    /// cost: one worker per such table.
+    ///
+    /// Why not the parts that compare by collation (text, also `_bin` collations,
+    /// which ignore trailing spaces): keys of other bytes can be one row on the
+    /// destination. `UPDATE … SET email = LOWER(email)` is a delete of 'A@x' and an
+    /// insert of 'a@x'; routed apart, the insert can run first (updating the row
+    /// 'A@x' in place) and the delete then removes the row. Every key equal under
+    /// the collation must take one route, and no function of the bytes short of the
+    /// collation's own weights maps them together ('ß' is 'ss', 'é' is 'e', '１' is
+    /// '1' under some), so those parts do not route. The cost: a table keyed by text
+    /// alone goes to one worker, as a table with unique keys does.
     pub fn routing_key_bytes(&self) -> Vec<u8> {
-        if self.table.unique_keys.is_empty() {
-            self.key_bytes()
-        } else {
-            key_bytes(&self.table.name, std::iter::empty())
+        if !self.table.unique_keys.is_empty() {
+            return key_bytes(&self.table.name, std::iter::empty());
         }
+        let image = self.key_image();
+        let columns = &self.table.columns;
+        key_bytes(
+            &self.table.name,
+            self.table
+                .primary_key
+                .iter()
+                .filter(|&&i| columns.get(i).is_some_and(Column::compares_by_bytes))
+                .filter_map(|&i| image.get(i)),
+        )
     }
 }
 
@@ -116,4 +135,92 @@ pub fn key_bytes<'a>(table: &TableName, key: impl Iterator<Item = &'a Value>) ->
         v.write_key_bytes(&mut out);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ColumnType;
+
+    fn text(name: &str) -> Column {
+        Column {
+            charset: Some(45),
+            charset_name: Some("utf8mb4".into()),
+            ..Column::plain(name, ColumnType::VarString { max_bytes: 80 })
+        }
+    }
+
+    fn change(columns: Vec<Column>, key: Vec<usize>, op: Op, row: Vec<Value>) -> ChangeEvent {
+        let table = Arc::new(TableSchema {
+            name: TableName::new("app", "t"),
+            columns,
+            primary_key: key,
+            unique_keys: vec![],
+            keyless: false,
+        });
+        let pos: BinlogPosition = "binlog.000001:4".parse().unwrap();
+        let (before, after) = match op {
+            Op::Delete => (Some(row), None),
+            _ => (None, Some(row)),
+        };
+        ChangeEvent {
+            table,
+            op,
+            before,
+            after,
+            source: SourceMeta {
+                id: ChangeId {
+                    epoch: 0,
+                    event: pos.clone(),
+                    index: 0,
+                },
+                txn_start: pos,
+                gtid: None,
+                commit_time_ms: 0,
+            },
+        }
+    }
+
+    fn s(v: &str) -> Value {
+        Value::Bytes(v.as_bytes().into())
+    }
+
+    #[test]
+    fn keys_equal_under_a_collation_take_one_route_and_byte_keys_route_whole() {
+        // A text key: 'abc' deleted and 'ABC' inserted route together.
+        let del = change(vec![text("k")], vec![0], Op::Delete, vec![s("abc")]);
+        let ins = change(vec![text("k")], vec![0], Op::Insert, vec![s("ABC")]);
+        assert_ne!(del.key_bytes(), ins.key_bytes());
+        assert_eq!(del.routing_key_bytes(), ins.routing_key_bytes());
+        assert!(!del.table.routes_by_whole_key());
+
+        // A number beside the text still routes.
+        let cols = || vec![Column::plain("tenant", ColumnType::Int), text("tag")];
+        let a = change(cols(), vec![0, 1], Op::Delete, vec![Value::Int(1), s("x")]);
+        let b = change(cols(), vec![0, 1], Op::Insert, vec![Value::Int(1), s("X")]);
+        let c = change(cols(), vec![0, 1], Op::Insert, vec![Value::Int(2), s("x")]);
+        assert_eq!(a.routing_key_bytes(), b.routing_key_bytes());
+        assert_ne!(a.routing_key_bytes(), c.routing_key_bytes());
+
+        // Numbers and binary strings route by the whole key, with the bytes they always had.
+        let binary = Column {
+            charset: Some(Column::BINARY_COLLATION),
+            ..Column::plain("b", ColumnType::VarString { max_bytes: 16 })
+        };
+        let n = change(
+            vec![Column::plain("id", ColumnType::BigInt), binary],
+            vec![0, 1],
+            Op::Insert,
+            vec![Value::Int(7), s("abc")],
+        );
+        assert!(n.table.routes_by_whole_key());
+        assert_eq!(n.routing_key_bytes(), n.key_bytes());
+        let m = change(
+            n.table.columns.clone(),
+            vec![0, 1],
+            Op::Insert,
+            vec![Value::Int(7), s("ABC")],
+        );
+        assert_ne!(n.routing_key_bytes(), m.routing_key_bytes());
+    }
 }

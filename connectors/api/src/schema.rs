@@ -97,6 +97,37 @@ impl Column {
     /// The collation id of the `binary` character set: BINARY, VARBINARY, BLOB.
     pub const BINARY_COLLATION: u16 = 63;
 
+    /// Whether two values of this column are one value on a server only when their
+    /// bytes are equal: integers, decimals, times, bits, enums, sets and binary
+    /// strings. Not text, whose collation calls other bytes equal ('a' = 'A', 'a' =
+    /// 'a ' even under `_bin`), nor floats (-0 = 0), nor types rowlog passes through.
+    pub fn compares_by_bytes(&self) -> bool {
+        match self.ty {
+            ColumnType::TinyInt
+            | ColumnType::SmallInt
+            | ColumnType::MediumInt
+            | ColumnType::Int
+            | ColumnType::BigInt
+            | ColumnType::Decimal { .. }
+            | ColumnType::Date
+            | ColumnType::DateTime { .. }
+            | ColumnType::Timestamp { .. }
+            | ColumnType::Time { .. }
+            | ColumnType::Year
+            | ColumnType::Bit { .. }
+            | ColumnType::Enum
+            | ColumnType::Set => true,
+            ColumnType::FixedString { .. } | ColumnType::VarString { .. } | ColumnType::Blob => {
+                self.charset == Some(Self::BINARY_COLLATION)
+            }
+            ColumnType::Float
+            | ColumnType::Double
+            | ColumnType::Json
+            | ColumnType::Geometry
+            | ColumnType::Other(_) => false,
+        }
+    }
+
     /// A nullable, signed column of `ty` without a character set, not generated: what
     /// tests and tools build by hand.
     pub fn plain(name: &str, ty: ColumnType) -> Column {
@@ -132,6 +163,13 @@ pub struct TableSchema {
 }
 
 impl TableSchema {
+    /// Whether changes route by their whole primary key (see
+    /// [`crate::ChangeEvent::routing_key_bytes`]): no secondary unique keys, and every
+    /// key column compares by its bytes.
+    pub fn routes_by_whole_key(&self) -> bool {
+        self.unique_keys.is_empty() && self.pk_columns().all(Column::compares_by_bytes)
+    }
+
     pub fn pk_columns(&self) -> impl Iterator<Item = &Column> {
         self.primary_key.iter().map(|&i| &self.columns[i])
     }
