@@ -83,6 +83,11 @@ pub enum ResnapshotError {
         floor: BinlogPosition,
         stream: BinlogPosition,
     },
+    #[error("re-snapshot: a chunk of {table} has more rows than the change ids left at {position} (2³¹ per boundary, an idle source); it is read again at a later boundary")]
+    NoRoom {
+        table: TableName,
+        position: BinlogPosition,
+    },
     #[error("re-snapshot request {path}")]
     File {
         path: PathBuf,
@@ -100,7 +105,7 @@ impl Retry for ResnapshotError {
             // The destination down or restarting: the apply stage waits it out too.
             Self::Destination { .. } => true,
             // Read again after a pause.
-            Self::OtherServer { .. } | Self::BehindStream { .. } => true,
+            Self::OtherServer { .. } | Self::BehindStream { .. } | Self::NoRoom { .. } => true,
             _ => false,
         }
     }

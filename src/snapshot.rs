@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::config::{Config, SnapshotMode};
-use crate::log::{atomic_file, LogError, PartitionedLog};
+use crate::log::{atomic_file, LogError, PartitionedLog, SourceCheckpoint};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -225,6 +225,20 @@ impl Floors {
     }
 }
 
+/// The reading epoch of a fresh snapshot. Over an existing log it is a new one: the
+/// snapshot's positions are not comparable with what the log holds, and its floors
+/// must sort after every change there, also one of a later epoch than the checkpoint
+/// (rowlog moved to another server after its last checkpoint). Floors in the log's
+/// epoch would sort before the stream, which then reads in an epoch after the log's:
+/// every change before a floor would be applied over the copy, twice for a keyless
+/// table.
+fn fresh_epoch<L: PartitionedLog>(log: &L, checkpoint: Option<&SourceCheckpoint>) -> u32 {
+    checkpoint
+        .map(|c| c.resume.epoch)
+        .max(log.last_epoch())
+        .map_or(0, |e| e + 1)
+}
+
 /// What a snapshot run did: the tables it copied (or finished copying).
 pub struct Outcome {
     pub rows: u64,
@@ -259,9 +273,7 @@ pub async fn before_streaming<L: PartitionedLog>(
     if !wanted {
         return Ok(Some(state.map(|s| s.floors()).unwrap_or_default()));
     }
-    // A fresh snapshot over an existing log reads in a new epoch: its positions are
-    // not comparable with what the log holds.
-    let epoch = checkpoint.map(|c| c.resume.epoch + 1).unwrap_or(0);
+    let epoch = fresh_epoch(log, checkpoint.as_ref());
     let state = match state {
         Some(s) if !s.done => s,
         _ => SnapshotState {
@@ -701,6 +713,40 @@ mod tests {
             event: pos.parse().expect("a binlog position"),
             index,
         }
+    }
+
+    /// A log that holds changes of a later epoch than its checkpoint (an older rowlog
+    /// moved to another server and stopped before its next checkpoint): a fresh
+    /// snapshot's floors sort after them, as the stream after the snapshot does.
+    #[tokio::test]
+    async fn a_fresh_snapshot_reads_in_an_epoch_after_everything_the_log_holds() {
+        use crate::log::{AppendBatch, EmbeddedLog};
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path(), 2, 1 << 20).unwrap();
+        let checkpoint = |epoch| SourceCheckpoint {
+            resume: ResumePoint {
+                position: "binlog.000001:4".parse().unwrap(),
+                gtid_state: None,
+                server_id: 1,
+                epoch,
+            },
+            ends: vec![0, 0],
+        };
+        assert_eq!(fresh_epoch(&log, None), 0, "an empty log, no checkpoint");
+        assert_eq!(fresh_epoch(&log, Some(&checkpoint(1))), 2);
+
+        let mut c = crate::tools::bench_log::change(&crate::tools::bench_log::schema(), 1);
+        c.source.id.epoch = 2;
+        let mut batch = AppendBatch::new(2);
+        batch.partitions[1].push(c.into());
+        log.append(batch).await.unwrap();
+        assert_eq!(
+            fresh_epoch(&log, Some(&checkpoint(1))),
+            3,
+            "after the log's epoch 2, not in it"
+        );
+        assert_eq!(fresh_epoch(&log, None), 3);
+        assert_eq!(fresh_epoch(&log, Some(&checkpoint(4))), 5);
     }
 
     #[test]

@@ -255,6 +255,15 @@ pub trait PartitionedLog: Send + Sync + 'static {
     /// The source identity of the last durable change in `partition`.
     fn last_change(&self, partition: u32) -> Option<ChangeId>;
 
+    /// The newest reading epoch of the partitions' last changes: whatever is read in a
+    /// later epoch sorts after everything the log holds.
+    fn last_epoch(&self) -> Option<u32> {
+        (0..self.partitions())
+            .filter_map(|p| self.last_change(p))
+            .map(|id| id.epoch)
+            .max()
+    }
+
     /// The next offset `consumer` needs from `partition`, if it ever committed.
     fn committed(
         &self,

@@ -118,11 +118,7 @@ where
 /// epoch of its own: its changes are logged again and applied again (upserts and
 /// deletes by key are idempotent; a keyless table can get a row twice).
 fn newer_epoch_than_the_log<L: PartitionedLog>(log: &L, mut resume: ResumePoint) -> ResumePoint {
-    let logged = (0..log.partitions())
-        .filter_map(|p| log.last_change(p))
-        .map(|id| id.epoch)
-        .max();
-    if let Some(logged) = logged.filter(|&e| e > resume.epoch) {
+    if let Some(logged) = log.last_epoch().filter(|&e| e > resume.epoch) {
         warn!(
             checkpoint_epoch = resume.epoch,
             log_epoch = logged,
@@ -257,12 +253,24 @@ where
 enum Item {
     Event(SourceEvent),
     /// Re-snapshot rows entering the log at the boundary `at` (the appender gives their
-    /// change ids); `durable` is told once they are appended.
+    /// change ids); `durable` is told once they are appended, or that they were refused.
     Injected {
         at: ResumePoint,
         changes: Vec<ChangeEvent>,
-        durable: oneshot::Sender<()>,
+        durable: oneshot::Sender<Placement>,
     },
+}
+
+/// What became of re-snapshot rows handed to the appender.
+#[derive(Debug, PartialEq)]
+enum Placement {
+    /// Appended: durable in the log.
+    Durable,
+    /// Refused, nothing appended: the change ids left at the boundary (from
+    /// [`ChangeId::COPY_INDEX`] to `u32::MAX`) are fewer than the rows. Only a copy of
+    /// more than 2³¹ rows at one boundary (an idle source) gets here; at a later
+    /// boundary the ids start again.
+    NoRoom,
 }
 
 struct Pending {
@@ -342,9 +350,18 @@ async fn place_chunk(
     if tx.send(item).await.is_err() {
         return Ok(Placed::Stop);
     }
-    tokio::select! {
+    let placed = tokio::select! {
         _ = shutdown.wait() => return Ok(Placed::Stop),
-        r = appended => if r.is_err() { return Ok(Placed::Stop) },
+        r = appended => match r {
+            Ok(placed) => placed,
+            Err(_) => return Ok(Placed::Stop),
+        },
+    };
+    if placed == Placement::NoRoom {
+        return Err(ResnapshotError::NoRoom {
+            table: p.chunk.table,
+            position: at.position.clone(),
+        });
     }
     job.chunk_durable(&p.chunk)?;
     Ok(Placed::Again)
@@ -533,7 +550,7 @@ impl<L: PartitionedLog> Appender<L> {
         &mut self,
         item: Item,
         batch: &mut AppendBatch,
-        durable: &mut Vec<oneshot::Sender<()>>,
+        durable: &mut Vec<oneshot::Sender<Placement>>,
     ) {
         match item {
             Item::Event(ev) => self.accept(ev, batch),
@@ -546,21 +563,29 @@ impl<L: PartitionedLog> Appender<L> {
                 // events), before every change after it (later events), and after
                 // what was injected at the same boundary before (even by an earlier
                 // run of rowlog, hence from the log's own last ids).
-                let mut index = self
+                // Counted in u64: an index that saturated at u32::MAX would repeat,
+                // and every row after the first at it would be dropped as a duplicate.
+                let first = self
                     .last_ids
                     .iter()
                     .flatten()
                     .filter(|id| id.epoch == at.epoch && id.event == at.position)
-                    .map(|id| id.index.saturating_add(1))
-                    .fold(ChangeId::COPY_INDEX, u32::max);
-                for mut c in changes {
+                    .map(|id| u64::from(id.index) + 1)
+                    .fold(u64::from(ChangeId::COPY_INDEX), u64::max);
+                if first + changes.len() as u64 > 1 << 32 {
+                    warn!(position = %at.position, rows = changes.len(), first_index = first,
+                          "re-snapshot rows refused: too few change ids left at this boundary");
+                    let _ = d.send(Placement::NoRoom);
+                    return;
+                }
+                for (mut c, index) in changes.into_iter().zip(first..) {
                     c.source.id = ChangeId {
                         epoch: at.epoch,
                         event: at.position.clone(),
-                        index,
+                        // Fits: checked above.
+                        index: index as u32,
                     };
                     c.source.txn_start = at.position.clone();
-                    index = index.saturating_add(1);
                     self.accept(SourceEvent::Change(c), batch);
                 }
                 durable.push(d);
@@ -718,7 +743,7 @@ async fn append_loop<L: PartitionedLog>(
             app.stored_at.elapsed() >= cfg.checkpoint_interval || app.epoch_moved();
         app.flush(batch, checkpoint_due).await?;
         for d in durable {
-            let _ = d.send(());
+            let _ = d.send(Placement::Durable);
         }
     }
     // The reader is gone (shutdown): everything received is appended; store the final checkpoint.
@@ -932,9 +957,76 @@ mod tests {
         assert_eq!(dropped, 1, "only the change that matches is dropped");
     }
 
-    /// Runs the append loop over `items` into a fresh 4-partition log; returns
-    /// (GTID sequence, change index, epoch) of every change logged, sorted, and the
-    /// count of changes dropped as duplicates.
+    /// Re-snapshot rows at a boundary whose change ids are nearly used up (a copy of
+    /// 2³¹ rows there, on an idle source): a chunk with more rows than ids left is
+    /// refused whole, so the reader reads it again at a later boundary; before, every
+    /// row past the last id was dropped as a duplicate of it. A chunk that fits is
+    /// appended.
+    #[tokio::test]
+    async fn copied_rows_past_the_ids_left_at_a_boundary_are_refused_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        // One partition: every row would compare with the last copied id.
+        let log = EmbeddedLog::open(dir.path(), 1, 1 << 20).unwrap();
+        let at = point(0, 700);
+        let (tx, rx) = mpsc::channel(8);
+        let looping = tokio::spawn({
+            let log = log.clone();
+            async move { append_all(&log, rx).await }
+        });
+        tx.send(committed(None, 0, 700)).await.unwrap();
+        // The boundary's second-to-last id is taken.
+        let mut copied = change(&schema(), 1);
+        copied.source.id = ChangeId {
+            epoch: 0,
+            event: at.position.clone(),
+            index: u32::MAX - 1,
+        };
+        tx.send(Item::Event(SourceEvent::Change(copied)))
+            .await
+            .unwrap();
+        let inject = |keys: std::ops::Range<u64>| {
+            let (durable, placed) = oneshot::channel();
+            let item = Item::Injected {
+                at: at.clone(),
+                changes: keys.map(|k| change(&schema(), k)).collect(),
+                durable,
+            };
+            (item, placed)
+        };
+        let (three, placed) = inject(10..13);
+        tx.send(three).await.unwrap();
+        assert_eq!(
+            placed.await.unwrap(),
+            Placement::NoRoom,
+            "three rows, one id left"
+        );
+        let (one, placed) = inject(20..21);
+        tx.send(one).await.unwrap();
+        assert_eq!(
+            placed.await.unwrap(),
+            Placement::Durable,
+            "one row, one id left"
+        );
+        drop(tx);
+        let stats = looping.await.unwrap();
+
+        let mut r = log.reader(0, 0).await.unwrap();
+        let got = r.next_batch(100).await.unwrap();
+        let ids: Vec<u32> = got
+            .iter()
+            .filter_map(|rec| match &rec.entry {
+                LogEntry::Change(c) => Some(c.source.id.index),
+                LogEntry::Schema(_) => None,
+            })
+            .collect();
+        assert_eq!(
+            ids,
+            [u32::MAX - 1, u32::MAX],
+            "the planted row and the one that fit"
+        );
+        assert_eq!(stats.duplicates_dropped.load(Ordering::Relaxed), 0);
+    }
+
     /// Runs the append loop with default settings from no checkpoint until `rx` ends.
     async fn append_all(log: &EmbeddedLog, rx: mpsc::Receiver<Item>) -> Arc<Stats> {
         let stats = Arc::new(Stats::default());
@@ -952,6 +1044,9 @@ mod tests {
         stats
     }
 
+    /// Runs the append loop over `items` into a fresh 4-partition log; returns
+    /// (GTID sequence, change index, epoch) of every change logged, sorted, and the
+    /// count of changes dropped as duplicates.
     async fn logged_from(items: Vec<Item>) -> (Vec<(u64, u32, u32)>, u64) {
         let dir = tempfile::tempdir().unwrap();
         let log = EmbeddedLog::open(dir.path(), 4, 1 << 20).unwrap();
