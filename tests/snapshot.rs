@@ -553,6 +553,58 @@ async fn rowlog_snapshot_while_rowlog_runs_repairs_chosen_tables_and_the_stream_
     daemon.terminate_cleanly();
 }
 
+/// A destination row whose text key the collation calls equal to the source's but
+/// whose bytes differ ('abc' against 'ABC', 'cafe' against 'Café'): a copy while
+/// rowlog runs gives it the source's bytes. Before, the upsert matched the row and
+/// kept the destination's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_while_streaming_gives_a_text_key_the_sources_bytes() {
+    let pair = Pair::start().await;
+    pair.src
+        .exec(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.names (name VARCHAR(20) CHARACTER SET utf8mb4 \
+             COLLATE utf8mb4_general_ci PRIMARY KEY, v INT NOT NULL)",
+            "INSERT INTO app.names VALUES ('ABC', 1), ('Café', 2), ('xyz', 3)",
+        ])
+        .await
+        .unwrap();
+    let config = snapshot_config(&pair, "");
+    let daemon = Daemon::spawn(&config, pair.dir.path().join("rowlog.log"));
+    wait_for_log(&daemon, "snapshot done", Duration::from_secs(120)).await;
+    let names = [("app.names", "v")];
+    pair.assert_converges(&names, Duration::from_secs(60)).await;
+    pair.dst
+        .exec(&[
+            "UPDATE app.names SET name = 'abc' WHERE v = 1",
+            "UPDATE app.names SET name = 'cafe', v = 0 WHERE v = 2",
+        ])
+        .await
+        .unwrap();
+    let out = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || rowlog_snapshot(&config, "app.names")
+    })
+    .await
+    .unwrap();
+    let text = succeeded(&out);
+    assert!(text.contains("1 table(s) copied"), "{text}");
+    pair.assert_converges(&names, Duration::from_secs(60)).await;
+    let rows: Vec<(String, i32)> = pair
+        .dst
+        .conn()
+        .await
+        .unwrap()
+        .query("SELECT name, v FROM app.names ORDER BY v")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        [("ABC".into(), 1), ("Café".into(), 2), ("xyz".into(), 3)]
+    );
+    daemon.terminate_cleanly();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_while_streaming_killed_midway_goes_on_after_its_last_chunk_on_restart() {
     let (pair, config, daemon) = snapshotted(20_000, "chunk_rows = 2000\n", "first.log").await;

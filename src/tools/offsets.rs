@@ -191,7 +191,10 @@ async fn changed_again<L: PartitionedLog>(
 ) -> ToolResult<Option<String>> {
     use crate::pipeline::partitioner::key_hash;
     use std::collections::HashSet;
-    // Key hashes (a collision only refuses too much, never too little).
+    // Route hashes (a collision only refuses too much, never too little): keys its
+    // collation calls equal are one row on the destination, and their bytes differ,
+    // so a text-keyed table counts as one key, as it routes (see
+    // `ChangeEvent::routing_key_bytes`); so does a table with unique keys.
     let mut keys = HashSet::new();
     let mut again: Option<(u64, String)> = None;
     let mut later = 0u64;
@@ -209,7 +212,7 @@ async fn changed_again<L: PartitionedLog>(
             let LogEntry::Change(c) = r.entry else {
                 continue;
             };
-            let k = key_hash(&c.key_bytes());
+            let k = key_hash(&c.routing_key_bytes());
             if r.offset < stretch.1 {
                 keys.insert(k);
             } else if keys.contains(&k) {

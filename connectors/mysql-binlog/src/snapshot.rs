@@ -339,22 +339,6 @@ impl SnapshotSession {
             .collect()
     }
 
-    /// Whether the snapshot holds a row whose primary key equals `key` as the server
-    /// compares it (collations included).
-    pub async fn has_key(&mut self, t: &SnapshotTable, key: &[Value]) -> Result<bool, SourceError> {
-        let (cond, params) = key_condition(t, "=", key);
-        let q = format!(
-            "SELECT 1 FROM {} WHERE {cond} LIMIT 1",
-            ident(&t.schema.name)
-        );
-        let row: Option<i64> = self
-            .conn
-            .exec_first(&q, params)
-            .await
-            .map_err(|e| server::query_error(&q, e))?;
-        Ok(row.is_some())
-    }
-
     /// Ends the snapshot's transaction.
     pub async fn close(mut self) {
         let _ = self.conn.query_drop("COMMIT").await;
