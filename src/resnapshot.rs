@@ -439,14 +439,21 @@ impl Resnapshot {
                 .unwrap_or(0),
         };
         let mut changes = Vec::with_capacity(rows.len());
-        // A destination key whose bytes no copied row has is deleted, also when the
-        // collation calls it equal to one ('abc' against the source's 'ABC'): the
-        // upsert alone would keep the destination's bytes. The delete goes before the
-        // upsert, in log order and on one route (text key columns do not route; see
-        // `ChangeEvent::routing_key_bytes`), so the row ends as the source's.
         for key in dest_keys {
             if copied.contains(&rowlog_api::key_bytes(table, key.iter())) {
                 continue;
+            }
+            // Bytes no copied row has. The source may still have a row the collation
+            // calls equal ('ABC' for the destination's 'abc'). Copied in this chunk:
+            // the destination's spelling is deleted, before the upsert (log order, one
+            // route: text key columns do not route, see
+            // `ChangeEvent::routing_key_bytes`), so the row ends with the source's
+            // bytes; the upsert alone would keep the destination's. In another chunk
+            // (the servers order keys differently): left alone, as deleting it here
+            // could remove a row copied earlier.
+            match session.equal_key(&t, &key).await.map_err(src_err)? {
+                Some(k) if !copied.contains(&rowlog_api::key_bytes(table, k.iter())) => continue,
+                _ => {}
             }
             let mut before = vec![Value::Null; t.schema.columns.len()];
             for (&i, v) in t.schema.primary_key.iter().zip(key) {

@@ -117,7 +117,10 @@ where
 /// Which server the log's epoch belongs to is not recorded, so the re-read starts an
 /// epoch of its own: its changes are logged again and applied again (upserts and
 /// deletes by key are idempotent; a keyless table can get a row twice).
-fn newer_epoch_than_the_log<L: PartitionedLog>(log: &L, mut resume: ResumePoint) -> ResumePoint {
+pub(crate) fn newer_epoch_than_the_log<L: PartitionedLog>(
+    log: &L,
+    mut resume: ResumePoint,
+) -> ResumePoint {
     if let Some(logged) = log.last_epoch().filter(|&e| e > resume.epoch) {
         warn!(
             checkpoint_epoch = resume.epoch,

@@ -35,8 +35,12 @@ async fn offline<L: PartitionedLog>(cfg: &Config, tables: &[String], log: &L) ->
     let only = TableFilter::new(tables, &[])?;
     let checkpoint = log.checkpoint().await?;
     let mut state = SnapshotState::load(&cfg.log.dir)?.unwrap_or_default();
-    // New floors are in the epoch the stream goes on in.
-    state.epoch = checkpoint.as_ref().map(|c| c.resume.epoch).unwrap_or(0);
+    // New floors are in the epoch the stream goes on in: after the log's own, when it
+    // holds a later one than the checkpoint.
+    state.epoch = checkpoint
+        .as_ref()
+        .map(|c| crate::pipeline::ingest::newer_epoch_than_the_log(log, c.resume.clone()).epoch)
+        .unwrap_or(0);
     let metrics = Metrics::new(cfg.log.partitions, std::time::Duration::from_secs(60));
     let (_trigger, shutdown) = crate::shutdown::channel();
     let last_print = Mutex::new(Instant::now());

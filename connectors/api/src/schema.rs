@@ -98,9 +98,14 @@ impl Column {
     pub const BINARY_COLLATION: u16 = 63;
 
     /// Whether two values of this column are one value on a server only when their
-    /// bytes are equal: integers, decimals, times, bits, enums, sets and binary
-    /// strings. Not text, whose collation calls other bytes equal ('a' = 'A', 'a' =
-    /// 'a ' even under `_bin`), nor floats (-0 = 0), nor types rowlog passes through.
+    /// bytes are equal: integers, decimals, times, bits, enums, sets, binary strings
+    /// and types rowlog passes through as bytes. Not text, whose collation calls other
+    /// bytes equal ('a' = 'A', 'a' = 'a ' even under `_bin`), nor floats (-0 = 0).
+    ///
+    /// `Other` counts as bytes also because a re-snapshot's schema
+    /// (`SnapshotSession::describe`) names numbers and times `Other`: its copied rows
+    /// must route as the binlog's typed changes of the same rows do. (It names FLOAT
+    /// `Other` too; a re-snapshot refuses FLOAT keys.)
     pub fn compares_by_bytes(&self) -> bool {
         match self.ty {
             ColumnType::TinyInt
@@ -116,15 +121,14 @@ impl Column {
             | ColumnType::Year
             | ColumnType::Bit { .. }
             | ColumnType::Enum
-            | ColumnType::Set => true,
+            | ColumnType::Set
+            | ColumnType::Other(_) => true,
             ColumnType::FixedString { .. } | ColumnType::VarString { .. } | ColumnType::Blob => {
                 self.charset == Some(Self::BINARY_COLLATION)
             }
-            ColumnType::Float
-            | ColumnType::Double
-            | ColumnType::Json
-            | ColumnType::Geometry
-            | ColumnType::Other(_) => false,
+            ColumnType::Float | ColumnType::Double | ColumnType::Json | ColumnType::Geometry => {
+                false
+            }
         }
     }
 

@@ -339,6 +339,34 @@ impl SnapshotSession {
             .collect()
     }
 
+    /// The primary key of the snapshot's row whose key the server calls equal to `key`
+    /// (collations included), as the source spells it: 'ABC' for 'abc' under a
+    /// case-insensitive collation. `None` when the snapshot has no such row.
+    pub async fn equal_key(
+        &mut self,
+        t: &SnapshotTable,
+        key: &[Value],
+    ) -> Result<Option<Vec<Value>>, SourceError> {
+        let (cond, params) = key_condition(t, "=", key);
+        let q = format!(
+            "SELECT {} FROM {} WHERE {cond} LIMIT 1",
+            t.key_select(),
+            ident(&t.schema.name)
+        );
+        let row: Option<Row> = self
+            .conn
+            .exec_first(&q, params)
+            .await
+            .map_err(|e| server::query_error(&q, e))?;
+        row.map(|r| t.key_of(r))
+            .transpose()
+            .map_err(|detail| SourceError::Schema {
+                table: t.schema.name.clone(),
+                position: self.position.position.clone(),
+                detail,
+            })
+    }
+
     /// Ends the snapshot's transaction.
     pub async fn close(mut self) {
         let _ = self.conn.query_drop("COMMIT").await;
@@ -476,25 +504,32 @@ impl SnapshotTable {
         upto: Option<&[Value]>,
         limit: u64,
     ) -> Result<Vec<Vec<Value>>, String> {
-        let s = &self.schema;
-        let columns: Vec<&str> = s
-            .primary_key
-            .iter()
-            .map(|&i| self.select[i].as_str())
-            .collect();
-        let (q, params) = key_range_query(self, &columns.join(", "), after, upto, limit);
+        let (q, params) = key_range_query(self, &self.key_select(), after, upto, limit);
         let rows: Vec<Row> = conn
             .exec(&q, params)
             .await
             .map_err(|e| format!("query `{q}` failed: {e}"))?;
-        rows.into_iter()
-            .map(|r| {
-                r.unwrap()
-                    .into_iter()
-                    .zip(&s.primary_key)
-                    .map(|(v, &i)| from_row_value(v, &s.columns[i]).and_then(|v| self.shape(i, v)))
-                    .collect::<Result<Vec<_>, String>>()
-            })
+        rows.into_iter().map(|r| self.key_of(r)).collect()
+    }
+
+    /// The select list of the primary key's columns.
+    fn key_select(&self) -> String {
+        let columns: Vec<&str> = self
+            .schema
+            .primary_key
+            .iter()
+            .map(|&i| self.select[i].as_str())
+            .collect();
+        columns.join(", ")
+    }
+
+    /// A row of [`Self::key_select`] as key values, shaped as [`Self::binlog_shaped`].
+    fn key_of(&self, row: Row) -> Result<Vec<Value>, String> {
+        let s = &self.schema;
+        row.unwrap()
+            .into_iter()
+            .zip(&s.primary_key)
+            .map(|(v, &i)| from_row_value(v, &s.columns[i]).and_then(|v| self.shape(i, v)))
             .collect()
     }
 
