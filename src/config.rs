@@ -500,7 +500,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = Config::load_with_env(&write(dir.path(), MINIMAL), HashMap::new()).unwrap();
         assert_eq!(cfg.log.partitions, 8);
-        assert_eq!(cfg.sink.workers, 4);
+        assert_eq!(cfg.sink.workers, 1);
         assert_eq!(cfg.source.start, rowlog_mysql_binlog::StartFrom::Current);
     }
 

@@ -222,9 +222,11 @@ enum BenchCommand {
         /// Seconds of steady load for the lag measurement (0 to skip).
         #[arg(long, default_value_t = 10)]
         lag_secs: u64,
+        /// Log partitions (the configuration's default).
         #[arg(long, default_value_t = 8)]
         partitions: u32,
-        #[arg(long, default_value_t = 4)]
+        /// Workers per partition (the configuration's default).
+        #[arg(long, default_value_t = 1)]
         workers: u32,
         /// Also catch up a backlog of this many row changes and report peak RSS (0: skip).
         #[arg(long, default_value_t = 0)]

@@ -785,9 +785,14 @@ pub async fn run(opts: BenchOptions) -> BenchResult<()> {
     let (oltp, lag) = shape("oltp", &opts, opts.lag_secs > 0).await?;
     println!();
     println!(
-        "rowlog bench replication ({} partitions × {} workers, upserts {}, 2-core machine, same run):",
+        "rowlog bench replication ({} partitions × {} {}, upserts {}, 2-core machine, same run):",
         opts.partitions,
         opts.workers,
+        if opts.workers == 1 {
+            "worker"
+        } else {
+            "workers"
+        },
         if opts.load_data {
             "as LOAD DATA where exact"
         } else {
