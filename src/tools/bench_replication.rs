@@ -701,9 +701,19 @@ async fn catch_up(
     let started = Instant::now();
     let pipeline = tokio::spawn(crate::daemon::run_with_stats(cfg, stop, stats.clone()));
     let mut in_log = None;
+    let mut first_logged = None;
+    let mut first_applied = None;
     while Stats::get(&stats.applied) < changes {
-        if in_log.is_none() && Stats::get(&stats.appended) >= changes {
-            in_log = Some(started.elapsed().as_secs_f64());
+        let now = started.elapsed().as_secs_f64();
+        let appended = Stats::get(&stats.appended);
+        if first_logged.is_none() && appended > 0 {
+            first_logged = Some(now);
+        }
+        if first_applied.is_none() && Stats::get(&stats.applied) > 0 {
+            first_applied = Some(now);
+        }
+        if in_log.is_none() && appended >= changes {
+            in_log = Some(now);
         }
         if pipeline.is_finished() {
             return Err(format!("[{tag}] rowlog stopped during the benchmark").into());
@@ -718,8 +728,10 @@ async fn catch_up(
     // stage, applying the second; they overlap.
     let in_log = in_log.unwrap_or(secs);
     println!(
-        "[{tag}] rowlog's source stage had every change in the log after {in_log:.2} s ({:.0} row changes/s)",
-        changes as f64 / in_log
+        "[{tag}] rowlog's source stage had every change in the log after {in_log:.2} s ({:.0} row changes/s); the first change was in the log after {:.3} s, the first applied after {:.3} s",
+        changes as f64 / in_log,
+        first_logged.unwrap_or(secs),
+        first_applied.unwrap_or(secs),
     );
     Ok((
         secs,
