@@ -1168,6 +1168,7 @@ where
             {
                 Ok(()) => {
                     ctx.metrics.applied(ctx.partition, &batch, began.elapsed());
+                    Stats::add(&ctx.stats.batches, 1);
                     break;
                 }
                 Err(e) if e.is_fenced() => {

@@ -10,6 +10,8 @@ pub struct Stats {
     pub duplicates_dropped: AtomicU64,
     pub appended: AtomicU64,
     pub applied: AtomicU64,
+    /// Destination transactions that applied a worker's batch.
+    pub batches: AtomicU64,
     /// Batches retried after a transient destination error (deadlock, lock wait
     /// timeout, lost connection).
     pub apply_retries: AtomicU64,

@@ -727,6 +727,11 @@ async fn catch_up(
     // Where the time went: reading and decoding the binlog into the log is the first
     // stage, applying the second; they overlap.
     let in_log = in_log.unwrap_or(secs);
+    let batches = Stats::get(&stats.batches);
+    println!(
+        "[{tag}] rowlog applied them in {batches} destination transactions, {:.0} changes each on average",
+        Stats::get(&stats.applied) as f64 / batches.max(1) as f64
+    );
     println!(
         "[{tag}] rowlog's source stage had every change in the log after {in_log:.2} s ({:.0} row changes/s); the first change was in the log after {:.3} s, the first applied after {:.3} s",
         changes as f64 / in_log,
