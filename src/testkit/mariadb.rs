@@ -2,7 +2,6 @@
 //! `mariadbd` on a free loopback port. Stopped and removed on drop.
 
 use std::io;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -10,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
+
+use super::port::{lease_port, PortLease};
 
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
@@ -42,54 +43,11 @@ pub struct MariaDb {
     dir: PathBuf,
     opts: ServerOptions,
     child: Option<Child>,
-    /// Holds `port` for this server while it lives, stopped or not (see [`lease_port`]).
-    port_lease: Option<std::fs::File>,
+    /// Holds `port` for this server while it lives, stopped or not.
+    port_lease: Option<PortLease>,
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// Private servers take ports from here: below Linux's ephemeral range (32768–60999 by
-/// default), so no `bind(0)` of any process is handed one.
-const PORTS: std::ops::Range<u16> = 20_000..30_000;
-
-/// A port for a server of this process, held by a lock on a file named after it until
-/// the returned file is dropped (or the process ends). Why: a port probed with
-/// `bind(0)` and released is free for anyone, so a server stopped for a while (a
-/// destination-down test) could find its port taken by another test's server on its
-/// restart, and the pipeline under test then wrote to that other server (seen once in
-/// CI, 2026-11-29: the test failed on the other pipeline's lease). Every test process
-/// skips the ports another one holds.
-fn lease_port() -> io::Result<(u16, std::fs::File)> {
-    let dir = std::env::temp_dir().join("rowlog-test-ports");
-    std::fs::create_dir_all(&dir)?;
-    let span = u32::from(PORTS.end - PORTS.start);
-    // Processes start at scattered places, so they rarely try the same files.
-    let from = std::process::id()
-        .wrapping_mul(7919)
-        .wrapping_add(SEQ.fetch_add(1, Ordering::Relaxed))
-        % span;
-    for i in 0..span {
-        let port = PORTS.start + ((from + i) % span) as u16;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(port.to_string()))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => continue,
-            Err(std::fs::TryLockError::Error(e)) => return Err(e),
-        }
-        // Something outside the tests may listen there.
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok((port, file));
-        }
-    }
-    Err(io::Error::other(format!(
-        "no free port for a private server in {}..{}",
-        PORTS.start, PORTS.end
-    )))
-}
 
 fn find(binary: &str) -> PathBuf {
     for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
@@ -158,7 +116,8 @@ impl MariaDb {
         let mut last_err = None;
         for _ in 0..3 {
             let port = if self.port == 0 {
-                let (port, lease) = lease_port()?;
+                let lease = lease_port()?;
+                let port = lease.port;
                 self.port_lease = Some(lease);
                 port
             } else {

@@ -5,10 +5,12 @@
 
 mod compare;
 mod mariadb;
+mod port;
 mod proxy;
 mod tansu;
 
 pub use compare::{compare_table, wait_until_equal, TableDiff};
 pub use mariadb::{MariaDb, ServerOptions};
+pub use port::{lease_port, PortLease};
 pub use proxy::Proxy;
 pub use tansu::{tansu_binary, Tansu};

@@ -7,12 +7,13 @@
 //! resume and it has no transactions, so neither is used.
 
 use std::io;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use super::port::{lease_port, PortLease};
 use super::proxy::Proxy;
 
 pub struct Tansu {
@@ -21,6 +22,8 @@ pub struct Tansu {
     advertised: Option<u16>,
     dir: PathBuf,
     child: Option<Child>,
+    /// Holds `port` while the broker lives, stopped or not, so a restart finds it free.
+    port_lease: Option<PortLease>,
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -45,11 +48,11 @@ impl Tansu {
     /// Starts a broker and waits until it accepts connections.
     pub fn start() -> io::Result<Tansu> {
         let mut broker = Self::unstarted()?;
-        // A free port can be taken by a test running beside this one before tansu
-        // binds it: then tansu exits, and another free port is tried.
+        // A leased port is still free for a process outside the tests: then tansu
+        // exits, and another port is tried.
         let mut last = None;
         for _ in 0..3 {
-            broker.port = free_port()?;
+            broker.take_port()?;
             match broker.launch() {
                 Ok(()) => return Ok(broker),
                 Err(e) => last = Some(e),
@@ -65,7 +68,7 @@ impl Tansu {
         let mut broker = Self::unstarted()?;
         let mut last = None;
         for _ in 0..3 {
-            broker.port = free_port()?;
+            broker.take_port()?;
             let proxy = Proxy::start(broker.port).await?;
             broker.advertised = Some(proxy.port);
             match broker.launch() {
@@ -89,7 +92,15 @@ impl Tansu {
             advertised: None,
             dir,
             child: None,
+            port_lease: None,
         })
+    }
+
+    fn take_port(&mut self) -> io::Result<()> {
+        let lease = lease_port()?;
+        self.port = lease.port;
+        self.port_lease = Some(lease);
+        Ok(())
     }
 
     /// `host:port` for `kafka.brokers`: the proxy's when the broker is behind one.
@@ -184,10 +195,6 @@ impl Tansu {
         self.stop();
         self.launch()
     }
-}
-
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl Drop for Tansu {

@@ -8,12 +8,15 @@ use tokio::time::Instant;
 
 use super::Pair;
 
+/// A port for rowlog's ops server, leased from the tests' range (see
+/// `rowlog::testkit::lease_port`) and held until the test process ends: nextest runs
+/// each test in a process of its own, and rowlog binds it only after it starts, so a
+/// port probed with `bind(0)` could be taken by any connection meanwhile.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let lease = rowlog::testkit::lease_port().expect("a free loopback port for the ops server");
+    let port = lease.port;
+    std::mem::forget(lease);
+    port
 }
 
 /// One HTTP/1.0 GET (the server closes the connection after the response, so the body
