@@ -730,8 +730,8 @@ impl PartitionReader for EmbeddedReader {
         let mut out = Vec::with_capacity(n as usize);
         let (partition, decoder) = (self.partition.id, &mut self.decoder);
         let read = (0..n).try_for_each(|_| {
-            let (offset, payload) = cursor.read_frame()?;
-            out.push(decoder.decode(partition, offset, &payload)?);
+            let (offset, _, payload) = cursor.read_frame_in()?;
+            out.push(decoder.decode(partition, offset, payload)?);
             Ok::<_, LogError>(())
         });
         if let Err(e) = read {

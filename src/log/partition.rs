@@ -1108,6 +1108,9 @@ impl PartitionAccess for PartitionRef<'_> {
 }
 
 /// A sequential reader position in one partition.
+/// The largest payload buffer a cursor keeps between reads.
+const KEEP_PAYLOAD_BUFFER: usize = 1 << 20;
+
 pub(crate) struct Cursor<P: PartitionAccess> {
     partition: P,
     base: u64,
@@ -1118,6 +1121,9 @@ pub(crate) struct Cursor<P: PartitionAccess> {
     pub next: u64,
     /// The partition's count of cuts when `file`'s read-ahead was last known good.
     cuts: u64,
+    /// The last payload read by [`Cursor::read_frame_in`], reused: a reader decodes
+    /// each record before it reads the next, so it needs no allocation of its own.
+    payload: Vec<u8>,
 }
 
 impl<P: PartitionAccess> Cursor<P> {
@@ -1162,15 +1168,21 @@ impl<P: PartitionAccess> Cursor<P> {
             byte,
             next: offset,
             cuts,
+            payload: Vec::new(),
         })
     }
 
     pub fn read_frame(&mut self) -> Result<(u64, Vec<u8>), LogError> {
-        self.read_frame_with_time().map(|(o, _, p)| (o, p))
+        self.read_frame_in().map(|(o, _, p)| (o, p.to_vec()))
     }
 
-    /// Reads the frame at `self.next`; the caller guarantees it is durable.
     pub fn read_frame_with_time(&mut self) -> Result<(u64, u64, Vec<u8>), LogError> {
+        self.read_frame_in().map(|(o, t, p)| (o, t, p.to_vec()))
+    }
+
+    /// Reads the frame at `self.next` into the cursor's own buffer; returns its
+    /// offset, time and payload. The caller guarantees it is durable.
+    pub fn read_frame_in(&mut self) -> Result<(u64, u64, &[u8]), LogError> {
         let cuts = self.partition.part().cuts.load(Ordering::SeqCst);
         if cuts != self.cuts {
             self.drop_read_ahead()?;
@@ -1207,7 +1219,7 @@ impl<P: PartitionAccess> Cursor<P> {
                     File::open(&self.path).map_err(io("open", &self.path))?,
                 );
                 self.byte = 0;
-                return self.read_frame_with_time();
+                return self.read_frame_in();
             }
             Err(e) => return Err(io("read", &self.path)(e)),
         }
@@ -1220,11 +1232,18 @@ impl<P: PartitionAccess> Cursor<P> {
         if len > MAX_PAYLOAD {
             return Err(corrupt(format!("record length {len} exceeds the limit")));
         }
-        let mut payload = vec![0u8; len];
-        self.file
-            .read_exact(&mut payload)
-            .map_err(|e| corrupt(format!("record cut short: {e}")))?;
-        if !frame::check(crc, offset, time_ms, &payload) {
+        let mut payload = std::mem::take(&mut self.payload);
+        // One record far over the usual size would otherwise pin its memory.
+        if payload.capacity() > KEEP_PAYLOAD_BUFFER && len <= KEEP_PAYLOAD_BUFFER {
+            payload = Vec::new();
+        }
+        payload.clear();
+        payload.resize(len, 0);
+        let read = self.file.read_exact(&mut payload);
+        self.payload = payload;
+        read.map_err(|e| corrupt(format!("record cut short: {e}")))?;
+        let payload = &self.payload;
+        if !frame::check(crc, offset, time_ms, payload) {
             return Err(corrupt(format!(
                 "CRC mismatch in record claiming offset {offset}"
             )));
@@ -1237,7 +1256,7 @@ impl<P: PartitionAccess> Cursor<P> {
         }
         self.byte += (HEADER_LEN + len) as u64;
         self.next += 1;
-        Ok((offset, time_ms, payload))
+        Ok((offset, time_ms, &self.payload))
     }
 
     /// Forgets read-ahead past the current position (after a cut, see `cuts`).
