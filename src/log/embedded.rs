@@ -741,7 +741,7 @@ impl PartitionReader for EmbeddedReader {
             return Err(e);
         }
         // Read-ahead past the durable end stays: the partition's count of cuts tells
-        // the cursor when bytes it holds were cut off (`Cursor::read_frame_with_time`).
+        // the cursor when bytes it holds were cut off (`Cursor::read_frame_in`).
         self.next = cursor.next;
         Ok(out)
     }

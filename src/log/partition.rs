@@ -929,7 +929,7 @@ impl Partition {
             let (offset, byte) = idx.seek_time(seg.base, t);
             let mut c = Cursor::at(self.clone_handle(), seg.base, offset, byte)?;
             while c.next < seg.end.min(self.end()) {
-                let (off, time, _) = c.read_frame_with_time()?;
+                let (off, time, _) = c.read_frame_in()?;
                 if time >= t {
                     return Ok(off);
                 }
@@ -1107,10 +1107,10 @@ impl PartitionAccess for PartitionRef<'_> {
     }
 }
 
-/// A sequential reader position in one partition.
 /// The largest payload buffer a cursor keeps between reads.
 const KEEP_PAYLOAD_BUFFER: usize = 1 << 20;
 
+/// A sequential reader position in one partition.
 pub(crate) struct Cursor<P: PartitionAccess> {
     partition: P,
     base: u64,
@@ -1149,7 +1149,7 @@ impl<P: PartitionAccess> Cursor<P> {
         let (offset, byte) = p.index_of(base)?.seek_offset(base, from);
         let mut c = Self::at(partition, base, offset, byte)?;
         while c.next < from {
-            c.read_frame()?;
+            c.read_frame_in()?;
         }
         Ok(c)
     }
@@ -1172,12 +1172,9 @@ impl<P: PartitionAccess> Cursor<P> {
         })
     }
 
+    #[cfg(test)]
     pub fn read_frame(&mut self) -> Result<(u64, Vec<u8>), LogError> {
         self.read_frame_in().map(|(o, _, p)| (o, p.to_vec()))
-    }
-
-    pub fn read_frame_with_time(&mut self) -> Result<(u64, u64, Vec<u8>), LogError> {
-        self.read_frame_in().map(|(o, t, p)| (o, t, p.to_vec()))
     }
 
     /// Reads the frame at `self.next` into the cursor's own buffer; returns its
