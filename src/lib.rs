@@ -31,7 +31,7 @@
 //! * **Log backends** ([`log`]): the embedded on-disk log ([`log::EmbeddedLog`], the
 //!   default, no external service) or Kafka ([`log::KafkaLog`], `log.backend =
 //!   "kafka"`), behind one trait ([`log::PartitionedLog`]) and one conformance test
-//!   suite (tests/log_conformance.rs).
+//!   suite (tests/suite/log_conformance.rs).
 //!
 //! Positions are stored in two places: the source's in the log's checkpoint
 //! (`<log.dir>/source.checkpoint`, or `<topic>.checkpoint` on Kafka), the sink's in `<progress_database>.rowlog_progress`.

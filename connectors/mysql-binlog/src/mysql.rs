@@ -1,7 +1,7 @@
 //! MySQL-specific event bodies parsed by rowlog itself rather than by mysql_common,
 //! where the library would trust a count from the event: mysql_common 0.37 sizes its
 //! PREVIOUS_GTIDS vectors by the event's own counts, so one damaged byte makes it ask
-//! for terabytes and abort the process (found by `tests/decode_fuzz.rs`). Here every
+//! for terabytes and abort the process (found by `tests/suite/decode_fuzz.rs`). Here every
 //! count is checked against the bytes that are actually there.
 
 use mysql_common::io::ParseBuf;

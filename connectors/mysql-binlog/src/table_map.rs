@@ -29,7 +29,7 @@ pub(crate) fn table_name(tme: &TableMapEvent<'_>) -> TableName {
 /// counts GEOMETRY (its field class derives from BLOB's: "Base class is blob for geom
 /// type" in the server's `is_character_type`); mysql_common's `is_character_type` does
 /// not. Tested by `signedness_and_charsets_stay_with_their_columns_after_year_and_geometry`
-/// in tests/types.rs, where a latin1 column after a POINT was sent as utf8mb4.
+/// in tests/suite/types.rs, where a latin1 column after a POINT was sent as utf8mb4.
 fn has_charset_metadata(my: My) -> bool {
     my.is_character_type() || my == My::MYSQL_TYPE_GEOMETRY
 }

@@ -153,7 +153,7 @@ const MAX_JSON_DEPTH: usize = 100;
 
 /// Checks what mysql_common's JSON parser trusts: nesting depth, and each DECIMAL
 /// scalar's precision and scale (a scale above the precision makes it panic on an
-/// integer underflow; found by `tests/decode_fuzz.rs`).
+/// integer underflow; found by `tests/suite/decode_fuzz.rs`).
 fn check_jsonb(v: &jsonb::Value<'_>, depth: usize) -> Result<(), String> {
     use jsonb::Value as J;
     if depth > MAX_JSON_DEPTH {

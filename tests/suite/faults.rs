@@ -1,6 +1,6 @@
 //! Faults the pipeline survives without losing a row.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

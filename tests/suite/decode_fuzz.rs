@@ -29,7 +29,7 @@ fn schema() -> Arc<TableSchema> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: crate::regressions_beside_this_file(), ..ProptestConfig::default() })]
 
     #[test]
     fn frames_decode_or_fail_cleanly(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
@@ -115,7 +115,7 @@ fn mutated_binlog(file: &str, event: usize, at: usize, xor: u8) -> Option<Vec<u8
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: crate::regressions_beside_this_file(), ..ProptestConfig::default() })]
 
     /// The whole binlog decoding path (table maps, rows events of every type, GTIDs,
     /// queries, compressed payloads) on damaged input: a change event or a named

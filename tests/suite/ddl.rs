@@ -3,7 +3,7 @@
 //! the new), across partitions and workers, also across a crash; `sink.ddl = "halt"`
 //! stops at it after applying everything before.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

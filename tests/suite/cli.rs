@@ -2,8 +2,6 @@
 //! a message naming the key; a source that cannot be replicated is refused at start
 //! with the setting to change.
 
-mod common;
-
 use std::process::Command;
 
 use rowlog::testkit::{MariaDb, ServerOptions};

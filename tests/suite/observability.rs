@@ -2,9 +2,9 @@
 //! `/status` of a rowlog replicating a real MariaDB pair; a destination that blocks
 //! (stalled, with the failing key), one that rejects a change (halted, with the
 //! rejected change), a source that goes away, and the real binary's port.
-//! The dashboards and alert rules are checked in `tests/dashboards.rs`.
+//! The dashboards and alert rules are checked in `tests/suite/dashboards.rs`.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

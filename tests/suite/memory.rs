@@ -2,7 +2,7 @@
 //! written while rowlog is down, replicates through the real binary with a bounded
 //! peak RSS (bounded queues, bounded batches, records streamed through the log).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

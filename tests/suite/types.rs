@@ -2,7 +2,7 @@
 //! and compared on the destination byte for byte: row by row and by `CHECKSUM TABLE`.
 //! The table is created on the source only, so its shape also travels as DDL.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

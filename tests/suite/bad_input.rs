@@ -2,7 +2,7 @@
 //! fix, exit code 1, and no damage: wrong credentials, missing privileges, an
 //! unreachable source, an unknown destination database, a destination missing a table.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

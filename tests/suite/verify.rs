@@ -1,7 +1,7 @@
 //! `rowlog verify` compares source and destination chunk by chunk while replication
 //! runs: lag is not a difference, a damaged row is, and it is named by its key.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};

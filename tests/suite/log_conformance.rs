@@ -2,7 +2,7 @@
 //! Kafka (a real Kafka-protocol broker, `tansu`). Each behaviour is written once, as a
 //! function over any [`PartitionedLog`], and called for each backend.
 
-mod common;
+use crate::common;
 
 use std::future::Future;
 use std::time::Duration;

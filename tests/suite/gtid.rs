@@ -3,7 +3,7 @@
 //! source), from the GTID state it stored, although that server's binlog files and
 //! offsets are its own. By position, the same switch is refused with a named error.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! `rowlog run` with 8 partitions and 4 workers per partition replicates a workload of
 //! more than 100,000 row changes, every destination row equal to the source.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

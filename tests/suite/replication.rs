@@ -1,7 +1,7 @@
 //! End to end: row changes on a real MariaDB source arrive on a real MariaDB
 //! destination through rowlog, value for value.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,10 +1,10 @@
 //! The log on Kafka (`log.backend = "kafka"`) against a real Kafka-protocol broker
 //! (`tansu`): what any Kafka consumer sees in rowlog's topic, a topic of the wrong
 //! shape, and a broker that goes away mid-stream. The shared end-to-end and crash
-//! tests run on Kafka too (tests/replication.rs, tests/crash_restart.rs), and so does
-//! the log trait's contract (tests/log_conformance.rs).
+//! tests run on Kafka too (tests/suite/replication.rs, tests/suite/crash_restart.rs), and so does
+//! the log trait's contract (tests/suite/log_conformance.rs).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

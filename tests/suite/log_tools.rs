@@ -1,7 +1,7 @@
 //! `rowlog log partitions | tail | verify` on a log another process is writing, and on
 //! a damaged one.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -2,7 +2,7 @@
 //! group commit, the fsync policies, retention that respects consumers, and a full
 //! disk that fails appends cleanly and recovers when space returns.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

@@ -54,7 +54,7 @@ impl Pair {
 
     /// Runs the same DDL on both servers, as when tables exist on both before
     /// replication starts: configs made afterwards start reading the source after it.
-    /// (Replicating DDL itself is tested in tests/ddl.rs.) The destination goes first,
+    /// (Replicating DDL itself is tested in tests/suite/ddl.rs.) The destination goes first,
     /// so a rowlog already running finds the tables in place when it replicates them.
     pub async fn create(&self, statements: &[&str]) {
         self.dst.exec(statements).await.expect("DDL on destination");

@@ -1,7 +1,7 @@
 //! Moving positions deliberately: `rowlog offsets show | set`, `rowlog replay`,
 //! `rowlog source reset`, and what signals do to the daemon.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! after a purged position; `rowlog snapshot --tables` copies chosen tables again, with
 //! rowlog stopped or while it streams the rest.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

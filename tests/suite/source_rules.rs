@@ -1,7 +1,7 @@
 //! What the source reads and refuses: table filters, tables without a primary key,
 //! and a source without full row metadata.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Crash safety: rowlog killed with SIGKILL mid-stream, repeatedly, while the source
 //! keeps writing, converges to the source once restarted: no row lost, none diverged.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

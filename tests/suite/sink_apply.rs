@@ -2,7 +2,7 @@
 //! workers, lock waits, a destination restart, a change the destination rejects for
 //! good, and generated columns the destination computes out of strict bounds.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! operand of every PromQL expression must return data, so a query naming a metric
 //! that does not exist fails here instead of showing an empty panel in production.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -2,7 +2,7 @@
 //! a torn tail is cut back to the last whole record, a damaged sealed segment is a
 //! hard error naming the file and byte, and missing acknowledged records are refused.
 
-mod common;
+use crate::common;
 
 use std::fs::OpenOptions;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! order — and after a truncation of acknowledged bytes (a damaged disk) the log is a
 //! prefix of what was written, never garbage.
 
-mod common;
+use crate::common;
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -143,7 +143,7 @@ async fn run(ops: Vec<Op>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: crate::regressions_beside_this_file(), ..ProptestConfig::default() })]
 
     #[test]
     fn acknowledged_records_read_back_identical_and_in_order(ops in prop::collection::vec(op(), 1..50)) {
