@@ -1229,16 +1229,15 @@ impl<P: PartitionAccess> Cursor<P> {
         if len > MAX_PAYLOAD {
             return Err(corrupt(format!("record length {len} exceeds the limit")));
         }
-        let mut payload = std::mem::take(&mut self.payload);
         // One record far over the usual size would otherwise pin its memory.
-        if payload.capacity() > KEEP_PAYLOAD_BUFFER && len <= KEEP_PAYLOAD_BUFFER {
-            payload = Vec::new();
+        if self.payload.capacity() > KEEP_PAYLOAD_BUFFER && len <= KEEP_PAYLOAD_BUFFER {
+            self.payload = Vec::new();
         }
-        payload.clear();
-        payload.resize(len, 0);
-        let read = self.file.read_exact(&mut payload);
-        self.payload = payload;
-        read.map_err(|e| corrupt(format!("record cut short: {e}")))?;
+        self.payload.clear();
+        self.payload.resize(len, 0);
+        self.file
+            .read_exact(&mut self.payload)
+            .map_err(|e| corrupt(format!("record cut short: {e}")))?;
         let payload = &self.payload;
         if !frame::check(crc, offset, time_ms, payload) {
             return Err(corrupt(format!(
