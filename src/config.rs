@@ -3,7 +3,7 @@
 //! `ROWLOG__SINK__WORKERS=8`). Unknown keys are errors, so a typo never silently falls
 //! back to a default; every error names the key.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -297,6 +297,38 @@ impl HttpConfig {
     }
 }
 
+/// The keys whose environment value is a comma-separated list.
+const LIST_KEYS: [&str; 2] = ["source.include", "source.exclude"];
+/// `[kafka.properties]`: its keys come from the environment spelled with `_`.
+const KAFKA_PROPERTIES: &str = "kafka.properties";
+
+/// The variable that overrides `key`: `source.include` → `ROWLOG__SOURCE__INCLUDE`.
+fn env_var(key: &str) -> String {
+    format!("ROWLOG__{}", key.to_ascii_uppercase().replace('.', "__"))
+}
+
+/// Removes and returns the variables named `name` (a name ending in `__`: every
+/// variable it starts), in any case, as the config crate matches them.
+fn take_vars(env: &mut HashMap<String, String>, name: &str) -> BTreeMap<String, String> {
+    let name = name.to_ascii_uppercase();
+    let names: Vec<String> = env
+        .keys()
+        .filter(|k| {
+            let k = k.to_ascii_uppercase();
+            if name.ends_with("__") {
+                k.starts_with(&name) && k.len() > name.len()
+            } else {
+                k == name
+            }
+        })
+        .cloned()
+        .collect();
+    names
+        .into_iter()
+        .filter_map(|k| env.remove(&k).map(|v| (k, v)))
+        .collect()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {detail}")]
@@ -312,33 +344,74 @@ impl Config {
     }
 
     /// Loads `path` with overrides from `env` (tests pass their own).
-    pub fn load_with_env(path: &Path, env: HashMap<String, String>) -> Result<Self, ConfigError> {
+    ///
+    /// Environment values stay strings until each key's own type reads them: the
+    /// config crate's guessing (`try_parsing`) turned `ROWLOG__NAME=007` into the
+    /// number 7 and back into the name "7" (another pipeline, whose offsets start
+    /// from nothing) and rounded `ROWLOG__SINK__WORKERS=1.5` to 2. Its guessing was
+    /// also what split lists, so the two list keys are split here, and each item
+    /// trimmed: `"app.*, shop.orders"` must not name a database " shop".
+    pub fn load_with_env(
+        path: &Path,
+        mut env: HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
         if !path.is_file() {
             return Err(ConfigError::Load {
                 path: path.into(),
                 detail: "no such file".into(),
             });
         }
-        let env = config::Environment::with_prefix("ROWLOG")
-            .prefix_separator("__")
-            .separator("__")
-            .try_parsing(true)
-            .list_separator(",")
-            .with_list_parse_key("source.include")
-            .with_list_parse_key("source.exclude")
-            .source(Some(env));
-        let raw = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
-            .add_source(env)
+        let load_err = |e: config::ConfigError| ConfigError::Load {
+            path: path.into(),
+            detail: e.to_string(),
+        };
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml));
+        for key in LIST_KEYS {
+            for value in take_vars(&mut env, &env_var(key)).into_values() {
+                let items: Vec<String> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(String::from)
+                    .collect();
+                builder = builder.set_override(key, items).map_err(load_err)?;
+            }
+        }
+        let kafka_properties = take_vars(&mut env, &format!("{}__", env_var(KAFKA_PROPERTIES)));
+        let raw = builder
+            .add_source(
+                config::Environment::with_prefix("ROWLOG")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .source(Some(env)),
+            )
             .build()
-            .map_err(|e| ConfigError::Load {
-                path: path.into(),
-                detail: e.to_string(),
-            })?;
-        let cfg: Config = raw.try_deserialize().map_err(|e| ConfigError::Invalid {
+            .map_err(load_err)?;
+        let mut cfg: Config = raw.try_deserialize().map_err(|e| ConfigError::Invalid {
             path: path.into(),
             detail: e.to_string(),
         })?;
+        if !kafka_properties.is_empty() {
+            let Some(kafka) = cfg.kafka.as_mut() else {
+                return Err(ConfigError::Invalid {
+                    path: path.into(),
+                    detail: format!(
+                        "{} sets kafka.properties, but there is no [kafka] section",
+                        kafka_properties.keys().next().map_or("", |k| k.as_str())
+                    ),
+                });
+            };
+            // librdkafka's names are dotted, which neither a shell nor the key
+            // separator can carry: `…__SASL_PASSWORD` is `sasl.password` (no
+            // librdkafka property has an underscore in its name).
+            for (var, value) in kafka_properties {
+                let name = var[env_var(KAFKA_PROPERTIES).len() + 2..]
+                    .to_ascii_lowercase()
+                    .replace('_', ".");
+                kafka.properties.insert(name, value);
+            }
+        }
         cfg.validate().map_err(|detail| ConfigError::Invalid {
             path: path.into(),
             detail,
@@ -447,6 +520,14 @@ impl Config {
                 self.http.listen
             ));
         }
+        // Zero would end every shutdown before it drains (nothing lost, but an exit
+        // with the error code each time).
+        if !(1..=86_400).contains(&self.shutdown_timeout_secs) {
+            return Err(format!(
+                "shutdown_timeout_secs: must be between 1 and 86400, got {}",
+                self.shutdown_timeout_secs
+            ));
+        }
         if !(1..=86_400).contains(&self.http.stall_after_secs) {
             return Err(format!(
                 "http.stall_after_secs: must be between 1 and 86400, got {}",
@@ -528,6 +609,66 @@ mod tests {
     }
 
     #[test]
+    fn environment_values_keep_their_spelling_and_lists_are_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = HashMap::from([
+            ("ROWLOG__NAME".to_string(), "007".to_string()),
+            ("ROWLOG__HTTP__ENABLED".to_string(), "FALSE".to_string()),
+            (
+                "ROWLOG__SOURCE__INCLUDE".to_string(),
+                " app.* , shop.orders,,".to_string(),
+            ),
+            (
+                "rowlog__source__exclude".to_string(),
+                "app.secrets".to_string(),
+            ),
+        ]);
+        let cfg = Config::load_with_env(&write(dir.path(), MINIMAL), env).unwrap();
+        assert_eq!(cfg.name, "007");
+        assert!(!cfg.http.enabled);
+        assert_eq!(cfg.source.include, ["app.*", "shop.orders"]);
+        assert_eq!(cfg.source.exclude, ["app.secrets"]);
+    }
+
+    #[test]
+    fn a_number_from_the_environment_is_not_rounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = HashMap::from([("ROWLOG__SINK__WORKERS".to_string(), "1.5".to_string())]);
+        let err = Config::load_with_env(&write(dir.path(), MINIMAL), env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sink.workers"), "{err}");
+    }
+
+    #[test]
+    fn kafka_properties_come_from_the_environment_with_underscores_for_dots() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = format!("{MINIMAL}[kafka]\nbrokers = \"k:9092\"\n[kafka.properties]\n\"ssl.ca.location\" = \"/ca.pem\"\n");
+        let env = HashMap::from([(
+            "ROWLOG__KAFKA__PROPERTIES__SASL_PASSWORD".to_string(),
+            "secret".to_string(),
+        )]);
+        let cfg = Config::load_with_env(&write(dir.path(), &body), env.clone()).unwrap();
+        let props = &cfg.kafka.unwrap().properties;
+        assert_eq!(
+            props.get("sasl.password").map(String::as_str),
+            Some("secret")
+        );
+        assert_eq!(
+            props.get("ssl.ca.location").map(String::as_str),
+            Some("/ca.pem")
+        );
+
+        let err = Config::load_with_env(&write(dir.path(), MINIMAL), env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ROWLOG__KAFKA__PROPERTIES__SASL_PASSWORD"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_shipped_example_is_valid() {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/rowlog.example.toml");
         let cfg = Config::load_with_env(&example, HashMap::new()).unwrap();
@@ -569,6 +710,10 @@ mod tests {
             (
                 format!("{MINIMAL}[http]\nlisten = \"localhost\"\n"),
                 "http.listen",
+            ),
+            (
+                format!("shutdown_timeout_secs = 0\n{MINIMAL}"),
+                "shutdown_timeout_secs",
             ),
             (
                 format!("{MINIMAL}[log]\nbackend = \"kafka\"\n"),
