@@ -359,7 +359,11 @@ fn main() -> ExitCode {
             }
         }
         Command::Log { command } => {
-            match runtime().and_then(|rt| rt.block_on(log_command(command))) {
+            let request = match log_request(command) {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            match runtime().and_then(|rt| rt.block_on(log_command(request))) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("rowlog: {e:#}");
@@ -436,28 +440,27 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            tool(async move {
-                use rowlog::tools::offsets::{self, Target};
-                match command {
-                    OffsetsCommand::Show { .. } => offsets::show(&cfg).await,
-                    OffsetsCommand::Set {
-                        partition,
-                        to,
-                        force,
-                        ..
-                    } => {
-                        let target = match (to.to, to.to_time, to.to_earliest) {
-                            (Some(o), _, _) => Target::Offset(o),
-                            (_, Some(t), _) => {
-                                Target::TimeMs(rowlog::tools::log_cmd::parse_time(&t)?)
-                            }
-                            (_, _, true) => Target::Earliest,
-                            _ => Target::End,
-                        };
-                        offsets::set(&cfg, partition, target, force).await
-                    }
+            use rowlog::tools::offsets::{self, Target};
+            match command {
+                OffsetsCommand::Show { .. } => tool(async move { offsets::show(&cfg).await }),
+                OffsetsCommand::Set {
+                    partition,
+                    to,
+                    force,
+                    ..
+                } => {
+                    let target = match (to.to, to.to_time, to.to_earliest) {
+                        (Some(o), _, _) => Target::Offset(o),
+                        (_, Some(t), _) => match parse_time(&t, "--to-time") {
+                            Ok(ms) => Target::TimeMs(ms),
+                            Err(code) => return code,
+                        },
+                        (_, _, true) => Target::Earliest,
+                        _ => Target::End,
+                    };
+                    tool(async move { offsets::set(&cfg, partition, target, force).await })
                 }
-            })
+            }
         }
         Command::Replay {
             config,
@@ -472,36 +475,40 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            tool(async move {
-                use rowlog::tools::log_cmd::parse_time;
-                use rowlog::tools::offsets::{self, Range, Target};
-                let (partition, from) = match (from_offset, from_time) {
-                    (Some(po), _) => {
-                        let (p, o) = po
-                            .split_once(':')
-                            .ok_or("--from-offset takes PARTITION:OFFSET")?;
-                        (Some(p.parse()?), Target::Offset(o.parse()?))
-                    }
-                    (None, Some(t)) => (None, Target::TimeMs(parse_time(&t)?)),
-                    (None, None) => return Err("give --from-offset or --from-time".into()),
-                };
-                let to = match (to_offset, to_time) {
-                    (Some(o), _) => Some(Target::Offset(o)),
-                    (None, Some(t)) => Some(Target::TimeMs(parse_time(&t)?)),
-                    (None, None) => None,
-                };
-                offsets::replay(
-                    &cfg,
-                    Range {
-                        partition,
-                        from,
-                        to,
-                        force,
-                    },
-                    dry_run,
-                )
-                .await
-            })
+            use rowlog::tools::offsets::{self, Range, Target};
+            let (partition, from) = match (from_offset, from_time) {
+                (Some(po), _) => {
+                    let parsed = po
+                        .split_once(':')
+                        .and_then(|(p, o)| Some((p.trim().parse().ok()?, o.trim().parse().ok()?)));
+                    let Some((p, o)) = parsed else {
+                        return usage(format!(
+                            "--from-offset {po}: expected PARTITION:OFFSET, e.g. 3:1200"
+                        ));
+                    };
+                    (Some(p), Target::Offset(o))
+                }
+                (None, Some(t)) => match parse_time(&t, "--from-time") {
+                    Ok(ms) => (None, Target::TimeMs(ms)),
+                    Err(code) => return code,
+                },
+                (None, None) => return usage("give --from-offset or --from-time".into()),
+            };
+            let to = match (to_offset, to_time) {
+                (Some(o), _) => Some(Target::Offset(o)),
+                (None, Some(t)) => match parse_time(&t, "--to-time") {
+                    Ok(ms) => Some(Target::TimeMs(ms)),
+                    Err(code) => return code,
+                },
+                (None, None) => None,
+            };
+            let range = Range {
+                partition,
+                from,
+                to,
+                force,
+            };
+            tool(async move { offsets::replay(&cfg, range, dry_run).await })
         }
         Command::Source {
             command:
@@ -515,17 +522,21 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            tool(async move {
-                use rowlog::tools::offsets::{source_reset, ResetTo};
-                let target = match (to, to_gtid) {
-                    (Some(p), None) => ResetTo::Position(p.parse()?),
-                    (None, Some(g)) => ResetTo::Gtid(g.parse()?),
-                    _ => {
-                        return Err("give one of --to FILE.NNNNNN:POS or --to-gtid D-S-N[,…]".into())
-                    }
-                };
-                source_reset(&cfg, target).await
-            })
+            use rowlog::tools::offsets::{source_reset, ResetTo};
+            let target = match (to, to_gtid) {
+                (Some(p), None) => match p.parse() {
+                    Ok(p) => ResetTo::Position(p),
+                    Err(e) => return usage(format!("--to {p}: {e}")),
+                },
+                (None, Some(g)) => match g.parse() {
+                    Ok(g) => ResetTo::Gtid(g),
+                    Err(e) => return usage(format!("--to-gtid {g}: {e}")),
+                },
+                _ => {
+                    return usage("give one of --to FILE.NNNNNN:POS or --to-gtid D-S-N[,…]".into())
+                }
+            };
+            tool(async move { source_reset(&cfg, target).await })
         }
         Command::Snapshot { config, tables } => {
             let cfg = match load(&config) {
@@ -671,21 +682,33 @@ fn binlog_decode_options(
     Ok(FileDecodeOptions { filter, no_pk })
 }
 
-/// The log a `rowlog log` command reads: an embedded log's directory, or a config
-/// (whose log may be on Kafka).
-fn log_dir(at: &LogLocation) -> anyhow::Result<rowlog::tools::LogLocation> {
-    use rowlog::tools::LogLocation as At;
-    match (&at.dir, &at.config) {
-        (Some(d), _) => Ok(At::Dir(d.clone())),
-        (None, Some(c)) => Ok(At::Config(Box::new(Config::load(c)?))),
-        (None, None) => anyhow::bail!("give --dir or --config"),
-    }
+/// A `rowlog log` command with its arguments checked: the log it reads (an embedded
+/// log's directory, or a config whose log may be on Kafka) and where to start.
+enum LogRequest {
+    Partitions(rowlog::tools::LogLocation),
+    Tail {
+        at: rowlog::tools::LogLocation,
+        partition: u32,
+        from: rowlog::tools::log_cmd::From,
+        follow: bool,
+        limit: Option<u64>,
+    },
+    Verify(rowlog::tools::LogLocation),
 }
 
-async fn log_command(command: LogCommand) -> anyhow::Result<ExitCode> {
+/// Checks a `rowlog log` command's arguments and config; what is wrong exits 2.
+fn log_request(command: LogCommand) -> Result<LogRequest, ExitCode> {
     use rowlog::tools::log_cmd;
-    match command {
-        LogCommand::Partitions { at } => log_cmd::partitions(&log_dir(&at)?).await?,
+    use rowlog::tools::LogLocation as At;
+    let location = |at: &LogLocation| -> Result<At, ExitCode> {
+        match (&at.dir, &at.config) {
+            (Some(d), _) => Ok(At::Dir(d.clone())),
+            (None, Some(c)) => Ok(At::Config(Box::new(load(c)?))),
+            (None, None) => Err(usage("give --dir or --config".into())),
+        }
+    };
+    Ok(match command {
+        LogCommand::Partitions { at } => LogRequest::Partitions(location(&at)?),
         LogCommand::Tail {
             at,
             partition,
@@ -693,22 +716,49 @@ async fn log_command(command: LogCommand) -> anyhow::Result<ExitCode> {
             from_time,
             follow,
             limit,
-        } => {
-            let from = match from_time {
-                Some(t) => {
-                    log_cmd::From::TimeMs(log_cmd::parse_time(&t).map_err(anyhow::Error::msg)?)
-                }
+        } => LogRequest::Tail {
+            from: match from_time {
+                Some(t) => log_cmd::From::TimeMs(parse_time(&t, "--from-time")?),
                 None => log_cmd::From::Offset(from.unwrap_or(0)),
-            };
-            log_cmd::tail(&log_dir(&at)?, partition, from, follow, limit).await?
-        }
-        LogCommand::Verify { at } => {
-            if !log_cmd::verify_cmd(&log_dir(&at)?).await? {
+            },
+            at: location(&at)?,
+            partition,
+            follow,
+            limit,
+        },
+        LogCommand::Verify { at } => LogRequest::Verify(location(&at)?),
+    })
+}
+
+async fn log_command(request: LogRequest) -> anyhow::Result<ExitCode> {
+    use rowlog::tools::log_cmd;
+    match request {
+        LogRequest::Partitions(at) => log_cmd::partitions(&at).await?,
+        LogRequest::Tail {
+            at,
+            partition,
+            from,
+            follow,
+            limit,
+        } => log_cmd::tail(&at, partition, from, follow, limit).await?,
+        LogRequest::Verify(at) => {
+            if !log_cmd::verify_cmd(&at).await? {
                 return Ok(ExitCode::from(EXIT_FAILED));
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A usage error: said on one line, exit 2.
+fn usage(detail: String) -> ExitCode {
+    eprintln!("rowlog: {detail}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// A time argument (`flag` names it in the error), or exit 2.
+fn parse_time(t: &str, flag: &str) -> Result<u64, ExitCode> {
+    rowlog::tools::log_cmd::parse_time(t).map_err(|e| usage(format!("{flag} {t}: {e}")))
 }
 
 /// Runs a tool command; errors print on one line and exit 1.

@@ -70,6 +70,60 @@ fn invalid_config_exits_2_and_names_the_key() {
 }
 
 #[test]
+fn every_command_exits_2_on_an_invalid_config_or_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = config_file(dir.path(), &VALID.replace("[sink]", "[sink]\nworkers = 0"));
+    let commands: [&[&str]; 10] = [
+        &["log", "partitions", "--config"],
+        &["log", "tail", "--partition", "0", "--config"],
+        &["log", "verify", "--config"],
+        &["offsets", "show", "--config"],
+        &["offsets", "set", "--to-earliest", "--config"],
+        &["replay", "--from-offset", "0:0", "--config"],
+        &["source", "reset", "--to", "binlog.000001:4", "--config"],
+        &["snapshot", "--config"],
+        &["verify", "--config"],
+        &["run", "--config"],
+    ];
+    for command in commands {
+        let args = [command, &[bad.as_str()]].concat();
+        let out = rowlog(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("sink.workers"), "{args:?}: {stderr}");
+    }
+    // A valid config (its servers are never reached): the argument is what is wrong.
+    let good = config_file(dir.path(), VALID);
+    let misuses: [(&[&str], &str); 6] = [
+        (&["replay", "--from-offset", "three"], "--from-offset three"),
+        (
+            &["replay", "--from-time", "yesterday"],
+            "--from-time yesterday",
+        ),
+        (
+            &["replay", "--from-offset", "0:5", "--to-time", "soon"],
+            "--to-time soon",
+        ),
+        (&["offsets", "set", "--to-time", "later"], "--to-time later"),
+        (&["source", "reset", "--to", "binlog:12"], "--to binlog:12"),
+        (
+            &["log", "tail", "--partition", "0", "--from-time", "noon"],
+            "--from-time noon",
+        ),
+    ];
+    for (command, named) in misuses {
+        let args = [command, &["--config", good.as_str()]].concat();
+        let out = rowlog(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(named),
+            "{args:?} does not name {named:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn a_missing_config_file_exits_2() {
     let out = rowlog(&["run", "--config", "/nonexistent/rowlog.toml"]);
     assert_eq!(out.status.code(), Some(2));
