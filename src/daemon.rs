@@ -503,15 +503,34 @@ async fn finish(
     first_error
 }
 
+/// How long the ops server may take to finish the requests it is answering once the
+/// pipeline has drained.
+const HTTP_STOP_GRACE: Duration = Duration::from_secs(3);
+
 /// Waits for the ops server, which stops on shutdown. Its failure (rare: the socket
-/// broke) is only reported: the pipeline itself has already drained.
+/// broke) is only reported: the pipeline itself has already drained. A connection
+/// that holds a request half sent (a stuck scraper, a port scanner) would keep a
+/// graceful stop waiting for ever, and with it the exit: after [`HTTP_STOP_GRACE`]
+/// the server is dropped with whatever connections it still has.
 async fn stop_http(http: Option<tokio::task::JoinHandle<Result<(), HttpError>>>) {
-    if let Some(http) = http {
-        match http.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %error_chain(&e), "ops HTTP server failed"),
-            Err(e) => warn!(error = %e, "ops HTTP server panicked"),
+    let Some(mut http) = http else {
+        return;
+    };
+    let ended = match tokio::time::timeout(HTTP_STOP_GRACE, &mut http).await {
+        Ok(ended) => ended,
+        Err(_) => {
+            warn!(
+                grace_secs = HTTP_STOP_GRACE.as_secs(),
+                "ops HTTP server: connections still open after the drain; closing them"
+            );
+            http.abort();
+            return;
         }
+    };
+    match ended {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %error_chain(&e), "ops HTTP server failed"),
+        Err(e) => warn!(error = %e, "ops HTTP server panicked"),
     }
 }
 

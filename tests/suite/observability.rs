@@ -421,7 +421,8 @@ async fn a_lost_source_fails_readiness_and_its_lag_grows_until_it_returns() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_rowlog_binary_serves_the_port_from_its_config_and_closes_it_on_sigterm() {
+async fn the_rowlog_binary_serves_the_port_from_its_config_and_closes_it_on_sigterm_even_mid_request(
+) {
     let pair = Pair::start().await;
     pair.create(&["CREATE DATABASE app", TABLE]).await;
     let addr = format!("127.0.0.1:{}", free_port());
@@ -458,9 +459,15 @@ async fn the_rowlog_binary_serves_the_port_from_its_config_and_closes_it_on_sigt
         1.0
     );
     assert_eq!(get(&addr, "/healthz").await.unwrap().0, 200);
-    let log = daemon.log();
+    // A client that sent half a request and went quiet (a stuck scraper, a port
+    // scanner) must not hold the exit: the drain ends and rowlog exits 0, not 1 at
+    // `shutdown_timeout_secs`.
+    let mut stuck = std::net::TcpStream::connect(&addr).unwrap();
+    std::io::Write::write_all(&mut stuck, b"GET /metrics HTTP/1.1\r\nHost: x\r\n").unwrap();
     let status = daemon.terminate();
+    let log = std::fs::read_to_string(pair.dir.path().join("rowlog.log")).unwrap_or_default();
     assert!(status.success(), "{status:?}\n{log}");
+    drop(stuck);
     assert!(log.contains(&addr), "the bound address is logged:\n{log}");
     assert!(
         get(&addr, "/healthz").await.is_none(),
