@@ -327,7 +327,17 @@ async fn run_on<L: PartitionedLog + Clone>(
     // A snapshot, when one is due, runs to its end before streaming starts (see
     // crate::snapshot for why that keeps the hand-off exact).
     let snapshot = tokio::select! {
-        done = crate::snapshot::before_streaming(&cfg, &log, &metrics, &external) => done.map_err(DaemonError::Snapshot),
+        done = async {
+            // Another daemon of this pipeline may have appended to a shared log (a
+            // broker's topic) while this one waited for the lease.
+            log.reload().await?;
+            for p in 0..log.partitions() {
+                metrics.set_log_end(p, log.end_offset(p));
+            }
+            crate::snapshot::before_streaming(&cfg, &log, &metrics, &external)
+                .await
+                .map_err(DaemonError::Snapshot)
+        } => done,
         lost = lease.lost() => Err(DaemonError::Lease(lost)),
     };
     let floors = match snapshot {

@@ -288,4 +288,14 @@ pub trait PartitionedLog: Send + Sync + 'static {
         &self,
         resume: ResumePoint,
     ) -> impl Future<Output = Result<(), LogError>> + Send;
+
+    /// Reads again what the log keeps in memory of its durable state (ends, last
+    /// changes, checkpoint, schemas), which another process may have moved since the
+    /// log was opened: a broker's topic is shared by the pipeline's daemons on other
+    /// hosts, and one that waited for the pipeline's lease opened the topic before the
+    /// holder's last appends. Called once the lease is held, before anything resumes.
+    /// An embedded log is locked to one process: nothing to read again.
+    fn reload(&self) -> impl Future<Output = Result<(), LogError>> + Send {
+        std::future::ready(Ok(()))
+    }
 }

@@ -8,6 +8,7 @@ use crate::common;
 
 use std::time::Duration;
 
+use common::http::{assert_status_caught_up, free_port, get, poll};
 use common::{Daemon, InProcess, Pair};
 use mysql_async::prelude::Queryable;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -674,4 +675,94 @@ async fn messages_of_an_old_binlog_are_stamped_near_their_append_and_found_by_co
     assert_eq!(log.offset_for_time(0, at(100)).await.unwrap(), 100);
     assert_eq!(log.offset_for_time(0, recent).await.unwrap(), 100);
     assert_eq!(log.offset_for_time(0, recent + 1).await.unwrap(), 110);
+}
+
+/// Two daemons of one pipeline, on two hosts, share its topic: the second waits for
+/// the lease while the first appends and applies. Once the first stops and the second
+/// holds the lease, the second reads the topic's ends, last changes and checkpoint
+/// again, so it neither logs nor applies a second time what the first did (a table
+/// without a key would keep every row applied twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_waited_for_the_lease_goes_on_where_the_holder_stopped() {
+    let broker = Tansu::start().expect("tansu broker starts");
+    let pair = pair_on(&broker).await;
+    pair.create(&["CREATE TABLE app.k (v BIGINT NOT NULL)"])
+        .await;
+    let config = pair.dir.path().join("rowlog.toml");
+    std::fs::write(
+        &config,
+        pair.config_toml(1, 4)
+            .replace("[source]\n", "[source]\nno_pk = \"full_row\"\n"),
+    )
+    .unwrap();
+    let first = Daemon::spawn(&config, pair.dir.path().join("first.log"));
+    let mut c = pair.src.conn().await.unwrap();
+    c.query_drop("INSERT INTO app.t VALUES (0, 0)")
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let elsewhere = pair.dir.path().join("elsewhere");
+    let env = [
+        ("ROWLOG__LOG__DIR", elsewhere.to_str().unwrap()),
+        ("ROWLOG__HTTP__LISTEN", addr.as_str()),
+    ];
+    let second = Daemon::spawn_with(&config, pair.dir.path().join("second.log"), &env);
+    poll(
+        "the second daemon waiting for the lease, its log open",
+        Duration::from_secs(30),
+        || async {
+            let (code, body) = get(&addr, "/status").await?;
+            (code == 200 && body.contains(r#""lease":{"state":"waiting""#)).then_some(())
+        },
+    )
+    .await;
+    // Logged and applied by the first while the second waits.
+    c.query_drop("INSERT INTO app.k SELECT seq FROM app.seq_1_to_1000")
+        .await
+        .unwrap();
+    c.query_drop("INSERT INTO app.t SELECT seq, seq FROM app.seq_1_to_1000")
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    let mut d = pair.dst.conn().await.unwrap();
+    common::wait_for_count(
+        &mut d,
+        "SELECT COUNT(*) FROM app.k",
+        1000,
+        "the first daemon applies app.k",
+    )
+    .await;
+    first.terminate_cleanly();
+
+    // The second takes the lease over; one more change of each table comes after.
+    c.query_drop("INSERT INTO app.k VALUES (1001)")
+        .await
+        .unwrap();
+    c.query_drop("INSERT INTO app.t VALUES (1001, 1001)")
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(90))
+        .await;
+    // Row 1001 of app.t is applied, so whatever the second logged before it is in
+    // the log; once every partition is committed to its end, all of it is applied.
+    let status = poll(
+        "the second daemon caught up in every partition",
+        Duration::from_secs(60),
+        || async {
+            let (code, body) = get(&addr, "/status").await?;
+            let status: Json = serde_json::from_str(&body).ok()?;
+            let parts = status["partitions"].as_array()?;
+            (code == 200 && parts.len() == 4 && parts.iter().all(|p| p["lag_records"] == 0))
+                .then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(common::count(&pair.dst, "app.k").await, 1001, "app.k rows");
+    // 1 + 1,000 + 1,000 changes from the first, 2 from the second.
+    assert_status_caught_up(&status, 4, 2003);
+    second.terminate_cleanly();
 }

@@ -45,6 +45,7 @@ mod reader;
 mod settings;
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -247,6 +248,24 @@ impl KafkaLog {
 
     pub fn topic(&self) -> &str {
         &self.inner.topic
+    }
+
+    /// [`PartitionedLog::reload`]: the state [`KafkaLog::open`] read, read again.
+    async fn reload_from_broker(&self) -> Result<(), LogError> {
+        self.load_tails().await?;
+        let (log_id, checkpoint) = self.load_checkpoint(false).await?;
+        let ours = self.inner.log_id.load(Ordering::Acquire);
+        if log_id != ours {
+            return Err(LogError::Failed {
+                partition: u32::MAX,
+                cause: format!(
+                    "the log's identity in {} changed from {ours} to {log_id} while this process waited for the pipeline's lease (the topics were deleted or made again); start rowlog again",
+                    self.inner.checkpoint_topic
+                ),
+            });
+        }
+        *lock(&self.inner.checkpoint) = checkpoint;
+        self.refresh_schemas().await
     }
 
     /// Reads the partitions' ends again: what a tool beside the daemon needs to follow
@@ -663,6 +682,10 @@ fn definite(e: LogError) -> LogError {
 
 impl PartitionedLog for KafkaLog {
     type Reader = KafkaReader;
+
+    fn reload(&self) -> impl Future<Output = Result<(), LogError>> + Send {
+        self.reload_from_broker()
+    }
 
     fn partitions(&self) -> u32 {
         self.inner.partitions
