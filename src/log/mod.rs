@@ -166,6 +166,13 @@ pub enum LogError {
         #[source]
         source: Box<rdkafka::error::KafkaError>,
     },
+    #[error("Kafka topic {topic}: {what} makes a message of {bytes} bytes, over the producer's message.max.bytes ({limit}; the message carries the row twice, as Debezium-shaped JSON and as rowlog's record). Raise kafka.properties.\"message.max.bytes\" and the topic's max.message.bytes on the broker, then start rowlog again: it goes on from this change")]
+    MessageTooLarge {
+        topic: String,
+        what: String,
+        bytes: usize,
+        limit: usize,
+    },
     #[error("Kafka topic {topic} has {existing} partitions but log.partitions is {configured}; a different count would break per-key order. Use the old value, or another kafka.topic")]
     TopicPartitions {
         topic: String,

@@ -766,3 +766,35 @@ async fn a_daemon_that_waited_for_the_lease_goes_on_where_the_holder_stopped() {
     assert_status_caught_up(&status, 4, 2003);
     second.terminate_cleanly();
 }
+
+/// A row too large for a Kafka message (librdkafka's default `message.max.bytes` is
+/// 1,000,000, and the message carries the row twice) stops the pipeline with an error
+/// naming the table, the change's position and the setting to raise; the rows before
+/// it are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_too_large_for_a_kafka_message_stops_the_pipeline_naming_it() {
+    let broker = Tansu::start().expect("tansu broker starts");
+    let pair = pair_on(&broker).await;
+    pair.create(&["CREATE TABLE app.docs (id BIGINT PRIMARY KEY, body LONGTEXT NOT NULL)"])
+        .await;
+    let rowlog = InProcess::start(pair.config(1, 2));
+    let mut c = pair.src.conn().await.unwrap();
+    c.query_drop("INSERT INTO app.t SELECT seq, seq FROM app.seq_1_to_100")
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    c.query_drop("INSERT INTO app.docs VALUES (7, REPEAT('x', 600000))")
+        .await
+        .unwrap();
+    let error = rowlog
+        .stopped_error(
+            Duration::from_secs(60),
+            "the pipeline stops on a row too large for a message",
+        )
+        .await;
+    for needle in ["app.docs", "message.max.bytes", "max.message.bytes"] {
+        assert!(error.contains(needle), "{needle:?} not named: {error}");
+    }
+    assert_eq!(common::count(&pair.dst, "app.docs").await, 0);
+}

@@ -190,6 +190,18 @@ pub(super) fn reader_config(settings: &KafkaSettings, client_id: &str) -> Client
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "error");
+    // librdkafka prefetches up to 64 MiB per client by default, and each partition's
+    // reader is a client of its own: 8 partitions behind a slow destination would hold
+    // half a GiB. 16 MiB each still keeps a reader's next batches at hand. An
+    // operator's own value wins.
+    for (key, value) in [
+        ("queued.max.messages.kbytes", "16384"),
+        ("queued.min.messages", "10000"),
+    ] {
+        if !settings.properties.contains_key(key) {
+            c.set(key, value);
+        }
+    }
     c
 }
 
@@ -208,17 +220,23 @@ pub(super) async fn ensure_topics(
     // The schema and checkpoint topics must outlive any retention: a record refers to
     // its schema for as long as it is kept, and the checkpoint holds the log's identity.
     // Schemas are kept whole (each table's versions share a key, so no compaction);
-    // the checkpoint topic keeps its newest record (a constant key, compacted).
+    // the checkpoint topic keeps its newest record (a constant key, compacted). The
+    // policy is set on each, not left to the broker's default: compacting the schemas
+    // would lose the versions old records refer to, and the main topic's schema-change
+    // records have no key, which a compacted topic refuses.
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|(name, partitions)| {
             let topic = NewTopic::new(name, *partitions, TopicReplication::Fixed(rf));
             if name.ends_with(".schemas") {
-                topic.set("retention.ms", "-1").set("retention.bytes", "-1")
+                topic
+                    .set("cleanup.policy", "delete")
+                    .set("retention.ms", "-1")
+                    .set("retention.bytes", "-1")
             } else if name.ends_with(".checkpoint") {
                 topic.set("cleanup.policy", "compact")
             } else {
-                topic
+                topic.set("cleanup.policy", "delete")
             }
         })
         .collect();

@@ -655,11 +655,46 @@ impl KafkaLog {
             LogEntry::Change(c) => self.schema_id(&c.table).await?,
             LogEntry::Schema(_) => 0,
         };
-        message::encode(entry, schema_id, &self.inner.topic).map_err(|e| LogError::Failed {
-            partition: u32::MAX,
-            cause: format!("encoding a record: {e}"),
-        })
+        let m =
+            message::encode(entry, schema_id, &self.inner.topic).map_err(|e| LogError::Failed {
+                partition: u32::MAX,
+                cause: format!("encoding a record: {e}"),
+            })?;
+        // librdkafka refuses a message over its limit with a bare "message too large",
+        // and a row a few hundred KB long reaches it: the change is named instead. The
+        // message's framing adds a few dozen bytes, hence the margin.
+        let limit = max_message_bytes(&self.inner.settings);
+        let bytes = m.value.len() + m.key.as_ref().map_or(0, String::len);
+        if bytes + MESSAGE_FRAMING > limit {
+            return Err(LogError::MessageTooLarge {
+                topic: self.inner.topic.clone(),
+                what: match (entry, &m.key) {
+                    (LogEntry::Change(c), Some(key)) => {
+                        format!(
+                            "the change of {} at {} (message key {key})",
+                            c.table.name, c.source.id.event
+                        )
+                    }
+                    _ => format!("a schema change at {}", entry.source().id.event),
+                },
+                bytes,
+                limit,
+            });
+        }
+        Ok(m)
     }
+}
+
+/// Bytes librdkafka adds to a message's key and value when it checks the size.
+const MESSAGE_FRAMING: usize = 128;
+
+/// The producer's `message.max.bytes`: the operator's, else librdkafka's default.
+fn max_message_bytes(settings: &KafkaSettings) -> usize {
+    settings
+        .properties
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1_000_000)
 }
 
 /// The same error, not to be retried in this process (see `append`).
