@@ -221,22 +221,21 @@ pub(super) async fn ensure_topics(
     // its schema for as long as it is kept, and the checkpoint holds the log's identity.
     // Schemas are kept whole (each table's versions share a key, so no compaction);
     // the checkpoint topic keeps its newest record (a constant key, compacted). The
-    // policy is set on each, not left to the broker's default: compacting the schemas
-    // would lose the versions old records refer to, and the main topic's schema-change
-    // records have no key, which a compacted topic refuses.
+    // other two keep the broker's default cleanup policy (Kafka's is "delete"; README
+    // asks for it where the default is "compact"). Setting `cleanup.policy=delete`
+    // on them explicitly was tried: tansu 0.6 then lost the schemas topic's records
+    // across a broker restart, and the records referring to them could not be read
+    // (kafka::sigterm_while_the_broker_is_away_exits_in_time_and_loses_nothing).
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|(name, partitions)| {
             let topic = NewTopic::new(name, *partitions, TopicReplication::Fixed(rf));
             if name.ends_with(".schemas") {
-                topic
-                    .set("cleanup.policy", "delete")
-                    .set("retention.ms", "-1")
-                    .set("retention.bytes", "-1")
+                topic.set("retention.ms", "-1").set("retention.bytes", "-1")
             } else if name.ends_with(".checkpoint") {
                 topic.set("cleanup.policy", "compact")
             } else {
-                topic.set("cleanup.policy", "delete")
+                topic
             }
         })
         .collect();
