@@ -25,6 +25,11 @@ fn default_progress_database() -> String {
 fn default_lease_secs() -> u64 {
     30
 }
+/// Above MariaDB's and MySQL's default `innodb_lock_wait_timeout` (50 s), so a batch
+/// waiting on a lock fails with 1205 and is retried, rather than timing out here.
+fn default_call_timeout_secs() -> u64 {
+    120
+}
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +71,12 @@ pub struct SinkConfig {
     /// how long a holder that cannot reach the destination keeps its stages running.
     #[serde(default = "default_lease_secs")]
     pub lease_secs: u64,
+    /// How long applying one batch, or reading or writing progress, may take before
+    /// the connection is taken for dead and the batch retried on a new one: a network
+    /// partition without a reset leaves a connection that never answers. Schema
+    /// changes have no such limit (an ALTER of a large table may take hours).
+    #[serde(default = "default_call_timeout_secs")]
+    pub call_timeout_secs: u64,
 }
 
 impl SinkConfig {
@@ -106,6 +117,12 @@ impl SinkConfig {
             return Err(format!(
                 "sink.batch_max_wait_ms: must be at most 60000, got {}",
                 self.batch_max_wait_ms
+            ));
+        }
+        if !(1..=86_400).contains(&self.call_timeout_secs) {
+            return Err(format!(
+                "sink.call_timeout_secs: must be between 1 and 86400, got {}",
+                self.call_timeout_secs
             ));
         }
         if !(3..=3600).contains(&self.lease_secs) {

@@ -42,6 +42,9 @@ pub enum SinkError {
         cause: Option<mysql_async::Error>,
     },
 
+    #[error("the destination did not answer {action} within {secs} s (sink.call_timeout_secs); the connection is taken for dead")]
+    NoAnswer { action: &'static str, secs: u64 },
+
     #[error("destination progress table `{table}`: {action} failed")]
     Progress {
         table: String,
@@ -101,7 +104,7 @@ impl SinkError {
                 mysql_async::Error::Server(s) => Some(s.code),
                 _ => None,
             },
-            SinkError::BadUrl(_) | SinkError::Fenced { .. } => None,
+            SinkError::BadUrl(_) | SinkError::Fenced { .. } | SinkError::NoAnswer { .. } => None,
         }
     }
 }
@@ -110,6 +113,9 @@ impl Retry for SinkError {
     fn is_retryable(&self) -> bool {
         match self {
             SinkError::BadUrl(_) | SinkError::Fenced { .. } => false,
+            // Another connection may well answer (the batch is checked first: it may
+            // have committed).
+            SinkError::NoAnswer { .. } => true,
             SinkError::Connect { source, .. } => match source {
                 // What only the operator can fix stops the pipeline with the server's
                 // message instead of retrying forever.

@@ -310,6 +310,28 @@ pub struct MySqlSink {
     /// Checked before each batch's COMMIT once the daemon holds the pipeline's lease
     /// (see [`crate::lease::Fence`]).
     fence: Option<Fence>,
+    /// `sink.call_timeout_secs`: see [`answered`].
+    call_timeout: Duration,
+}
+
+/// `call` if it ends within `limit`, else [`SinkError::NoAnswer`] naming `action`. A
+/// network partition without a reset leaves a connection whose reads never end (TCP
+/// keepalive would notice only after minutes, and only where the system enables it);
+/// without a limit the worker waited for ever, then its partition, then shutdown.
+/// The caller drops the connection on the error, and the retry checks first whether
+/// the batch committed.
+async fn answered<T>(
+    limit: Duration,
+    action: &'static str,
+    call: impl std::future::Future<Output = Result<T, SinkError>>,
+) -> Result<T, SinkError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(SinkError::NoAnswer {
+            action,
+            secs: limit.as_secs(),
+        }),
+    }
 }
 
 /// The destination's connection options from `sink.url` (kept to TCP as given), and
@@ -344,10 +366,14 @@ impl MySqlSink {
             Some(s) => opts.local_infile_handler(Some(s.handler())),
             None => opts,
         };
-        let mut conn = Conn::new(opts).await.map_err(|source| SinkError::Connect {
-            addr: addr.clone(),
-            source,
-        })?;
+        let call_timeout = Duration::from_secs(cfg.call_timeout_secs);
+        let mut conn = answered(call_timeout, "the connection's handshake", async {
+            Conn::new(opts).await.map_err(|source| SinkError::Connect {
+                addr: addr.clone(),
+                source,
+            })
+        })
+        .await?;
         let staged = match staged {
             Some(s) => {
                 let allowed: Option<i64> = conn
@@ -378,6 +404,7 @@ impl MySqlSink {
             staged,
             load_fits: HashMap::new(),
             fence: None,
+            call_timeout,
         })
     }
 
@@ -1094,19 +1121,21 @@ impl ChangeSink for MySqlSink {
             "SELECT 1 FROM {} WHERE pipeline = ? AND epoch IN (?, {LEGACY_EPOCH}) AND binlog_file = ? AND binlog_pos = ? LIMIT 1",
             self.schema_changes_table
         );
-        let found: Option<u8> = self
-            .conn
-            .exec_first(
-                q,
-                (
-                    &self.pipeline,
-                    id.epoch,
-                    id.event.file.to_string(),
-                    id.event.pos,
-                ),
-            )
-            .await
-            .map_err(progress_error(&self.schema_changes_table, "read"))?;
+        let found: Option<u8> = answered(self.call_timeout, "a read of schema changes", async {
+            self.conn
+                .exec_first(
+                    q,
+                    (
+                        &self.pipeline,
+                        id.epoch,
+                        id.event.file.to_string(),
+                        id.event.pos,
+                    ),
+                )
+                .await
+                .map_err(progress_error(&self.schema_changes_table, "read"))
+        })
+        .await?;
         Ok(found.is_some())
     }
 
@@ -1144,8 +1173,13 @@ impl ChangeSink for MySqlSink {
     }
 
     async fn apply(&mut self, batch: ApplyBatch<'_>) -> Result<(), SinkError> {
-        self.apply_changes(batch.changes, Some(batch.progress))
-            .await
+        let limit = self.call_timeout;
+        answered(
+            limit,
+            "a batch",
+            self.apply_changes(batch.changes, Some(batch.progress)),
+        )
+        .await
     }
 
     async fn set_progress(
@@ -1184,20 +1218,24 @@ impl ChangeSink for MySqlSink {
         partition: u32,
         rows: &[WorkerProgress],
     ) -> Result<(), SinkError> {
-        let err = |action| progress_error(&self.progress_table, action);
-        let mut tx = begin_progress(&mut self.conn, &self.progress_table).await?;
-        for r in rows {
-            tx.exec_drop(
-                format!(
-                    "DELETE FROM {} WHERE pipeline = ? AND part = ? AND workers = ? AND worker = ? AND log_id = ?",
-                    self.progress_table
-                ),
-                (&self.pipeline, partition, r.workers, r.worker, r.log_id),
-            )
-            .await
-            .map_err(err("delete"))?;
-        }
-        commit_fenced(self.fence.as_ref(), tx, &self.progress_table).await
+        let limit = self.call_timeout;
+        answered(limit, "a removal of progress", async {
+            let err = |action| progress_error(&self.progress_table, action);
+            let mut tx = begin_progress(&mut self.conn, &self.progress_table).await?;
+            for r in rows {
+                tx.exec_drop(
+                    format!(
+                        "DELETE FROM {} WHERE pipeline = ? AND part = ? AND workers = ? AND worker = ? AND log_id = ?",
+                        self.progress_table
+                    ),
+                    (&self.pipeline, partition, r.workers, r.worker, r.log_id),
+                )
+                .await
+                .map_err(err("delete"))?;
+            }
+            commit_fenced(self.fence.as_ref(), tx, &self.progress_table).await
+        })
+        .await
     }
 
     async fn raise_progress(
@@ -1205,37 +1243,47 @@ impl ChangeSink for MySqlSink {
         partition: u32,
         rows: &[WorkerProgress],
     ) -> Result<(), SinkError> {
-        let err = |action| progress_error(&self.progress_table, action);
-        let mut tx = begin_progress(&mut self.conn, &self.progress_table).await?;
-        for r in rows {
-            // The row's other columns change with its offset, or not at all.
-            // `log_offset` is assigned last, so the comparisons see its old value
-            // whether assignments run left to right or all at once (MariaDB's
-            // SIMULTANEOUS_ASSIGNMENT).
-            tx.exec_drop(
-                format!(
-                    "INSERT INTO {} (pipeline, log_id, part, worker, workers, log_offset, source_position, source_commit_ms, updated_at) \
-                     VALUES (?,?,?,?,?,?,'applied through the start of a run',0,NOW(6)) \
-                     ON DUPLICATE KEY UPDATE \
-                     log_id = IF(VALUES(log_offset) > log_offset, VALUES(log_id), log_id), \
-                     source_position = IF(VALUES(log_offset) > log_offset, VALUES(source_position), source_position), \
-                     source_commit_ms = IF(VALUES(log_offset) > log_offset, VALUES(source_commit_ms), source_commit_ms), \
-                     updated_at = IF(VALUES(log_offset) > log_offset, VALUES(updated_at), updated_at), \
-                     log_offset = GREATEST(log_offset, VALUES(log_offset))",
-                    self.progress_table
-                ),
-                (&self.pipeline, r.log_id, partition, r.worker, r.workers, r.offset),
-            )
-            .await
-            .map_err(err("raise"))?;
-        }
-        // A process that lost the pipeline writes nothing more: an operator who took
-        // it over may have moved the positions back since this one read them.
-        commit_fenced(self.fence.as_ref(), tx, &self.progress_table).await
+        let limit = self.call_timeout;
+        answered(limit, "a raise of progress", async {
+            let err = |action| progress_error(&self.progress_table, action);
+            let mut tx = begin_progress(&mut self.conn, &self.progress_table).await?;
+            for r in rows {
+                // The row's other columns change with its offset, or not at all.
+                // `log_offset` is assigned last, so the comparisons see its old value
+                // whether assignments run left to right or all at once (MariaDB's
+                // SIMULTANEOUS_ASSIGNMENT).
+                tx.exec_drop(
+                    format!(
+                        "INSERT INTO {} (pipeline, log_id, part, worker, workers, log_offset, source_position, source_commit_ms, updated_at) \
+                         VALUES (?,?,?,?,?,?,'applied through the start of a run',0,NOW(6)) \
+                         ON DUPLICATE KEY UPDATE \
+                         log_id = IF(VALUES(log_offset) > log_offset, VALUES(log_id), log_id), \
+                         source_position = IF(VALUES(log_offset) > log_offset, VALUES(source_position), source_position), \
+                         source_commit_ms = IF(VALUES(log_offset) > log_offset, VALUES(source_commit_ms), source_commit_ms), \
+                         updated_at = IF(VALUES(log_offset) > log_offset, VALUES(updated_at), updated_at), \
+                         log_offset = GREATEST(log_offset, VALUES(log_offset))",
+                        self.progress_table
+                    ),
+                    (&self.pipeline, r.log_id, partition, r.worker, r.workers, r.offset),
+                )
+                .await
+                .map_err(err("raise"))?;
+            }
+            // A process that lost the pipeline writes nothing more: an operator who took
+            // it over may have moved the positions back since this one read them.
+            commit_fenced(self.fence.as_ref(), tx, &self.progress_table).await
+        })
+        .await
     }
 
     async fn load_progress(&mut self, partition: u32) -> Result<SinkProgress, SinkError> {
-        self.read_progress(partition, true).await
+        let limit = self.call_timeout;
+        answered(
+            limit,
+            "a read of progress",
+            self.read_progress(partition, true),
+        )
+        .await
     }
 }
 
