@@ -374,3 +374,59 @@ async fn partitions_do_not_wait_at_a_schema_change_for_one_moved_past_it() {
     );
     rowlog.stop().await;
 }
+
+/// MariaDB's two-phase ALTER (`binlog_alter_two_phase=ON`) binlogs each ALTER twice:
+/// once before it runs (START ALTER) and once when it succeeded (COMMIT ALTER) or
+/// failed (ROLLBACK ALTER). The destination runs it once, and not at all when it
+/// failed on the source: an unnamed index is not made twice, and a failed narrowing
+/// of a column is neither run nor halts the pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_phase_alter_runs_once_and_a_rolled_back_one_not_at_all() {
+    let pair = Pair::start().await;
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
+    ])
+    .await;
+    let rowlog = InProcess::start(pair.config(1, 2));
+    let mut c = pair.src.conn().await.unwrap();
+    c.query_drop("SET SESSION binlog_alter_two_phase = ON")
+        .await
+        .unwrap();
+    c.query_drop("INSERT INTO app.t VALUES (1, 1000), (2, 2)")
+        .await
+        .unwrap();
+    c.query_drop("ALTER TABLE app.t ADD INDEX (v)")
+        .await
+        .unwrap();
+    // 1000 does not fit a TINYINT: the ALTER fails on the source (strict mode).
+    assert!(c
+        .query_drop("ALTER TABLE app.t MODIFY v TINYINT NOT NULL")
+        .await
+        .is_err());
+    c.query_drop("INSERT INTO app.t VALUES (3, 3)")
+        .await
+        .unwrap();
+    // The source did split them: each ALTER is in its binlog twice.
+    let infos: Vec<String> = c
+        .query_map("SHOW BINLOG EVENTS", |row: mysql_async::Row| {
+            row.get::<String, _>("Info").unwrap_or_default()
+        })
+        .await
+        .unwrap();
+    for alter in ["ADD INDEX (v)", "MODIFY v TINYINT"] {
+        let n = infos.iter().filter(|i| i.contains(alter)).count();
+        assert_eq!(n, 2, "{alter} in the source's binlog: {infos:#?}");
+    }
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    let mut d = pair.dst.conn().await.unwrap();
+    let (src, dst) = (
+        show_create(&mut c, "app.t").await,
+        show_create(&mut d, "app.t").await,
+    );
+    assert_eq!(dst, src, "the destination's table has the source's shape");
+    assert!(!dst.contains("`v_2`"), "one index on v: {dst}");
+    assert!(dst.contains("KEY `v`"), "the index was made: {dst}");
+    rowlog.stop().await;
+}

@@ -176,6 +176,10 @@ pub(crate) struct Decoder {
     /// PHASE` they are passed on; at XA PREPARE the transaction may still be rolled
     /// back, and the reader stops before any of them is logged. `None` outside XA.
     xa_held: Option<VecDeque<SourceEvent>>,
+    /// MariaDB: the group is the first phase or the undoing of a two-phase ALTER
+    /// (see [`mariadb::GtidEvent::alter_not_done_here`]): its statement is not passed
+    /// on; the COMMIT ALTER group that did it carries the same statement.
+    alter_not_done_here: bool,
 }
 
 /// The most changes of one XA transaction held before its end: past it the reader
@@ -208,6 +212,7 @@ impl Decoder {
             last_rows: None,
             pending: VecDeque::new(),
             xa_held: None,
+            alter_not_done_here: false,
         }
     }
 
@@ -361,6 +366,7 @@ impl Decoder {
                 self.gtid = Some(Gtid::MariaDb(g.gtid));
                 self.txn_start = self.resume.clone();
                 self.in_group = !g.standalone();
+                self.alter_not_done_here = g.alter_not_done_here();
                 // MariaDB starts an XA transaction with a flagged GTID event, not with
                 // an `XA START` query (MySQL writes the query): its changes are held
                 // from here. Any other group drops what an XA group whose end never
@@ -586,6 +592,12 @@ impl Decoder {
     fn on_standalone(&mut self, q: &QueryEvent<'_>, ts_ms: u64) -> Result<(), SourceError> {
         let statement = std::str::from_utf8(q.query_raw())
             .map_err(|e| self.decode_error("QUERY", format!("statement is not UTF-8: {e}")))?;
+        if std::mem::take(&mut self.alter_not_done_here) {
+            // Applied twice, an unnamed ADD INDEX would make a second index; applied
+            // from a ROLLBACK ALTER, a failed DROP COLUMN would lose the column.
+            debug!(position = %self.here(), "START or ROLLBACK ALTER of a two-phase ALTER: not replicated (its COMMIT ALTER is)");
+            return Ok(());
+        }
         let db = q.schema().into_owned();
         let (kind, tables, database, if_exists) = match ddl::classify(statement, &db) {
             ddl::Statement::Ddl {

@@ -20,6 +20,17 @@ pub const FL_STANDALONE: u8 = 1;
 const FL_GROUP_COMMIT_ID: u8 = 2;
 /// The group is an XA transaction up to its XA PREPARE (MariaDB's `FL_PREPARED_XA`).
 const FL_PREPARED_XA: u8 = 64;
+/// The group ends an XA transaction (`XA COMMIT`/`XA ROLLBACK`): it carries the XID too.
+const FL_COMPLETED_XA: u8 = 128;
+
+/// `flags_extra` (MariaDB 10.8+), after the commit id or XID: the phases of an ALTER
+/// binlogged in two (`binlog_alter_two_phase=ON`). Each phase is a standalone group
+/// carrying the same ALTER statement: START ALTER is written before the ALTER runs,
+/// then COMMIT ALTER when it succeeded or ROLLBACK ALTER when it failed or was killed.
+const FL_EXTRA_MULTI_ENGINE: u8 = 1;
+const FL_START_ALTER: u8 = 2;
+const FL_COMMIT_ALTER: u8 = 4;
+const FL_ROLLBACK_ALTER: u8 = 8;
 
 /// A MariaDB GTID event: the start of an event group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +38,8 @@ pub struct GtidEvent {
     pub gtid: MariadbGtid,
     pub flags: u8,
     pub commit_id: Option<u64>,
+    /// 0 when the event has none.
+    pub flags_extra: u8,
 }
 
 impl GtidEvent {
@@ -37,6 +50,13 @@ impl GtidEvent {
     /// MariaDB: the group is an XA transaction's `XA START … XA PREPARE` part.
     pub fn prepared_xa(&self) -> bool {
         self.flags & FL_PREPARED_XA != 0
+    }
+
+    /// The group's statement is an ALTER's first phase (START ALTER) or its undoing
+    /// (ROLLBACK ALTER) under `binlog_alter_two_phase`: neither changes the table. Only
+    /// its COMMIT ALTER does, carrying the same statement.
+    pub fn alter_not_done_here(&self) -> bool {
+        self.flags_extra & (FL_START_ALTER | FL_ROLLBACK_ALTER) != 0
     }
 }
 
@@ -52,11 +72,28 @@ pub fn parse_gtid(body: &[u8], server_id: u32) -> Option<GtidEvent> {
     let seq = u64_at(body, 0)?;
     let domain = u32_at(body, 8)?;
     let flags = *body.get(12)?;
+    let mut at = 13;
     let commit_id = if flags & FL_GROUP_COMMIT_ID != 0 {
+        at += 8;
         Some(u64_at(body, 13)?)
     } else {
         None
     };
+    if flags & (FL_PREPARED_XA | FL_COMPLETED_XA) != 0 {
+        // formatID (4), gtrid length (1), bqual length (1), then both.
+        let gtrid = *body.get(at + 4)? as usize;
+        let bqual = *body.get(at + 5)? as usize;
+        at += 6 + gtrid + bqual;
+    }
+    // Then `flags_extra`, when the body goes on; a body shorter than the fixed 19
+    // bytes is padded with zeros, which read as "none".
+    let flags_extra = body.get(at).copied().unwrap_or(0);
+    if flags_extra & (FL_COMMIT_ALTER | FL_ROLLBACK_ALTER) != 0 {
+        // The START ALTER's sequence number follows (after the engine count when
+        // there is one): the phases must be whole.
+        let seq_at = at + 1 + usize::from(flags_extra & FL_EXTRA_MULTI_ENGINE != 0);
+        u64_at(body, seq_at)?;
+    }
     Some(GtidEvent {
         gtid: MariadbGtid {
             domain,
@@ -65,6 +102,7 @@ pub fn parse_gtid(body: &[u8], server_id: u32) -> Option<GtidEvent> {
         },
         flags,
         commit_id,
+        flags_extra,
     })
 }
 
@@ -174,6 +212,38 @@ mod tests {
             parse_gtid(&body[..12], 9).is_none(),
             "truncated body must not parse"
         );
+    }
+
+    #[test]
+    fn gtid_event_phases_of_a_two_phase_alter() {
+        let head = |flags: u8| {
+            let mut body = 42u64.to_le_bytes().to_vec();
+            body.extend_from_slice(&0u32.to_le_bytes());
+            body.push(flags);
+            body
+        };
+        // START ALTER: no commit id, flags_extra right after flags.
+        let mut start = head(FL_STANDALONE);
+        start.push(FL_START_ALTER);
+        start.resize(19, 0);
+        assert!(parse_gtid(&start, 1).unwrap().alter_not_done_here());
+        // COMMIT ALTER with a commit id: flags_extra after it, then the START's seq.
+        let mut commit = head(FL_STANDALONE | FL_GROUP_COMMIT_ID);
+        commit.extend_from_slice(&7u64.to_le_bytes());
+        commit.push(FL_COMMIT_ALTER);
+        commit.extend_from_slice(&41u64.to_le_bytes());
+        let ev = parse_gtid(&commit, 1).unwrap();
+        assert!(!ev.alter_not_done_here());
+        assert_eq!(ev.commit_id, Some(7));
+        assert!(parse_gtid(&commit[..commit.len() - 1], 1).is_none());
+        let mut rollback = head(FL_STANDALONE);
+        rollback.push(FL_ROLLBACK_ALTER);
+        rollback.extend_from_slice(&41u64.to_le_bytes());
+        assert!(parse_gtid(&rollback, 1).unwrap().alter_not_done_here());
+        // A plain group: zero padding, no flags_extra.
+        let mut plain = head(FL_STANDALONE);
+        plain.resize(19, 0);
+        assert!(!parse_gtid(&plain, 1).unwrap().alter_not_done_here());
     }
 
     #[test]
