@@ -430,3 +430,49 @@ async fn a_two_phase_alter_runs_once_and_a_rolled_back_one_not_at_all() {
     assert!(dst.contains("KEY `v`"), "the index was made: {dst}");
     rowlog.stop().await;
 }
+
+/// A table renamed to a name rowlog leaves out (`source.exclude`) and later back would
+/// hide the changes made under the left-out name: the destination would follow both
+/// renames and never see them. The reader stops at the first rename instead, naming
+/// both names and the fix, and the destination does not follow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_across_include_and_exclude_stops_naming_both_names() {
+    let pair = Pair::start().await;
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
+    ])
+    .await;
+    let mut cfg = pair.config(1, 2);
+    cfg.source.exclude.push("app.t_old".into());
+    let rowlog = InProcess::start(cfg);
+    pair.src
+        .exec(&[
+            "INSERT INTO app.t VALUES (1, 1)",
+            "RENAME TABLE app.t TO app.t_old",
+            "UPDATE app.t_old SET v = 2",
+            "RENAME TABLE app.t_old TO app.t",
+        ])
+        .await
+        .unwrap();
+    let error = rowlog
+        .stopped_error(
+            Duration::from_secs(60),
+            "the reader stops at a rename across the filter",
+        )
+        .await;
+    for needle in [
+        "app.t_old",
+        "RENAME TABLE app.t TO app.t_old",
+        "source.include/exclude",
+        "snapshot",
+    ] {
+        assert!(error.contains(needle), "{needle:?} not named: {error}");
+    }
+    let mut d = pair.dst.conn().await.unwrap();
+    assert!(
+        exists(&mut d, "app", "t").await,
+        "the destination did not follow"
+    );
+    assert!(!exists(&mut d, "app", "t_old").await);
+}

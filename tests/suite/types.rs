@@ -178,6 +178,81 @@ async fn negative_times_with_a_fraction_arrive_at_every_precision() {
     rowlog.stop().await;
 }
 
+/// Tables made while `mysql56_temporal_format` was OFF (or on MariaDB 10.0 / MySQL
+/// 5.5, and carried over) keep TIME, DATETIME and TIMESTAMP in their old formats.
+/// Without fractional seconds their values arrive exactly, a TIME's sign and hours
+/// above 255 included (mysql_common read an old TIME unsigned, its hours in a byte:
+/// '300:00:00' arrived as 44:00:00). With fractional seconds a value's length is not
+/// in the binlog: the pipeline stops, naming the column and the fix, rather than read
+/// the rest of the row from the wrong place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_format_temporals_arrive_exactly_and_fractional_ones_stop_naming_the_column() {
+    let pair = Pair::start().await;
+    let rowlog = InProcess::start(pair.config(1, 2));
+    pair.src
+        .exec(&[
+            "SET GLOBAL mysql56_temporal_format = OFF",
+            "CREATE DATABASE app",
+            "CREATE TABLE app.old (id INT PRIMARY KEY, t TIME, dt DATETIME, \
+             ts TIMESTAMP NULL DEFAULT NULL, v VARCHAR(10))",
+            "CREATE TABLE app.frac (id INT PRIMARY KEY, t3 TIME(3), v VARCHAR(10))",
+            "SET GLOBAL mysql56_temporal_format = ON",
+            "INSERT INTO app.old VALUES \
+             (1, '300:00:00', '2020-01-02 03:04:05', '2020-01-02 03:04:05', 'a'), \
+             (2, '-00:00:01', '1000-01-01 00:00:00', '1970-01-01 00:00:01', 'b'), \
+             (3, '-838:59:59', '9999-12-31 23:59:59', NULL, 'c'), \
+             (4, '838:59:59', NULL, '2038-01-19 03:14:07', 'd')",
+            "UPDATE app.old SET t = '-255:00:01' WHERE id = 1",
+        ])
+        .await
+        .unwrap();
+    // The source's tables are in the old formats indeed (MariaDB marks them so).
+    let mut s = pair.src.conn().await.unwrap();
+    for table in ["app.old", "app.frac"] {
+        let (_, create): (String, String) = s
+            .query_first(format!("SHOW CREATE TABLE {table}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(create.contains("mariadb-5.3"), "{create}");
+    }
+    // Row by row only: CHECKSUM TABLE reads the stored format, which differs between
+    // the source's old columns and the destination's (made in today's format).
+    let mut d = pair.dst.conn().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        // An error: the destination has no app.old yet (its CREATE is on its way).
+        let diff = rowlog::testkit::compare_table(&mut s, &mut d, "app.old", "id").await;
+        if diff
+            .as_ref()
+            .is_ok_and(|d| d.examples.is_empty() && d.source_rows == d.destination_rows)
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{diff:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_same_rows(
+        &pair,
+        "SELECT id, CAST(t AS CHAR), CAST(dt AS CHAR), CAST(ts AS CHAR), v FROM app.old ORDER BY id",
+    )
+    .await;
+
+    pair.src
+        .exec(&["INSERT INTO app.frac VALUES (1, '01:02:03.456', 'x')"])
+        .await
+        .unwrap();
+    let error = rowlog
+        .stopped_error(
+            Duration::from_secs(60),
+            "the pipeline stops at an old-format TIME(3)",
+        )
+        .await;
+    for needle in ["app.frac", "`t3`", "mysql56_temporal_format", "FORCE"] {
+        assert!(error.contains(needle), "{needle:?} not named: {error}");
+    }
+}
+
 /// Runs `q` on the source and on the destination and asserts they return the same rows.
 async fn assert_same_rows(pair: &Pair, q: &str) {
     let mut s = pair.src.conn().await.unwrap();

@@ -148,6 +148,14 @@ pub enum SourceError {
         waited_ms: u64,
     },
 
+    #[error("schema change at {position} (`{statement}`) moves {moves}, across source.include/exclude: the changes made under the name rowlog does not replicate would be lost. Include both names or neither, then copy the table again (rowlog snapshot --tables)")]
+    AcrossFilter {
+        position: BinlogPosition,
+        statement: String,
+        /// "`from` to `to`".
+        moves: String,
+    },
+
     #[error("XA transaction at {position} changed more than {held} rows before its end: rowlog holds an XA transaction's changes until it is known to commit in one phase, and does not hold more")]
     XaTooLarge {
         position: BinlogPosition,

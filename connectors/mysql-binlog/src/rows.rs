@@ -18,7 +18,7 @@ use crate::values::convert;
 /// How to decode one column: its binlog type and metadata, from the table map.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ColumnCodec {
-    ty: MyType,
+    pub(crate) ty: MyType,
     meta: Vec<u8>,
 }
 
@@ -87,7 +87,10 @@ fn image<'a>(
             row.push(Value::Null);
             continue;
         }
-        let v: BinlogValue<'a> = if codec.ty == MyType::MYSQL_TYPE_TIME2 {
+        let v: BinlogValue<'a> = if codec.ty == MyType::MYSQL_TYPE_TIME {
+            let bytes: &[u8] = buf.parse(3).map_err(|e| format!("{}: {e}", col.name))?;
+            BinlogValue::Value(old_time(bytes))
+        } else if codec.ty == MyType::MYSQL_TYPE_TIME2 {
             let fsp = codec.meta.first().copied().unwrap_or(0);
             let bytes: &[u8] = buf
                 .parse(time2_len(fsp))
@@ -100,6 +103,34 @@ fn image<'a>(
         row.push(convert(col, v).map_err(|e| format!("{}: {e}", col.name))?);
     }
     Ok(row)
+}
+
+/// TIME, DATETIME and TIMESTAMP in the formats before MySQL 5.6 / MariaDB 10.1 (see
+/// `TableLookup::check_old_temporal`).
+pub(crate) fn old_temporal(ty: MyType) -> bool {
+    matches!(
+        ty,
+        MyType::MYSQL_TYPE_TIME | MyType::MYSQL_TYPE_DATETIME | MyType::MYSQL_TYPE_TIMESTAMP
+    )
+}
+
+/// A TIME value in the format before MySQL 5.6: a 3-byte little-endian signed integer
+/// `±(hours * 10000 + minutes * 100 + seconds)`. Decoded here: mysql_common reads it
+/// unsigned and keeps the hours in a byte, so '300:00:00' arrived as 44:00:00 and
+/// '-00:00:01' as a large positive time.
+fn old_time(b: &[u8]) -> mysql_async::Value {
+    // Sign-extended from 24 bits.
+    let n = (i32::from_le_bytes([b[0], b[1], b[2], 0]) << 8) >> 8;
+    let v = n.unsigned_abs();
+    let hours = v / 10_000;
+    mysql_async::Value::Time(
+        n < 0,
+        hours / 24,
+        (hours % 24) as u8,
+        (v / 100 % 100) as u8,
+        (v % 100) as u8,
+        0,
+    )
 }
 
 /// Bytes of a TIME2 value with `fsp` fractional digits: 3 for the integer part, then
