@@ -307,6 +307,13 @@ fn env_var(key: &str) -> String {
     format!("ROWLOG__{}", key.to_ascii_uppercase().replace('.', "__"))
 }
 
+/// `ROWLOG_SINK__WORKERS` and the like: rowlog's prefix with one underscore. The test
+/// harness's own `ROWLOG_KEEP_SERVERS` is not a configuration key.
+fn misspelt_override(var: &str) -> bool {
+    let upper = var.to_ascii_uppercase();
+    upper.starts_with("ROWLOG_") && !upper.starts_with("ROWLOG__") && upper != "ROWLOG_KEEP_SERVERS"
+}
+
 /// Removes and returns the variables named `name` (a name ending in `__`: every
 /// variable it starts), in any case, as the config crate matches them.
 fn take_vars(env: &mut HashMap<String, String>, name: &str) -> BTreeMap<String, String> {
@@ -359,6 +366,16 @@ impl Config {
             return Err(ConfigError::Load {
                 path: path.into(),
                 detail: "no such file".into(),
+            });
+        }
+        // A variable meant as an override but spelled with one underscore after the
+        // prefix would be ignored without a word, as a misspelt key in the file is not.
+        if let Some(var) = env.keys().find(|k| misspelt_override(k)) {
+            return Err(ConfigError::Invalid {
+                path: path.into(),
+                detail: format!(
+                    "environment variable {var}: overrides are spelled ROWLOG__<SECTION>__<KEY>, with two underscores after ROWLOG (e.g. ROWLOG__SINK__WORKERS)"
+                ),
             });
         }
         let load_err = |e: config::ConfigError| ConfigError::Load {
@@ -628,6 +645,18 @@ mod tests {
         assert!(!cfg.http.enabled);
         assert_eq!(cfg.source.include, ["app.*", "shop.orders"]);
         assert_eq!(cfg.source.exclude, ["app.secrets"]);
+    }
+
+    #[test]
+    fn an_override_with_one_underscore_after_the_prefix_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = HashMap::from([("ROWLOG_SINK__WORKERS".to_string(), "4".to_string())]);
+        let err = Config::load_with_env(&write(dir.path(), MINIMAL), env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ROWLOG_SINK__WORKERS"), "{err}");
+        let harness = HashMap::from([("ROWLOG_KEEP_SERVERS".to_string(), "1".to_string())]);
+        assert!(Config::load_with_env(&write(dir.path(), MINIMAL), harness).is_ok());
     }
 
     #[test]
