@@ -314,20 +314,15 @@ fn misspelt_override(var: &str) -> bool {
     upper.starts_with("ROWLOG_") && !upper.starts_with("ROWLOG__") && upper != "ROWLOG_KEEP_SERVERS"
 }
 
-/// Removes and returns the variables named `name` (a name ending in `__`: every
-/// variable it starts), in any case, as the config crate matches them.
-fn take_vars(env: &mut HashMap<String, String>, name: &str) -> BTreeMap<String, String> {
-    let name = name.to_ascii_uppercase();
+/// Removes and returns the variables whose names, in upper case (the config crate
+/// matches them in any case), satisfy `wanted`.
+fn take_vars(
+    env: &mut HashMap<String, String>,
+    wanted: impl Fn(&str) -> bool,
+) -> BTreeMap<String, String> {
     let names: Vec<String> = env
         .keys()
-        .filter(|k| {
-            let k = k.to_ascii_uppercase();
-            if name.ends_with("__") {
-                k.starts_with(&name) && k.len() > name.len()
-            } else {
-                k == name
-            }
-        })
+        .filter(|k| wanted(&k.to_ascii_uppercase()))
         .cloned()
         .collect();
     names
@@ -385,7 +380,8 @@ impl Config {
         let mut builder = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml));
         for key in LIST_KEYS {
-            for value in take_vars(&mut env, &env_var(key)).into_values() {
+            let var = env_var(key);
+            for value in take_vars(&mut env, |k| k == var).into_values() {
                 let items: Vec<String> = value
                     .split(',')
                     .map(str::trim)
@@ -395,7 +391,10 @@ impl Config {
                 builder = builder.set_override(key, items).map_err(load_err)?;
             }
         }
-        let kafka_properties = take_vars(&mut env, &format!("{}__", env_var(KAFKA_PROPERTIES)));
+        let properties_prefix = format!("{}__", env_var(KAFKA_PROPERTIES));
+        let kafka_properties = take_vars(&mut env, |k| {
+            k.len() > properties_prefix.len() && k.starts_with(&properties_prefix)
+        });
         let raw = builder
             .add_source(
                 config::Environment::with_prefix("ROWLOG")
@@ -423,7 +422,7 @@ impl Config {
             // separator can carry: `…__SASL_PASSWORD` is `sasl.password` (no
             // librdkafka property has an underscore in its name).
             for (var, value) in kafka_properties {
-                let name = var[env_var(KAFKA_PROPERTIES).len() + 2..]
+                let name = var[properties_prefix.len()..]
                     .to_ascii_lowercase()
                     .replace('_', ".");
                 kafka.properties.insert(name, value);

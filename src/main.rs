@@ -328,10 +328,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
-        eprintln!("rowlog: {e}");
-        ExitCode::from(EXIT_CONFIG)
-    })
+    Config::load(path).map_err(|e| usage(e.to_string()))
 }
 
 fn main() -> ExitCode {
@@ -583,10 +580,7 @@ fn main() -> ExitCode {
         } => {
             let opts = match binlog_decode_options(&include, &exclude, &no_pk) {
                 Ok(o) => o,
-                Err(e) => {
-                    eprintln!("rowlog: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(e) => return usage(e),
             };
             tool(async move {
                 use rowlog::tools::binlog_decode;
