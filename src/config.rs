@@ -569,6 +569,7 @@ impl Config {
             consumer: format!("sink-{}", self.name),
             commit_interval: Duration::from_secs(1),
             batch_max_bytes: self.sink.batch_max_bytes,
+            queue_max_bytes: self.sink.queue_max_bytes,
             dead_letter: self
                 .sink
                 .dead_letter_file
@@ -718,6 +719,10 @@ mod tests {
             (
                 MINIMAL.replace("[sink]", "[sink]\nlease_secs = 1"),
                 "sink.lease_secs",
+            ),
+            (
+                MINIMAL.replace("[sink]", "[sink]\nqueue_max_bytes = 100"),
+                "sink.queue_max_bytes",
             ),
             (
                 MINIMAL.replace("[source]", "[source]\nstart = \"yesterday\""),

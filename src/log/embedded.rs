@@ -709,7 +709,11 @@ impl Decoder {
 }
 
 impl PartitionReader for EmbeddedReader {
-    async fn next_batch(&mut self, max: usize) -> Result<Vec<LogRecord>, LogError> {
+    async fn next_batch_within(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<LogRecord>, LogError> {
         let end = loop {
             let end = *self.durable.borrow_and_update();
             if self.next < end {
@@ -729,8 +733,13 @@ impl PartitionReader for EmbeddedReader {
         let n = (end - self.next).min(max.max(1) as u64);
         let mut out = Vec::with_capacity(n as usize);
         let (partition, decoder) = (self.partition.id, &mut self.decoder);
+        let mut bytes = 0;
         let read = (0..n).try_for_each(|_| {
+            if bytes >= max_bytes.max(1) {
+                return Ok(());
+            }
             let (offset, _, payload) = cursor.read_frame_in()?;
+            bytes += payload.len();
             out.push(decoder.decode(partition, offset, payload)?);
             Ok::<_, LogError>(())
         });

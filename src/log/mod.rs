@@ -223,6 +223,16 @@ pub trait PartitionReader: Send {
     fn next_batch(
         &mut self,
         max: usize,
+    ) -> impl Future<Output = Result<Vec<LogRecord>, LogError>> + Send {
+        self.next_batch_within(max, usize::MAX)
+    }
+
+    /// As [`next_batch`](Self::next_batch), and the batch ends once its records' stored
+    /// bytes reach `max_bytes` (the first record always comes, whatever its size).
+    fn next_batch_within(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
     ) -> impl Future<Output = Result<Vec<LogRecord>, LogError>> + Send;
 }
 

@@ -41,6 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use rowlog_api::{
     ApplyBatch, ChangeEvent, ChangeId, ChangeSink, Retry, SchemaChange, SchemaChangePolicy,
     WorkerProgress,
@@ -52,6 +53,7 @@ use tracing::{debug, info, warn};
 
 use super::applied::Applied;
 use super::backoff::Backoff;
+use super::budget::{self, Budget};
 use super::partitioner::{key_hash, worker_of};
 use super::schema_barrier::{Role, SchemaBarrier, Waited};
 use super::Stats;
@@ -136,6 +138,8 @@ pub struct ApplyConfig {
     pub commit_interval: Duration,
     /// A worker's batch also closes once its changes hold about this many bytes.
     pub batch_max_bytes: usize,
+    /// What a partition's worker queues and batches may hold at once, in bytes.
+    pub queue_max_bytes: usize,
     /// Where changes the destination rejects go instead of halting the partition.
     pub dead_letter: Option<super::dead_letter::DeadLetter>,
     /// What to do with schema changes.
@@ -150,7 +154,8 @@ struct WorkerShared {
 }
 
 struct Worker {
-    tx: mpsc::Sender<(u64, ChangeEvent)>,
+    /// `None` once dispatching stopped: the worker drains its queue and ends.
+    tx: Option<budget::Sender<(u64, ChangeEvent)>>,
     shared: Arc<WorkerShared>,
     /// Next offset after the last one dispatched to this worker.
     sent: u64,
@@ -309,8 +314,11 @@ where
     let (fail_tx, mut fail_rx) = mpsc::unbounded_channel();
     let mut workers: Vec<Worker> = Vec::with_capacity(n as usize);
     let mut first_sink = Some(first_sink);
+    // The partition's workers share one byte budget for what they queue and hold, so
+    // wide rows cannot fill item-counted queues with gigabytes.
+    let queued_bytes = Budget::new(cfg.queue_max_bytes);
     for w in 0..n {
-        let (tx, rx) = mpsc::channel(cfg.batch_max_rows.max(1));
+        let (tx, rx) = queued_bytes.channel(cfg.batch_max_rows);
         let shared = Arc::new(WorkerShared {
             applied: AtomicU64::new(start),
         });
@@ -326,10 +334,25 @@ where
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
             failures: fail_tx.clone(),
+            dead_lettered_at: None,
         };
-        let handle = tokio::spawn(run_worker(ctx, rx, first_sink.take(), connect.clone()));
+        let worker = run_worker(ctx, rx, first_sink.take(), connect.clone());
+        let lost = fail_tx.clone();
+        let handle = tokio::spawn(async move {
+            // A panic (a bug) is reported like any failure, so the partition task stops
+            // on it wherever it waits, rather than find out at its next send.
+            let ended = std::panic::AssertUnwindSafe(worker).catch_unwind().await;
+            if let Err(panic) = ended {
+                let _ = lost.send(ApplyError::WorkerLost {
+                    partition,
+                    worker: w,
+                    detail: format!("it panicked: {}", rowlog_api::panic_message(&panic)),
+                });
+            }
+            Ok(())
+        });
         workers.push(Worker {
-            tx,
+            tx: Some(tx),
             shared,
             sent: start,
             handle,
@@ -340,6 +363,8 @@ where
     let mut committed_at = committed;
     let mut last_commit = Instant::now();
     let read_max = cfg.batch_max_rows.clamp(64, 4096);
+    // A read batch waits whole for room in the queues: its bytes are bounded too.
+    let read_max_bytes = (cfg.queue_max_bytes / 2).clamp(64 << 10, 4 << 20);
     let mut failure: Option<ApplyError> = None;
 
     'run: loop {
@@ -351,7 +376,7 @@ where
                 break 'run;
             }
             _ = notify.notified() => {}
-            batch = reader.next_batch(read_max) => {
+            batch = reader.next_batch_within(read_max, read_max_bytes) => {
                 let batch = match batch {
                     Ok(b) => b,
                     Err(e) if e.is_retryable() => {
@@ -405,7 +430,9 @@ where
                     }
                     let w = &mut workers[worker_of(hash, partitions, n) as usize];
                     w.sent = rec.offset + 1;
-                    if w.tx.send((rec.offset, change)).await.is_err() {
+                    let bytes = change.approx_bytes();
+                    let Some(tx) = w.tx.as_ref() else { break 'run };
+                    if tx.send((rec.offset, change), bytes).await.is_err() {
                         // The worker ended: shutdown during a retry, or a failure it
                         // reported (or a panic, which its join handle reports below).
                         if let Ok(e) = fail_rx.try_recv() {
@@ -422,7 +449,8 @@ where
             partition,
             workers
                 .iter()
-                .map(|w| w.tx.max_capacity() - w.tx.capacity())
+                .filter_map(|w| w.tx.as_ref())
+                .map(|tx| tx.queued())
                 .sum(),
         );
         if committed_at.is_none_or(|c| mark > c) && last_commit.elapsed() >= cfg.commit_interval {
@@ -435,8 +463,7 @@ where
     // Stop dispatching; workers apply what is queued (unless shutting down mid-retry) and end.
     let mut handles = Vec::new();
     for w in workers.iter_mut() {
-        let (closed_tx, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut w.tx, closed_tx));
+        drop(w.tx.take());
         handles.push(std::mem::replace(
             &mut w.handle,
             tokio::spawn(async { Ok(()) }),
@@ -758,6 +785,9 @@ struct WorkerCtx {
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
     failures: mpsc::UnboundedSender<ApplyError>,
+    /// The offset of the last change this worker wrote to the dead-letter file: a
+    /// retry after its progress write failed does not write its line again.
+    dead_lettered_at: Option<u64>,
 }
 
 impl WorkerCtx {
@@ -1002,16 +1032,19 @@ where
                     return Isolated::Change { index, error };
                 };
                 let text = error_chain(&error);
-                let (partition, rejected, why) = (ctx.partition, change.clone(), text.clone());
-                let dl_task = dl.clone();
-                let written = tokio::task::spawn_blocking(move || {
-                    dl_task.write(partition, offset, &rejected, &why)
-                })
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-                if let Err(io) = written {
-                    warn!(partition = ctx.partition, file = %dl.path.display(), error = %io, "cannot write the dead-letter file");
-                    return Isolated::Change { index, error };
+                if ctx.dead_lettered_at != Some(offset) {
+                    let (partition, rejected, why) = (ctx.partition, change.clone(), text.clone());
+                    let dl_task = dl.clone();
+                    let written = tokio::task::spawn_blocking(move || {
+                        dl_task.write(partition, offset, &rejected, &why)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+                    if let Err(io) = written {
+                        warn!(partition = ctx.partition, file = %dl.path.display(), error = %io, "cannot write the dead-letter file");
+                        return Isolated::Change { index, error };
+                    }
+                    ctx.dead_lettered_at = Some(offset);
                 }
                 // Record the offset as passed (no data), so a restart does not retry it.
                 if let Err(e) = sink
@@ -1045,7 +1078,7 @@ where
 
 async fn run_worker<S, F, Fut>(
     mut ctx: WorkerCtx,
-    mut rx: mpsc::Receiver<(u64, ChangeEvent)>,
+    mut rx: budget::Receiver<(u64, ChangeEvent)>,
     sink: Option<S>,
     connect: F,
 ) -> Result<(), ApplyError>
@@ -1058,7 +1091,7 @@ where
     let mut batch: Vec<ChangeEvent> = Vec::with_capacity(ctx.cfg.batch_max_rows);
     let mut offsets: Vec<u64> = Vec::with_capacity(ctx.cfg.batch_max_rows);
     loop {
-        let Some((mut last, first)) = rx.recv().await else {
+        let Some(((mut last, first), mut held)) = rx.recv().await else {
             return Ok(());
         };
         let first_offset = last;
@@ -1075,9 +1108,10 @@ where
                 }
             };
             match next {
-                Some((offset, change)) => {
+                Some(((offset, change), charge)) => {
                     last = offset;
                     bytes += change.approx_bytes();
+                    held.merge(charge);
                     batch.push(change);
                     offsets.push(offset);
                 }
@@ -1247,6 +1281,8 @@ where
         }
         batch.clear();
         offsets.clear();
+        // Applied: the bytes leave memory, the partition may queue more.
+        drop(held);
         ctx.shared.applied.store(last + 1, Ordering::Release);
         ctx.notify.notify_one();
     }

@@ -1,7 +1,9 @@
 //! The dead-letter file (`sink.dead_letter_file`, off by default): changes the
 //! destination rejects for good are written here, one JSON line each, and the
-//! partition goes on instead of halting. A line is fsynced before the change's offset
-//! is recorded as passed, so a rejected change is never dropped without a trace.
+//! partition goes on instead of halting. A line is fsynced (and a new file's directory
+//! entry) before the change's offset is recorded as passed, so a rejected change is
+//! never dropped without a trace. A crash between the two writes the line again after
+//! the restart: a line is unique by its record's partition and offset.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -32,12 +34,29 @@ impl DeadLetter {
             "error": error,
             "record": crate::tools::json::change_record(partition, offset, change),
         });
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        let (mut f, created) = match OpenOptions::new().append(true).open(&self.path) {
+            Ok(f) => (f, false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Another worker may create it first: then it is simply opened.
+                let f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?;
+                (f, true)
+            }
+            Err(e) => return Err(e),
+        };
         // One write per line: appends from several workers never interleave within a line.
         f.write_all(format!("{line}\n").as_bytes())?;
-        f.sync_data()
+        f.sync_data()?;
+        if created {
+            // The new file's name is durable only once its directory is synced.
+            let dir = match self.path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => std::path::Path::new("."),
+            };
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
 }

@@ -24,10 +24,11 @@ use std::time::{Duration, Instant};
 use rowlog_api::{
     ChangeEvent, ChangeId, ChangeSource, Gtid, Op, ResumePoint, Retry, SourceEvent, TableSchema,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::backoff::Backoff;
+use super::budget;
 use super::partitioner::{key_hash, partition_of};
 use super::Stats;
 use crate::log::{AppendBatch, LogEntry, LogError, PartitionedLog};
@@ -53,6 +54,9 @@ pub struct IngestConfig {
     pub checkpoint_interval: Duration,
     /// Capacity of the reader → appender channel, in events.
     pub channel_capacity: usize,
+    /// Bytes the channel and the batch being appended hold at most; a batch closes at
+    /// half of it, so the reader fills the other half meanwhile.
+    pub buffer_max_bytes: usize,
 }
 
 impl Default for IngestConfig {
@@ -61,6 +65,8 @@ impl Default for IngestConfig {
             max_batch_changes: 10_000,
             checkpoint_interval: Duration::from_millis(200),
             channel_capacity: 8_192,
+            // 8,192 events of 200 bytes hold under 2 MiB: only wide rows reach it.
+            buffer_max_bytes: 32 << 20,
         }
     }
 }
@@ -84,7 +90,7 @@ where
 {
     let checkpoint = log.checkpoint().await?;
     let start = checkpoint.map(|c| newer_epoch_than_the_log(&log, c.resume));
-    let (tx, rx) = mpsc::channel(cfg.channel_capacity);
+    let (tx, rx) = budget::channel(cfg.channel_capacity, cfg.buffer_max_bytes);
     let reader = tokio::spawn(read_source(
         connect,
         start.clone(),
@@ -136,7 +142,7 @@ pub(crate) fn newer_epoch_than_the_log<L: PartitionedLog>(
 async fn read_source<S, F, Fut>(
     mut connect: F,
     mut resume: Option<ResumePoint>,
-    tx: mpsc::Sender<Item>,
+    tx: budget::Sender<Item>,
     mut resnapshot: Option<Resnapshot>,
     metrics: Arc<Metrics>,
     mut shutdown: Shutdown,
@@ -185,7 +191,7 @@ where
             gtid: None,
             commit_time_ms: 0,
         };
-        if tx.send(Item::Event(announce)).await.is_err() {
+        if tx.send(Item::Event(announce), 0).await.is_err() {
             return Ok(());
         }
         // Between transactions: where a re-snapshot chunk may enter the log.
@@ -232,7 +238,11 @@ where
                             p.overtaken |= *at > p.chunk.floor;
                         }
                     }
-                    if tx.send(Item::Event(ev)).await.is_err() {
+                    let bytes = match &ev {
+                        SourceEvent::Change(c) => c.approx_bytes(),
+                        _ => 0,
+                    };
+                    if tx.send(Item::Event(ev), bytes).await.is_err() {
                         return Ok(());
                     }
                 }
@@ -298,7 +308,7 @@ async fn place_chunk(
     job: &mut Resnapshot,
     pending: &mut Option<Pending>,
     at: &ResumePoint,
-    tx: &mpsc::Sender<Item>,
+    tx: &budget::Sender<Item>,
     shutdown: &mut Shutdown,
 ) -> Result<Placed, ResnapshotError> {
     if pending.is_none() {
@@ -344,13 +354,15 @@ async fn place_chunk(
         return Ok(Placed::Again);
     }
     let (durable, appended) = oneshot::channel();
+    let changes = std::mem::take(&mut p.chunk.changes);
+    let bytes = changes.iter().map(ChangeEvent::approx_bytes).sum();
     let item = Item::Injected {
         at: at.clone(),
         // The rows move into the log; the chunk keeps only where it ends.
-        changes: std::mem::take(&mut p.chunk.changes),
+        changes,
         durable,
     };
-    if tx.send(item).await.is_err() {
+    if tx.send(item, bytes).await.is_err() {
         return Ok(Placed::Stop);
     }
     let placed = tokio::select! {
@@ -701,7 +713,7 @@ impl<L: PartitionedLog> Appender<L> {
 
 async fn append_loop<L: PartitionedLog>(
     log: L,
-    mut rx: mpsc::Receiver<Item>,
+    mut rx: budget::Receiver<Item>,
     start: Option<ResumePoint>,
     cfg: IngestConfig,
     stats: Arc<Stats>,
@@ -725,17 +737,25 @@ async fn append_loop<L: PartitionedLog>(
         rows: RowsRead::default(),
         published: None,
     };
+    let batch_max_bytes = cfg.buffer_max_bytes / 2;
     loop {
-        let Some(first) = rx.recv().await else { break };
+        let Some((first, mut held)) = rx.recv().await else {
+            break;
+        };
         let mut batch = AppendBatch::new(partitions);
         let mut durable = Vec::new();
         app.take(first, &mut batch, &mut durable);
         let mut taken = 1;
         // Injected rows are appended at once: the reader waits for them. A new epoch is
         // checkpointed before anything read after it.
-        while taken < cfg.max_batch_changes && durable.is_empty() && !app.epoch_moved() {
+        while taken < cfg.max_batch_changes
+            && held.bytes() < batch_max_bytes
+            && durable.is_empty()
+            && !app.epoch_moved()
+        {
             match rx.try_recv() {
-                Ok(item) => {
+                Ok((item, charge)) => {
+                    held.merge(charge);
                     app.take(item, &mut batch, &mut durable);
                     taken += 1;
                 }
@@ -745,6 +765,8 @@ async fn append_loop<L: PartitionedLog>(
         let checkpoint_due =
             app.stored_at.elapsed() >= cfg.checkpoint_interval || app.epoch_moved();
         app.flush(batch, checkpoint_due).await?;
+        // In the log now: the reader may buffer as much again.
+        drop(held);
         for d in durable {
             let _ = d.send(Placement::Durable);
         }
@@ -856,7 +878,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = EmbeddedLog::open(dir.path(), 4, 1 << 20).unwrap();
         let (t1, t2) = (gtid(0, 1), gtid(0, 2));
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = budget::channel(64, 1 << 20);
         let cfg = IngestConfig {
             checkpoint_interval: Duration::from_secs(3600),
             ..IngestConfig::default()
@@ -875,7 +897,7 @@ mod tests {
         items.extend((0..3).map(|k| change_of(&t2, k, 1, 700)));
         items.push(committed(Some(&t2), 1, 800));
         for item in items {
-            tx.send(item).await.unwrap();
+            tx.send(item, 0).await.unwrap();
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         let stored = loop {
@@ -918,9 +940,9 @@ mod tests {
     async fn a_checkpoint_older_than_the_log_is_read_in_an_epoch_after_it() {
         let dir = tempfile::tempdir().unwrap();
         let log = EmbeddedLog::open(dir.path(), 4, 1 << 20).unwrap();
-        let (tx, rx) = mpsc::channel(4);
-        tx.send(committed(None, 2, 4)).await.unwrap();
-        tx.send(change_of(&gtid(0, 1), 0, 2, 100)).await.unwrap();
+        let (tx, rx) = budget::channel(4, 1 << 20);
+        tx.send(committed(None, 2, 4), 0).await.unwrap();
+        tx.send(change_of(&gtid(0, 1), 0, 2, 100), 0).await.unwrap();
         drop(tx);
         append_all(&log, rx).await;
         assert_eq!(newer_epoch_than_the_log(&log, point(1, 4)).epoch, 3);
@@ -971,12 +993,12 @@ mod tests {
         // One partition: every row would compare with the last copied id.
         let log = EmbeddedLog::open(dir.path(), 1, 1 << 20).unwrap();
         let at = point(0, 700);
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = budget::channel(8, 1 << 20);
         let looping = tokio::spawn({
             let log = log.clone();
             async move { append_all(&log, rx).await }
         });
-        tx.send(committed(None, 0, 700)).await.unwrap();
+        tx.send(committed(None, 0, 700), 0).await.unwrap();
         // The boundary's second-to-last id is taken.
         let mut copied = change(&schema(), 1);
         copied.source.id = ChangeId {
@@ -984,7 +1006,7 @@ mod tests {
             event: at.position.clone(),
             index: u32::MAX - 1,
         };
-        tx.send(Item::Event(SourceEvent::Change(copied)))
+        tx.send(Item::Event(SourceEvent::Change(copied)), 0)
             .await
             .unwrap();
         let inject = |keys: std::ops::Range<u64>| {
@@ -997,14 +1019,14 @@ mod tests {
             (item, placed)
         };
         let (three, placed) = inject(10..13);
-        tx.send(three).await.unwrap();
+        tx.send(three, 0).await.unwrap();
         assert_eq!(
             placed.await.unwrap(),
             Placement::NoRoom,
             "three rows, one id left"
         );
         let (one, placed) = inject(20..21);
-        tx.send(one).await.unwrap();
+        tx.send(one, 0).await.unwrap();
         assert_eq!(
             placed.await.unwrap(),
             Placement::Durable,
@@ -1031,7 +1053,7 @@ mod tests {
     }
 
     /// Runs the append loop with default settings from no checkpoint until `rx` ends.
-    async fn append_all(log: &EmbeddedLog, rx: mpsc::Receiver<Item>) -> Arc<Stats> {
+    async fn append_all(log: &EmbeddedLog, rx: budget::Receiver<Item>) -> Arc<Stats> {
         let stats = Arc::new(Stats::default());
         let metrics = Arc::new(Metrics::new(4, Duration::from_secs(60)));
         append_loop(
@@ -1053,9 +1075,9 @@ mod tests {
     async fn logged_from(items: Vec<Item>) -> (Vec<(u64, u32, u32)>, u64) {
         let dir = tempfile::tempdir().unwrap();
         let log = EmbeddedLog::open(dir.path(), 4, 1 << 20).unwrap();
-        let (tx, rx) = mpsc::channel(items.len());
+        let (tx, rx) = budget::channel(items.len(), 1 << 20);
         for item in items {
-            tx.send(item).await.unwrap();
+            tx.send(item, 0).await.unwrap();
         }
         drop(tx);
         let stats = append_all(&log, rx).await;

@@ -5,6 +5,7 @@
 mod applied;
 pub mod apply;
 pub mod backoff;
+pub mod budget;
 pub mod dead_letter;
 pub mod ingest;
 pub mod partitioner;

@@ -118,12 +118,7 @@ async fn a_lock_wait_timeout_is_retried_until_the_lock_is_released() {
         .await;
 
     // Another session holds the row rowlog must update.
-    let mut holder = pair.dst.conn().await.unwrap();
-    holder.query_drop("BEGIN").await.unwrap();
-    holder
-        .query_drop("SELECT * FROM app.t WHERE id = 1 FOR UPDATE")
-        .await
-        .unwrap();
+    let mut holder = hold(&pair, "SELECT * FROM app.t WHERE id = 1 FOR UPDATE").await;
     pair.src
         .exec(&["UPDATE app.t SET v = 10 WHERE id = 1"])
         .await
@@ -348,25 +343,8 @@ async fn a_change_the_destination_rejects_halts_its_partition_naming_it_and_othe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_dead_letter_file_a_rejected_change_is_recorded_there_and_the_partition_goes_on() {
-    let pair = Pair::start().await;
-    pair.src
-        .exec(&[
-            "CREATE DATABASE app",
-            "CREATE TABLE app.c (id INT PRIMARY KEY, v INT NOT NULL)",
-        ])
-        .await
-        .unwrap();
-    pair.dst
-        .exec(&["CREATE DATABASE app", "CREATE TABLE app.c (id INT PRIMARY KEY, v INT NOT NULL, CONSTRAINT small CHECK (v < 100))"])
-        .await
-        .unwrap();
-    let dead = pair.dir.path().join("dead-letter.jsonl");
-    let config = || {
-        let mut cfg = pair.config(1, 1);
-        cfg.sink.dead_letter_file = Some(dead.clone());
-        cfg
-    };
-    let rowlog = InProcess::start(config());
+    let (pair, dead) = rejecting_pair(&[]).await;
+    let rowlog = InProcess::start(dead_letter_config(&pair, &dead));
     // One partition, one worker: the rejected row sits in the middle of one batch.
     pair.src
         .exec(&["INSERT INTO app.c SELECT seq, IF(seq = 7, 500, seq) FROM app.seq_1_to_20"])
@@ -418,7 +396,7 @@ async fn with_a_dead_letter_file_a_rejected_change_is_recorded_there_and_the_par
     );
 
     // After a restart the rejected change is not tried (and recorded) again.
-    let rowlog = InProcess::start(config());
+    let rowlog = InProcess::start(dead_letter_config(&pair, &dead));
     pair.src
         .exec(&["INSERT INTO app.c VALUES (31, 31)"])
         .await
@@ -1008,12 +986,7 @@ async fn a_retry_after_an_interrupted_one_by_one_pass_applies_nothing_twice() {
         .await
         .unwrap();
     // Another session holds the row the batch's last change updates.
-    let mut holder = pair.dst.conn().await.unwrap();
-    holder.query_drop("BEGIN").await.unwrap();
-    holder
-        .query_drop("SELECT * FROM app.t WHERE id = 1 FOR UPDATE")
-        .await
-        .unwrap();
+    let mut holder = hold(&pair, "SELECT * FROM app.t WHERE id = 1 FOR UPDATE").await;
 
     let dead = pair.dir.path().join("dead-letter.jsonl");
     let mut cfg = pair.config(1, 1);
@@ -1136,4 +1109,252 @@ async fn a_schema_change_at_a_position_an_earlier_epoch_had_still_runs() {
         .await
         .unwrap();
     assert_eq!(records, [(0, 1100), (1, 1100), (u32::MAX, 1000)]);
+}
+
+/// A sink whose worker panics on the change of key 13: a bug, not an error. The rest is
+/// the real destination.
+struct PanicsAt13(rowlog_mysql_sink::MySqlSink);
+
+impl rowlog_api::ChangeSink for PanicsAt13 {
+    type Error = rowlog_mysql_sink::SinkError;
+
+    async fn apply(&mut self, batch: rowlog_api::ApplyBatch<'_>) -> Result<(), Self::Error> {
+        if batch
+            .changes
+            .iter()
+            .any(|c| c.after.as_ref().is_some_and(|a| a[0] == Value::Int(13)))
+        {
+            panic!("a bug in the worker at key 13");
+        }
+        self.0.apply(batch).await
+    }
+    async fn schema_change_applied(
+        &mut self,
+        id: &rowlog_api::ChangeId,
+    ) -> Result<bool, Self::Error> {
+        self.0.schema_change_applied(id).await
+    }
+    async fn apply_schema_change(
+        &mut self,
+        change: &rowlog_api::SchemaChange,
+        policy: rowlog_api::SchemaChangePolicy,
+    ) -> Result<(), Self::Error> {
+        self.0.apply_schema_change(change, policy).await
+    }
+    async fn load_progress(
+        &mut self,
+        partition: u32,
+    ) -> Result<rowlog_api::SinkProgress, Self::Error> {
+        self.0.load_progress(partition).await
+    }
+    async fn set_progress(
+        &mut self,
+        partition: u32,
+        rows: &[rowlog_api::WorkerProgress],
+    ) -> Result<(), Self::Error> {
+        self.0.set_progress(partition, rows).await
+    }
+    async fn forget_progress(
+        &mut self,
+        partition: u32,
+        rows: &[rowlog_api::WorkerProgress],
+    ) -> Result<(), Self::Error> {
+        self.0.forget_progress(partition, rows).await
+    }
+    async fn raise_progress(
+        &mut self,
+        partition: u32,
+        rows: &[rowlog_api::WorkerProgress],
+    ) -> Result<(), Self::Error> {
+        self.0.raise_progress(partition, rows).await
+    }
+}
+
+/// A worker that panics while the next record of its partition is a schema change
+/// (which waits for every worker to apply what came before it) stops the partition
+/// with an error naming the worker and the panic, instead of holding it for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_panics_before_a_schema_change_stops_its_partition_naming_it() {
+    use rowlog::log::{AppendBatch, EmbeddedLog, LogEntry, PartitionedLog};
+    use rowlog::pipeline::apply::{run_partition, ApplyError};
+
+    let pair = Pair::start().await;
+    pair.dst
+        .exec(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.t (id BIGINT PRIMARY KEY, payload BLOB)",
+        ])
+        .await
+        .unwrap();
+    let log = EmbeddedLog::open(&pair.dir.path().join("log"), 1, 1 << 20).unwrap();
+    let t = common::records::table();
+    let mut batch = AppendBatch::new(1);
+    batch.partitions[0] = (0..=13)
+        .map(|i| LogEntry::Change(common::records::change(&t, i)))
+        .collect();
+    let mut alter = common::records::change(&t, 14).source;
+    alter.id.index = 0;
+    batch.partitions[0].push(LogEntry::Schema(std::sync::Arc::new(
+        rowlog_api::SchemaChange {
+            kind: rowlog_api::SchemaChangeKind::AlterTable,
+            db: "app".into(),
+            statement: "ALTER TABLE app.t ADD COLUMN z INT".into(),
+            tables: vec![TableName::new("app", "t")],
+            database: None,
+            source: alter,
+        },
+    )));
+    log.append(batch).await.unwrap();
+
+    let cfg = pair.config(1, 1);
+    let mut sink = rowlog_mysql_sink::MySqlSink::connect(&cfg.sink, &cfg.name)
+        .await
+        .unwrap();
+    sink.ensure_progress_table().await.unwrap();
+    let mut apply_cfg = cfg.apply();
+    // One change per batch: key 13's batch holds nothing else.
+    apply_cfg.batch_max_rows = 1;
+    let (sink_cfg, name) = (cfg.sink.clone(), cfg.name.clone());
+    let connect = move || {
+        let (c, n) = (sink_cfg.clone(), name.clone());
+        async move {
+            rowlog_mysql_sink::MySqlSink::connect(&c, &n)
+                .await
+                .map(PanicsAt13)
+        }
+    };
+    let (_trigger, shutdown) = rowlog::shutdown::channel();
+    let run = run_partition(
+        log.clone(),
+        0,
+        apply_cfg,
+        connect,
+        rowlog::pipeline::schema_barrier::SchemaBarrier::new(1),
+        std::sync::Arc::new(Stats::default()),
+        std::sync::Arc::new(rowlog::metrics::Metrics::new(1, Duration::from_secs(60))),
+        shutdown,
+    );
+    let stopped = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the partition stopped within 60 s of its worker's panic");
+    match stopped {
+        Err(e @ ApplyError::WorkerLost { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("worker 0") && text.contains("a bug in the worker at key 13"),
+                "{text}"
+            );
+        }
+        other => panic!("expected the lost worker to be named, got {other:?}"),
+    }
+    // What came before the panic is applied; the schema change was not run.
+    let mut d = pair.dst.conn().await.unwrap();
+    let ids: Vec<i64> = d.query("SELECT id FROM app.t ORDER BY id").await.unwrap();
+    assert_eq!(ids, (0..=12).collect::<Vec<i64>>());
+    let columns: u64 = d
+        .query_first("SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = 'app' AND TABLE_NAME = 't'")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(columns, 2);
+}
+
+/// A rejected change is written to the dead-letter file once, even when recording its
+/// offset as passed fails and the batch is tried again (here: the worker's progress
+/// row is locked by another session, so the write times out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_change_is_dead_lettered_once_when_recording_it_fails_and_is_retried() {
+    let (pair, dead) = rejecting_pair(&["SET GLOBAL innodb_lock_wait_timeout = 1"]).await;
+    let rowlog = InProcess::start(dead_letter_config(&pair, &dead));
+    pair.src
+        .exec(&["INSERT INTO app.c VALUES (1, 1)"])
+        .await
+        .unwrap();
+    let mut d = pair.dst.conn().await.unwrap();
+    common::wait_for_count(
+        &mut d,
+        "SELECT COUNT(*) FROM app.c",
+        1,
+        "the first row arrived",
+    )
+    .await;
+
+    // Another session holds the worker's progress row: the rejected change's progress
+    // write waits on it and fails with a lock wait timeout, a retryable error.
+    let mut holder = hold(&pair, "SELECT * FROM rowlog.rowlog_progress FOR UPDATE").await;
+    pair.src
+        .exec(&["INSERT INTO app.c VALUES (2, 500)"])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dead.exists() {
+        assert!(Instant::now() < deadline, "no dead-letter file after 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The progress write times out; reading the progress row before the retry waits
+    // on the same lock, until it is released.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    holder.query_drop("ROLLBACK").await.unwrap();
+
+    pair.src
+        .exec(&["INSERT INTO app.c VALUES (3, 3)"])
+        .await
+        .unwrap();
+    common::wait_for_count(
+        &mut d,
+        "SELECT COUNT(*) FROM app.c WHERE id = 3",
+        1,
+        "the row after it arrived",
+    )
+    .await;
+    let stats = rowlog.stop().await;
+    assert!(
+        Stats::get(&stats.apply_retries) >= 1,
+        "the progress write failed and the batch was tried again"
+    );
+    assert_eq!(Stats::get(&stats.dead_lettered), 1);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(lines[0]["record"]["after"]["v"], 500, "{:#}", lines[0]);
+}
+
+/// `app.c (id, v)` on both servers; the destination's refuses `v >= 100` for good.
+/// Returns the pair and where its dead-letter file goes.
+async fn rejecting_pair(dst_first: &[&str]) -> (Pair, std::path::PathBuf) {
+    let pair = Pair::start().await;
+    pair.src
+        .exec(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.c (id INT PRIMARY KEY, v INT NOT NULL)",
+        ])
+        .await
+        .unwrap();
+    let mut dst = dst_first.to_vec();
+    dst.extend([
+        "CREATE DATABASE app",
+        "CREATE TABLE app.c (id INT PRIMARY KEY, v INT NOT NULL, CONSTRAINT small CHECK (v < 100))",
+    ]);
+    pair.dst.exec(&dst).await.unwrap();
+    let dead = pair.dir.path().join("dead-letter.jsonl");
+    (pair, dead)
+}
+
+/// One partition, one worker, rejected changes to `dead`.
+fn dead_letter_config(pair: &Pair, dead: &std::path::Path) -> rowlog::config::Config {
+    let mut cfg = pair.config(1, 1);
+    cfg.sink.dead_letter_file = Some(dead.to_path_buf());
+    cfg
+}
+
+/// A destination session in a transaction holding the rows `select_for_update` locks,
+/// until it rolls back or is dropped.
+async fn hold(pair: &Pair, select_for_update: &str) -> mysql_async::Conn {
+    let mut holder = pair.dst.conn().await.unwrap();
+    holder.query_drop("BEGIN").await.unwrap();
+    holder.query_drop(select_for_update).await.unwrap();
+    holder
 }

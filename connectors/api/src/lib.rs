@@ -31,3 +31,12 @@ pub use traits::{
     ApplyBatch, ChangeSink, ChangeSource, Retry, SinkProgress, SourceEvent, WorkerProgress,
 };
 pub use value::{SmallBytes, SmallText, Value};
+
+/// The text of a caught panic (a library's, or a bug's): what an error reports of it.
+pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}

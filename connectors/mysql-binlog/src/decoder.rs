@@ -199,15 +199,18 @@ pub(crate) struct Decoder {
     /// PHASE` they are passed on; at XA PREPARE the transaction may still be rolled
     /// back, and the reader stops before any of them is logged. `None` outside XA.
     xa_held: Option<VecDeque<SourceEvent>>,
+    /// Bytes of values `xa_held` holds.
+    xa_held_bytes: usize,
     /// MariaDB: the group is the first phase or the undoing of a two-phase ALTER
     /// (see [`mariadb::GtidEvent::alter_not_done_here`]): its statement is not passed
     /// on; the COMMIT ALTER group that did it carries the same statement.
     alter_not_done_here: bool,
 }
 
-/// The most changes of one XA transaction held before its end: past it the reader
-/// stops, naming it, rather than hold more.
+/// The most changes, and bytes of values, of one XA transaction held before its end:
+/// past either the reader stops, naming it, rather than hold more.
 const XA_HOLD_MAX: usize = 1_000_000;
+const XA_HOLD_MAX_BYTES: usize = 256 << 20;
 
 impl Decoder {
     /// A decoder whose stream starts at `start`, or, for a connection by GTID
@@ -235,6 +238,7 @@ impl Decoder {
             last_rows: None,
             pending: VecDeque::new(),
             xa_held: None,
+            xa_held_bytes: 0,
             alter_not_done_here: false,
         }
     }
@@ -395,6 +399,7 @@ impl Decoder {
                 // from here. Any other group drops what an XA group whose end never
                 // came held.
                 self.xa_held = g.prepared_xa().then(VecDeque::new);
+                self.xa_held_bytes = 0;
             }
             mariadb::GTID_LIST_EVENT => {
                 let list = mariadb::parse_gtid_list(ev.data())
@@ -570,6 +575,7 @@ impl Decoder {
                 self.in_group = true;
                 if first == "XA" {
                     self.xa_held = Some(VecDeque::new());
+                    self.xa_held_bytes = 0;
                 }
             }
             ("XA", "COMMIT") => {
@@ -819,27 +825,35 @@ impl Decoder {
             ts_ms,
         };
         let out = self.xa_held.as_mut().unwrap_or(&mut self.pending);
+        let before = out.len();
         let next = ctx.push_changes(event, &rows, &codecs, op, first_index, out)?;
         self.last_rows = Some((self.last_pos, next));
-        if self.xa_held.as_ref().is_some_and(|h| h.len() > XA_HOLD_MAX) {
-            self.xa_held = None;
-            return Err(SourceError::XaTooLarge {
-                position: self.here(),
-                held: XA_HOLD_MAX,
-            });
+        if let Some(held) = &self.xa_held {
+            self.xa_held_bytes += held
+                .iter()
+                .skip(before)
+                .map(|e| match e {
+                    SourceEvent::Change(c) => c.approx_bytes(),
+                    _ => 0,
+                })
+                .sum::<usize>();
+            if held.len() > XA_HOLD_MAX || self.xa_held_bytes > XA_HOLD_MAX_BYTES {
+                let (changes, bytes) = (held.len(), self.xa_held_bytes);
+                self.xa_held = None;
+                return Err(SourceError::XaTooLarge {
+                    position: self.here(),
+                    changes,
+                    bytes,
+                    max_changes: XA_HOLD_MAX,
+                    max_bytes: XA_HOLD_MAX_BYTES,
+                });
+            }
         }
         Ok(())
     }
 }
 
-/// The text of a caught panic.
-pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic".into())
-}
+pub(crate) use rowlog_api::panic_message;
 
 /// What every change of one rows event shares.
 struct RowsContext<'a> {

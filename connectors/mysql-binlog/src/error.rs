@@ -156,10 +156,13 @@ pub enum SourceError {
         moves: String,
     },
 
-    #[error("XA transaction at {position} changed more than {held} rows before its end: rowlog holds an XA transaction's changes until it is known to commit in one phase, and does not hold more")]
+    #[error("XA transaction at {position} holds {changes} changes ({bytes} bytes of values) before its end, past the limit of {max_changes} changes or {max_bytes} bytes: rowlog holds an XA transaction's changes until it is known to commit in one phase, and does not hold more")]
     XaTooLarge {
         position: BinlogPosition,
-        held: usize,
+        changes: usize,
+        bytes: usize,
+        max_changes: usize,
+        max_bytes: usize,
     },
 }
 

@@ -19,6 +19,14 @@ fn default_batch_max_wait_ms() -> u64 {
 fn default_batch_max_bytes() -> usize {
     8 << 20
 }
+/// Rows of ordinary size never reach it (a batch of 2,000 changes of 200 bytes holds
+/// about 1 MiB); rows of hundreds of KB are bounded by it. What a batch holds is
+/// copied about twice more while it is applied (statement parameters, the packet), so
+/// a partition holds about 3 × 4 MiB of wide rows at most, measured with 1 MiB rows:
+/// 8 partitions of 2 workers peaked at 253 MiB in all (tests/suite/memory.rs).
+fn default_queue_max_bytes() -> usize {
+    4 << 20
+}
 fn default_progress_database() -> String {
     "rowlog".into()
 }
@@ -48,6 +56,10 @@ pub struct SinkConfig {
     /// …or when its changes hold about this many bytes.
     #[serde(default = "default_batch_max_bytes")]
     pub batch_max_bytes: usize,
+    /// What a partition's worker queues and batches hold at once, in bytes of values:
+    /// memory under backlog stays bounded however wide the rows are.
+    #[serde(default = "default_queue_max_bytes")]
+    pub queue_max_bytes: usize,
     /// Off by default. When set, a change the destination rejects for good is written
     /// to this file (one JSON line) and its partition goes on instead of halting.
     #[serde(default)]
@@ -104,6 +116,12 @@ impl SinkConfig {
             return Err(format!(
                 "sink.batch_max_bytes: must be between 1024 and 1073741824, got {}",
                 self.batch_max_bytes
+            ));
+        }
+        if !(1024..=1 << 31).contains(&self.queue_max_bytes) {
+            return Err(format!(
+                "sink.queue_max_bytes: must be between 1024 and 2147483648, got {}",
+                self.queue_max_bytes
             ));
         }
         if self

@@ -41,6 +41,10 @@ impl Raw {
             record: record_of(m),
         }
     }
+
+    fn bytes(&self) -> usize {
+        self.record.as_ref().map_or(0, Vec::len)
+    }
 }
 
 impl KafkaReader {
@@ -76,7 +80,11 @@ impl KafkaReader {
 }
 
 impl PartitionReader for KafkaReader {
-    async fn next_batch(&mut self, max: usize) -> Result<Vec<LogRecord>, LogError> {
+    async fn next_batch_within(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<LogRecord>, LogError> {
         let max = max.max(1);
         while self.raw.is_empty() {
             // The only wait; a message is in `raw` before any other await.
@@ -89,14 +97,18 @@ impl PartitionReader for KafkaReader {
                 }
             }
         }
-        while self.raw.len() < max {
+        let mut held: usize = self.raw.iter().map(Raw::bytes).sum();
+        while self.raw.len() < max && held < max_bytes {
             let got = self
                 .consumer
                 .recv()
                 .now_or_never()
                 .map(|r| r.map(|m| Raw::of(&m)));
             match got {
-                Some(Ok(raw)) => self.take(raw),
+                Some(Ok(raw)) => {
+                    held += raw.bytes();
+                    self.take(raw)
+                }
                 Some(Err(e)) => {
                     self.consume_error(e)?;
                     break;
@@ -104,7 +116,18 @@ impl PartitionReader for KafkaReader {
                 None => break,
             }
         }
-        let n = self.raw.len().min(max);
+        // Records until their bytes reach `max_bytes`; the first always.
+        let mut bytes = 0;
+        let n = self
+            .raw
+            .iter()
+            .take(max)
+            .take_while(|r| {
+                let room = bytes < max_bytes.max(1);
+                bytes += r.bytes();
+                room
+            })
+            .count();
         let mut out = Vec::with_capacity(n);
         for raw in self.raw.iter().take(n) {
             let bytes = match &raw.record {
