@@ -114,7 +114,7 @@ pub enum ApplyError {
             worker.map(|w| format!(" worker {w}")).unwrap_or_default())]
     Fenced {
         partition: u32,
-        /// None: the partition task's own progress write at its start.
+        /// None: the partition task's own writes (progress at its start, log commits).
         worker: Option<u32>,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -125,6 +125,17 @@ pub enum ApplyError {
         worker: u32,
         detail: String,
     },
+}
+
+impl ApplyError {
+    /// This process lost the pipeline, found by the partition task's own writes.
+    fn partition_fenced(partition: u32, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        ApplyError::Fenced {
+            partition,
+            worker: None,
+            source: Box::new(e),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -362,6 +373,13 @@ where
     let mut next_dispatch = start;
     let mut committed_at = committed;
     let mut last_commit = Instant::now();
+    let mut commits = LogCommits {
+        log: &log,
+        consumer: &cfg.consumer,
+        partition,
+        connect: &connect,
+        sink: None,
+    };
     let read_max = cfg.batch_max_rows.clamp(64, 4096);
     // A read batch waits whole for room in the queues: its bytes are bounded too.
     let read_max_bytes = (cfg.queue_max_bytes / 2).clamp(64 << 10, 4 << 20);
@@ -412,7 +430,10 @@ where
                             // restart that starts from the log's offset (a worker of
                             // its count stored no row) does not meet it again.
                             if committed_at.is_none_or(|c| next_dispatch > c) {
-                                commit(&log, &cfg.consumer, partition, next_dispatch).await;
+                                if let Err(e) = commits.commit(next_dispatch).await {
+                                    failure = Some(e);
+                                    break 'run;
+                                }
                                 committed_at = Some(next_dispatch);
                                 last_commit = Instant::now();
                             }
@@ -454,7 +475,10 @@ where
                 .sum(),
         );
         if committed_at.is_none_or(|c| mark > c) && last_commit.elapsed() >= cfg.commit_interval {
-            commit(&log, &cfg.consumer, partition, mark).await;
+            if let Err(e) = commits.commit(mark).await {
+                failure = Some(e);
+                break 'run;
+            }
             committed_at = Some(mark);
             last_commit = Instant::now();
         }
@@ -489,8 +513,11 @@ where
     let mark = watermark(&workers, next_dispatch);
     metrics.set_committed(partition, mark);
     metrics.set_queue_depth(partition, 0);
-    if committed_at.is_none_or(|c| mark > c) {
-        commit(&log, &cfg.consumer, partition, mark).await;
+    let lease_gone = matches!(failure, Some(ApplyError::Fenced { .. }));
+    if committed_at.is_none_or(|c| mark > c) && !lease_gone {
+        if let Err(e) = commits.commit(mark).await {
+            failure = failure.or(Some(e));
+        }
     }
     debug!(partition, committed = mark, "partition stopped");
     match failure {
@@ -765,11 +792,57 @@ fn log_retry(partition: u32, metrics: &Metrics, e: &LogError) {
     warn!(partition, error = %error_chain(e), "reading the log failed; retrying");
 }
 
-async fn commit<L: PartitionedLog>(log: &L, consumer: &str, partition: u32, next: u64) {
-    // The destination's progress rows are the truth; a failed log commit only means
-    // more replay after a restart, so it is reported, not fatal.
-    if let Err(e) = log.commit(consumer, partition, next).await {
-        warn!(partition, error = %error_chain(&e), "cannot commit consumer offset to the log");
+/// Commits a partition's watermark to the log, only while this process holds the
+/// pipeline's lease ([`ChangeSink::while_fenced`], on a destination connection of the
+/// partition task's own). Kafka offsets are not otherwise fenced: a holder that
+/// paused past its lease, while an operator on another host moved the offsets back
+/// with `rowlog offsets set`, would commit its older, higher watermark when it woke,
+/// and the next start would resume past the rewind.
+struct LogCommits<'a, L, F, S> {
+    log: &'a L,
+    consumer: &'a str,
+    partition: u32,
+    connect: &'a F,
+    sink: Option<S>,
+}
+
+impl<L, F, Fut, S> LogCommits<'_, L, F, S>
+where
+    L: PartitionedLog,
+    S: ChangeSink,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<S, S::Error>>,
+{
+    /// `Err` only when the lease is gone. The destination's progress rows are the
+    /// truth; a commit that fails otherwise only means more replay after a restart, so
+    /// it is reported, not fatal.
+    async fn commit(&mut self, next: u64) -> Result<(), ApplyError> {
+        let partition = self.partition;
+        let sink = match &mut self.sink {
+            Some(s) => s,
+            None => match (self.connect)().await {
+                Ok(s) => self.sink.insert(s),
+                Err(e) => {
+                    warn!(partition, error = %error_chain(&e), "cannot reach the destination to hold the lease while committing to the log; not committed now");
+                    return Ok(());
+                }
+            },
+        };
+        match sink
+            .while_fenced(self.log.commit(self.consumer, partition, next))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(partition, error = %error_chain(&e), "cannot commit consumer offset to the log");
+            }
+            Err(e) if e.is_fenced() => return Err(ApplyError::partition_fenced(partition, e)),
+            Err(e) => {
+                warn!(partition, error = %error_chain(&e), "cannot hold the lease while committing to the log; not known committed");
+                self.sink = None;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -870,13 +943,7 @@ impl<F> ProgressCalls<'_, F> {
                         None => return Ok(None),
                     }
                 }
-                Err(e) if e.is_fenced() => {
-                    return Err(ApplyError::Fenced {
-                        partition,
-                        worker: None,
-                        source: Box::new(e),
-                    })
-                }
+                Err(e) if e.is_fenced() => return Err(ApplyError::partition_fenced(partition, e)),
                 Err(e) => {
                     return Err(ApplyError::Progress {
                         partition,

@@ -476,3 +476,104 @@ async fn a_rename_across_include_and_exclude_stops_naming_both_names() {
     );
     assert!(!exists(&mut d, "app", "t_old").await);
 }
+
+/// A table swap (`RENAME TABLE a TO tmp, b TO a, tmp TO b`) succeeds however often it
+/// runs, each run swapping back. Its reply lost (the connection cut right after the
+/// destination got it), rowlog tries again: the swap must not run a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_swap_whose_reply_was_lost_is_run_once() {
+    let pair = Pair::start().await;
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.a (id INT PRIMARY KEY, v VARCHAR(16) NOT NULL)",
+        "CREATE TABLE app.b (id INT PRIMARY KEY, v VARCHAR(16) NOT NULL)",
+        "INSERT INTO app.a VALUES (1, 'was a')",
+        "INSERT INTO app.b VALUES (1, 'was b')",
+    ])
+    .await;
+    let proxy = rowlog::testkit::Proxy::start(pair.dst.port).await.unwrap();
+    let mut cfg = pair.config(1, 2);
+    cfg.sink.url = format!("mysql://root@127.0.0.1:{}/", proxy.port);
+    let mut rowlog = InProcess::start(cfg);
+    // A COM_QUERY packet: command byte 3, then the statement.
+    proxy.cut_after_request(b"\x03RENAME TABLE");
+    let mut c = pair.src.conn().await.unwrap();
+    c.query_drop("RENAME TABLE app.a TO app.tmp, app.b TO app.a, app.tmp TO app.b")
+        .await
+        .unwrap();
+    c.query_drop("INSERT INTO app.a VALUES (2, 'after')")
+        .await
+        .unwrap();
+    rowlog
+        .assert_converges_running(
+            &pair,
+            &[("app.a", "id"), ("app.b", "id")],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(
+        proxy.cut_after_request_done(),
+        "the connection was cut right after the RENAME"
+    );
+    let mut d = pair.dst.conn().await.unwrap();
+    let a: Vec<String> = d.query("SELECT v FROM app.a ORDER BY id").await.unwrap();
+    assert_eq!(a, ["was b", "after"]);
+    // The marker rowlog renamed with the swap is gone.
+    let left: u64 = d
+        .query_first("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_NAME LIKE 'rowlog\\_rename\\_%'")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(left, 0);
+    rowlog.stop().await;
+}
+
+/// An unnamed `ADD INDEX (v)` succeeds however often it runs, each run adding one more
+/// index (`v`, `v_2`, …). Its reply lost, rowlog tries again: the destination must end
+/// with the source's one index, the table's definition stored before the first run
+/// telling that it went through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unnamed_index_whose_reply_was_lost_is_added_once() {
+    let pair = Pair::start().await;
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
+    ])
+    .await;
+    let proxy = rowlog::testkit::Proxy::start(pair.dst.port).await.unwrap();
+    let mut cfg = pair.config(1, 2);
+    cfg.sink.url = format!("mysql://root@127.0.0.1:{}/", proxy.port);
+    let mut rowlog = InProcess::start(cfg);
+    proxy.cut_after_request(b"\x03ALTER TABLE");
+    let mut c = pair.src.conn().await.unwrap();
+    c.query_drop("ALTER TABLE app.t ADD INDEX (v)")
+        .await
+        .unwrap();
+    c.query_drop("INSERT INTO app.t VALUES (1, 1)")
+        .await
+        .unwrap();
+    rowlog
+        .assert_converges_running(&pair, &[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    assert!(
+        proxy.cut_after_request_done(),
+        "the connection was cut right after the ALTER"
+    );
+    let indexes = "SELECT DISTINCT INDEX_NAME FROM information_schema.STATISTICS \
+                   WHERE TABLE_SCHEMA = 'app' AND TABLE_NAME = 't' ORDER BY INDEX_NAME";
+    let on_source: Vec<String> = c.query(indexes).await.unwrap();
+    let mut d = pair.dst.conn().await.unwrap();
+    let on_destination: Vec<String> = d.query(indexes).await.unwrap();
+    assert_eq!(on_source, ["PRIMARY", "v"]);
+    assert_eq!(on_destination, on_source);
+    let runs_left: u64 = d
+        .query_first("SELECT COUNT(*) FROM rowlog.rowlog_schema_runs")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        runs_left, 0,
+        "the started run's row is removed once recorded"
+    );
+    rowlog.stop().await;
+}

@@ -798,3 +798,78 @@ async fn a_row_too_large_for_a_kafka_message_stops_the_pipeline_naming_it() {
     }
     assert_eq!(common::count(&pair.dst, "app.docs").await, 0);
 }
+
+/// A holder that pauses past its lease (SIGSTOP) while an operator on another host
+/// moves the offsets back with `rowlog offsets set` does not commit its older, higher
+/// watermark to the topic when it wakes: it commits only while it holds the lease, so
+/// the rewind stands and the holder stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_paused_past_its_lease_does_not_commit_over_an_operators_rewind() {
+    let broker = Tansu::start().expect("tansu broker starts");
+    let pair = pair_on(&broker).await;
+    let config = pair.dir.path().join("rowlog.toml");
+    std::fs::write(
+        &config,
+        pair.config_toml(1, 1)
+            .replace("[sink]\n", "[sink]\nlease_secs = 3\n"),
+    )
+    .unwrap();
+    let mut holder = Daemon::spawn(&config, pair.dir.path().join("holder.log"));
+    let mut c = pair.src.conn().await.unwrap();
+    c.query_drop("INSERT INTO app.t SELECT seq, seq FROM app.seq_1_to_100")
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    // Single-row transactions up to the pause: the holder has applied changes it has
+    // not committed to the topic yet (it commits once a second).
+    for id in 101..=300 {
+        c.query_drop(format!("INSERT INTO app.t VALUES ({id}, {id})"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &holder.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    // Past its 3-second lease by the destination's clock.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // The operator, on another host (another log directory), moves partition 0 back.
+    let elsewhere = pair.dir.path().join("elsewhere");
+    let rowlog = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rowlog"))
+            .args(args)
+            .arg("-c")
+            .arg(&config)
+            .env("ROWLOG__LOG__DIR", &elsewhere)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "rowlog {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let set = rowlog(&["offsets", "set", "--to", "50"]);
+    assert!(set.contains("-> 50"), "{set}");
+
+    signal("-CONT");
+    let status = holder.exit_status(Duration::from_secs(60), "the holder stops, its lease gone");
+    assert!(!status.success(), "{}", holder.log());
+    let shown = rowlog(&["offsets", "show"]);
+    let committed = shown
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cols| cols.first() == Some(&"0"))
+        .and_then(|cols| cols.get(3).map(|c| c.to_string()));
+    assert_eq!(
+        committed.as_deref(),
+        Some("50"),
+        "the rewind stands:\n{shown}\nholder's log:\n{}",
+        holder.log()
+    );
+}

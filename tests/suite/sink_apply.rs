@@ -1128,6 +1128,12 @@ impl rowlog_api::ChangeSink for PanicsAt13 {
         }
         self.0.apply(batch).await
     }
+    async fn while_fenced<T: Send>(
+        &mut self,
+        inside: impl std::future::Future<Output = T> + Send,
+    ) -> Result<T, Self::Error> {
+        self.0.while_fenced(inside).await
+    }
     async fn schema_change_applied(
         &mut self,
         id: &rowlog_api::ChangeId,

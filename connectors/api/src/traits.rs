@@ -86,6 +86,16 @@ pub trait ChangeSink: Send {
         batch: ApplyBatch<'_>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
+    /// Runs `inside` (a write outside the destination, such as the log's committed
+    /// offset) only while this process holds the pipeline's lease, and holds the lease
+    /// against a process taking it over until `inside` ends; an error that says
+    /// [`Retry::is_fenced`] when the lease is gone, and then `inside` does not run. A
+    /// sink without a lease runs it as it is.
+    fn while_fenced<T: Send>(
+        &mut self,
+        inside: impl Future<Output = T> + Send,
+    ) -> impl Future<Output = Result<T, Self::Error>> + Send;
+
     /// Whether the schema change `id` is recorded as applied on the destination.
     fn schema_change_applied(
         &mut self,
@@ -98,7 +108,9 @@ pub trait ChangeSink: Send {
     /// that are past it). DDL commits on its own, so a crash can fall between running
     /// it and recording it; an error saying the change is already in place (the table
     /// or column exists, the dropped one is gone) therefore counts as applied, as it
-    /// also does when the destination was prepared by hand.
+    /// also does when the destination was prepared by hand. A statement that would
+    /// succeed a second time and do more (a table swap, an unnamed index) must be
+    /// made to tell that it ran.
     fn apply_schema_change(
         &mut self,
         change: &SchemaChange,

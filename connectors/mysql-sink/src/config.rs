@@ -64,8 +64,8 @@ pub struct SinkConfig {
     /// to this file (one JSON line) and its partition goes on instead of halting.
     #[serde(default)]
     pub dead_letter_file: Option<std::path::PathBuf>,
-    /// Database on the destination holding `rowlog_progress` and
-    /// `rowlog_schema_changes`.
+    /// Database on the destination holding `rowlog_progress`, `rowlog_schema_changes`,
+    /// `rowlog_schema_runs` and `rowlog_lease`.
     #[serde(default = "default_progress_database")]
     pub progress_database: String,
     /// Off by default. When set, upserts of 16 rows or more of a table go as `LOAD DATA

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, ServerError, Transaction, TxOpts};
 use rowlog_api::{
-    ApplyBatch, ChangeEvent, ChangeId, ChangeSink, Retry, SchemaChange, SchemaChangePolicy,
-    SinkProgress, TableName, TableSchema, Value, WorkerProgress,
+    ApplyBatch, ChangeEvent, ChangeId, ChangeSink, Retry, SchemaChange, SchemaChangeKind,
+    SchemaChangePolicy, SinkProgress, TableName, TableSchema, Value, WorkerProgress,
 };
 
 use crate::lease::Fence;
@@ -299,6 +299,9 @@ pub struct MySqlSink {
     pipeline: String,
     progress_table: String,
     schema_changes_table: String,
+    /// Schema changes started and not yet recorded, with their table's definition
+    /// before them (see [`MySqlSink::alter_once`]).
+    schema_runs_table: String,
     progress_db: String,
     sql: SqlCache,
     /// The batch the LOCAL INFILE handler serves; `None` when LOAD DATA is off
@@ -399,6 +402,7 @@ impl MySqlSink {
                 "{}.`rowlog_schema_changes`",
                 quote(&cfg.progress_database)
             ),
+            schema_runs_table: format!("{}.`rowlog_schema_runs`", quote(&cfg.progress_database)),
             progress_db: cfg.progress_database.clone(),
             sql: HashMap::new(),
             staged,
@@ -452,9 +456,24 @@ impl MySqlSink {
              ) ENGINE=InnoDB",
             self.schema_changes_table
         );
+        // Schema changes started and not recorded yet, each with the definition of its
+        // table before it: a run after a lost reply tells from it whether the change
+        // went through (`alter_once`).
+        let create_runs_table = format!(
+            "CREATE TABLE IF NOT EXISTS {} (\
+               pipeline VARCHAR(128) NOT NULL,\
+               epoch INT UNSIGNED NOT NULL,\
+               binlog_file VARCHAR(255) NOT NULL,\
+               binlog_pos BIGINT UNSIGNED NOT NULL,\
+               definition_before LONGTEXT NULL,\
+               started_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),\
+               PRIMARY KEY (pipeline, epoch, binlog_file, binlog_pos)\
+             ) ENGINE=InnoDB",
+            self.schema_runs_table
+        );
         let table = self.progress_table.clone();
         let create_error = |source| progress_error(&table, "create")(source);
-        for q in [create_db, create_table, create_ddl_table] {
+        for q in [create_db, create_table, create_ddl_table, create_runs_table] {
             self.conn.query_drop(&q).await.map_err(create_error)?;
         }
         // A table made by an earlier version has no epoch column. Its rows get
@@ -1056,6 +1075,18 @@ impl MySqlSink {
                 Err(e) => return Err(failed(e)),
             }
         }
+        if change.kind == SchemaChangeKind::RenameTable {
+            return self.run_rename(change).await.map_err(failed);
+        }
+        let altered = match (change.kind, change.tables.as_slice()) {
+            (SchemaChangeKind::AlterTable | SchemaChangeKind::CreateIndex, [table]) => {
+                if let Some(outcome) = self.alter_once(change, table).await.map_err(failed)? {
+                    return Ok(outcome);
+                }
+                true
+            }
+            _ => false,
+        };
         match self.conn.query_drop(&change.statement).await {
             Ok(()) => Ok("applied".to_string()),
             Err(e) => match already_in_place(&e) {
@@ -1064,10 +1095,188 @@ impl MySqlSink {
                         "schema change already in place on the destination; recorded as applied");
                     Ok(format!("already in place (error {code})"))
                 }
-                None => Err(failed(e)),
+                None => {
+                    // Refused, the change is not made (an ALTER is all or nothing): the
+                    // table as it is then, perhaps mended by hand, is where it starts.
+                    if altered && !crate::error::is_retryable(&e) {
+                        self.forget_run(id).await.map_err(failed)?;
+                    }
+                    Err(failed(e))
+                }
             },
         }
     }
+}
+
+impl MySqlSink {
+    /// An `ALTER TABLE` (or `CREATE INDEX`) on one table that would succeed a second
+    /// time and do more (an unnamed `ADD INDEX (c)` makes a second index, an unnamed
+    /// foreign key a second one) must not run again after its reply was lost or
+    /// rowlog stopped before recording it. Before it first runs, the table's definition
+    /// is stored (`rowlog_schema_runs`); a later run that finds the definition changed
+    /// since knows the earlier one went through (`Some` outcome: do not run it). An
+    /// ALTER that changes no definition is harmless to run twice.
+    async fn alter_once(
+        &mut self,
+        change: &SchemaChange,
+        table: &TableName,
+    ) -> Result<Option<String>, mysql_async::Error> {
+        let id = &change.source.id;
+        let key = (
+            self.pipeline.clone(),
+            id.epoch,
+            id.event.file.to_string(),
+            id.event.pos,
+        );
+        let stored: Option<Option<String>> = self
+            .conn
+            .exec_first(
+                format!(
+                    "SELECT definition_before FROM {} WHERE pipeline = ? AND epoch = ? AND binlog_file = ? AND binlog_pos = ?",
+                    self.schema_runs_table
+                ),
+                key.clone(),
+            )
+            .await?;
+        let now = self.definition(table).await?;
+        match stored {
+            Some(before) if before != now => {
+                tracing::warn!(position = %id.event, statement = %change.statement,
+                    "a schema change's earlier run went through (its reply was lost, or rowlog stopped before recording it); not run again");
+                Ok(Some("applied (an earlier run went through)".into()))
+            }
+            Some(_) => Ok(None),
+            None => {
+                self.conn
+                    .exec_drop(
+                        format!(
+                            "INSERT INTO {} (pipeline, epoch, binlog_file, binlog_pos, definition_before) VALUES (?,?,?,?,?)",
+                            self.schema_runs_table
+                        ),
+                        (key.0, key.1, key.2, key.3, now),
+                    )
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// `table`'s definition as `SHOW CREATE TABLE` gives it, without its
+    /// `AUTO_INCREMENT` counter (rows move it); `None` when there is no such table.
+    async fn definition(
+        &mut self,
+        table: &TableName,
+    ) -> Result<Option<String>, mysql_async::Error> {
+        let q = format!(
+            "SHOW CREATE TABLE {}.{}",
+            quote(&table.db),
+            quote(&table.table)
+        );
+        match self.conn.query_first::<mysql_async::Row, _>(q).await {
+            Ok(row) => Ok(row
+                .and_then(|r| r.get::<String, _>(1))
+                .map(|ddl| without_auto_increment(&ddl))),
+            Err(mysql_async::Error::Server(e)) if e.code == 1146 => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes the started-run row of schema change `id`: recorded, or refused.
+    async fn forget_run(&mut self, id: &ChangeId) -> Result<(), mysql_async::Error> {
+        self.conn
+            .exec_drop(
+                format!(
+                    "DELETE FROM {} WHERE pipeline = ? AND epoch = ? AND binlog_file = ? AND binlog_pos = ?",
+                    self.schema_runs_table
+                ),
+                (&self.pipeline, id.epoch, id.event.file.to_string(), id.event.pos),
+            )
+            .await
+    }
+
+    /// Runs a `RENAME TABLE` so that it is never run twice. Run again after its reply
+    /// was lost, or after rowlog stopped between running and recording it, a rename
+    /// that succeeds twice does damage: a swap (`a TO tmp, b TO a, tmp TO b`) swaps
+    /// back. So it runs with one more pair: a marker table of the progress database,
+    /// named after the change, renamed in the same statement, which MariaDB and MySQL
+    /// run whole or not at all. Finding the marker renamed, a later run knows the
+    /// statement ran.
+    async fn run_rename(&mut self, change: &SchemaChange) -> Result<String, mysql_async::Error> {
+        let id = &change.source.id;
+        let name = format!(
+            "rowlog_rename_{:016x}",
+            fnv1a(&format!(
+                "{}/{}/{}/{}",
+                self.pipeline, id.epoch, id.event.file, id.event.pos
+            ))
+        );
+        let db = quote(&self.progress_db);
+        let (before, after) = (
+            format!("{db}.{}", quote(&name)),
+            format!("{db}.{}", quote(&format!("{name}_done"))),
+        );
+        let ran: Option<u8> = self
+            .conn
+            .exec_first(
+                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (&self.progress_db, format!("{name}_done")),
+            )
+            .await?;
+        if ran.is_some() {
+            tracing::warn!(position = %id.event, statement = %change.statement,
+                "a rename's earlier run went through (its reply was lost, or rowlog stopped before recording it); not run again");
+            self.conn
+                .query_drop(format!("DROP TABLE IF EXISTS {after}"))
+                .await?;
+            return Ok("applied (an earlier run went through)".into());
+        }
+        self.conn
+            .query_drop(format!("CREATE TABLE IF NOT EXISTS {before} (x INT)"))
+            .await?;
+        // On a line of its own: a trailing `-- comment` cannot swallow it.
+        let statement = change.statement.trim_end().trim_end_matches(';').trim_end();
+        let outcome = match self
+            .conn
+            .query_drop(format!("{statement}\n, {before} TO {after}"))
+            .await
+        {
+            Ok(()) => "applied".to_string(),
+            Err(e) => match already_in_place(&e) {
+                Some(code) => {
+                    tracing::warn!(position = %id.event, statement = %change.statement, code,
+                        "schema change already in place on the destination; recorded as applied");
+                    format!("already in place (error {code})")
+                }
+                // The marker stays for the next try (it may have been renamed, if the
+                // connection went after the statement ran).
+                None => return Err(e),
+            },
+        };
+        self.conn
+            .query_drop(format!("DROP TABLE IF EXISTS {before}, {after}"))
+            .await?;
+        Ok(outcome)
+    }
+}
+
+/// `ddl` without its table option `AUTO_INCREMENT=n`.
+fn without_auto_increment(ddl: &str) -> String {
+    match ddl.find(" AUTO_INCREMENT=") {
+        Some(at) => {
+            let rest = &ddl[at + " AUTO_INCREMENT=".len()..];
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            format!("{}{}", &ddl[..at], &rest[digits..])
+        }
+        None => ddl.to_owned(),
+    }
+}
+
+/// FNV-1a, 64 bits: a name that stays the same across builds and versions of rowlog
+/// (std's hasher promises neither).
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Commits `tx` only while this process holds the pipeline's lease. The check runs
@@ -1082,28 +1291,41 @@ async fn commit_fenced(
     table: &str,
 ) -> Result<(), SinkError> {
     if let Some(fence) = fence {
-        let (pipeline, host, machine, pid, token) = &fence.params;
-        let params = (pipeline, host, machine, *pid, *token);
-        let (held, cause) = match tx.exec_first::<u8, _, _>(&fence.sql, params).await {
-            Ok(held) => (held.is_some(), None),
-            Err(e) if crate::error::is_retryable(&e) => {
-                return Err(progress_error(&fence.table, "check the lease in")(e))
+        if let Err(e) = check_fence(fence, &mut tx).await {
+            if e.is_fenced() {
+                if let Err(r) = tx.rollback().await {
+                    tracing::debug!(error = %r, "rolling back a fenced transaction failed");
+                }
             }
-            // Not a rejected change: whatever keeps the lease from being read (its
-            // table gone, a privilege revoked) stops the pipeline.
-            Err(e) => (false, Some(e)),
-        };
-        if !held {
-            if let Err(r) = tx.rollback().await {
-                tracing::debug!(error = %r, "rolling back a fenced transaction failed");
-            }
-            return Err(SinkError::Fenced {
-                pipeline: fence.pipeline.clone(),
-                cause,
-            });
+            return Err(e);
         }
     }
     tx.commit().await.map_err(progress_error(table, "commit"))
+}
+
+/// Checks in `tx` that this process holds the pipeline's lease and it has not run
+/// out, taking a shared lock on the lease's row that holds off a process taking it
+/// over until `tx` ends. [`SinkError::Fenced`] when it does not.
+async fn check_fence(fence: &Fence, tx: &mut Transaction<'_>) -> Result<(), SinkError> {
+    let (pipeline, host, machine, pid, token) = &fence.params;
+    let params = (pipeline, host, machine, *pid, *token);
+    let (held, cause) = match tx.exec_first::<u8, _, _>(&fence.sql, params).await {
+        Ok(held) => (held.is_some(), None),
+        Err(e) if crate::error::is_retryable(&e) => {
+            return Err(progress_error(&fence.table, "check the lease in")(e))
+        }
+        // Not a rejected change: whatever keeps the lease from being read (its
+        // table gone, a privilege revoked) stops the pipeline.
+        Err(e) => (false, Some(e)),
+    };
+    if held {
+        Ok(())
+    } else {
+        Err(SinkError::Fenced {
+            pipeline: fence.pipeline.clone(),
+            cause,
+        })
+    }
 }
 
 /// A transaction on the progress table `table`; its begin failing is that table's error.
@@ -1115,6 +1337,34 @@ async fn begin_progress<'c>(conn: &'c mut Conn, table: &str) -> Result<Transacti
 
 impl ChangeSink for MySqlSink {
     type Error = SinkError;
+
+    async fn while_fenced<T: Send>(
+        &mut self,
+        inside: impl std::future::Future<Output = T> + Send,
+    ) -> Result<T, SinkError> {
+        let Some(fence) = self.fence.clone() else {
+            return Ok(inside.await);
+        };
+        let table = self.progress_table.clone();
+        answered(self.call_timeout, "a hold on the lease", async {
+            let mut tx = begin_progress(&mut self.conn, &table).await?;
+            if let Err(e) = check_fence(&fence, &mut tx).await {
+                if let Err(r) = tx.rollback().await {
+                    tracing::debug!(error = %r, "rolling back a lease check failed");
+                }
+                return Err(e);
+            }
+            let out = inside.await;
+            // A COMMIT that fails means the connection went meanwhile, and the lock
+            // with it, maybe before `inside` ended: said, so the caller can say so.
+            tx.commit().await.map_err(progress_error(
+                &fence.table,
+                "release the lease's row after a hold on",
+            ))?;
+            Ok(out)
+        })
+        .await
+    }
 
     async fn schema_change_applied(&mut self, id: &ChangeId) -> Result<bool, SinkError> {
         let q = format!(
@@ -1169,7 +1419,11 @@ impl ChangeSink for MySqlSink {
                 ),
             )
             .await
-            .map_err(progress_error(&self.schema_changes_table, "record"))
+            .map_err(progress_error(&self.schema_changes_table, "record"))?;
+        // Recorded: a later run is passed by the record, the started-run row is done.
+        self.forget_run(id)
+            .await
+            .map_err(progress_error(&self.schema_runs_table, "remove"))
     }
 
     async fn apply(&mut self, batch: ApplyBatch<'_>) -> Result<(), SinkError> {
