@@ -334,6 +334,7 @@ where
             applied: AtomicU64::new(start),
         });
         let ctx = WorkerCtx {
+            queued_bytes: queued_bytes.clone(),
             partition,
             worker: w,
             workers: n,
@@ -430,11 +431,14 @@ where
                             // restart that starts from the log's offset (a worker of
                             // its count stored no row) does not meet it again.
                             if committed_at.is_none_or(|c| next_dispatch > c) {
-                                if let Err(e) = commits.commit(next_dispatch).await {
-                                    failure = Some(e);
-                                    break 'run;
+                                match commits.commit(next_dispatch).await {
+                                    Ok(true) => committed_at = Some(next_dispatch),
+                                    Ok(false) => {}
+                                    Err(e) => {
+                                        failure = Some(e);
+                                        break 'run;
+                                    }
                                 }
-                                committed_at = Some(next_dispatch);
                                 last_commit = Instant::now();
                             }
                             continue;
@@ -450,12 +454,23 @@ where
                         continue;
                     }
                     let w = &mut workers[worker_of(hash, partitions, n) as usize];
+                    // Set first: a change not sent after all holds the watermark below it.
                     w.sent = rec.offset + 1;
                     let bytes = change.approx_bytes();
                     let Some(tx) = w.tx.as_ref() else { break 'run };
-                    if tx.send((rec.offset, change), bytes).await.is_err() {
+                    // Waiting for room (a slot, or bytes), the task still hears of a
+                    // shutdown or a failure.
+                    let sent = tokio::select! {
+                        sent = tx.send((rec.offset, change), bytes) => sent.is_ok(),
+                        _ = shutdown.wait() => break 'run,
+                        Some(e) = fail_rx.recv() => {
+                            failure = Some(e);
+                            break 'run;
+                        }
+                    };
+                    if !sent {
                         // The worker ended: shutdown during a retry, or a failure it
-                        // reported (or a panic, which its join handle reports below).
+                        // reported.
                         if let Ok(e) = fail_rx.try_recv() {
                             failure = Some(e);
                         }
@@ -475,11 +490,15 @@ where
                 .sum(),
         );
         if committed_at.is_none_or(|c| mark > c) && last_commit.elapsed() >= cfg.commit_interval {
-            if let Err(e) = commits.commit(mark).await {
-                failure = Some(e);
-                break 'run;
+            match commits.commit(mark).await {
+                Ok(true) => committed_at = Some(mark),
+                // Tried again after the interval.
+                Ok(false) => {}
+                Err(e) => {
+                    failure = Some(e);
+                    break 'run;
+                }
             }
-            committed_at = Some(mark);
             last_commit = Instant::now();
         }
     }
@@ -792,6 +811,15 @@ fn log_retry(partition: u32, metrics: &Metrics, e: &LogError) {
     warn!(partition, error = %error_chain(e), "reading the log failed; retrying");
 }
 
+/// How long a partition task waits for a destination connection of its own, for a
+/// commit to the log held by the lease ([`LogCommits`]).
+const HOLD_CONNECT_LIMIT: Duration = Duration::from_secs(10);
+/// How long the log's commit may take while the lease's row is held: below the 10 s
+/// after which the lease's own calls (its renewal waits for the row) give up.
+const LOG_COMMIT_LIMIT: Duration = Duration::from_secs(5);
+/// How long the whole hold (lock, commit, release) may take.
+const HOLD_LIMIT: Duration = Duration::from_secs(15);
+
 /// Commits a partition's watermark to the log, only while this process holds the
 /// pipeline's lease ([`ChangeSink::while_fenced`], on a destination connection of the
 /// partition task's own). Kafka offsets are not otherwise fenced: a holder that
@@ -816,37 +844,63 @@ where
     /// `Err` only when the lease is gone. The destination's progress rows are the
     /// truth; a commit that fails otherwise only means more replay after a restart, so
     /// it is reported, not fatal.
-    async fn commit(&mut self, next: u64) -> Result<(), ApplyError> {
+    ///
+    /// `Ok(true)` when committed. Each step is bounded: the lease's renewal waits for
+    /// the shared lock held through the log's commit, and must not wait long (its own
+    /// calls give up after 10 s); a destination away must not hold a partition's
+    /// shutdown either.
+    async fn commit(&mut self, next: u64) -> Result<bool, ApplyError> {
         let partition = self.partition;
         let sink = match &mut self.sink {
             Some(s) => s,
-            None => match (self.connect)().await {
-                Ok(s) => self.sink.insert(s),
-                Err(e) => {
+            None => match tokio::time::timeout(HOLD_CONNECT_LIMIT, (self.connect)()).await {
+                Ok(Ok(s)) => self.sink.insert(s),
+                Ok(Err(e)) => {
                     warn!(partition, error = %error_chain(&e), "cannot reach the destination to hold the lease while committing to the log; not committed now");
-                    return Ok(());
+                    return Ok(false);
+                }
+                Err(_) => {
+                    warn!(partition, "no connection to the destination within 10 s to hold the lease while committing to the log; not committed now");
+                    return Ok(false);
                 }
             },
         };
-        match sink
-            .while_fenced(self.log.commit(self.consumer, partition, next))
-            .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
+        let inside = tokio::time::timeout(
+            LOG_COMMIT_LIMIT,
+            self.log.commit(self.consumer, partition, next),
+        );
+        let held = tokio::time::timeout(HOLD_LIMIT, sink.while_fenced(inside)).await;
+        match held {
+            Ok(Ok(Ok(Ok(())))) => return Ok(true),
+            Ok(Ok(Ok(Err(e)))) => {
                 warn!(partition, error = %error_chain(&e), "cannot commit consumer offset to the log");
             }
-            Err(e) if e.is_fenced() => return Err(ApplyError::partition_fenced(partition, e)),
-            Err(e) => {
+            // Not cancelled where the log runs it on a thread of its own (Kafka): it
+            // may still land, after the lease's row is let go.
+            Ok(Ok(Err(_))) => {
+                warn!(partition, "the log's commit took over 5 s; the lease's row was let go meanwhile, the commit may land later")
+            }
+            Ok(Err(e)) if e.is_fenced() => return Err(ApplyError::partition_fenced(partition, e)),
+            Ok(Err(e)) => {
                 warn!(partition, error = %error_chain(&e), "cannot hold the lease while committing to the log; not known committed");
                 self.sink = None;
             }
+            Err(_) => {
+                warn!(
+                    partition,
+                    "no hold on the lease within 15 s for a commit to the log; not known committed"
+                );
+                // Its connection goes with it, and any lock it held.
+                self.sink = None;
+            }
         }
-        Ok(())
+        Ok(false)
     }
 }
 
 struct WorkerCtx {
+    /// The partition's byte budget, which this worker's queue and batch draw on.
+    queued_bytes: Budget,
     partition: u32,
     worker: u32,
     workers: u32,
@@ -1171,7 +1225,13 @@ where
                 Ok(item) => Some(item),
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    timeout_at(deadline, rx.recv()).await.ok().flatten()
+                    tokio::select! {
+                        biased;
+                        got = timeout_at(deadline, rx.recv()) => got.ok().flatten(),
+                        // The partition waits for bytes this batch may hold: applying
+                        // it now frees them, rather than at the deadline.
+                        _ = ctx.queued_bytes.starved() => None,
+                    }
                 }
             };
             match next {

@@ -9,10 +9,14 @@
 //!
 //! One item larger than the whole budget is charged the whole budget: it waits until the
 //! queue is empty and then passes alone, so no size of row blocks the queue for ever.
+//!
+//! A receiver that gathers items into a batch until a deadline must not sit on the
+//! budget's bytes while the sender waits for them: a sender that finds too few bytes
+//! says so ([`Budget::starved`]), and such a receiver closes its batch at once.
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 /// The bytes an item holds while it is queued or held by the receiver.
 #[derive(Debug, Default)]
@@ -36,16 +40,14 @@ impl Charge {
 
 pub struct Sender<T> {
     tx: mpsc::Sender<(T, Charge)>,
-    bytes: Arc<Semaphore>,
-    max: u32,
+    budget: Budget,
 }
 
 impl<T> Clone for Sender<T> {
     fn clone(&self) -> Self {
         Sender {
             tx: self.tx.clone(),
-            bytes: self.bytes.clone(),
-            max: self.max,
+            budget: self.budget.clone(),
         }
     }
 }
@@ -57,6 +59,9 @@ pub type Receiver<T> = mpsc::Receiver<(T, Charge)>;
 pub struct Budget {
     bytes: Arc<Semaphore>,
     max: u32,
+    /// Woken, and counted, while a sender waits for bytes.
+    starved: Arc<Notify>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Budget {
@@ -66,6 +71,8 @@ impl Budget {
         Budget {
             bytes: Arc::new(Semaphore::new(max as usize)),
             max,
+            starved: Arc::new(Notify::new()),
+            waiting: Arc::default(),
         }
     }
 
@@ -74,8 +81,7 @@ impl Budget {
         let (tx, rx) = mpsc::channel(items.max(1));
         let sender = Sender {
             tx,
-            bytes: self.bytes.clone(),
-            max: self.max,
+            budget: self.clone(),
         };
         (sender, rx)
     }
@@ -83,6 +89,20 @@ impl Budget {
     /// Bytes queued or held by receivers now.
     pub fn charged(&self) -> usize {
         self.max as usize - self.bytes.available_permits()
+    }
+
+    /// Resolves once a sender waits for bytes (at once if one does now): a receiver
+    /// holding bytes in a batch it is still filling should close it.
+    pub async fn starved(&self) {
+        let woken = self.starved.notified();
+        tokio::pin!(woken);
+        // Registered before the check, so a sender that starts waiting after it wakes
+        // this call.
+        woken.as_mut().enable();
+        if self.waiting.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            return;
+        }
+        woken.await;
     }
 }
 
@@ -104,10 +124,22 @@ impl<T> Sender<T> {
     /// Waits for room for `bytes` bytes, then for a slot, and sends. Cancel-safe in the
     /// sense of `mpsc::Sender::send`: a cancelled call sends nothing.
     pub async fn send(&self, item: T, bytes: usize) -> Result<(), Closed<T>> {
-        let cost = u32::try_from(bytes).unwrap_or(u32::MAX).clamp(1, self.max);
-        let Ok(permit) = self.bytes.clone().acquire_many_owned(cost).await else {
-            // The semaphore is never closed; kept total for the type's sake.
-            return Err(Closed(item));
+        let b = &self.budget;
+        let cost = u32::try_from(bytes).unwrap_or(u32::MAX).clamp(1, b.max);
+        let permit = match b.bytes.clone().try_acquire_many_owned(cost) {
+            Ok(p) => p,
+            Err(_) => {
+                use std::sync::atomic::Ordering;
+                b.waiting.fetch_add(1, Ordering::AcqRel);
+                b.starved.notify_waiters();
+                let got = b.bytes.clone().acquire_many_owned(cost).await;
+                b.waiting.fetch_sub(1, Ordering::AcqRel);
+                match got {
+                    Ok(p) => p,
+                    // The semaphore is never closed; kept total for the type's sake.
+                    Err(_) => return Err(Closed(item)),
+                }
+            }
         };
         self.tx
             .send((item, Charge(Some(permit))))
@@ -122,7 +154,7 @@ impl<T> Sender<T> {
 
     /// Bytes queued or held by the receivers of this sender's budget now.
     pub fn bytes_charged(&self) -> usize {
-        self.max as usize - self.bytes.available_permits()
+        self.budget.charged()
     }
 }
 
@@ -165,6 +197,27 @@ mod tests {
         big.await.unwrap().unwrap();
         let (item, charge) = rx.recv().await.unwrap();
         assert_eq!((item, charge.bytes()), ("big", 100));
+    }
+
+    #[tokio::test]
+    async fn a_receiver_hears_when_a_sender_waits_for_bytes() {
+        let budget = Budget::new(100);
+        let (tx, mut rx) = budget.channel::<u8>(10);
+        tx.send(1, 100).await.unwrap();
+        let (_, held) = rx.recv().await.unwrap();
+        let quiet = tokio::time::timeout(Duration::from_millis(50), budget.starved()).await;
+        assert!(quiet.is_err(), "starved with no sender waiting");
+        let sender = tx.clone();
+        let second = tokio::spawn(async move { sender.send(2, 1).await });
+        tokio::time::timeout(Duration::from_secs(5), budget.starved())
+            .await
+            .expect("the waiting sender is heard");
+        // Heard at once while the sender still waits.
+        tokio::time::timeout(Duration::from_millis(50), budget.starved())
+            .await
+            .expect("heard again while it waits");
+        drop(held);
+        second.await.unwrap().unwrap();
     }
 
     #[tokio::test]

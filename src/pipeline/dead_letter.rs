@@ -34,29 +34,20 @@ impl DeadLetter {
             "error": error,
             "record": crate::tools::json::change_record(partition, offset, change),
         });
-        let (mut f, created) = match OpenOptions::new().append(true).open(&self.path) {
-            Ok(f) => (f, false),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Another worker may create it first: then it is simply opened.
-                let f = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)?;
-                (f, true)
-            }
-            Err(e) => return Err(e),
-        };
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
         // One write per line: appends from several workers never interleave within a line.
         f.write_all(format!("{line}\n").as_bytes())?;
         f.sync_data()?;
-        if created {
-            // The new file's name is durable only once its directory is synced.
-            let dir = match self.path.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d,
-                _ => std::path::Path::new("."),
-            };
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        // The file's name is durable only once its directory is synced. Every line
+        // syncs it (they are rare): a worker that opened the file another had just
+        // created must not count on that one's sync.
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        std::fs::File::open(dir)?.sync_all()
     }
 }

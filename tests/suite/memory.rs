@@ -1,12 +1,14 @@
-//! Memory stays bounded under backlog: one source transaction of 1,000,000 rows,
-//! written while rowlog is down, replicates through the real binary with a bounded
-//! peak RSS (bounded queues, bounded batches, records streamed through the log).
+//! Memory stays bounded under backlog: one source transaction of 1,000,000 rows, and a
+//! backlog of 1 MiB rows, written while rowlog is down, replicate through the real
+//! binary with a bounded peak RSS (queues and batches bounded by changes and by bytes,
+//! records streamed through the log); a batch holding the bytes the partition waits
+//! for is applied at once.
 
 use crate::common;
 
 use std::time::Duration;
 
-use common::{Daemon, Pair};
+use common::{Daemon, InProcess, Pair};
 use mysql_async::prelude::Queryable;
 
 fn peak_rss_mib(pid: u32) -> u64 {
@@ -116,4 +118,35 @@ async fn a_backlog_of_one_mib_rows_replicates_with_memory_bounded_by_bytes() {
         "peak RSS {peak} MiB with {ROWS} MiB of rows in the backlog"
     );
     daemon.terminate_cleanly();
+}
+
+/// A worker filling a batch closes it as soon as its partition waits for bytes the
+/// batch holds, not at `batch_max_wait_ms`: here 20 s, with a budget of 1 MiB and rows
+/// of 256 KiB, so about every fourth row waits for the batch before it. Waiting each
+/// time for the deadline, the 24 rows would take over 2 minutes; only the last batch,
+/// which nothing waits for, waits for its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_holding_the_bytes_its_partition_waits_for_is_applied_at_once() {
+    let pair = Pair::start().await;
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.wide (id INT PRIMARY KEY, b MEDIUMBLOB NOT NULL)",
+    ])
+    .await;
+    let mut cfg = pair.config(1, 1);
+    cfg.sink.queue_max_bytes = 1 << 20;
+    cfg.sink.batch_max_wait_ms = 20_000;
+    let mut rowlog = InProcess::start(cfg);
+    let mut c = pair.src.conn().await.unwrap();
+    for id in 1..=24 {
+        c.query_drop(format!(
+            "INSERT INTO app.wide VALUES ({id}, REPEAT(CHAR(64 + {id}), 262144))"
+        ))
+        .await
+        .unwrap();
+    }
+    rowlog
+        .assert_converges_running(&pair, &[("app.wide", "id")], Duration::from_secs(50))
+        .await;
+    rowlog.stop().await;
 }

@@ -1099,7 +1099,10 @@ impl MySqlSink {
                     // Refused, the change is not made (an ALTER is all or nothing): the
                     // table as it is then, perhaps mended by hand, is where it starts.
                     if altered && !crate::error::is_retryable(&e) {
-                        self.forget_run(id).await.map_err(failed)?;
+                        if let Err(f) = self.forget_run(id).await {
+                            tracing::warn!(position = %id.event, error = %f,
+                                "cannot remove the started-run row of a refused schema change: after a fix by hand, the change would count as run; remove the row from rowlog_schema_runs");
+                        }
                     }
                     Err(failed(e))
                 }
@@ -1200,21 +1203,11 @@ impl MySqlSink {
     /// back. So it runs with one more pair: a marker table of the progress database,
     /// named after the change, renamed in the same statement, which MariaDB and MySQL
     /// run whole or not at all. Finding the marker renamed, a later run knows the
-    /// statement ran.
+    /// statement ran. The markers are dropped once the change is recorded
+    /// ([`MySqlSink::recorded`]), never before: a run after that finds the record.
     async fn run_rename(&mut self, change: &SchemaChange) -> Result<String, mysql_async::Error> {
         let id = &change.source.id;
-        let name = format!(
-            "rowlog_rename_{:016x}",
-            fnv1a(&format!(
-                "{}/{}/{}/{}",
-                self.pipeline, id.epoch, id.event.file, id.event.pos
-            ))
-        );
-        let db = quote(&self.progress_db);
-        let (before, after) = (
-            format!("{db}.{}", quote(&name)),
-            format!("{db}.{}", quote(&format!("{name}_done"))),
-        );
+        let (name, before, after) = self.rename_markers(id);
         let ran: Option<u8> = self
             .conn
             .exec_first(
@@ -1225,13 +1218,14 @@ impl MySqlSink {
         if ran.is_some() {
             tracing::warn!(position = %id.event, statement = %change.statement,
                 "a rename's earlier run went through (its reply was lost, or rowlog stopped before recording it); not run again");
-            self.conn
-                .query_drop(format!("DROP TABLE IF EXISTS {after}"))
-                .await?;
             return Ok("applied (an earlier run went through)".into());
         }
+        // A primary key: servers may require one of every table
+        // (`sql_require_primary_key`, `innodb_force_primary_key`).
         self.conn
-            .query_drop(format!("CREATE TABLE IF NOT EXISTS {before} (x INT)"))
+            .query_drop(format!(
+                "CREATE TABLE IF NOT EXISTS {before} (x INT PRIMARY KEY)"
+            ))
             .await?;
         // On a line of its own: a trailing `-- comment` cannot swallow it.
         let statement = change.statement.trim_end().trim_end_matches(';').trim_end();
@@ -1252,16 +1246,54 @@ impl MySqlSink {
                 None => return Err(e),
             },
         };
-        self.conn
-            .query_drop(format!("DROP TABLE IF EXISTS {before}, {after}"))
-            .await?;
         Ok(outcome)
+    }
+
+    /// The marker table's name of the rename `id`, and its qualified names before and
+    /// after the statement renames it.
+    fn rename_markers(&self, id: &ChangeId) -> (String, String, String) {
+        let name = format!(
+            "rowlog_rename_{:016x}",
+            fnv1a(&format!(
+                "{}/{}/{}/{}",
+                self.pipeline, id.epoch, id.event.file, id.event.pos
+            ))
+        );
+        let db = quote(&self.progress_db);
+        let before = format!("{db}.{}", quote(&name));
+        let after = format!("{db}.{}", quote(&format!("{name}_done")));
+        (name, before, after)
+    }
+
+    /// After schema change `id` is recorded: what told a later run whether it ran is
+    /// no longer needed (the record tells it now), and is removed. Cleaning up only:
+    /// a failure is logged, and what stays is removed by the next change's run of
+    /// this, or is harmless (a marker, a row of a recorded change).
+    async fn recorded(&mut self, change: &SchemaChange) {
+        let id = &change.source.id;
+        let mut failed = self.forget_run(id).await.err();
+        if change.kind == SchemaChangeKind::RenameTable {
+            let (_, before, after) = self.rename_markers(id);
+            let drop = format!("DROP TABLE IF EXISTS {before}, {after}");
+            if let Err(e) = self.conn.query_drop(drop).await {
+                failed = Some(e);
+            }
+        }
+        if let Some(e) = failed {
+            tracing::warn!(position = %id.event, error = %e, "cannot clean up after a recorded schema change");
+        }
     }
 }
 
-/// `ddl` without its table option `AUTO_INCREMENT=n`.
+/// `ddl` without its table option `AUTO_INCREMENT=n`, looked for only among the table
+/// options (after the line that closes the column list: a comment or default of a
+/// column may hold the same text; SHOW CREATE TABLE writes newlines in them as `\n`).
 fn without_auto_increment(ddl: &str) -> String {
-    match ddl.find(" AUTO_INCREMENT=") {
+    let options = ddl.rfind("\n)").unwrap_or(0);
+    match ddl[options..]
+        .find(" AUTO_INCREMENT=")
+        .map(|at| options + at)
+    {
         Some(at) => {
             let rest = &ddl[at + " AUTO_INCREMENT=".len()..];
             let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
@@ -1395,6 +1427,12 @@ impl ChangeSink for MySqlSink {
         policy: SchemaChangePolicy,
     ) -> Result<(), SinkError> {
         let id = &change.source.id;
+        // Recorded already: by a try whose reply was lost (the caller tries again after
+        // a retryable error without asking). Running it again could undo it (a swap).
+        if self.schema_change_applied(id).await? {
+            self.recorded(change).await;
+            return Ok(());
+        }
         let outcome = match policy {
             SchemaChangePolicy::Apply => self.run_schema_change(change).await?,
             SchemaChangePolicy::Ignore => "ignored (sink.ddl = \"ignore\")".to_string(),
@@ -1420,10 +1458,8 @@ impl ChangeSink for MySqlSink {
             )
             .await
             .map_err(progress_error(&self.schema_changes_table, "record"))?;
-        // Recorded: a later run is passed by the record, the started-run row is done.
-        self.forget_run(id)
-            .await
-            .map_err(progress_error(&self.schema_runs_table, "remove"))
+        self.recorded(change).await;
+        Ok(())
     }
 
     async fn apply(&mut self, batch: ApplyBatch<'_>) -> Result<(), SinkError> {
@@ -1554,6 +1590,17 @@ pub async fn table_exists(conn: &mut Conn, table: &TableName) -> Result<bool, my
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_the_table_option_auto_increment_is_left_out_of_a_definition() {
+        let ddl = "CREATE TABLE `t` (\n  `id` int(11) NOT NULL AUTO_INCREMENT,\n  `c` varchar(9) DEFAULT ' AUTO_INCREMENT=1' COMMENT 'x AUTO_INCREMENT=2',\n  PRIMARY KEY (`id`)\n) ENGINE=InnoDB AUTO_INCREMENT=17 DEFAULT CHARSET=latin1";
+        assert_eq!(
+            super::without_auto_increment(ddl),
+            ddl.replace(" AUTO_INCREMENT=17", "")
+        );
+        let none = "CREATE TABLE `t` (\n  `id` int(11) NOT NULL\n) ENGINE=InnoDB";
+        assert_eq!(super::without_auto_increment(none), none);
+    }
     use super::{about_generated_column, named_column};
     use rowlog_api::{Column, ColumnType, TableName, TableSchema};
 
