@@ -596,9 +596,12 @@ async fn snapshot_copy(
 /// Inserts rows at `rate` per second for `secs`, each stamped with the source's
 /// `NOW(6)`; the destination stamps its own insert time. Returns (achieved rate, p50 ms, p99 ms).
 async fn measure_lag(src: &MariaDb, dst: &MariaDb, rate: f64, secs: u64) -> BenchResult<Lag> {
-    src.exec(&["CREATE TABLE bench.lag (id BIGINT PRIMARY KEY, ts DATETIME(6) NOT NULL)"])
-        .await?;
+    // The destination's first, with its arrival stamp: rowlog, running, replicates the
+    // source's CREATE, and finds this one in place (error 1050, recorded as applied).
+    // The other way round, its CREATE could come first and this one fail.
     dst.exec(&["CREATE TABLE bench.lag (id BIGINT PRIMARY KEY, ts DATETIME(6) NOT NULL, arrived DATETIME(6) NOT NULL DEFAULT NOW(6))"])
+        .await?;
+    src.exec(&["CREATE TABLE bench.lag (id BIGINT PRIMARY KEY, ts DATETIME(6) NOT NULL)"])
         .await?;
     let clients = 4u64;
     let per_client = (rate / clients as f64).max(1.0);
