@@ -53,7 +53,7 @@ use tracing::{debug, info, warn};
 
 use super::applied::Applied;
 use super::backoff::Backoff;
-use super::budget::{self, Budget};
+use super::budget::{self, Budget, TrySend};
 use super::partitioner::{key_hash, worker_of};
 use super::schema_barrier::{Role, SchemaBarrier, Waited};
 use super::Stats;
@@ -458,15 +458,19 @@ where
                     w.sent = rec.offset + 1;
                     let bytes = change.approx_bytes();
                     let Some(tx) = w.tx.as_ref() else { break 'run };
-                    // Waiting for room (a slot, or bytes), the task still hears of a
-                    // shutdown or a failure.
-                    let sent = tokio::select! {
-                        sent = tx.send((rec.offset, change), bytes) => sent.is_ok(),
-                        _ = shutdown.wait() => break 'run,
-                        Some(e) = fail_rx.recv() => {
-                            failure = Some(e);
-                            break 'run;
-                        }
+                    let sent = match tx.try_send((rec.offset, change), bytes) {
+                        Ok(()) => true,
+                        Err(TrySend::Closed(_)) => false,
+                        // Waiting for room (a slot, or bytes), the task still hears of
+                        // a shutdown or a failure.
+                        Err(TrySend::Busy(item)) => tokio::select! {
+                            sent = tx.send(item, bytes) => sent.is_ok(),
+                            _ = shutdown.wait() => break 'run,
+                            Some(e) = fail_rx.recv() => {
+                                failure = Some(e);
+                                break 'run;
+                            }
+                        },
                     };
                     if !sent {
                         // The worker ended: shutdown during a retry, or a failure it

@@ -111,6 +111,14 @@ pub fn channel<T>(items: usize, max_bytes: usize) -> (Sender<T>, Receiver<T>) {
     Budget::new(max_bytes).channel(items)
 }
 
+/// Why [`Sender::try_send`] gave the item back.
+pub enum TrySend<T> {
+    /// No slot or not the bytes now: [`Sender::send`] waits for them.
+    Busy(T),
+    /// The receiver has gone.
+    Closed(T),
+}
+
 /// The receiver has gone: the item comes back.
 pub struct Closed<T>(pub T);
 
@@ -145,6 +153,25 @@ impl<T> Sender<T> {
             .send((item, Charge(Some(permit))))
             .await
             .map_err(|e| Closed(e.0 .0))
+    }
+
+    /// Sends at once if a slot and the bytes are free now; otherwise gives the item
+    /// back, saying whether the receiver has gone. The common case costs no future.
+    pub fn try_send(&self, item: T, bytes: usize) -> Result<(), TrySend<T>> {
+        let slot = match self.tx.try_reserve() {
+            Ok(slot) => slot,
+            Err(mpsc::error::TrySendError::Full(())) => return Err(TrySend::Busy(item)),
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(TrySend::Closed(item)),
+        };
+        let b = &self.budget;
+        let cost = u32::try_from(bytes).unwrap_or(u32::MAX).clamp(1, b.max);
+        match b.bytes.clone().try_acquire_many_owned(cost) {
+            Ok(permit) => {
+                slot.send((item, Charge(Some(permit))));
+                Ok(())
+            }
+            Err(_) => Err(TrySend::Busy(item)),
+        }
     }
 
     /// Items queued now (not those the receiver holds).
@@ -218,6 +245,22 @@ mod tests {
             .expect("heard again while it waits");
         drop(held);
         second.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn try_send_sends_when_there_is_room_and_gives_the_item_back_otherwise() {
+        let (tx, mut rx) = channel::<u8>(1, 100);
+        assert!(tx.try_send(1, 60).is_ok());
+        // The one slot is taken.
+        assert!(matches!(tx.try_send(2, 10), Err(TrySend::Busy(2))));
+        let (_, held) = rx.recv().await.unwrap();
+        // A slot, but not the bytes.
+        assert!(matches!(tx.try_send(3, 50), Err(TrySend::Busy(3))));
+        assert_eq!(tx.bytes_charged(), 60);
+        drop(held);
+        assert!(tx.try_send(3, 50).is_ok());
+        drop(rx);
+        assert!(matches!(tx.try_send(4, 1), Err(TrySend::Closed(4))));
     }
 
     #[tokio::test]
