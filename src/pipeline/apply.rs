@@ -353,15 +353,17 @@ where
         let handle = tokio::spawn(async move {
             // A panic (a bug) is reported like any failure, so the partition task stops
             // on it wherever it waits, rather than find out at its next send.
-            let ended = std::panic::AssertUnwindSafe(worker).catch_unwind().await;
-            if let Err(panic) = ended {
-                let _ = lost.send(ApplyError::WorkerLost {
-                    partition,
-                    worker: w,
-                    detail: format!("it panicked: {}", rowlog_api::panic_message(&panic)),
-                });
+            match std::panic::AssertUnwindSafe(worker).catch_unwind().await {
+                Ok(ended) => ended,
+                Err(panic) => {
+                    let _ = lost.send(ApplyError::WorkerLost {
+                        partition,
+                        worker: w,
+                        detail: format!("it panicked: {}", rowlog_api::panic_message(&panic)),
+                    });
+                    Ok(())
+                }
             }
-            Ok(())
         });
         workers.push(Worker {
             tx: Some(tx),
@@ -380,6 +382,7 @@ where
         partition,
         connect: &connect,
         sink: None,
+        quiet_until: None,
     };
     let read_max = cfg.batch_max_rows.clamp(64, 4096);
     // A read batch waits whole for room in the queues: its bytes are bounded too.
@@ -817,12 +820,16 @@ fn log_retry(partition: u32, metrics: &Metrics, e: &LogError) {
 
 /// How long a partition task waits for a destination connection of its own, for a
 /// commit to the log held by the lease ([`LogCommits`]).
-const HOLD_CONNECT_LIMIT: Duration = Duration::from_secs(10);
+const HOLD_CONNECT_LIMIT: Duration = Duration::from_secs(5);
 /// How long the log's commit may take while the lease's row is held: below the 10 s
 /// after which the lease's own calls (its renewal waits for the row) give up.
 const LOG_COMMIT_LIMIT: Duration = Duration::from_secs(5);
 /// How long the whole hold (lock, commit, release) may take.
 const HOLD_LIMIT: Duration = Duration::from_secs(15);
+/// After a step that ran out of time, no commit is tried for this long: a log commit
+/// given up is not cancelled (Kafka's runs on a thread of its own), and the dispatch
+/// waits while one is tried.
+const QUIET_AFTER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Commits a partition's watermark to the log, only while this process holds the
 /// pipeline's lease ([`ChangeSink::while_fenced`], on a destination connection of the
@@ -836,6 +843,8 @@ struct LogCommits<'a, L, F, S> {
     partition: u32,
     connect: &'a F,
     sink: Option<S>,
+    /// No commit is tried before this (see [`QUIET_AFTER_TIMEOUT`]).
+    quiet_until: Option<Instant>,
 }
 
 impl<L, F, Fut, S> LogCommits<'_, L, F, S>
@@ -855,6 +864,10 @@ where
     /// shutdown either.
     async fn commit(&mut self, next: u64) -> Result<bool, ApplyError> {
         let partition = self.partition;
+        if self.quiet_until.is_some_and(|t| Instant::now() < t) {
+            return Ok(false);
+        }
+        let (log, consumer) = (self.log, self.consumer);
         let sink = match &mut self.sink {
             Some(s) => s,
             None => match tokio::time::timeout(HOLD_CONNECT_LIMIT, (self.connect)()).await {
@@ -864,15 +877,16 @@ where
                     return Ok(false);
                 }
                 Err(_) => {
-                    warn!(partition, "no connection to the destination within 10 s to hold the lease while committing to the log; not committed now");
+                    warn!(partition, "no connection to the destination within 5 s to hold the lease while committing to the log; not committed now");
+                    self.quiet_until = Some(Instant::now() + QUIET_AFTER_TIMEOUT);
                     return Ok(false);
                 }
             },
         };
-        let inside = tokio::time::timeout(
-            LOG_COMMIT_LIMIT,
-            self.log.commit(self.consumer, partition, next),
-        );
+        // Its clock starts once the lease's row is held, not while waiting for it.
+        let inside = async move {
+            tokio::time::timeout(LOG_COMMIT_LIMIT, log.commit(consumer, partition, next)).await
+        };
         let held = tokio::time::timeout(HOLD_LIMIT, sink.while_fenced(inside)).await;
         match held {
             Ok(Ok(Ok(Ok(())))) => return Ok(true),
@@ -882,7 +896,9 @@ where
             // Not cancelled where the log runs it on a thread of its own (Kafka): it
             // may still land, after the lease's row is let go.
             Ok(Ok(Err(_))) => {
-                warn!(partition, "the log's commit took over 5 s; the lease's row was let go meanwhile, the commit may land later")
+                warn!(partition, "the log's commit took over 5 s; the lease's row was let go meanwhile, the commit may land later; the next is tried in 30 s");
+                // Not another beside it: a commit given up is not cancelled.
+                self.quiet_until = Some(Instant::now() + QUIET_AFTER_TIMEOUT);
             }
             Ok(Err(e)) if e.is_fenced() => return Err(ApplyError::partition_fenced(partition, e)),
             Ok(Err(e)) => {
@@ -892,10 +908,11 @@ where
             Err(_) => {
                 warn!(
                     partition,
-                    "no hold on the lease within 15 s for a commit to the log; not known committed"
+                    "no hold on the lease within 15 s for a commit to the log; not known committed; the next is tried in 30 s"
                 );
                 // Its connection goes with it, and any lock it held.
                 self.sink = None;
+                self.quiet_until = Some(Instant::now() + QUIET_AFTER_TIMEOUT);
             }
         }
         Ok(false)

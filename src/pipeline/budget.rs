@@ -111,6 +111,26 @@ pub fn channel<T>(items: usize, max_bytes: usize) -> (Sender<T>, Receiver<T>) {
     Budget::new(max_bytes).channel(items)
 }
 
+/// A sender waiting for bytes, counted in its budget's `waiting` for as long as it lives.
+struct Waiting<'a>(&'a Budget);
+
+impl<'a> Waiting<'a> {
+    fn start(budget: &'a Budget) -> Self {
+        budget
+            .waiting
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Waiting(budget)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Why [`Sender::try_send`] gave the item back.
 pub enum TrySend<T> {
     /// No slot or not the bytes now: [`Sender::send`] waits for them.
@@ -137,11 +157,11 @@ impl<T> Sender<T> {
         let permit = match b.bytes.clone().try_acquire_many_owned(cost) {
             Ok(p) => p,
             Err(_) => {
-                use std::sync::atomic::Ordering;
-                b.waiting.fetch_add(1, Ordering::AcqRel);
+                // Counted while it waits, also when the wait is given up (a cancelled
+                // send): the guard takes the count back.
+                let _waiting = Waiting::start(b);
                 b.starved.notify_waiters();
                 let got = b.bytes.clone().acquire_many_owned(cost).await;
-                b.waiting.fetch_sub(1, Ordering::AcqRel);
                 match got {
                     Ok(p) => p,
                     // The semaphore is never closed; kept total for the type's sake.
@@ -261,6 +281,19 @@ mod tests {
         assert!(tx.try_send(3, 50).is_ok());
         drop(rx);
         assert!(matches!(tx.try_send(4, 1), Err(TrySend::Closed(4))));
+    }
+
+    #[tokio::test]
+    async fn a_send_given_up_while_waiting_no_longer_counts_as_waiting() {
+        let budget = Budget::new(10);
+        let (tx, mut rx) = budget.channel::<u8>(10);
+        tx.send(1, 10).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(50), tx.send(2, 10)).await;
+        assert!(waited.is_err(), "the second send had no bytes to take");
+        let (_, held) = rx.recv().await.unwrap();
+        let quiet = tokio::time::timeout(Duration::from_millis(50), budget.starved()).await;
+        assert!(quiet.is_err(), "a cancelled send still counts as waiting");
+        drop(held);
     }
 
     #[tokio::test]

@@ -482,6 +482,19 @@ async fn a_rename_across_include_and_exclude_stops_naming_both_names() {
 /// destination got it), rowlog tries again: the swap must not run a second time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_swap_whose_reply_was_lost_is_run_once() {
+    // A COM_QUERY packet: command byte 3, then the statement.
+    swap_with_the_connection_cut_after(b"\x03RENAME TABLE").await;
+}
+
+/// The same, with the connection cut after the swap ran, as its record is being
+/// prepared: the try after it finds no record, and must find that the swap ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_swap_whose_record_was_cut_off_is_run_once() {
+    // A COM_STMT_PREPARE packet: command byte 0x16, then the statement.
+    swap_with_the_connection_cut_after(b"\x16INSERT INTO `rowlog`.`rowlog_schema_changes`").await;
+}
+
+async fn swap_with_the_connection_cut_after(request: &[u8]) {
     let pair = Pair::start().await;
     pair.create(&[
         "CREATE DATABASE app",
@@ -495,8 +508,7 @@ async fn a_table_swap_whose_reply_was_lost_is_run_once() {
     let mut cfg = pair.config(1, 2);
     cfg.sink.url = format!("mysql://root@127.0.0.1:{}/", proxy.port);
     let mut rowlog = InProcess::start(cfg);
-    // A COM_QUERY packet: command byte 3, then the statement.
-    proxy.cut_after_request(b"\x03RENAME TABLE");
+    proxy.cut_after_request(request);
     let mut c = pair.src.conn().await.unwrap();
     c.query_drop("RENAME TABLE app.a TO app.tmp, app.b TO app.a, app.tmp TO app.b")
         .await
@@ -513,7 +525,8 @@ async fn a_table_swap_whose_reply_was_lost_is_run_once() {
         .await;
     assert!(
         proxy.cut_after_request_done(),
-        "the connection was cut right after the RENAME"
+        "the connection was cut right after {}",
+        String::from_utf8_lossy(request)
     );
     let mut d = pair.dst.conn().await.unwrap();
     let a: Vec<String> = d.query("SELECT v FROM app.a ORDER BY id").await.unwrap();

@@ -1267,8 +1267,8 @@ impl MySqlSink {
 
     /// After schema change `id` is recorded: what told a later run whether it ran is
     /// no longer needed (the record tells it now), and is removed. Cleaning up only:
-    /// a failure is logged, and what stays is removed by the next change's run of
-    /// this, or is harmless (a marker, a row of a recorded change).
+    /// a failure is logged; what stays (a marker table, a row of a recorded change) is
+    /// harmless, and can be dropped by hand.
     async fn recorded(&mut self, change: &SchemaChange) {
         let id = &change.source.id;
         let mut failed = self.forget_run(id).await.err();
