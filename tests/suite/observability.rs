@@ -256,21 +256,7 @@ async fn a_blocked_destination_shows_as_stalled_with_the_failing_key_and_recover
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_the_destination_rejects_halts_naming_its_table_key_and_position() {
-    let pair = Pair::start().await;
-    pair.src
-        .exec(&[
-            "CREATE DATABASE app",
-            "CREATE TABLE app.c (id INT PRIMARY KEY, v INT NOT NULL)",
-        ])
-        .await
-        .unwrap();
-    pair.dst
-        .exec(&[
-            "CREATE DATABASE app",
-            "CREATE TABLE app.c (id INT PRIMARY KEY, v INT NOT NULL, CONSTRAINT small CHECK (v < 100))",
-        ])
-        .await
-        .unwrap();
+    let (pair, _) = common::rejecting_pair(&[]).await;
     // The tables existed before replication starts: the log holds only the rows.
     pair.start_here().await;
     // One partition, one worker: the rows go to the destination in one batch, in order.

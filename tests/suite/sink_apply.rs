@@ -343,7 +343,7 @@ async fn a_change_the_destination_rejects_halts_its_partition_naming_it_and_othe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_dead_letter_file_a_rejected_change_is_recorded_there_and_the_partition_goes_on() {
-    let (pair, dead) = rejecting_pair(&[]).await;
+    let (pair, dead) = common::rejecting_pair(&[]).await;
     let rowlog = InProcess::start(dead_letter_config(&pair, &dead));
     // One partition, one worker: the rejected row sits in the middle of one batch.
     pair.src
@@ -1270,7 +1270,7 @@ async fn a_worker_that_panics_before_a_schema_change_stops_its_partition_naming_
 /// row is locked by another session, so the write times out).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_change_is_dead_lettered_once_when_recording_it_fails_and_is_retried() {
-    let (pair, dead) = rejecting_pair(&["SET GLOBAL innodb_lock_wait_timeout = 1"]).await;
+    let (pair, dead) = common::rejecting_pair(&["SET GLOBAL innodb_lock_wait_timeout = 1"]).await;
     let rowlog = InProcess::start(dead_letter_config(&pair, &dead));
     pair.src
         .exec(&["INSERT INTO app.c VALUES (1, 1)"])
@@ -1326,27 +1326,6 @@ async fn a_rejected_change_is_dead_lettered_once_when_recording_it_fails_and_is_
         .collect();
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert_eq!(lines[0]["record"]["after"]["v"], 500, "{:#}", lines[0]);
-}
-
-/// `app.c (id, v)` on both servers; the destination's refuses `v >= 100` for good.
-/// Returns the pair and where its dead-letter file goes.
-async fn rejecting_pair(dst_first: &[&str]) -> (Pair, std::path::PathBuf) {
-    let pair = Pair::start().await;
-    pair.src
-        .exec(&[
-            "CREATE DATABASE app",
-            "CREATE TABLE app.c (id INT PRIMARY KEY, v INT NOT NULL)",
-        ])
-        .await
-        .unwrap();
-    let mut dst = dst_first.to_vec();
-    dst.extend([
-        "CREATE DATABASE app",
-        "CREATE TABLE app.c (id INT PRIMARY KEY, v INT NOT NULL, CONSTRAINT small CHECK (v < 100))",
-    ]);
-    pair.dst.exec(&dst).await.unwrap();
-    let dead = pair.dir.path().join("dead-letter.jsonl");
-    (pair, dead)
 }
 
 /// One partition, one worker, rejected changes to `dead`.

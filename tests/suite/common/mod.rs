@@ -148,6 +148,28 @@ impl Pair {
     }
 }
 
+/// `app.c (id, v)` on both servers; the destination's copy refuses `v >= 100` for good (a
+/// CHECK constraint named `small`), after `dst_first`.
+/// Returns the pair and where its dead-letter file goes.
+pub async fn rejecting_pair(dst_first: &[&str]) -> (Pair, std::path::PathBuf) {
+    let pair = Pair::start().await;
+    pair.src
+        .exec(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.c (id INT PRIMARY KEY, v INT NOT NULL)",
+        ])
+        .await
+        .unwrap();
+    let mut dst = dst_first.to_vec();
+    dst.extend([
+        "CREATE DATABASE app",
+        "CREATE TABLE app.c (id INT PRIMARY KEY, v INT NOT NULL, CONSTRAINT small CHECK (v < 100))",
+    ]);
+    pair.dst.exec(&dst).await.unwrap();
+    let dead = pair.dir.path().join("dead-letter.jsonl");
+    (pair, dead)
+}
+
 /// Sends rowlog's warnings (retries, halts) to the test's captured output, so a failing
 /// test shows what the pipeline went through. `RUST_LOG` overrides the level.
 pub fn init_test_logging() {
