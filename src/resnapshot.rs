@@ -13,10 +13,17 @@
 //! exactly the source's history. When a change after `F` was read first (the
 //! boundaries did not line up), the chunk is read again.
 //!
-//! A chunk covers a primary-key range `(after, upto]`: the source's rows in it become
-//! upserts, and keys the destination has in it that the source has not (compared by
-//! the source server, collations included) become deletes, so rows the destination
-//! should not have are removed too. Copied keys carry the binlog decoder's value forms
+//! A chunk holds the source's next rows after its last copied key, in the source's
+//! key order, as upserts; and the destination's next keys after its last looked-at
+//! key, in the destination's key order, where each key the source has not (asked of
+//! the source in the chunk's consistent read, collations included) becomes a delete,
+//! so rows the destination should not have are removed too. The two scans go on
+//! independently, each from a key of its own server: one key range does not name the
+//! same keys on two servers whose collations differ, and a range taken from one
+//! server's order used to skip rows of the other's (or go round in circles). A table
+//! is done when both scans are. Each chunk holds at most `chunk_rows` source rows,
+//! `chunk_rows` destination keys and one source row per destination key spelled
+//! otherwise than the source's. Copied keys carry the binlog decoder's value forms
 //! ([`rowlog_mysql_binlog::SnapshotTable::binlog_shaped`]): partitioning and
 //! coalescing compare key bytes.
 //!
@@ -118,9 +125,20 @@ pub struct Request {
     /// Index in `tables` of the table being copied; `tables.len()` once all are.
     #[serde(default)]
     pub current: usize,
-    /// The last primary key of the current table durably in the log.
+    /// The last primary key of the current table's source rows durably in the log.
     #[serde(default)]
     pub last_key: Option<Vec<Value>>,
+    /// Every source row of the current table is in the log.
+    #[serde(default)]
+    pub source_done: bool,
+    /// The last key of the current table's destination keys looked at (those the
+    /// source has not are deleted). Requests written before this field start the
+    /// destination's scan again, which only looks at keys once more.
+    #[serde(default)]
+    pub dest_last_key: Option<Vec<Value>>,
+    /// Every destination key of the current table was looked at.
+    #[serde(default)]
+    pub dest_done: bool,
     /// The names of that key's columns: a key changed since (ALTER … PRIMARY KEY)
     /// makes `last_key` meaningless, and the table is copied again from its start.
     #[serde(default)]
@@ -133,11 +151,49 @@ pub struct Request {
     pub error: Option<String>,
 }
 
+/// Where one server's scan of a table's keys stands: after a key (`None`: from the
+/// start), or at its end. Each server is scanned in its own key order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Scan {
+    After(Option<Vec<Value>>),
+    Done,
+}
+
+impl Scan {
+    fn of(done: bool, last: &Option<Vec<Value>>) -> Scan {
+        if done {
+            Scan::Done
+        } else {
+            Scan::After(last.clone())
+        }
+    }
+
+    fn parts(self) -> (bool, Option<Vec<Value>>) {
+        match self {
+            Scan::Done => (true, None),
+            Scan::After(k) => (false, k),
+        }
+    }
+}
+
 pub fn request_path(dir: &Path) -> PathBuf {
     dir.join(REQUEST_FILE)
 }
 
 impl Request {
+    /// The current table's scans of the source and of the destination.
+    fn scans(&self) -> (Scan, Scan) {
+        (
+            Scan::of(self.source_done, &self.last_key),
+            Scan::of(self.dest_done, &self.dest_last_key),
+        )
+    }
+
+    fn set_scans(&mut self, source: Scan, dest: Scan) {
+        (self.source_done, self.last_key) = source.parts();
+        (self.dest_done, self.dest_last_key) = dest.parts();
+    }
+
     pub fn load(dir: &Path) -> Result<Option<Self>, ResnapshotError> {
         let path = request_path(dir);
         let bytes = atomic_file::read(&path).map_err(|source| ResnapshotError::File {
@@ -199,8 +255,9 @@ pub struct Chunk {
     /// Their change ids are given where they enter the log.
     pub changes: Vec<ChangeEvent>,
     pub table: TableName,
-    /// The range's upper key; `None` when the chunk ends the table.
-    upto: Option<Vec<Value>>,
+    /// Where the source's and the destination's scans of the table go on.
+    source: Scan,
+    dest: Scan,
     /// The names of the key's columns.
     key_columns: Vec<String>,
     rows: u64,
@@ -288,7 +345,7 @@ impl Resnapshot {
     pub async fn next_chunk(&mut self) -> Result<Chunk, ResnapshotError> {
         let job = self.job.as_ref().expect("next_chunk without a request");
         let table = job.tables[job.current].clone();
-        let after = job.last_key.clone();
+        let (source, dest) = job.scans();
         let key_columns = job.key_columns.clone();
         let src_err = |source| ResnapshotError::Source {
             table: table.clone(),
@@ -299,7 +356,7 @@ impl Resnapshot {
             .read(
                 &mut session,
                 &table,
-                after.as_deref(),
+                (&source, &dest),
                 key_columns.as_deref(),
             )
             .await;
@@ -315,7 +372,7 @@ impl Resnapshot {
         &mut self,
         session: &mut SnapshotSession,
         table: &TableName,
-        after: Option<&[Value]>,
+        (source, dest): (&Scan, &Scan),
         key_columns: Option<&[String]>,
     ) -> Result<Chunk, ResnapshotError> {
         let src_err = |source| ResnapshotError::Source {
@@ -338,12 +395,12 @@ impl Resnapshot {
             });
         }
         let columns: Vec<String> = t.schema.pk_columns().map(|c| c.name.clone()).collect();
-        let after = match key_columns {
-            Some(was) if after.is_some() && was != columns.as_slice() => {
+        let (source, dest) = match key_columns {
+            Some(was) if was != columns.as_slice() => {
                 warn!(table = %table, was = ?was, now = ?columns, "the table's primary key changed during its re-snapshot; copying it again from its start");
-                None
+                (Scan::After(None), Scan::After(None))
             }
-            _ => after,
+            _ => (source.clone(), dest.clone()),
         };
         let n = self.chunk_rows;
         let key_of = |row: &Vec<Value>| -> Vec<Value> {
@@ -353,75 +410,87 @@ impl Resnapshot {
                 .map(|&i| row[i].clone())
                 .collect()
         };
-        let mut rows = session
-            .read_range(&t, after, None, n)
-            .await
-            .map_err(src_err)?;
-        let mut upto = (rows.len() as u64 >= n)
-            .then(|| rows.last().map(key_of))
-            .flatten();
-        let dest = match &mut self.dest {
-            Some(c) => c,
-            slot => {
-                let opts = Opts::from_url(&rowlog_api::url::tcp_as_given(&self.sink_url))
-                    .map_err(|e| dst_err(e.to_string()))?;
-                let conn = Conn::new(opts)
-                    .await
-                    .map_err(|e| dst_err(format!("cannot connect: {e}")))?;
-                slot.insert(conn)
-            }
-        };
-        let dest_keys = match t.read_keys(dest, after, upto.as_deref(), n).await {
-            Ok(keys) => {
-                self.missing_since = None;
-                keys
-            }
-            Err(detail) => {
-                // A table the destination does not have is not waited for without end:
-                // an online copy does not make tables (rowlog snapshot with rowlog
-                // stopped does). One just made on the source may have its CREATE on
-                // the way through the log still: waited for a while, then the copy
-                // stops.
-                let exists = rowlog_mysql_sink::table_exists(dest, table)
-                    .await
-                    .map_err(|e| dst_err(format!("cannot look the table up: {e}")))?;
-                if exists {
-                    return Err(dst_err(detail));
-                }
-                let since = match &self.missing_since {
-                    Some((t, at)) if t == table => *at,
-                    _ => self.missing_since.insert((table.clone(), Instant::now())).1,
-                };
-                if since.elapsed() < MISSING_TABLE_WAIT {
-                    return Err(dst_err(format!(
-                        "not on the destination (yet?); waiting up to {} s for the stream to make it",
-                        MISSING_TABLE_WAIT.as_secs()
-                    )));
-                }
-                return Err(ResnapshotError::NotOnDestination {
-                    table: table.clone(),
-                });
-            }
-        };
-        if dest_keys.len() as u64 >= n {
-            // The destination has more keys in the range than a chunk holds: the
-            // chunk ends at its last one, so memory stays bounded by the chunk size.
-            upto = dest_keys.last().cloned();
-            rows = session
-                .read_range(&t, after, upto.as_deref(), n)
-                .await
-                .map_err(src_err)?;
-        }
         let shape_err = |detail| ResnapshotError::Shape {
             table: table.clone(),
             detail,
         };
-        let rows = rows
-            .into_iter()
-            .map(|r| t.binlog_shaped(r))
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(shape_err)?;
-        let copied: HashSet<Vec<u8>> = rows
+        // The source's rows, by the source's key order.
+        let (rows, source_next) = match &source {
+            Scan::Done => (Vec::new(), Scan::Done),
+            Scan::After(after) => {
+                let rows = session
+                    .read_range(&t, after.as_deref(), None, n)
+                    .await
+                    .map_err(src_err)?
+                    .into_iter()
+                    .map(|r| t.binlog_shaped(r))
+                    .collect::<Result<Vec<_>, String>>()
+                    .map_err(shape_err)?;
+                let next = match rows.last() {
+                    Some(last) if rows.len() as u64 >= n => Scan::After(Some(key_of(last))),
+                    _ => Scan::Done,
+                };
+                (rows, next)
+            }
+        };
+        // The destination's keys, by the destination's key order: a key range does not
+        // name the same keys on two servers whose collations differ (the source's
+        // utf8mb4_general_ci puts 'b' before 'C', a destination's utf8mb4_bin after it),
+        // so each side is paged through on its own and neither skips a key of its own.
+        let (dest_keys, dest_next) = match &dest {
+            Scan::Done => (Vec::new(), Scan::Done),
+            Scan::After(dest_after) => {
+                let conn = match &mut self.dest {
+                    Some(c) => c,
+                    slot => {
+                        let opts = Opts::from_url(&rowlog_api::url::tcp_as_given(&self.sink_url))
+                            .map_err(|e| dst_err(e.to_string()))?;
+                        let conn = Conn::new(opts)
+                            .await
+                            .map_err(|e| dst_err(format!("cannot connect: {e}")))?;
+                        slot.insert(conn)
+                    }
+                };
+                let keys = match t.read_keys(conn, dest_after.as_deref(), None, n).await {
+                    Ok(keys) => {
+                        self.missing_since = None;
+                        keys
+                    }
+                    Err(detail) => {
+                        // A table the destination does not have is not waited for
+                        // without end: an online copy does not make tables (rowlog
+                        // snapshot with rowlog stopped does). One just made on the
+                        // source may have its CREATE on the way through the log still:
+                        // waited for a while, then the copy stops.
+                        let exists = rowlog_mysql_sink::table_exists(conn, table)
+                            .await
+                            .map_err(|e| dst_err(format!("cannot look the table up: {e}")))?;
+                        if exists {
+                            return Err(dst_err(detail));
+                        }
+                        let since = match &self.missing_since {
+                            Some((t, at)) if t == table => *at,
+                            _ => self.missing_since.insert((table.clone(), Instant::now())).1,
+                        };
+                        if since.elapsed() < MISSING_TABLE_WAIT {
+                            return Err(dst_err(format!(
+                                "not on the destination (yet?); waiting up to {} s for the stream to make it",
+                                MISSING_TABLE_WAIT.as_secs()
+                            )));
+                        }
+                        return Err(ResnapshotError::NotOnDestination {
+                            table: table.clone(),
+                        });
+                    }
+                };
+                let next = match keys.last() {
+                    Some(last) if keys.len() as u64 >= n => Scan::After(Some(last.clone())),
+                    _ => Scan::Done,
+                };
+                (keys, next)
+            }
+        };
+        let mut copied: HashSet<Vec<u8>> = rows
             .iter()
             .map(|r| rowlog_api::key_bytes(table, key_of(r).iter()))
             .collect();
@@ -439,21 +508,30 @@ impl Resnapshot {
                 .unwrap_or(0),
         };
         let mut changes = Vec::with_capacity(rows.len());
+        // Rows of the source read for a destination key spelled otherwise.
+        let mut respelled = Vec::new();
         for key in dest_keys {
             if copied.contains(&rowlog_api::key_bytes(table, key.iter())) {
                 continue;
             }
-            // Bytes no copied row has. The source may still have a row the collation
-            // calls equal ('ABC' for the destination's 'abc'). Copied in this chunk:
-            // the destination's spelling is deleted, before the upsert (log order, one
-            // route: text key columns do not route, see
+            // A key no copied row has. The source decides, at this chunk's point in its
+            // history, whether it has the row: the same bytes (copied in another
+            // chunk: left alone), none (deleted), or a row its collation calls equal
+            // with other bytes ('ABC' for the destination's 'abc'). That one's
+            // destination spelling is deleted and the source's row written after it
+            // (log order, one route: text key columns do not route, see
             // `ChangeEvent::routing_key_bytes`), so the row ends with the source's
-            // bytes; the upsert alone would keep the destination's. In another chunk
-            // (the servers order keys differently): left alone, as deleting it here
-            // could remove a row copied earlier.
-            match session.equal_key(&t, &key).await.map_err(src_err)? {
-                Some(k) if !copied.contains(&rowlog_api::key_bytes(table, k.iter())) => continue,
-                _ => {}
+            // bytes and its state at this point; the upsert alone would keep the
+            // destination's key.
+            if let Some(row) = session.equal_row(&t, &key).await.map_err(src_err)? {
+                let row = t.binlog_shaped(row).map_err(shape_err)?;
+                let bytes = rowlog_api::key_bytes(table, key_of(&row).iter());
+                if bytes == rowlog_api::key_bytes(table, key.iter()) {
+                    continue;
+                }
+                if copied.insert(bytes) {
+                    respelled.push(row);
+                }
             }
             let mut before = vec![Value::Null; t.schema.columns.len()];
             for (&i, v) in t.schema.primary_key.iter().zip(key) {
@@ -468,7 +546,7 @@ impl Resnapshot {
             });
         }
         let copied_rows = rows.len() as u64;
-        for row in rows {
+        for row in rows.into_iter().chain(respelled) {
             changes.push(ChangeEvent {
                 table: t.schema.clone(),
                 op: Op::Insert,
@@ -482,7 +560,8 @@ impl Resnapshot {
             server_id: session.position.server_id,
             changes,
             table: table.clone(),
-            upto,
+            source: source_next,
+            dest: dest_next,
             key_columns: columns,
             rows: copied_rows,
         })
@@ -497,17 +576,14 @@ impl Resnapshot {
         let i = job.current;
         job.rows[i] += chunk.rows;
         self.metrics.snapshot_chunk(&chunk.table, chunk.rows);
-        match &chunk.upto {
-            Some(k) => {
-                job.last_key = Some(k.clone());
-                job.key_columns = Some(chunk.key_columns.clone());
-            }
-            None => {
-                info!(table = %chunk.table, rows = job.rows[i], "re-snapshot of the table done");
-                job.current += 1;
-                job.last_key = None;
-                job.key_columns = None;
-            }
+        if chunk.source == Scan::Done && chunk.dest == Scan::Done {
+            info!(table = %chunk.table, rows = job.rows[i], "re-snapshot of the table done");
+            job.current += 1;
+            job.set_scans(Scan::After(None), Scan::After(None));
+            job.key_columns = None;
+        } else {
+            job.set_scans(chunk.source.clone(), chunk.dest.clone());
+            job.key_columns = Some(chunk.key_columns.clone());
         }
         self.metrics.snapshot_tables(job.tables.len(), job.current);
         if job.current >= job.tables.len() {

@@ -605,6 +605,156 @@ async fn a_copy_while_streaming_gives_a_text_key_the_sources_bytes() {
     daemon.terminate_cleanly();
 }
 
+/// The rows of `table` as (key bytes, v), in the order of `v`.
+async fn keys_and_values(server: &rowlog::testkit::MariaDb, table: &str) -> Vec<(Vec<u8>, i32)> {
+    server
+        .conn()
+        .await
+        .unwrap()
+        .query(format!(
+            "SELECT CAST(k AS BINARY), v FROM {table} ORDER BY v"
+        ))
+        .await
+        .unwrap()
+}
+
+/// The keys of `table` in the server's own key order.
+async fn key_order(server: &rowlog::testkit::MariaDb, table: &str) -> Vec<String> {
+    server
+        .conn()
+        .await
+        .unwrap()
+        .query(format!("SELECT k FROM {table} ORDER BY k"))
+        .await
+        .unwrap()
+}
+
+/// Source and destination order a text key differently (the source's
+/// `utf8mb4_general_ci` puts 'b' before 'C', the destination's `utf8mb4_bin` after
+/// it), and the copy reads two keys per chunk. Before, a chunk ended at the
+/// destination's second key and read the source only up to it, LIMIT 2: by the code,
+/// `app.k` lost the source's row 'c' and `app.m` kept the destination's stale spelling
+/// 'D' beside the source's 'd' (a key spelled otherwise in another chunk was left
+/// alone); the copy of `app.l` went round in circles without end (seen: the old code
+/// failed this test at its 120-s limit). Now each server's keys are scanned in its
+/// own order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_while_streaming_misses_no_row_when_the_destination_orders_keys_otherwise() {
+    let pair = Pair::start().await;
+    let table = |t: &str| {
+        format!(
+            "CREATE TABLE app.{t} (k VARCHAR(10) CHARACTER SET utf8mb4 \
+             COLLATE utf8mb4_general_ci PRIMARY KEY, v INT NOT NULL)"
+        )
+    };
+    pair.src
+        .exec(&[
+            "CREATE DATABASE app",
+            &table("k"),
+            &table("l"),
+            &table("m"),
+            "INSERT INTO app.k VALUES ('A', 1), ('b', 2), ('c', 3), ('D', 4)",
+            "INSERT INTO app.l VALUES ('a', 1), ('b', 2), ('C', 3), ('D', 4), ('e', 5)",
+            "INSERT INTO app.m VALUES ('a', 1), ('b', 2), ('c', 3), ('d', 4)",
+        ])
+        .await
+        .unwrap();
+    let config = snapshot_config(&pair, "chunk_rows = 2\n");
+    let daemon = Daemon::spawn(&config, pair.dir.path().join("rowlog.log"));
+    wait_for_log(&daemon, "snapshot done", Duration::from_secs(120)).await;
+    for t in ["app.k", "app.l", "app.m"] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while keys_and_values(&pair.dst, t).await != keys_and_values(&pair.src, t).await {
+            assert!(
+                Instant::now() < deadline,
+                "{t} never reached the destination"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Behind rowlog's back: the destination's keys become binary, and rows go wrong.
+    let binary = |t: &str| {
+        format!(
+            "ALTER TABLE app.{t} MODIFY k VARCHAR(10) CHARACTER SET utf8mb4 \
+             COLLATE utf8mb4_bin NOT NULL"
+        )
+    };
+    pair.dst
+        .exec(&[
+            &binary("k"),
+            &binary("l"),
+            &binary("m"),
+            "DELETE FROM app.k WHERE k = 'c'",
+            "DELETE FROM app.l WHERE k = 'C'",
+            "INSERT INTO app.l VALUES ('zz', 99)",
+            "UPDATE app.m SET k = 'D' WHERE k = 'd'",
+        ])
+        .await
+        .unwrap();
+    // The premise: the two servers order the keys differently.
+    assert_eq!(
+        key_order(&pair.src, "app.l").await,
+        ["a", "b", "C", "D", "e"]
+    );
+    assert_eq!(
+        key_order(&pair.dst, "app.l").await,
+        ["D", "a", "b", "e", "zz"]
+    );
+
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rowlog"))
+        .args(["snapshot", "-c"])
+        .arg(&config)
+        .args(["--tables", "app.k,app.l,app.m"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while command.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = command.kill();
+            panic!(
+                "the copy did not end in 120 s; rowlog's log:\n{}",
+                daemon.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = succeeded(&command.wait_with_output().unwrap());
+    assert!(text.contains("3 table(s) copied"), "{text}");
+    let rows = |r: &[(&str, i32)]| -> Vec<(Vec<u8>, i32)> {
+        r.iter().map(|(k, v)| (k.as_bytes().to_vec(), *v)).collect()
+    };
+    let expected = [
+        ("app.k", rows(&[("A", 1), ("b", 2), ("c", 3), ("D", 4)])),
+        (
+            "app.l",
+            rows(&[("a", 1), ("b", 2), ("C", 3), ("D", 4), ("e", 5)]),
+        ),
+        ("app.m", rows(&[("a", 1), ("b", 2), ("c", 3), ("d", 4)])),
+    ];
+    for (t, want) in expected {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = keys_and_values(&pair.dst, t).await;
+            if got == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{t} on the destination: {got:?}, want {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            keys_and_values(&pair.src, t).await,
+            want,
+            "{t} on the source"
+        );
+    }
+    daemon.terminate_cleanly();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_while_streaming_killed_midway_goes_on_after_its_last_chunk_on_restart() {
     let (pair, config, daemon) = snapshotted(20_000, "chunk_rows = 2000\n", "first.log").await;

@@ -339,10 +339,10 @@ impl SnapshotSession {
             .collect()
     }
 
-    /// The primary key of the snapshot's row whose key the server calls equal to `key`
-    /// (collations included), as the source spells it: 'ABC' for 'abc' under a
-    /// case-insensitive collation. `None` when the snapshot has no such row.
-    pub async fn equal_key(
+    /// The snapshot's row whose key the server calls equal to `key` (collations
+    /// included), as the source spells it: 'ABC' for 'abc' under a case-insensitive
+    /// collation. `None` when the snapshot has no such row.
+    pub async fn equal_row(
         &mut self,
         t: &SnapshotTable,
         key: &[Value],
@@ -350,7 +350,7 @@ impl SnapshotSession {
         let (cond, params) = key_condition(t, "=", key);
         let q = format!(
             "SELECT {} FROM {} WHERE {cond} LIMIT 1",
-            t.key_select(),
+            t.select.join(", "),
             ident(&t.schema.name)
         );
         let row: Option<Row> = self
@@ -358,13 +358,8 @@ impl SnapshotSession {
             .exec_first(&q, params)
             .await
             .map_err(|e| server::query_error(&q, e))?;
-        row.map(|r| t.key_of(r))
+        row.map(|r| row_values(t, r, &self.position.position))
             .transpose()
-            .map_err(|detail| SourceError::Schema {
-                table: t.schema.name.clone(),
-                position: self.position.position.clone(),
-                detail,
-            })
     }
 
     /// Ends the snapshot's transaction.
