@@ -419,7 +419,9 @@ impl EmbeddedLog {
             }
             let segs = p.segments();
             let mut total: u64 = segs.iter().map(|s| s.bytes).sum();
-            let age_limit = now_ms.saturating_sub(policy.max_age.as_millis() as u64);
+            // Saturating: an absurd `max_age_secs` must mean "keep all", not wrap to "none".
+            let max_age_ms = u64::try_from(policy.max_age.as_millis()).unwrap_or(u64::MAX);
+            let age_limit = now_ms.saturating_sub(max_age_ms);
             let mut remove_below = p.start();
             for s in &segs[..segs.len().saturating_sub(1)] {
                 let too_big = policy.max_bytes > 0 && total > policy.max_bytes;

@@ -7,7 +7,9 @@
 //!   segment is based where it ends. Retention removes whole segments from the front.
 //! * Only the last (active) segment is written. Bytes past the last fsync may be torn
 //!   by a crash; recovery truncates them, logging how many bytes it dropped, and
-//!   rebuilds the active segment's index from what remains.
+//!   rebuilds the active segment's index from what remains. A damaged record (a CRC
+//!   mismatch) below the durable end recorded before the crash is not cut: it is a
+//!   hard error naming the file and byte, as in a sealed segment.
 //! * `written` ≥ `durable`: appends advance `written`; an fsync advances `durable` to
 //!   everything written before it started, so one fsync covers every append that was
 //!   waiting (group commit). Readers only see records below `durable`. Read-only
@@ -75,6 +77,9 @@ pub(crate) struct Scan {
     pub file_len: u64,
     /// Why the scan stopped before the end of the file, if it did.
     pub stop: Option<String>,
+    /// The scan stopped at a record whose bytes are all there but wrong (a CRC
+    /// mismatch, an impossible length), not at bytes that end too soon.
+    pub damaged: bool,
     pub last_payload: Option<Vec<u8>>,
     /// The index the scanned records call for.
     pub index: SegmentIndex,
@@ -115,6 +120,7 @@ pub(crate) fn scan_segment(
         valid_len: from_byte,
         file_len,
         stop: None,
+        damaged: false,
         last_payload: None,
         index,
     };
@@ -133,6 +139,7 @@ pub(crate) fn scan_segment(
         let (len, crc, offset, time_ms) = frame::header(&h);
         if len > MAX_PAYLOAD {
             scan.stop = Some(format!("record length {len} exceeds the limit"));
+            scan.damaged = true;
             break;
         }
         if remaining < (HEADER_LEN + len) as u64 {
@@ -146,6 +153,7 @@ pub(crate) fn scan_segment(
         r.read_exact(&mut payload).map_err(io("read", path))?;
         if !frame::check(crc, offset, time_ms, &payload) {
             scan.stop = Some(format!("CRC mismatch in record claiming offset {offset}"));
+            scan.damaged = true;
             break;
         }
         let expected = base + scan.records;
@@ -165,6 +173,40 @@ pub(crate) fn scan_segment(
         }
     }
     Ok(scan)
+}
+
+/// Refuses to cut the active segment's tail when the scan stopped at a damaged record
+/// (its bytes all there, but wrong) below the durable end: those records were
+/// fsynced, so no crash explains the damage, and cutting there would drop durable
+/// records with only a warning. A tail that ends too soon is still cut: that is what
+/// a crash leaves past the last fsync, and a file cut short by other means cannot be
+/// told from it here (a checkpoint that acknowledged the records still refuses the
+/// open, see `LogError::LostAcknowledged`). Without a readable durable-end file (a
+/// log of an older rowlog, or a file a power failure tore) the tail is cut as before.
+fn refuse_to_cut_synced(
+    path: &Path,
+    base: u64,
+    scan: &Scan,
+    why: &str,
+    marked: Marked,
+) -> Result<(), LogError> {
+    let stop_at = base + scan.records;
+    match marked {
+        Marked::At(m) if scan.damaged && m.end > stop_at => Err(LogError::Corrupt {
+            path: path.to_path_buf(),
+            byte: scan.valid_len,
+            detail: format!(
+                "{why}, below the partition's durable end (the records before offset {} \
+                 were fsynced), so it is damage, not a torn write; restore the file, or cut \
+                 it there to give up offset {stop_at} and every record after it \
+                 (`truncate -s {} {}`)",
+                m.end,
+                scan.valid_len,
+                path.display()
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// A segment's place in the partition.
@@ -290,6 +332,7 @@ impl Partition {
                 if is_active {
                     if let Some(why) = &scan.stop {
                         if writable {
+                            refuse_to_cut_synced(&path, base, &scan, why, marked)?;
                             warn!(
                                 file = %path.display(),
                                 dropped_bytes = scan.file_len - scan.valid_len,
@@ -959,14 +1002,25 @@ impl Partition {
         let cut = matches!((f.seen_cuts, marked), (Some(seen), Marked::At(m)) if seen != m.cuts);
         let gone = !bases.is_empty() && !bases.contains(&f.base);
         if cut || gone {
+            // Retention may have removed the followed segment and every one before it:
+            // then the view goes on at the oldest segment left, all newer than it.
             let base = bases.iter().rev().copied().find(|&b| b <= f.base);
-            let base = base.unwrap_or(f.base);
+            let base = base.or(bases.first().copied()).unwrap_or(f.base);
             *f = Follow::at(base, None);
             self.segments
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .retain(|s| s.base <= base);
             self.cuts.fetch_add(1, Ordering::SeqCst);
+        }
+        // Segments retention removed from the front leave this view too, so its
+        // start moves up with the writer's and a reader below it is told "out of
+        // range" instead of failing to open a file that is gone.
+        if let Some(&oldest) = bases.first() {
+            self.segments
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|s| s.base >= oldest);
         }
         // A log without the file (an older rowlog's): every whole record counts.
         let unmarked = marked == Marked::Absent && f.seen_cuts.is_none();
@@ -1018,6 +1072,25 @@ impl Partition {
                 changed
             });
             return Ok(self.end());
+        }
+    }
+
+    /// `e`, or "out of range" when it is a segment file that is no longer there and the
+    /// oldest segment left on disk starts after `offset`: retention removed it while a
+    /// reader (possibly in another process) was on its way in.
+    fn removed_below(&self, offset: u64, e: LogError) -> LogError {
+        let missing = matches!(&e, LogError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
+        let oldest = list_segments(&self.dir)
+            .ok()
+            .and_then(|b| b.first().copied());
+        match oldest {
+            Some(start) if missing && offset < start => LogError::OffsetOutOfRange {
+                partition: self.id,
+                requested: offset,
+                start,
+                end: self.end(),
+            },
+            _ => e,
         }
     }
 
@@ -1146,7 +1219,10 @@ impl<P: PartitionAccess> Cursor<P> {
             .find(|s| s.base <= from)
             .map(|s| s.base)
             .unwrap_or(start);
-        let (offset, byte) = p.index_of(base)?.seek_offset(base, from);
+        let (offset, byte) = p
+            .index_of(base)
+            .map_err(|e| p.removed_below(from, e))?
+            .seek_offset(base, from);
         let mut c = Self::at(partition, base, offset, byte)?;
         while c.next < from {
             c.read_frame_in()?;
@@ -1157,7 +1233,9 @@ impl<P: PartitionAccess> Cursor<P> {
     fn at(partition: P, base: u64, offset: u64, byte: u64) -> Result<Self, LogError> {
         let cuts = partition.part().cuts.load(Ordering::SeqCst);
         let path = partition.part().segment_path(base);
-        let mut file = File::open(&path).map_err(io("open", &path))?;
+        let mut file = File::open(&path)
+            .map_err(io("open", &path))
+            .map_err(|e| partition.part().removed_below(offset, e))?;
         file.seek(SeekFrom::Start(byte))
             .map_err(io("seek", &path))?;
         Ok(Self {
@@ -1211,10 +1289,10 @@ impl<P: PartitionAccess> Cursor<P> {
                 self.base = self.next;
                 self.cuts = p.cuts.load(Ordering::SeqCst);
                 self.path = p.segment_path(self.base);
-                self.file = BufReader::with_capacity(
-                    256 << 10,
-                    File::open(&self.path).map_err(io("open", &self.path))?,
-                );
+                let file = File::open(&self.path)
+                    .map_err(io("open", &self.path))
+                    .map_err(|e| p.removed_below(self.next, e))?;
+                self.file = BufReader::with_capacity(256 << 10, file);
                 self.byte = 0;
                 return self.read_frame_in();
             }

@@ -106,6 +106,11 @@ async fn tail_on<L: PartitionedLog, F: std::future::Future<Output = Result<(), L
     let mut printed = 0u64;
     let mut out = std::io::stdout().lock();
     loop {
+        // Checked first: `--limit 0` prints nothing (a reader asked for no records
+        // still hands out one).
+        if limit.is_some_and(|l| printed >= l) {
+            return Ok(());
+        }
         let end = log.end_offset(partition);
         let next = start + printed;
         if next < end {
@@ -123,9 +128,6 @@ async fn tail_on<L: PartitionedLog, F: std::future::Future<Output = Result<(), L
         } else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             refresh().await?;
-        }
-        if limit.is_some_and(|l| printed >= l) {
-            return Ok(());
         }
     }
 }

@@ -101,6 +101,65 @@ async fn a_damaged_sealed_segment_is_a_hard_error_naming_file_and_byte() {
     );
 }
 
+/// A record of the active segment whose bytes are all there but fail their CRC, with
+/// fsynced records after it, is damage, not a torn write: the open fails naming the
+/// file and byte, and says how to give the records up. Before, recovery cut the
+/// segment there with only a warning, dropping five fsynced records.
+#[tokio::test]
+async fn a_damaged_record_below_the_durable_end_of_the_active_segment_is_not_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = table();
+    let written: Vec<ChangeEvent> = (0..10).map(|i| change(&t, i)).collect();
+    {
+        let log = EmbeddedLog::open(dir.path(), 1, 1 << 20).unwrap();
+        append(&log, written.clone()).await;
+    }
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    // Where record 5 starts, walking the frames.
+    let mut at = 0;
+    for _ in 0..5 {
+        match rowlog::log::frame::decode(&bytes[at..]) {
+            rowlog::log::frame::Frame::Valid { len, .. } => at += len,
+            other => panic!("record before 5 not whole: {other:?}"),
+        }
+    }
+    bytes[at + rowlog::log::frame::HEADER_LEN + 3] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let err = EmbeddedLog::open(dir.path(), 1, 1 << 20)
+        .err()
+        .expect("opened a log whose fsynced records are damaged");
+    match &err {
+        LogError::Corrupt { path, byte, .. } => {
+            assert_eq!(path, &seg);
+            assert_eq!(*byte, at as u64);
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains("CRC mismatch") && msg.contains("truncate -s"),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::metadata(&seg).unwrap().len(),
+        bytes.len() as u64,
+        "the segment was left as it was"
+    );
+
+    // The operator gives the damaged records up, as the error says.
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(at as u64)
+        .unwrap();
+    let log = EmbeddedLog::open(dir.path(), 1, 1 << 20).unwrap();
+    assert_eq!(log.end_offset(0), 5);
+    assert_eq!(read_all(&log).await.unwrap(), written[..5].to_vec());
+}
+
 #[tokio::test]
 async fn records_acknowledged_in_a_checkpoint_must_be_there_on_open() {
     let dir = tempfile::tempdir().unwrap();

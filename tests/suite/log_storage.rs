@@ -246,6 +246,71 @@ async fn retention_by_size_never_removes_what_a_consumer_has_not_committed() {
     ));
 }
 
+/// A read-only view (`rowlog log tail --follow`, `replay`) of a log whose writer's
+/// retention removes segments: the view's start moves up with the writer's, a read
+/// below it is "out of range", and following goes on. Before, the view kept the
+/// removed segments: every later look failed to open the file it had followed, and a
+/// read from the old start failed on a missing file.
+#[tokio::test]
+async fn a_read_only_view_follows_the_log_past_segments_retention_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = table();
+    let log = EmbeddedLog::open(dir.path(), 1, 64 << 10).unwrap();
+    append(&log, 0, (0..100).map(|i| change(&t, i)).collect())
+        .await
+        .unwrap();
+    // One view follows the first segment; the other is opened once it has rolled.
+    let following = EmbeddedLog::open_read_only(dir.path()).unwrap();
+    assert_eq!(following.end_offset(0), 100);
+    append(&log, 0, (100..5000).map(|i| change(&t, i)).collect())
+        .await
+        .unwrap();
+    let later = EmbeddedLog::open_read_only(dir.path()).unwrap();
+    assert_eq!(later.segments(0).unwrap()[0], 0);
+
+    log.commit("sink", 0, 5000).await.unwrap();
+    let policy = Retention {
+        max_bytes: 200 << 10,
+        max_age: Duration::ZERO,
+        force: false,
+    };
+    assert!(log.enforce_retention(policy, 0).await.unwrap().segments > 0);
+    let start = log.segments(0).unwrap()[0];
+    assert!(start > 0);
+
+    // The view that followed the removed segment catches up with the writer.
+    following.refresh().unwrap();
+    assert_eq!(following.end_offset(0), 5000);
+    assert_eq!(following.segments(0).unwrap()[0], start);
+    let got = read_from(&following, 0, start).await.unwrap();
+    assert_eq!(got.len() as u64, 5000 - start);
+    assert_eq!(got[0], (start, change(&t, start)));
+    assert_eq!(got.last().unwrap(), &(4999, change(&t, 4999)));
+
+    // The view opened before the removal: a read from its old start is out of range,
+    // with or without a fresh look.
+    for look in [false, true] {
+        if look {
+            later.refresh().unwrap();
+            assert_eq!(later.segments(0).unwrap()[0], start);
+        }
+        match read_from(&later, 0, 0).await {
+            Err(LogError::OffsetOutOfRange {
+                requested: 0,
+                start: s,
+                ..
+            }) => assert_eq!(s, start),
+            Err(e) => panic!("a read below the removed segments got {e}"),
+            Ok(r) => panic!("read {} records that retention removed", r.len()),
+        }
+    }
+    append(&log, 0, (5000..5010).map(|i| change(&t, i)).collect())
+        .await
+        .unwrap();
+    following.refresh().unwrap();
+    assert_eq!(following.end_offset(0), 5010);
+}
+
 #[tokio::test]
 async fn retention_by_age_and_forced_retention_makes_lagging_consumers_fail_loudly() {
     let dir = tempfile::tempdir().unwrap();

@@ -91,6 +91,22 @@ async fn tools_read_a_log_while_it_is_written_and_verify_finds_damage() {
     assert_eq!(code, 0);
     let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(first["offset"], 100, "{out}");
+    assert_eq!(out.lines().count(), 1, "--limit 1: {out}");
+    // --limit 0 prints nothing (it printed one record before).
+    let (code, out, err) = rowlog(&[
+        "log",
+        "tail",
+        "--dir",
+        &d,
+        "--partition",
+        "0",
+        "--from",
+        "0",
+        "--limit",
+        "0",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "", "--limit 0");
 
     // --follow prints what the writer appends after it started.
     let mut follower = Command::new(env!("CARGO_BIN_EXE_rowlog"))
