@@ -202,6 +202,167 @@ async fn rename_truncate_create_and_drop_mid_stream_reach_the_destination() {
     rowlog.stop().await;
 }
 
+/// Schema changes as MariaDB users write them reach the destination as the source ran
+/// them. `SET STATEMENT var = value FOR TRUNCATE …` (or `… FOR ALTER …`): the binlog
+/// holds the whole text, and it was taken for a SET and dropped with a debug line, so
+/// the destination kept the truncated rows and missed the column. And an `ADD COLUMN
+/// … DEFAULT CURRENT_TIMESTAMP` gives the rows already there the source's time of the
+/// ALTER, not the time rowlog applies it. All of it with the session in a database
+/// the destination does not have (`USE scratch`, not replicated), which stopped the
+/// pipeline with error 1049 though every name in the statements is qualified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_statement_ddl_and_the_source_clock_reach_the_destination() {
+    let pair = Pair::start().await;
+    let mut cfg = pair.config(2, 2);
+    cfg.source.exclude.push("scratch.*".into());
+    let rowlog = InProcess::start(cfg);
+    pair.src
+        .exec(&[
+            "CREATE DATABASE app",
+            "CREATE DATABASE scratch",
+            "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
+            "CREATE TABLE app.u (id INT PRIMARY KEY, v INT NOT NULL)",
+            "INSERT INTO app.t VALUES (1, 1), (2, 2)",
+            "INSERT INTO app.u VALUES (1, 1), (2, 2)",
+        ])
+        .await
+        .unwrap();
+    let mut s = pair.src.conn().await.unwrap();
+    for q in [
+        // The session's database is one rowlog does not replicate, which the
+        // destination does not have: the statements name their tables in full.
+        "USE scratch",
+        "SET STATEMENT lock_wait_timeout = 10 FOR TRUNCATE TABLE app.t",
+        "INSERT INTO app.t VALUES (3, 3)",
+        "SET STATEMENT sql_mode = '', max_statement_time = 100 FOR \
+         ALTER TABLE app.u ADD COLUMN w INT NOT NULL DEFAULT 7",
+        // 2001-01-01 00:00:00 UTC: the ALTER runs, and is logged, at that time.
+        "SET timestamp = 978307200",
+        "ALTER TABLE app.u ADD COLUMN created TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP",
+        "SET timestamp = DEFAULT",
+        "INSERT INTO app.u (id, v, w) VALUES (3, 3, 8)",
+    ] {
+        s.query_drop(q).await.unwrap();
+    }
+    pair.assert_converges(&[("app.t", "id"), ("app.u", "id")], Duration::from_secs(60))
+        .await;
+    let mut d = pair.dst.conn().await.unwrap();
+    let scratch: Option<String> = d
+        .query_first("SHOW DATABASES LIKE 'scratch'")
+        .await
+        .unwrap();
+    assert_eq!(
+        scratch, None,
+        "the test's premise: no scratch on the destination"
+    );
+    let t: Vec<(i32, i32)> = d
+        .query("SELECT id, v FROM app.t ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(t, [(3, 3)], "rows before the TRUNCATE are gone");
+    let u: Vec<(i32, i32, i64)> = d
+        .query("SELECT id, w, UNIX_TIMESTAMP(created) FROM app.u ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(&u[..2], [(1, 7, 978307200), (2, 7, 978307200)]);
+    assert_eq!(u[2].1, 8);
+    assert!(u[2].2 > 978307200, "{u:?}");
+    rowlog.stop().await;
+}
+
+/// A source with `lower_case_table_names=1` names tables in lower case in its table
+/// maps, while a statement keeps the case its author typed: `TRUNCATE TABLE
+/// App.Orders` under `source.include = ["app.*"]` was taken for a table not
+/// replicated and dropped with a debug line (the destination kept the rows, and missed
+/// the column of the ALTER after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_typed_in_mixed_case_reaches_the_destination_under_lower_case_table_names() {
+    use rowlog::testkit::{MariaDb, ServerOptions};
+    let lower = |mut o: ServerOptions| {
+        o.extra_args.push("--lower-case-table-names=1".into());
+        o
+    };
+    let (src, dst) = tokio::join!(
+        MariaDb::start(lower(ServerOptions::source(1))),
+        MariaDb::start(lower(ServerOptions::destination(2)))
+    );
+    let pair = Pair::of(src.unwrap(), dst.unwrap());
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.orders (id INT PRIMARY KEY, v INT NOT NULL)",
+    ])
+    .await;
+    let mut cfg = pair.config(1, 2);
+    cfg.source.include = vec!["app.*".into()];
+    let rowlog = InProcess::start(cfg);
+    pair.src
+        .exec(&[
+            "INSERT INTO app.orders VALUES (1, 1), (2, 2)",
+            "TRUNCATE TABLE App.Orders",
+            "INSERT INTO app.orders VALUES (3, 3)",
+            "ALTER TABLE APP.ORDERS ADD COLUMN w INT NOT NULL DEFAULT 5",
+            "INSERT INTO app.orders VALUES (4, 4, 6)",
+        ])
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.orders", "id")], Duration::from_secs(60))
+        .await;
+    let rows: Vec<(i32, i32, i32)> = pair
+        .dst
+        .conn()
+        .await
+        .unwrap()
+        .query("SELECT id, v, w FROM app.orders ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(rows, [(3, 3, 5), (4, 4, 6)]);
+    rowlog.stop().await;
+}
+
+/// `CREATE TABLE … SELECT` is logged under ROW format as one transaction: a CREATE
+/// TABLE the server generated, then the selected rows as row events. It stopped the
+/// reader ("rowlog cannot tell which rows it changed"), also for a table rowlog does
+/// not replicate. Now the table and its rows reach the destination, and one not
+/// replicated is left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_table_select_reaches_the_destination_with_its_rows() {
+    let pair = Pair::start().await;
+    pair.create(&[
+        "CREATE DATABASE app",
+        "CREATE TABLE app.t (id INT PRIMARY KEY, v INT NOT NULL)",
+    ])
+    .await;
+    let mut cfg = pair.config(1, 2);
+    cfg.source.include = vec!["app.*".into()];
+    let rowlog = InProcess::start(cfg);
+    pair.src
+        .exec(&[
+            "INSERT INTO app.t SELECT seq, seq * 2 FROM app.seq_1_to_50",
+            "CREATE TABLE app.copy (PRIMARY KEY (id)) SELECT id, v FROM app.t WHERE id <= 20",
+            "CREATE DATABASE rpt",
+            "CREATE TABLE rpt.daily AS SELECT 1 AS id",
+            "INSERT INTO app.copy VALUES (100, 100)",
+            "UPDATE app.t SET v = 0 WHERE id = 1",
+        ])
+        .await
+        .unwrap();
+    pair.assert_converges(
+        &[("app.t", "id"), ("app.copy", "id")],
+        Duration::from_secs(60),
+    )
+    .await;
+    let mut d = pair.dst.conn().await.unwrap();
+    let copied: (u64, i64) = d
+        .query_first("SELECT COUNT(*), SUM(v) FROM app.copy")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(copied, (21, 420 + 100));
+    let rpt: Option<String> = d.query_first("SHOW DATABASES LIKE 'rpt'").await.unwrap();
+    assert_eq!(rpt, None, "rpt is not replicated");
+    rowlog.stop().await;
+}
+
 /// The rowlog process is killed while schema changes and rows stream; after each
 /// restart it catches up, and no DDL runs twice into an error or a lost row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

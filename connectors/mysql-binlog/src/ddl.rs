@@ -208,6 +208,57 @@ fn words(sql: &str) -> String {
         .to_ascii_uppercase()
 }
 
+/// The statement inside MariaDB's `SET STATEMENT var = value [, …] FOR statement`, which
+/// runs `statement` with the variables set for it alone; the binlog holds the whole
+/// text, so what the statement does is read after its top-level `FOR`. `None` when
+/// `sql` (its leading comments already skipped) is not of that form.
+pub(crate) fn set_statement_body(sql: &str) -> Option<&str> {
+    let mut words = sql.split_whitespace();
+    let is = |w: Option<&str>, kw: &str| w.is_some_and(|w| w.eq_ignore_ascii_case(kw));
+    if !is(words.next(), "SET") || !is(words.next(), "STATEMENT") {
+        return None;
+    }
+    let b = sql.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    let (mut i, mut depth) = (0usize, 0i32);
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"' | b'`') => {
+                i += 1;
+                while i < b.len() {
+                    // An escaped character, or a quote doubled inside its quotes.
+                    if (b[i] == b'\\' && q != b'`') || (b[i] == q && b.get(i + 1) == Some(&q)) {
+                        i += 2;
+                    } else if b[i] == q {
+                        break;
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') && b.get(i + 2) != Some(&b'!') => {
+                i = sql[i + 2..]
+                    .find("*/")
+                    .map_or(b.len(), |end| i + 2 + end + 1);
+            }
+            b'(' => depth += 1,
+            b')' => depth -= 1,
+            c if depth == 0
+                && c.eq_ignore_ascii_case(&b'f')
+                && (i == 0 || !ident(b[i - 1]))
+                && b.len() >= i + 3
+                && b[i..i + 3].eq_ignore_ascii_case(b"FOR")
+                && b.get(i + 3).is_none_or(|&c| !ident(c)) =>
+            {
+                return Some(sql[i + 3..].trim_start());
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 /// Classifies a standalone statement that ran with `default_db` selected.
 pub(crate) fn classify(sql: &str, default_db: &str) -> Statement {
     let mut p = Parser {
@@ -400,6 +451,27 @@ pub(crate) fn drop_tables_statement(tables: &[TableName], if_exists: bool) -> St
 
 #[cfg(test)]
 mod tests {
+    use super::set_statement_body as body;
+
+    #[test]
+    fn the_statement_inside_set_statement_for_is_found() {
+        assert_eq!(
+            body("SET STATEMENT lock_wait_timeout=10 FOR TRUNCATE TABLE app.t"),
+            Some("TRUNCATE TABLE app.t")
+        );
+        assert_eq!(
+            body("set statement sql_mode='FOR x', max_statement_time=(SELECT 1 FOR) for\n  ALTER TABLE t ADD c INT"),
+            Some("ALTER TABLE t ADD c INT")
+        );
+        assert_eq!(
+            body("SET STATEMENT `for`=1, forx=2 /* FOR */ FOR DROP TABLE t"),
+            Some("DROP TABLE t")
+        );
+        assert_eq!(body("SET @x = 1"), None);
+        assert_eq!(body("SET STATEMENT a=1"), None);
+        assert_eq!(body("ALTER TABLE t FORCE"), None);
+    }
+
     use super::*;
 
     fn t(db: &str, table: &str) -> TableName {

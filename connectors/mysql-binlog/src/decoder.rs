@@ -167,6 +167,10 @@ pub(crate) struct DecoderOptions {
     /// Events carry a CRC32 footer (before the first FORMAT_DESCRIPTION of a live
     /// stream, the artificial ROTATE's name still ends in it).
     pub checksums: bool,
+    /// The server runs with `lower_case_table_names=1`: table maps name tables in
+    /// lower case, so names taken from a statement (`TRUNCATE TABLE App.Orders`) are
+    /// lowered too, or the filter and the sink would not know them.
+    pub lowercase_names: bool,
 }
 
 pub(crate) struct Decoder {
@@ -560,7 +564,10 @@ impl Decoder {
         let sql = q.query();
         // The statement as the session wrote it, comments included: `/* app */ UPDATE`
         // is an UPDATE.
-        let words: Vec<String> = without_leading_comments(&sql)
+        // `SET STATEMENT … FOR INSERT …` is an INSERT, `… FOR TRUNCATE …` a TRUNCATE.
+        let sql_body = without_leading_comments(&sql);
+        let words: Vec<String> = ddl::set_statement_body(sql_body)
+            .unwrap_or(sql_body)
             .split_whitespace()
             .take(2)
             .map(|w| w.to_ascii_uppercase())
@@ -599,6 +606,13 @@ impl Decoder {
                     statement: sql.chars().take(200).collect(),
                 })
             }
+            // `CREATE TABLE … SELECT` under ROW format is one transaction: a CREATE TABLE
+            // the server generated from the new table's definition, then the selected
+            // rows as row events. The CREATE is passed on ahead of its rows (a table
+            // not replicated is left out, as any other).
+            _ if self.in_group && is_create_table(sql_body) => {
+                self.on_standalone(&q, ts_ms)?;
+            }
             // Inside a row-based transaction only transaction control is expected;
             // anything else changed rows rowlog would not see.
             _ if self.in_group => {
@@ -628,7 +642,11 @@ impl Decoder {
             return Ok(());
         }
         let db = q.schema().into_owned();
-        let (kind, tables, database, if_exists) = match ddl::classify(statement, &db) {
+        let body = ddl::set_statement_body(without_leading_comments(statement));
+        let (kind, mut tables, mut database, if_exists) = match ddl::classify(
+            body.unwrap_or(statement),
+            &db,
+        ) {
             ddl::Statement::Ddl {
                 kind,
                 tables,
@@ -640,6 +658,14 @@ impl Decoder {
                 return Ok(());
             }
         };
+        if self.opts.lowercase_names {
+            for t in &mut tables {
+                *t = TableName::new(t.db.to_lowercase(), t.table.to_lowercase());
+            }
+            if let Some(d) = &mut database {
+                *d = d.to_lowercase();
+            }
+        }
         // A table renamed between a replicated and a left-out name (or swapping rows
         // with a left-out table, EXCHANGE PARTITION): the destination would follow
         // the rename but never see the changes made under the left-out name, and a
@@ -955,6 +981,18 @@ impl RowsContext<'_> {
 
 /// `sql` from its first word: leading whitespace and comments (`/* … */`, `-- …`,
 /// `# …`) skipped. An executable comment (`/*!…*/`) is part of the statement and kept.
+/// Whether `sql` (its leading comments skipped) creates a table.
+fn is_create_table(sql: &str) -> bool {
+    let body = ddl::set_statement_body(sql).unwrap_or(sql);
+    matches!(
+        ddl::classify(body, ""),
+        ddl::Statement::Ddl {
+            kind: SchemaChangeKind::CreateTable,
+            ..
+        }
+    )
+}
+
 fn without_leading_comments(sql: &str) -> &str {
     let mut rest = sql.trim_start();
     loop {

@@ -119,6 +119,8 @@ impl BinlogFileReader {
                 filter: opts.filter,
                 no_pk: opts.no_pk,
                 checksums: false,
+                // A file read offline does not say how its server compared names.
+                lowercase_names: false,
             },
             ResumePoint {
                 position: BinlogPosition { file, pos: 4 },

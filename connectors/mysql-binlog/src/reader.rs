@@ -194,6 +194,7 @@ impl BinlogReader {
                 filter,
                 no_pk: config.no_pk,
                 checksums: settings.checksum_enabled(),
+                lowercase_names: settings.lowercase_names(),
             },
             start,
             by_gtid,

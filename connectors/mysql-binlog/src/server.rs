@@ -24,13 +24,18 @@ pub struct ServerSettings {
     /// `None` on servers too old to have the variable.
     pub binlog_row_metadata: Option<String>,
     pub binlog_checksum: String,
+    /// `@@lower_case_table_names`: at 1 the server stores and compares table and
+    /// database names in lower case, and its binlog's table maps name them so, while
+    /// a statement keeps the case its author typed.
+    pub lower_case_table_names: String,
 }
 
 impl ServerSettings {
     pub(crate) async fn read(conn: &mut Conn) -> Result<Self, SourceError> {
         let query =
             "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('version', 'log_bin', 'binlog_format', \
-                     'binlog_row_image', 'binlog_row_metadata', 'binlog_checksum')";
+                     'binlog_row_image', 'binlog_row_metadata', 'binlog_checksum', \
+                     'lower_case_table_names')";
         let rows: Vec<(String, String)> =
             conn.query(query)
                 .await
@@ -56,7 +61,13 @@ impl ServerSettings {
             binlog_row_image: get("binlog_row_image").unwrap_or_else(|| "FULL".into()),
             binlog_row_metadata: get("binlog_row_metadata"),
             binlog_checksum: get("binlog_checksum").unwrap_or_else(|| "NONE".into()),
+            lower_case_table_names: get("lower_case_table_names").unwrap_or_else(|| "0".into()),
         })
+    }
+
+    /// Names in statements are to be read in lower case (`lower_case_table_names=1`).
+    pub fn lowercase_names(&self) -> bool {
+        self.lower_case_table_names.trim() == "1"
     }
 
     /// Refuses settings under which rows would be missing or incomplete.
@@ -238,6 +249,7 @@ mod tests {
             binlog_row_image: "FULL".into(),
             binlog_row_metadata: Some("FULL".into()),
             binlog_checksum: "CRC32".into(),
+            lower_case_table_names: "0".into(),
         }
     }
 

@@ -1056,8 +1056,37 @@ fn progress_error(
 }
 
 impl MySqlSink {
-    /// Runs a schema change in its session database; returns the outcome to record.
+    /// Runs a schema change at the source's clock: `NOW()` and `CURRENT_TIMESTAMP` in it
+    /// (the value an `ADD COLUMN … DEFAULT CURRENT_TIMESTAMP` gives existing rows)
+    /// read the time the statement ran on the source, as under native replication,
+    /// not the time rowlog applies it, which may be hours later while it catches up.
+    /// `TIMESTAMP` is a session variable on MySQL and MariaDB alike; it is set back
+    /// before the session applies rows again, and if that fails the schema change is
+    /// reported failed (its retry on a new session finds it in place).
     async fn run_schema_change(&mut self, change: &SchemaChange) -> Result<String, SinkError> {
+        let id = &change.source.id;
+        let failed = |source| SinkError::SchemaChange {
+            position: id.event.to_string(),
+            statement: change.statement.chars().take(300).collect(),
+            source,
+        };
+        let ms = change.source.commit_time_ms;
+        if ms > 0 {
+            let at = format!("SET TIMESTAMP = {}.{:03}", ms / 1000, ms % 1000);
+            self.conn.query_drop(at).await.map_err(failed)?;
+        }
+        let outcome = self.run_schema_change_now(change).await;
+        if ms > 0 {
+            self.conn
+                .query_drop("SET TIMESTAMP = DEFAULT")
+                .await
+                .map_err(failed)?;
+        }
+        outcome
+    }
+
+    /// Runs a schema change in its session database; returns the outcome to record.
+    async fn run_schema_change_now(&mut self, change: &SchemaChange) -> Result<String, SinkError> {
         let id = &change.source.id;
         let failed = |source| SinkError::SchemaChange {
             position: id.event.to_string(),
@@ -1069,9 +1098,11 @@ impl MySqlSink {
             match self.conn.query_drop(&use_db).await {
                 Ok(()) => {}
                 // A database statement may run while the session's database does not
-                // exist on the destination (yet, or any more): names in it are explicit.
+                // exist on the destination (yet, or any more), and so may one whose
+                // tables are all in other databases (`USE scratch; ALTER TABLE app.t …`
+                // with scratch not replicated): names in them are explicit.
                 Err(mysql_async::Error::Server(s))
-                    if s.code == 1049 && change.tables.is_empty() => {}
+                    if s.code == 1049 && change.tables.iter().all(|t| t.db != change.db) => {}
                 Err(e) => return Err(failed(e)),
             }
         }
