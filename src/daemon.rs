@@ -259,8 +259,17 @@ async fn run_on<L: PartitionedLog + Clone>(
         metrics,
         stats,
     } = pipeline;
+    let consumer = cfg.apply().consumer;
     for p in 0..log.partitions() {
         metrics.set_log_end(p, log.end_offset(p));
+        // Until the partition's task starts (after the checks, the lease, any
+        // snapshot), the log's stored commit stands for where the sink is: left at 0,
+        // every restart showed the whole log as the sink's lag. Best effort: the task
+        // reads it again, retrying, and sets the exact start.
+        let stored = tokio::time::timeout(Duration::from_secs(2), log.committed(&consumer, p));
+        if let Ok(Ok(Some(committed))) = stored.await {
+            metrics.set_committed(p, committed.min(log.end_offset(p)));
+        }
     }
 
     // Raced with SIGTERM: after a lapsed lease these checks may wait on a destination
@@ -324,6 +333,13 @@ async fn run_on<L: PartitionedLog + Clone>(
 
     // The run's first error, what `rowlog run` exits with.
     let mut first_error = None;
+    // A snapshot stops at its next chunk once shut down; a read that hangs on a source
+    // gone silent would hold it until the process's shutdown time-out, which exits
+    // without releasing the lease. So a third of that time after the signal the copy
+    // is dropped where it is: the chunk under way is rolled back with its connection
+    // and copied again on the next start, after the last chunk the state file holds.
+    let mut stopping = external.clone();
+    let grace = Duration::from_secs(cfg.shutdown_timeout_secs) / 3;
     // A snapshot, when one is due, runs to its end before streaming starts (see
     // crate::snapshot for why that keeps the hand-off exact).
     let snapshot = tokio::select! {
@@ -339,6 +355,13 @@ async fn run_on<L: PartitionedLog + Clone>(
                 .map_err(DaemonError::Snapshot)
         } => done,
         lost = lease.lost() => Err(DaemonError::Lease(lost)),
+        _ = async {
+            stopping.wait().await;
+            tokio::time::sleep(grace).await;
+        } => {
+            warn!(grace_secs = grace.as_secs_f64(), "the snapshot did not stop within its grace after the shutdown signal; dropped where it was (it resumes after its last saved chunk)");
+            Ok(None)
+        }
     };
     let floors = match snapshot {
         Ok(Some(floors)) => floors,

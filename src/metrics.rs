@@ -683,6 +683,19 @@ impl Metrics {
         });
     }
 
+    /// A re-snapshot stopped for good: no copy runs any more (its tables stay pending).
+    pub fn snapshot_failed(&self, error: &str) {
+        self.state.update_snapshot(|s| {
+            s.running = false;
+            s.failed = Some(error.to_owned());
+        });
+    }
+
+    /// A new re-snapshot was requested: the last one's failure is history.
+    pub fn snapshot_requested(&self) {
+        self.state.update_snapshot(|s| s.failed = None);
+    }
+
     pub fn retry(&self, kind: RetryKind) {
         self.sink_retries.with_label_values(&[kind.as_str()]).inc();
     }

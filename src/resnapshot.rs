@@ -328,6 +328,7 @@ impl Resnapshot {
             Ok(Some(mut req)) if req.error.is_none() => {
                 req.rows.resize(req.tables.len(), 0);
                 info!(tables = ?req.tables.iter().map(|t| t.to_string()).collect::<Vec<_>>(), resume_after = ?req.last_key, "re-snapshot requested");
+                self.metrics.snapshot_requested();
                 self.metrics.snapshot_tables(req.tables.len(), req.current);
                 self.job = Some(req);
                 true
@@ -609,6 +610,7 @@ impl Resnapshot {
     pub fn fail(&mut self, e: &ResnapshotError) {
         let text = crate::report::error_chain(e);
         warn!(error = %text, "re-snapshot stopped");
+        self.metrics.snapshot_failed(&text);
         if let Some(mut job) = self.job.take() {
             job.error = Some(text);
             if let Err(e) = job.save(&self.dir) {

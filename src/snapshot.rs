@@ -408,13 +408,14 @@ pub async fn run<L: PartitionedLog>(
         dir: dir.clone(),
     };
     let workers = cfg.snapshot.concurrency.max(1) as usize;
-    let results = futures_util::future::join_all(
+    // The first worker that fails ends the copy: the others are dropped where they
+    // are (a chunk cut short is rolled back with its connection, and copied again on
+    // the next start, after the last chunk the state file holds), instead of copying
+    // every remaining table before the error is reported.
+    futures_util::future::try_join_all(
         (0..workers).map(|_| copy_tables(cfg, &shared, metrics, shutdown, &progress)),
     )
-    .await;
-    for r in results {
-        r?;
-    }
+    .await?;
     let mut state = shared.state.into_inner().unwrap_or_else(|e| e.into_inner());
     if state.tables.iter().any(|t| !t.done) {
         info!("snapshot interrupted; it resumes after its last chunk on the next start");

@@ -109,6 +109,9 @@ pub struct SnapshotStatus {
     pub tables_done: usize,
     pub rows_copied: u64,
     pub running: bool,
+    /// Why the last re-snapshot (`rowlog snapshot --tables` beside the daemon) stopped
+    /// for good, until another is requested.
+    pub failed: Option<String>,
 }
 
 /// The pipeline's lease on the destination (see `rowlog_mysql_sink::lease`), as

@@ -159,6 +159,76 @@ async fn endpoints_report_offsets_rows_lag_and_readiness_of_a_running_pipeline()
     assert!(get(&addr, "/healthz").await.is_none());
 }
 
+/// A restarted daemon shows the sink where it stopped while it is still starting
+/// (here: waiting for the pipeline's lease, which another process holds). Before, the
+/// committed offsets read 0 until each partition's task started, so every restart
+/// showed the whole log as the sink's lag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_shows_the_sinks_stored_offsets_before_its_tasks_start() {
+    let pair = Pair::start().await;
+    pair.create(&["CREATE DATABASE app", TABLE]).await;
+    let config = pair.write_config(1, 4);
+    let cfg = pair.config(1, 4);
+    let first = common::Daemon::spawn(&config, pair.dir.path().join("first.log"));
+    pair.src
+        .exec(&["INSERT INTO app.t SELECT seq, seq FROM app.seq_1_to_1000"])
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    // Stopped cleanly: every partition's offset is committed to its end.
+    first.terminate_cleanly();
+
+    // Another process holds the pipeline's lease: the daemon waits for it.
+    let mut held = rowlog_mysql_sink::lease::acquire(
+        &cfg.sink,
+        &cfg.name,
+        "a test holding the lease",
+        Duration::from_secs(10),
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let second = common::Daemon::spawn_with(
+        &config,
+        pair.dir.path().join("second.log"),
+        &[("ROWLOG__HTTP__LISTEN", addr.as_str())],
+    );
+    let m = poll(
+        "/metrics while the lease is held",
+        Duration::from_secs(30),
+        || async {
+            let status = get(&addr, "/status").await?.1;
+            let (_, body) = get(&addr, "/metrics").await?;
+            status.contains("waiting").then(|| Scrape::parse(&body))
+        },
+    )
+    .await;
+    assert_eq!(
+        m.get("rowlog_sink_committed_offset", &[]),
+        m.get("rowlog_log_end_offset", &[])
+    );
+    // Once the sampler (every second) has worked out the lag from them.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let m = scrape(&addr).await;
+    let end = m.get("rowlog_log_end_offset", &[]);
+    assert!(end >= 1000.0, "log end {end}");
+    assert_eq!(m.get("rowlog_sink_committed_offset", &[]), end);
+    assert_eq!(m.get("rowlog_sink_lag_records", &[]), 0.0);
+    let status = get(&addr, "/status").await.unwrap().1;
+    assert!(status.contains("waiting"), "still waiting: {status}");
+
+    held.release().await.unwrap();
+    pair.src
+        .exec(&["UPDATE app.t SET v = -v WHERE id <= 10"])
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id")], Duration::from_secs(60))
+        .await;
+    second.terminate_cleanly();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_destination_shows_as_stalled_with_the_failing_key_and_recovers() {
     let pair = Pair::start().await;

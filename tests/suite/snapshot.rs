@@ -755,6 +755,138 @@ async fn a_copy_while_streaming_misses_no_row_when_the_destination_orders_keys_o
     daemon.terminate_cleanly();
 }
 
+/// A table copy that fails for good stops the snapshot at once. Before, the other
+/// workers went on to copy every remaining table (hours, on a big source), and only
+/// then was the error reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_table_copy_stops_the_snapshot_without_copying_the_rest_first() {
+    let pair = Pair::start().await;
+    let b = |t: &str| format!("CREATE TABLE app.{t} (id INT PRIMARY KEY, v VARCHAR(200))");
+    pair.src
+        .exec(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.a_missing (id INT PRIMARY KEY)",
+            "INSERT INTO app.a_missing VALUES (1)",
+            &b("b1"),
+            "INSERT INTO app.b1 SELECT seq, REPEAT('x', 200) FROM app.seq_1_to_300000",
+            &b("b2"),
+            "INSERT INTO app.b2 VALUES (1, 'one')",
+        ])
+        .await
+        .unwrap();
+    // The destination has every table but the first one copied.
+    pair.dst
+        .exec(&["CREATE DATABASE app", &b("b1"), &b("b2")])
+        .await
+        .unwrap();
+    // Tables are copied in name order: one worker fails on app.a_missing at once,
+    // while the other is copying app.b1.
+    let path = snapshot_config(
+        &pair,
+        "concurrency = 2\nchunk_rows = 2000\ncreate_tables = false\n",
+    );
+    let cfg = rowlog::config::Config::load_with_env(&path, Default::default()).unwrap();
+    let rowlog = common::InProcess::start(cfg);
+    let error = rowlog
+        .stopped_error(
+            Duration::from_secs(120),
+            "the snapshot stops at the missing table",
+        )
+        .await;
+    assert!(
+        error.contains("app.a_missing") && error.contains("create_tables"),
+        "{error}"
+    );
+    let count = |t: &'static str| {
+        let dst = &pair.dst;
+        async move {
+            let n: Option<u64> = dst
+                .conn()
+                .await
+                .unwrap()
+                .query_first(format!("SELECT COUNT(*) FROM app.{t}"))
+                .await
+                .unwrap();
+            n.unwrap()
+        }
+    };
+    assert_eq!(count("b2").await, 0, "app.b2 was copied after the failure");
+    assert!(
+        count("b1").await < 300_000,
+        "app.b1 was copied to its end after the failure"
+    );
+}
+
+/// A copy while streaming that stops for good says why in `/status`
+/// (`snapshot.failed`), and no copy shows as running. Before, `/status` said a copy
+/// was running until the daemon restarted, and named no failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_while_streaming_that_fails_shows_the_failure_in_status() {
+    let pair = Pair::start().await;
+    pair.create(&["CREATE DATABASE app", "CREATE TABLE app.k (id INT)"])
+        .await;
+    let (cfg, addr) = common::http::config_with_http(&pair, 1, 2);
+    let dir = cfg.log.dir.clone();
+    let rowlog = common::InProcess::start(cfg);
+    common::http::poll("/status to answer", Duration::from_secs(60), || {
+        common::http::get(&addr, "/status")
+    })
+    .await;
+    rowlog::resnapshot::Request::submit(&dir, vec![rowlog_api::TableName::new("app", "k")])
+        .unwrap();
+    let status: serde_json::Value = common::http::poll(
+        "a failed copy in /status",
+        Duration::from_secs(60),
+        || async {
+            let (_, body) = common::http::get(&addr, "/status").await?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            v["snapshot"]["failed"].is_string().then_some(v)
+        },
+    )
+    .await;
+    let failed = status["snapshot"]["failed"].as_str().unwrap();
+    assert!(failed.contains("app.k has no primary key"), "{failed}");
+    assert_eq!(status["snapshot"]["running"], false, "{status}");
+    rowlog.stop().await;
+}
+
+/// SIGTERM while an initial snapshot's read hangs on a source gone silent: the copy is
+/// dropped a third of `shutdown_timeout_secs` after the signal, rowlog exits 0 (its
+/// lease released), and the next start copies on and converges. Before, it waited for
+/// the read until the shutdown time-out and exited 1 without releasing its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_a_snapshot_read_hangs_exits_cleanly_and_the_copy_resumes() {
+    let pair = Pair::start().await;
+    fill(&pair, 100_000).await;
+    let proxy = rowlog::testkit::Proxy::start(pair.src.port).await.unwrap();
+    let config = snapshot_config(&pair, "concurrency = 1\nchunk_rows = 2000\n");
+    let toml = std::fs::read_to_string(&config).unwrap().replace(
+        &pair.src.url(),
+        &format!("mysql://root@127.0.0.1:{}/", proxy.port),
+    );
+    std::fs::write(&config, toml).unwrap();
+    let daemon = Daemon::spawn(&config, pair.dir.path().join("first.log"));
+    wait_for_rows(&pair, "app.accounts", 4000).await;
+    // The source stops answering mid-copy, as over a network partition.
+    proxy.stall();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log_path = pair.dir.path().join("first.log");
+    let started = Instant::now();
+    daemon.terminate_cleanly();
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "exited after {:?}",
+        started.elapsed()
+    );
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("dropped where it was"), "{log}");
+    proxy.restore();
+    let daemon = Daemon::spawn(&config, pair.dir.path().join("second.log"));
+    wait_for_log(&daemon, "snapshot done", Duration::from_secs(180)).await;
+    converge_and_verify(&pair, &config).await;
+    daemon.terminate_cleanly();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_while_streaming_killed_midway_goes_on_after_its_last_chunk_on_restart() {
     let (pair, config, daemon) = snapshotted(20_000, "chunk_rows = 2000\n", "first.log").await;
