@@ -308,6 +308,10 @@ enum SourceCommand {
         /// after those transactions; its position is looked up on the source.
         #[arg(long)]
         to_gtid: Option<String>,
+        /// Read again across schema changes the destination has applied (they would
+        /// run a second time).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -521,6 +525,7 @@ fn main() -> ExitCode {
                     config,
                     to,
                     to_gtid,
+                    force,
                 },
         } => {
             let cfg = match load(&config) {
@@ -541,7 +546,7 @@ fn main() -> ExitCode {
                     return usage("give one of --to FILE.NNNNNN:POS or --to-gtid D-S-N[,…]".into())
                 }
             };
-            tool(async move { source_reset(&cfg, target).await })
+            tool(async move { source_reset(&cfg, target, force).await })
         }
         Command::Snapshot { config, tables } => {
             let cfg = match load(&config) {

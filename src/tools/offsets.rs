@@ -9,7 +9,9 @@
 
 use std::io::Write;
 
-use rowlog_api::{BinlogPosition, ChangeEvent, ChangeSink, GtidState, WorkerProgress};
+use rowlog_api::{
+    BinlogFileName, BinlogPosition, ChangeEvent, ChangeSink, GtidState, WorkerProgress,
+};
 use rowlog_mysql_sink::MySqlSink;
 
 use super::{open_read_only, LogLocation, ToolLog};
@@ -256,8 +258,25 @@ fn listed_once(changes: &[(String, String)]) -> String {
         .join("\n  ")
 }
 
-/// Refuses, listing them, to go back across `changes` unless `force`.
-fn refuse_crossing(changes: &[(String, String)], what: &str, force: bool) -> ToolResult<()> {
+/// Why going back across a schema change is refused, for the log's position tools.
+const ROWS_OVER_A_NEWER_SHAPE: &str = "A schema change the destination has is not applied again \
+    (and a replay applies none), but the rows before it are, over a destination that has it: rows a \
+    TRUNCATE removed come back, rows of a dropped column or table halt the partition.";
+
+/// Why, for `source reset`: the changes read again are in a new reading epoch.
+const RUN_AGAIN: &str = "Read again, each is in a new reading epoch, which its record on the \
+    destination does not match: it runs a second time (a table swap swaps back, an unnamed index is \
+    added twice, a dropped column halts), and the rows before it are applied over a destination \
+    that has it.";
+
+/// Refuses, listing them, to go back across `changes` unless `force`; `why` says what
+/// would go wrong.
+fn refuse_crossing(
+    changes: &[(String, String)],
+    what: &str,
+    why: &str,
+    force: bool,
+) -> ToolResult<()> {
     if changes.is_empty() {
         return Ok(());
     }
@@ -267,10 +286,7 @@ fn refuse_crossing(changes: &[(String, String)], what: &str, force: bool) -> Too
         return Ok(());
     }
     Err(format!(
-        "refused: {what} across schema changes:\n  {list}\n\
-         A schema change the destination has is not applied again (and a replay applies none), \
-         but the rows before it are, over a destination that has it: rows a TRUNCATE removed come back, \
-         rows of a dropped column or table halt the partition. Give --force to do it anyway."
+        "refused: {what} across schema changes:\n  {list}\n{why} Give --force to do it anyway."
     )
     .into())
 }
@@ -314,7 +330,7 @@ async fn set_on<L: PartitionedLog>(
         skipped.extend(schema_changes_in(log, p, applied.unwrap_or(0), to).await?);
         moves.push((p, start, end, to, was));
     }
-    refuse_crossing(&crossed, "moving back", force)?;
+    refuse_crossing(&crossed, "moving back", ROWS_OVER_A_NEWER_SHAPE, force)?;
     if !skipped.is_empty() {
         println!(
             "skipped with the records, never applied to the destination:\n  {}",
@@ -407,7 +423,7 @@ async fn replay_on<L: PartitionedLog>(
         }
     }
     if !dry_run {
-        refuse_crossing(&crossed, "replaying", range.force)?;
+        refuse_crossing(&crossed, "replaying", ROWS_OVER_A_NEWER_SHAPE, range.force)?;
         if !short.is_empty() && !range.force {
             return Err(format!(
                 "refused: keys the stretch changes change again after it, and the destination has that already: they would be left at older versions (until they change again):\n  {}\nGive --force to do it anyway.",
@@ -464,6 +480,32 @@ async fn replay_on<L: PartitionedLog>(
     Ok(())
 }
 
+/// The schema changes the destination recorded as applied after `from`: reading the
+/// source again from `from` reads them again, in a new epoch, where their record does
+/// not find them, so they would run a second time (a table swap swaps back, and the
+/// rows before it land in the other table). Records of every epoch count: one of an
+/// earlier epoch at a later position may be of this server's history too (a reset
+/// forward, then back). One of another history (a source whose binlog was reset, a
+/// failover) is listed as well; `--force` goes past it.
+async fn recorded_since(cfg: &Config, from: &BinlogPosition) -> ToolResult<Vec<(String, String)>> {
+    let mut sink = MySqlSink::connect(&cfg.sink, &cfg.name).await?;
+    sink.ensure_progress_table().await?;
+    let mut found = Vec::new();
+    for (file, pos, kind, statement) in sink.recorded_schema_changes().await? {
+        let at = BinlogFileName::parse(&file).map(|file| BinlogPosition { file, pos });
+        // A name of another form than the source's files is listed: better refused
+        // than run twice.
+        if at.as_ref().is_none_or(|at| at > from) {
+            found.push((
+                format!("{kind} at {file}:{pos}: `{statement}`"),
+                "recorded on the destination".to_string(),
+            ));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
 /// The offset of `partition` a target names.
 async fn resolve<L: PartitionedLog>(log: &L, p: u32, t: &Target) -> ToolResult<u64> {
     Ok(match *t {
@@ -484,19 +526,32 @@ pub enum ResetTo {
 /// appends what it reads, also changes the log already holds (in a new epoch, so none
 /// is taken for a duplicate). The place is checked on the source and completed there:
 /// a position gets its GTID state, a GTID state gets its position.
-pub async fn source_reset(cfg: &Config, to: ResetTo) -> ToolResult<()> {
+pub async fn source_reset(cfg: &Config, to: ResetTo, force: bool) -> ToolResult<()> {
     on_stopped_log!(cfg, "rowlog source reset", |log| source_reset_on(
-        cfg, &log, to
+        cfg, &log, to, force
     )
     .await)
 }
 
-async fn source_reset_on<L: PartitionedLog>(cfg: &Config, log: &L, to: ResetTo) -> ToolResult<()> {
+async fn source_reset_on<L: PartitionedLog>(
+    cfg: &Config,
+    log: &L,
+    to: ResetTo,
+    force: bool,
+) -> ToolResult<()> {
     let before = log.checkpoint().await?.map(|c| c.resume);
     let mut resume = match to {
         ResetTo::Position(p) => rowlog_mysql_binlog::locate_position(&cfg.source, p).await?,
         ResetTo::Gtid(g) => rowlog_mysql_binlog::locate_gtid(&cfg.source, g).await?,
     };
+    // Positions compare within one server's binlog only.
+    if before
+        .as_ref()
+        .is_some_and(|b| b.server_id == resume.server_id)
+    {
+        let crossed = recorded_since(cfg, &resume.position).await?;
+        refuse_crossing(&crossed, "reading the source again", RUN_AGAIN, force)?;
+    }
     resume.epoch = before.as_ref().map(|b| b.epoch + 1).unwrap_or(0);
     log.store_checkpoint(resume.clone()).await?;
     println!(

@@ -354,20 +354,7 @@ async fn source_reset_re_reads_the_binlog_from_an_earlier_position_on(kafka: Opt
     let log = pair.dir.path().join("rowlog.log");
     let daemon = Daemon::spawn(&config, log.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let row: mysql_async::Row = pair
-        .src
-        .conn()
-        .await
-        .unwrap()
-        .query_first("SHOW MASTER STATUS")
-        .await
-        .unwrap()
-        .unwrap();
-    let before = format!(
-        "{}:{}",
-        row.get::<String, _>(0).unwrap(),
-        row.get::<u64, _>(1).unwrap()
-    );
+    let before = master_position(&pair).await;
     pair.src
         .exec(&[
             "INSERT INTO app.t SELECT seq, seq FROM app.seq_1_to_300",
@@ -419,6 +406,79 @@ async fn source_reset_re_reads_the_binlog_from_an_earlier_position_on(kafka: Opt
     let (code, out) = rowlog(&["source", "reset", "-c", cfg, "--to-gtid", "0-1-999999"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("0-1-999999"), "{out}");
+}
+
+/// The source's binlog position now, `file:pos`.
+async fn master_position(pair: &Pair) -> String {
+    let row: mysql_async::Row = pair
+        .src
+        .conn()
+        .await
+        .unwrap()
+        .query_first("SHOW MASTER STATUS")
+        .await
+        .unwrap()
+        .unwrap();
+    format!(
+        "{}:{}",
+        row.get::<String, _>(0).unwrap(),
+        row.get::<u64, _>(1).unwrap()
+    )
+}
+
+/// Reading the source again from before a schema change the destination applied would
+/// read that change in a new reading epoch, which its record does not match: it would
+/// run a second time (this table swap would swap back, and the rows written before it
+/// would land in the other table). `source reset` refuses, naming the changes, unless
+/// `--force`; a reset to after them goes through. Before, it went through silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_reset_back_across_an_applied_schema_change_is_refused_without_force() {
+    let pair = pair_on(None).await;
+    let config = pair.write_config(1, 2);
+    let cfg = config.to_str().unwrap();
+    let daemon = Daemon::spawn(&config, pair.dir.path().join("rowlog.log"));
+    pair.src
+        .exec(&["INSERT INTO app.t VALUES (1, 1)"])
+        .await
+        .unwrap();
+    let before = master_position(&pair).await;
+    pair.src
+        .exec(&[
+            "CREATE TABLE app.u (id INT PRIMARY KEY, v INT NOT NULL)",
+            "INSERT INTO app.u VALUES (2, 2)",
+            "RENAME TABLE app.t TO app.tmp, app.u TO app.t, app.tmp TO app.u",
+        ])
+        .await
+        .unwrap();
+    let after = master_position(&pair).await;
+    pair.src
+        .exec(&["INSERT INTO app.t VALUES (3, 3)"])
+        .await
+        .unwrap();
+    pair.assert_converges(&[("app.t", "id"), ("app.u", "id")], Duration::from_secs(60))
+        .await;
+    daemon.terminate_cleanly();
+    let (_, shown) = rowlog(&["offsets", "show", "-c", cfg]);
+
+    let (code, out) = rowlog(&["source", "reset", "-c", cfg, "--to", &before]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("refused"), "{out}");
+    assert!(
+        out.contains("RENAME TABLE app.t TO app.tmp") && out.contains("CREATE TABLE app.u"),
+        "{out}"
+    );
+    let (_, unchanged) = rowlog(&["offsets", "show", "-c", cfg]);
+    assert_eq!(shown, unchanged, "nothing moved");
+
+    let (code, out) = rowlog(&["source", "reset", "-c", cfg, "--to", &after]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("→ {after}")), "{out}");
+    let (code, out) = rowlog(&["source", "reset", "-c", cfg, "--to", &before, "--force"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("--force") && out.contains(&format!("→ {before}")),
+        "{out}"
+    );
 }
 
 /// Moving one partition to an offset, every partition to a time, and replaying an

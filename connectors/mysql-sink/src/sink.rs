@@ -1056,6 +1056,24 @@ fn progress_error(
 }
 
 impl MySqlSink {
+    /// The schema changes recorded for this pipeline, of every reading epoch: binlog
+    /// file, position, kind, statement.
+    pub async fn recorded_schema_changes(
+        &mut self,
+    ) -> Result<Vec<(String, u64, String, String)>, SinkError> {
+        let q = format!(
+            "SELECT binlog_file, binlog_pos, kind, statement FROM {} WHERE pipeline = ?",
+            self.schema_changes_table
+        );
+        answered(self.call_timeout, "a read of schema changes", async {
+            self.conn
+                .exec(q, (&self.pipeline,))
+                .await
+                .map_err(progress_error(&self.schema_changes_table, "read"))
+        })
+        .await
+    }
+
     /// Runs a schema change at the source's clock: `NOW()` and `CURRENT_TIMESTAMP` in it
     /// (the value an `ADD COLUMN … DEFAULT CURRENT_TIMESTAMP` gives existing rows)
     /// read the time the statement ran on the source, as under native replication,
