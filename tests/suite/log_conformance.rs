@@ -7,7 +7,7 @@ use crate::common;
 use std::future::Future;
 use std::time::Duration;
 
-use common::records::{append, change, read_from, resume_at, table};
+use common::records::{append, change, change_at, read_from, resume_at, table};
 use rowlog::log::{
     AppendBatch, EmbeddedLog, KafkaLog, LogEntry, LogError, PartitionReader, PartitionedLog,
 };
@@ -250,6 +250,31 @@ async fn schema_changes_keep_their_place<B: Backend>(b: B) {
     }
 }
 
+/// Commit times in a partition need not rise: a binlog stamps a transaction with the
+/// start of its statement, so a long one committed after short ones carries an older
+/// time. A seek by time finds the first record committed at or after it all the same.
+/// Before, the Kafka log answered "the end" whenever its last record was older than
+/// the time asked, skipping the newer records before it.
+async fn a_seek_by_time_finds_records_whose_commit_times_go_back<B: Backend>(b: B) {
+    let log = b.open().await;
+    let t = table();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut batch = AppendBatch::new(PARTITIONS);
+    batch.partitions[0] = [60_000, 10_000, 50_000]
+        .iter()
+        .enumerate()
+        .map(|(i, ago)| LogEntry::Change(change_at(&t, i as u64, 10, now - ago)))
+        .collect();
+    log.append(batch).await.unwrap();
+    assert_eq!(log.offset_for_time(0, now - 30_000).await.unwrap(), 1);
+    assert_eq!(log.offset_for_time(0, now - 55_000).await.unwrap(), 1);
+    assert_eq!(log.offset_for_time(0, now - 70_000).await.unwrap(), 0);
+    assert_eq!(log.offset_for_time(0, now - 5_000).await.unwrap(), 3);
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod embedded_log {
@@ -278,4 +303,5 @@ on_both_backends!(
     commits_offsets_per_consumer,
     resumes_where_it_was_after_a_restart,
     schema_changes_keep_their_place,
+    a_seek_by_time_finds_records_whose_commit_times_go_back,
 );

@@ -120,8 +120,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Fetched {
     partition: i32,
     offset: i64,
-    /// The message timestamp: the source commit time, or later (see [`stamp`]).
-    time_ms: Option<i64>,
     payload: Option<Vec<u8>>,
     record: Result<Vec<u8>, String>,
 }
@@ -294,12 +292,19 @@ impl KafkaLog {
                 .meta
                 .fetch_metadata(Some(&this.inner.topic), timeout)
                 .map_err(kafka("fetch metadata", &this.inner.topic))?;
-            Ok(md
-                .topics()
-                .iter()
-                .find(|t| t.name() == this.inner.topic)
-                .map(|t| t.partitions().len() as u32)
-                .unwrap_or(0))
+            let Some(t) = md.topics().iter().find(|t| t.name() == this.inner.topic) else {
+                return Ok(0);
+            };
+            // A broker that has not heard of a topic just made (in a cluster, the one
+            // asked may be another than the one that made it) answers with an error
+            // and no partitions: that is "not yet", to ask again, not "0 partitions",
+            // which would send the operator to make a new log.
+            if let Some(code) = t.error() {
+                return Err(kafka("fetch metadata", &this.inner.topic)(
+                    KafkaError::MetadataFetch(code.into()),
+                ));
+            }
+            Ok(t.partitions().len() as u32)
         })
         .await?;
         if existing != self.inner.partitions {
@@ -581,7 +586,6 @@ impl KafkaLog {
                             let stop = each(Fetched {
                                 partition: m.partition(),
                                 offset: m.offset(),
-                                time_ms: m.timestamp().to_millis(),
                                 payload: m.payload().map(<[u8]>::to_vec),
                                 record: record_of(&m),
                             })?;
@@ -929,19 +933,14 @@ impl PartitionedLog for KafkaLog {
             let p = partition as i32;
             let (low, high) = this.watermarks(topic, p)?;
             let end = high.max(0) as u64;
-            // After the last record: the end. Asked first because not every
-            // Kafka-protocol broker answers it (tansu 0.6 says offset 0).
             if high <= low {
                 return Ok(end);
             }
-            let last = this.fetch(topic, &[(p, high - 1, high)])?;
-            if last
-                .first()
-                .and_then(|m| m.time_ms)
-                .is_some_and(|t| t < time_ms as i64)
-            {
-                return Ok(end);
-            }
+            // Not "the end when the last record is older": commit times need not rise
+            // within a partition (a binlog stamps a transaction with its statement's
+            // start), so a newer record may come before an older last one. A broker
+            // that does not answer a time after every record (tansu 0.6 says offset
+            // 0) costs a scan, not a wrong answer.
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(topic, p, Offset::Offset(time_ms as i64))
                 .map_err(kafka("look up offsets by time", topic))?;
