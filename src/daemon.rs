@@ -586,11 +586,13 @@ fn stop_on(
 
 /// Marks the pipeline halted and keeps the error for `/status`. Errors the stages
 /// already recorded with more detail (a rejected batch with its table and key, a
-/// source error) are counted where they happened and not overwritten here.
+/// source error) are counted where they happened and not overwritten here; nor by a
+/// partition stopped at a schema change behind a halted one, which follows from the
+/// halt and would hide its table, key and offsets.
 fn note_halt(metrics: &Metrics, e: &DaemonError) {
     metrics.set_stopped();
     let stage = match e {
-        DaemonError::Apply(ApplyError::Sink { .. })
+        DaemonError::Apply(ApplyError::Sink { .. } | ApplyError::BehindHalted { .. })
         | DaemonError::Ingest(IngestError::Source(_)) => return,
         DaemonError::Ingest(IngestError::Log(_)) | DaemonError::Log(_) => ErrorStage::Log,
         DaemonError::Source(_) => ErrorStage::Source,

@@ -324,14 +324,27 @@ async fn a_blocked_destination_shows_as_stalled_with_the_failing_key_and_recover
     rowlog.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_the_destination_rejects_halts_naming_its_table_key_and_position() {
+/// rowlog running in-process with `partitions` partitions of one worker over
+/// [`common::rejecting_pair`], after the source wrote ids 1..=20 to `app.c`, of which
+/// the destination rejects id 7: the pair, the metrics, the trigger that stops the
+/// run, the run, and a source connection.
+async fn rejecting_run(
+    partitions: u32,
+) -> (
+    Pair,
+    Arc<rowlog::metrics::Metrics>,
+    rowlog::shutdown::ShutdownTrigger,
+    tokio::task::JoinHandle<Result<Arc<rowlog::pipeline::Stats>, rowlog::daemon::DaemonError>>,
+    mysql_async::Conn,
+) {
     let (pair, _) = common::rejecting_pair(&[]).await;
     // The tables existed before replication starts: the log holds only the rows.
     pair.start_here().await;
-    // One partition, one worker: the rows go to the destination in one batch, in order.
-    let cfg = pair.config(1, 1);
-    let metrics = Arc::new(rowlog::metrics::Metrics::new(1, Duration::from_secs(60)));
+    let cfg = pair.config(1, partitions);
+    let metrics = Arc::new(rowlog::metrics::Metrics::new(
+        partitions,
+        Duration::from_secs(60),
+    ));
     let (trigger, shutdown) = rowlog::shutdown::channel();
     let run = tokio::spawn(rowlog::daemon::run_with_metrics(
         cfg,
@@ -342,6 +355,13 @@ async fn a_change_the_destination_rejects_halts_naming_its_table_key_and_positio
     c.query_drop("INSERT INTO app.c SELECT seq, IF(seq = 7, 500, seq) FROM app.seq_1_to_20")
         .await
         .unwrap();
+    (pair, metrics, trigger, run, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_destination_rejects_halts_naming_its_table_key_and_position() {
+    // One partition, one worker: the rows go to the destination in one batch, in order.
+    let (pair, metrics, trigger, run, _c) = rejecting_run(1).await;
 
     // The partition halts; the pipeline keeps running its other partitions (here
     // none) until it is stopped, and then reports the halt as its result.
@@ -406,6 +426,40 @@ async fn a_change_the_destination_rejects_halts_naming_its_table_key_and_positio
     let ids: Vec<i32> = d.query("SELECT id FROM app.c ORDER BY id").await.unwrap();
     assert_eq!(ids, (1..=6).collect::<Vec<_>>());
     assert_eq!(metrics.sink_batch_rows.get_sample_sum(), 6.0);
+}
+
+/// A schema change after a partition halted stops the other partitions at it (it
+/// waits for every partition), and `/status` keeps naming the rejected change's
+/// table, key and offsets. Before, the second stop overwrote them with "halted at the
+/// schema change …, which waits for partition N".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halt_stays_named_in_status_when_a_schema_change_then_stops_the_others() {
+    let (_pair, metrics, trigger, run, mut c) = rejecting_run(2).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !metrics.is_halted() {
+        assert!(std::time::Instant::now() < deadline, "never halted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let named = |what: &str| {
+        let report = metrics.state.last_error().expect("an error for /status");
+        assert_eq!(report.table.as_deref(), Some("app.c"), "{what}: {report:?}");
+        assert_eq!(report.key.as_deref(), Some("id=7"), "{what}: {report:?}");
+    };
+    named("at the halt");
+    // The other partition reaches the schema change and stops there at once (the
+    // partition it waits for is halted); a few seconds are ample for that.
+    c.query_drop("ALTER TABLE app.c ADD COLUMN w INT NULL")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    named("after the schema change");
+    trigger.trigger();
+    let result = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("rowlog stops when asked")
+        .expect("no panic");
+    assert!(result.is_err());
+    named("after the stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
