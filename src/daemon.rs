@@ -259,17 +259,28 @@ async fn run_on<L: PartitionedLog + Clone>(
         metrics,
         stats,
     } = pipeline;
-    let consumer = cfg.apply().consumer;
     for p in 0..log.partitions() {
         metrics.set_log_end(p, log.end_offset(p));
-        // Until the partition's task starts (after the checks, the lease, any
-        // snapshot), the log's stored commit stands for where the sink is: left at 0,
-        // every restart showed the whole log as the sink's lag. Best effort: the task
-        // reads it again, retrying, and sets the exact start.
-        let stored = tokio::time::timeout(Duration::from_secs(2), log.committed(&consumer, p));
-        if let Ok(Ok(Some(committed))) = stored.await {
-            metrics.set_committed(p, committed.min(log.end_offset(p)));
+    }
+    // Until a partition's task starts (after the checks, the lease, any snapshot), the
+    // log's stored commit stands for where the sink is: left at 0, every restart
+    // showed the whole log as the sink's lag. Best effort, all partitions at once
+    // within 2 s, and a stop is not held up by it: each task reads its commit again,
+    // retrying, and sets the exact start.
+    let consumer = cfg.apply().consumer;
+    let (log_ref, consumer) = (&log, consumer.as_str());
+    let stored = futures_util::future::join_all(
+        (0..log.partitions()).map(|p| async move { (p, log_ref.committed(consumer, p).await) }),
+    );
+    tokio::select! {
+        read = tokio::time::timeout(Duration::from_secs(2), stored) => {
+            for (p, committed) in read.unwrap_or_default() {
+                if let Ok(Some(committed)) = committed {
+                    metrics.set_committed(p, committed.min(log.end_offset(p)));
+                }
+            }
         }
+        _ = external.wait() => return Ok(stats),
     }
 
     // Raced with SIGTERM: after a lapsed lease these checks may wait on a destination

@@ -219,7 +219,9 @@ pub(crate) fn set_statement_body(sql: &str) -> Option<&str> {
         return None;
     }
     let b = sql.as_bytes();
-    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    // `@` too: `@for` is a variable, not the keyword.
+    let ident =
+        |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c == b'@' || c >= 0x80;
     let (mut i, mut depth) = (0usize, 0i32);
     while i < b.len() {
         match b[i] {
@@ -240,6 +242,12 @@ pub(crate) fn set_statement_body(sql: &str) -> Option<&str> {
                 i = sql[i + 2..]
                     .find("*/")
                     .map_or(b.len(), |end| i + 2 + end + 1);
+            }
+            b'#' => i = sql[i..].find('\n').map_or(b.len(), |end| i + end),
+            b'-' if b.get(i + 1) == Some(&b'-')
+                && b.get(i + 2).is_none_or(u8::is_ascii_whitespace) =>
+            {
+                i = sql[i..].find('\n').map_or(b.len(), |end| i + end);
             }
             b'(' => depth += 1,
             b')' => depth -= 1,
@@ -465,6 +473,10 @@ mod tests {
         );
         assert_eq!(
             body("SET STATEMENT `for`=1, forx=2 /* FOR */ FOR DROP TABLE t"),
+            Some("DROP TABLE t")
+        );
+        assert_eq!(
+            body("SET STATEMENT a=@for -- FOR x\n # FOR y\n FOR DROP TABLE t"),
             Some("DROP TABLE t")
         );
         assert_eq!(body("SET @x = 1"), None);

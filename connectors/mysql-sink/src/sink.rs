@@ -1095,10 +1095,12 @@ impl MySqlSink {
         }
         let outcome = self.run_schema_change_now(change).await;
         if ms > 0 {
-            self.conn
-                .query_drop("SET TIMESTAMP = DEFAULT")
-                .await
-                .map_err(failed)?;
+            let reset = self.conn.query_drop("SET TIMESTAMP = DEFAULT").await;
+            // The change's own failure is the one to report (a broken connection
+            // fails the reset too).
+            if let (Ok(_), Err(e)) = (&outcome, reset) {
+                return Err(failed(e));
+            }
         }
         outcome
     }

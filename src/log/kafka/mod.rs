@@ -297,8 +297,9 @@ impl KafkaLog {
             };
             // A broker that has not heard of a topic just made (in a cluster, the one
             // asked may be another than the one that made it) answers with an error
-            // and no partitions: that is "not yet", to ask again, not "0 partitions",
-            // which would send the operator to make a new log.
+            // and no partitions: that error is reported as the broker's (the open
+            // fails; a later start finds the topic), not as "0 partitions", which
+            // would send the operator to make a new log.
             if let Some(code) = t.error() {
                 return Err(kafka("fetch metadata", &this.inner.topic)(
                     KafkaError::MetadataFetch(code.into()),
